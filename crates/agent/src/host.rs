@@ -1,0 +1,96 @@
+//! Facts read from the host: interface addresses, the host name, and this process's resource use.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use opsbro_api::ProcessStats;
+
+/// Non-loopback addresses of the host's up interfaces, IPv4 first.
+pub fn interface_addrs() -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|ifs| {
+            ifs.into_iter()
+                .filter(|i| !i.is_loopback())
+                .map(|i| i.ip())
+                .filter(|ip| match ip {
+                    IpAddr::V4(_) => true,
+                    // Link-local v6 addresses need a scope id to be reachable: not advertisable.
+                    IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    addrs.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    addrs.dedup();
+    addrs
+}
+
+/// The address announced to peers: the configured one, else the bind address when it is
+/// specific, else the first interface address, else loopback (a single-host cluster still works).
+pub fn choose_advertise(configured: Option<IpAddr>, bind: IpAddr, interfaces: &[IpAddr]) -> IpAddr {
+    if let Some(ip) = configured {
+        return ip;
+    }
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    interfaces
+        .iter()
+        .find(|ip| ip.is_ipv4() == bind.is_ipv4())
+        .copied()
+        .unwrap_or(match bind {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        })
+}
+
+/// Resident memory, CPU (average since `uptime` ago) and threads of this process. Zeroes when
+/// /proc cannot be read (the info answer must not fail because of it).
+pub fn process_stats(uptime: Duration) -> ProcessStats {
+    let read = || -> procfs::ProcResult<ProcessStats> {
+        let stat = procfs::process::Process::myself()?.stat()?;
+        let ticks = procfs::ticks_per_second() as f64;
+        let cpu_secs = (stat.utime + stat.stime) as f64 / ticks;
+        let cpu_percent = if uptime.as_secs_f64() > 0.0 {
+            cpu_secs / uptime.as_secs_f64() * 100.0
+        } else {
+            0.0
+        };
+        Ok(ProcessStats {
+            rss_bytes: stat.rss * procfs::page_size(),
+            cpu_percent: (cpu_percent * 100.0).round() / 100.0,
+            threads: u64::try_from(stat.num_threads).unwrap_or(0),
+        })
+    };
+    read().unwrap_or(ProcessStats {
+        rss_bytes: 0,
+        cpu_percent: 0.0,
+        threads: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_prefers_config_then_bind_then_interfaces() {
+        let lan: IpAddr = "192.0.2.7".parse().expect("ip");
+        let conf: IpAddr = "198.51.100.1".parse().expect("ip");
+        let any: IpAddr = "0.0.0.0".parse().expect("ip");
+        assert_eq!(choose_advertise(Some(conf), any, &[lan]), conf);
+        assert_eq!(choose_advertise(None, lan, &[]), lan);
+        assert_eq!(choose_advertise(None, any, &[lan]), lan);
+        assert_eq!(
+            choose_advertise(None, any, &[]),
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
+    }
+
+    #[test]
+    fn process_stats_are_read_from_proc() {
+        let stats = process_stats(Duration::from_secs(1));
+        assert!(stats.rss_bytes > 0);
+        assert!(stats.threads >= 1);
+    }
+}

@@ -1,0 +1,215 @@
+//! The local HTTP API (axum): routes, bearer-token check, body limit and JSON errors.
+//!
+//! Every answer, errors included, is JSON (`opsbro_api::ErrorBody` for errors). When a token is
+//! configured every request must carry it, whatever the route.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opsbro_api::{Addresses, AgentInfo, ErrorBody, MAX_BODY_BYTES, Ports, StopAnswer, routes};
+use opsbro_types::{AgentState, NodeUuid};
+use tokio_util::sync::CancellationToken;
+
+use crate::host;
+use crate::status::Status;
+
+/// What the HTTP handlers read; built once by the agent.
+#[derive(Debug)]
+pub struct ApiContext {
+    /// Node name.
+    pub name: String,
+    /// Display name.
+    pub display_name: String,
+    /// Node uuid.
+    pub uuid: NodeUuid,
+    /// Zone.
+    pub zone: String,
+    /// Proxy flag.
+    pub is_proxy: bool,
+    /// Static groups (detected ones join them in a later subsystem).
+    pub groups: Vec<String>,
+    /// Addresses.
+    pub addresses: Addresses,
+    /// Ports.
+    pub ports: Ports,
+    /// Data dir, for display.
+    pub data_dir: String,
+    /// Start instant, for uptime and CPU.
+    pub started: Instant,
+    /// Subsystem registry.
+    pub status: Status,
+    /// Cancelled to stop the agent.
+    pub shutdown: CancellationToken,
+    /// Grace period announced by `/agent/stop`.
+    pub grace_period_secs: u64,
+    /// Bearer token required on every request, when set.
+    pub token: Option<String>,
+}
+
+/// An error answer: status + message, rendered as `ErrorBody` JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with this status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.message,
+            status: self.status.as_u16(),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The API router with its middleware.
+pub fn router(ctx: Arc<ApiContext>) -> Router {
+    Router::new()
+        .route(routes::AGENT_STATE, get(agent_state))
+        .route(routes::AGENT_INFO, get(agent_info))
+        .route(routes::AGENT_STOP, post(agent_stop))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(limit_body))
+        .layer(middleware::from_fn_with_state(ctx.clone(), require_token))
+        .with_state(ctx)
+}
+
+async fn agent_state(State(ctx): State<Arc<ApiContext>>) -> Json<AgentState> {
+    Json(ctx.status.agent_state())
+}
+
+async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
+    let uptime = ctx.started.elapsed();
+    Json(AgentInfo {
+        name: ctx.name.clone(),
+        display_name: ctx.display_name.clone(),
+        uuid: ctx.uuid,
+        version: opsbro_types::VERSION.to_owned(),
+        state: ctx.status.agent_state(),
+        zone: ctx.zone.clone(),
+        is_proxy: ctx.is_proxy,
+        groups: ctx.groups.clone(),
+        addresses: ctx.addresses.clone(),
+        ports: ctx.ports,
+        data_dir: ctx.data_dir.clone(),
+        pid: std::process::id(),
+        uptime_secs: uptime.as_secs(),
+        process: host::process_stats(uptime),
+        subsystems: ctx.status.subsystems(),
+    })
+}
+
+async fn agent_stop(State(ctx): State<Arc<ApiContext>>) -> Json<StopAnswer> {
+    tracing::info!("stop requested through the API");
+    ctx.shutdown.cancel();
+    Json(StopAnswer {
+        stopping: true,
+        grace_period_secs: ctx.grace_period_secs,
+    })
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Refuse bodies announced bigger than the limit with a JSON 413 before reading them. (Bodies
+/// without a length are still capped by `DefaultBodyLimit` in the extractors.)
+async fn limit_body(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = announced
+        && len > MAX_BODY_BYTES as u64
+    {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {len} bytes is over the {MAX_BODY_BYTES}-byte limit"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn require_token(
+    State(ctx): State<Arc<ApiContext>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = ctx.token.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let why = if given.is_some() {
+                "invalid API token"
+            } else {
+                "this agent requires an API token: send `Authorization: Bearer <token>` (the CLI reads OPSBRO_API_TOKEN or --token)"
+            };
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+/// Compare without an early exit so the time taken does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,209 @@
+//! The opsbro agent: the composition root. It owns the tokio tasks, the sockets and the axum
+//! server, and wires the IO-free cores of the other crates to them.
+//!
+//! Main entry: [`run`], which opens and locks the data dir, binds the listeners, serves the local
+//! HTTP API ([`http`]) and runs until SIGTERM/SIGINT or `POST /agent/stop`, then shuts every task
+//! down within [`GRACE_PERIOD`]. Invariant: only this crate spawns tasks; every task is tracked by
+//! one `TaskTracker` and watches one root `CancellationToken`.
+
+#![forbid(unsafe_code)]
+
+pub mod datadir;
+pub mod host;
+pub mod http;
+pub mod status;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opsbro_api::{Addresses, Ports, RUNTIME_FILE_NAME, RuntimeFile};
+use opsbro_config::AgentConfig;
+use opsbro_types::{AgentState, SubsystemState};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use datadir::{DataDir, DataDirError};
+pub use status::Status;
+
+/// How long subsystems get to finish after a stop is requested.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Why the agent could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The data directory is unusable or locked by another agent.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}{}", bind_hint(source))]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Some task did not finish within the grace period.
+    #[error("some tasks did not stop within {0:?}; exiting anyway")]
+    GraceExceeded(Duration),
+    /// A second signal asked for an immediate exit.
+    #[error("stopped at once by a second signal")]
+    Forced,
+}
+
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            " (is another agent running? choose another port with --api-port / --port)"
+        }
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need root)",
+        io::ErrorKind::AddrNotAvailable => " (that address is not on this host)",
+        _ => "",
+    }
+}
+
+/// Run the agent until it is asked to stop (signal, API, or `shutdown` cancelled by the caller).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let started = Instant::now();
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let status = Status::new();
+    let tracker = TaskTracker::new();
+
+    status.set("api", SubsystemState::Starting, None);
+    let api_addr = SocketAddr::new(config.api_bind, config.api_port);
+    let listener = TcpListener::bind(api_addr)
+        .await
+        .map_err(|source| AgentError::Bind {
+            what: "the local API",
+            addr: api_addr,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| AgentError::Bind {
+        what: "the local API",
+        addr: api_addr,
+        source,
+    })?;
+
+    let interfaces = host::interface_addrs();
+    let advertise = host::choose_advertise(config.advertise_addr, config.bind_addr, &interfaces);
+    let ctx = Arc::new(http::ApiContext {
+        name: config.node_name.clone(),
+        display_name: config.display_name.clone(),
+        uuid: data_dir.uuid(),
+        zone: config.zone.clone(),
+        is_proxy: config.proxy_node,
+        groups: config.groups.clone(),
+        addresses: Addresses {
+            bind: config.bind_addr,
+            advertise,
+            api: api_addr,
+            interfaces,
+        },
+        ports: Ports {
+            gossip: config.port,
+            api: api_addr.port(),
+        },
+        data_dir: data_dir.path().display().to_string(),
+        started,
+        status: status.clone(),
+        shutdown: shutdown.clone(),
+        grace_period_secs: GRACE_PERIOD.as_secs(),
+        token: config.api_token.clone(),
+    });
+
+    let api_shutdown = shutdown.child_token();
+    let api_status = status.clone();
+    let app = http::router(ctx);
+    tracker.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(api_shutdown.cancelled_owned())
+            .await;
+        match served {
+            Ok(()) => api_status.set("api", SubsystemState::Stopped, None),
+            Err(e) => {
+                tracing::error!(error = %e, "local API server failed");
+                api_status.set("api", SubsystemState::Error, Some(e.to_string()));
+            }
+        }
+    });
+    status.set(
+        "api",
+        SubsystemState::Ok,
+        Some(format!("http://{api_addr}")),
+    );
+
+    let runtime = RuntimeFile {
+        pid: std::process::id(),
+        api_addr,
+        uuid: data_dir.uuid(),
+    };
+    if let Err(e) = serde_json::to_vec_pretty(&runtime)
+        .map_err(io::Error::other)
+        .and_then(|bytes| data_dir.write_atomic(RUNTIME_FILE_NAME, &bytes))
+    {
+        tracing::warn!(error = %e, "cannot write the runtime file");
+    }
+
+    tracing::info!(
+        node = %config.node_name,
+        uuid = %data_dir.uuid(),
+        api = %api_addr,
+        data_dir = %data_dir.path().display(),
+        version = opsbro_types::VERSION,
+        "agent started"
+    );
+    if status.agent_state() == AgentState::Ok {
+        tracing::info!("agent initialized");
+    }
+
+    let forced = wait_for_stop(&shutdown).await;
+    status.set_stopping();
+    tracing::info!(grace_period = ?GRACE_PERIOD, "stopping");
+    tracker.close();
+    let result = tokio::select! {
+        () = tracker.wait() => Ok(()),
+        () = tokio::time::sleep(GRACE_PERIOD) => Err(AgentError::GraceExceeded(GRACE_PERIOD)),
+        () = forced.cancelled() => Err(AgentError::Forced),
+    };
+    let _ = std::fs::remove_file(data_dir.path().join(RUNTIME_FILE_NAME));
+    if result.is_ok() {
+        tracing::info!("agent stopped");
+    }
+    result
+}
+
+/// Wait until `shutdown` is cancelled or a SIGTERM/SIGINT arrives (which cancels it). Returns a
+/// token cancelled by a *second* signal, meaning "stop now, do not wait for the grace period".
+async fn wait_for_stop(shutdown: &CancellationToken) -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
+    let forced = CancellationToken::new();
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop the agent with `opsbro agent stop`");
+        shutdown.cancelled().await;
+        return forced;
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+    let second = forced.clone();
+    // A detached watcher: it only outlives `run` when the process is exiting anyway.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: stopping now");
+        second.cancel();
+    });
+    forced
+}

@@ -1,0 +1,163 @@
+//! The local HTTP API's contract: route paths and the JSON shapes of requests, answers and errors.
+//!
+//! Serialization is a boundary (HOUSE-STYLE): the agent's server and the CLI's client both use
+//! these types, so the two cannot drift apart. Nothing here does IO or knows about axum/reqwest.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use opsbro_types::{AgentState, NodeUuid, SubsystemState};
+use serde::{Deserialize, Serialize};
+
+/// Route paths of the local API.
+pub mod routes {
+    /// `GET`: the agent state as a JSON string (`"initializing"`, `"ok"`, `"stopping"`).
+    pub const AGENT_STATE: &str = "/agent/state";
+    /// `GET`: [`super::AgentInfo`].
+    pub const AGENT_INFO: &str = "/agent/info";
+    /// `POST`: ask the agent to shut down gracefully; answers [`super::StopAnswer`].
+    pub const AGENT_STOP: &str = "/agent/stop";
+}
+
+/// Largest request body the API accepts (bigger bodies get 413).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The header that carries the API token (`Authorization: Bearer <token>`).
+pub const AUTH_HEADER: &str = "authorization";
+
+/// Every error answer: `{"error": "...", "status": 404}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, in words meant for a person.
+    pub error: String,
+    /// The HTTP status code, repeated for clients that only see the body.
+    pub status: u16,
+}
+
+/// Answer of `POST /agent/stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopAnswer {
+    /// Always true: the shutdown has started.
+    pub stopping: bool,
+    /// How long the agent gives its subsystems to finish, in seconds.
+    pub grace_period_secs: u64,
+}
+
+/// Answer of `GET /agent/info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Unique node name.
+    pub name: String,
+    /// Human-friendly name.
+    pub display_name: String,
+    /// Node identity, persisted in the data dir.
+    pub uuid: NodeUuid,
+    /// opsbro version.
+    pub version: String,
+    /// Overall state.
+    pub state: AgentState,
+    /// Zone of this node.
+    pub zone: String,
+    /// Whether this node is a proxy node.
+    pub is_proxy: bool,
+    /// Groups of this node (static and detected).
+    pub groups: Vec<String>,
+    /// Addresses the agent uses and announces.
+    pub addresses: Addresses,
+    /// Ports the agent listens on.
+    pub ports: Ports,
+    /// The data directory.
+    pub data_dir: String,
+    /// Operating-system process id.
+    pub pid: u32,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+    /// Resource use of the agent process.
+    pub process: ProcessStats,
+    /// State of every subsystem, by name.
+    pub subsystems: BTreeMap<String, SubsystemStatus>,
+}
+
+/// Addresses of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addresses {
+    /// Gossip bind address.
+    pub bind: IpAddr,
+    /// Address announced to other nodes.
+    pub advertise: IpAddr,
+    /// Address the local API listens on.
+    pub api: SocketAddr,
+    /// Non-loopback addresses of the host's interfaces.
+    pub interfaces: Vec<IpAddr>,
+}
+
+/// Ports of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ports {
+    /// Gossip UDP and cluster TCP port.
+    pub gossip: u16,
+    /// Local HTTP API port.
+    pub api: u16,
+}
+
+/// Resource use of the agent process.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStats {
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+    /// CPU use since start, in percent of one core.
+    pub cpu_percent: f64,
+    /// Number of OS threads.
+    pub threads: u64,
+}
+
+/// State of one subsystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubsystemStatus {
+    /// Current state.
+    pub state: SubsystemState,
+    /// Detail: the listen address, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Written by a running agent to `<data_dir>/agent.runtime.json` once its listeners are bound, so
+/// that scripts and tests using port 0 learn the real addresses. Removed at clean exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeFile {
+    /// Process id of the agent.
+    pub pid: u32,
+    /// Address of the local API.
+    pub api_addr: SocketAddr,
+    /// Node identity.
+    pub uuid: NodeUuid,
+}
+
+/// Name of the runtime file inside the data dir.
+pub const RUNTIME_FILE_NAME: &str = "agent.runtime.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_shape() {
+        let body = ErrorBody {
+            error: "no such route".into(),
+            status: 404,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).expect("json"),
+            r#"{"error":"no such route","status":404}"#
+        );
+    }
+
+    #[test]
+    fn subsystem_message_is_optional() {
+        let s: SubsystemStatus = serde_json::from_str(r#"{"state":"ok"}"#).expect("json");
+        assert_eq!(s.message, None);
+        assert_eq!(s.state, SubsystemState::Ok);
+    }
+}

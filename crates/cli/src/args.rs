@@ -1,0 +1,127 @@
+//! Command-line grammar (clap derive): `opsbro <group> <verb> [options]`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use clap_complete::Shell;
+
+/// opsbro: gossip-clustered monitoring and service discovery.
+///
+/// Run `opsbro agent start` on every host; the other commands talk to the local agent through its
+/// HTTP API (127.0.0.1:6770 unless --api says otherwise).
+#[derive(Debug, Parser)]
+#[command(
+    name = "opsbro",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Address of the agent's local API (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "OPSBRO_API",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:6770"
+    )]
+    pub api: String,
+
+    /// API token: sent by the CLI with every request, and required by `agent start` when set.
+    #[arg(
+        long,
+        global = true,
+        env = "OPSBRO_API_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Command groups.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run, stop and inspect the local agent.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Print a shell completion script (e.g. `opsbro completions bash > /etc/bash_completion.d/opsbro`).
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+}
+
+/// `opsbro agent ...`
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run the agent in the foreground (use the init.d script or systemd unit to run it in the background).
+    Start(StartArgs),
+    /// Ask the running agent to stop gracefully, and wait until it has.
+    Stop {
+        /// Seconds to wait for the agent to exit.
+        #[arg(long, default_value_t = 30.0, value_name = "S")]
+        timeout: f64,
+    },
+    /// Show the agent's identity, addresses, groups, resource use and subsystem states.
+    Info {
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the agent state (initializing, ok, stopping); exit 2 unless it is ok.
+    State {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until the agent is initialized (state ok); exit 0 when it is, 2 on timeout.
+    WaitInitialized {
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0, value_name = "S")]
+        timeout: f64,
+    },
+    /// Print a new random cluster encryption key (base64 of 32 bytes) for `encryption_key`.
+    Keygen,
+}
+
+/// Options of `opsbro agent start`; each one overrides the configuration file.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Configuration file [default: /etc/opsbro/agent.yml when it exists].
+    #[arg(long, env = "OPSBRO_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (uuid, lock, stores) [default: /var/lib/opsbro as root, else $XDG_DATA_HOME/opsbro].
+    #[arg(long, env = "OPSBRO_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the gossip listeners bind [default: 0.0.0.0].
+    #[arg(long, env = "OPSBRO_BIND", value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// Gossip UDP and cluster TCP port [default: 6768].
+    #[arg(long, env = "OPSBRO_PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Address the local API binds [default: 127.0.0.1]; a non-loopback one needs a token.
+    #[arg(long, env = "OPSBRO_API_BIND", value_name = "IP")]
+    pub api_bind: Option<IpAddr>,
+    /// Port of the local API [default: 6770]; 0 picks a free port (see <data-dir>/agent.runtime.json).
+    #[arg(long, env = "OPSBRO_API_PORT", value_name = "PORT")]
+    pub api_port: Option<u16>,
+    /// Name of this node [default: the host name].
+    #[arg(long, env = "OPSBRO_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Node to join at start, host[:port]; repeat it, or comma-separate in OPSBRO_SEEDS.
+    #[arg(
+        long = "seed",
+        env = "OPSBRO_SEEDS",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    pub seeds: Vec<String>,
+    /// Log level: trace, debug, info, warn, error [default: RUST_LOG, then log_level, then info].
+    #[arg(long, env = "OPSBRO_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}

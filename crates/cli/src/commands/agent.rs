@@ -1,0 +1,306 @@
+//! `opsbro agent start|stop|info|state|wait-initialized|keygen`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use opsbro_api::{AgentInfo, StopAnswer, routes};
+use opsbro_config::{Config, HostFacts, Overrides, Seed};
+use opsbro_types::AgentState;
+use rand::TryRngCore as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::StartArgs;
+use crate::client::Client;
+use crate::error::CliError;
+use crate::render;
+
+/// How often waits poll the agent.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Load the configuration for `agent start`: file, then `OPSBRO_*`/flags, then defaults.
+pub fn load_config(
+    args: &StartArgs,
+    token: Option<String>,
+) -> Result<opsbro_config::AgentConfig, CliError> {
+    let file = match &args.config {
+        Some(path) => Config::from_file(path),
+        None if Path::new(opsbro_config::DEFAULT_CONFIG_PATH).exists() => {
+            Config::from_file(Path::new(opsbro_config::DEFAULT_CONFIG_PATH))
+        }
+        None => Ok(Config::default()),
+    };
+    let mut errors = Vec::new();
+    let file = file.unwrap_or_else(|e| {
+        errors.extend(e.0);
+        Config::default()
+    });
+    let mut flag_error = |key: &str, flag: &str, message: String| {
+        errors.push(opsbro_config::ConfigError {
+            source: format!("{flag} (or its OPSBRO_ variable)"),
+            line: None,
+            key: key.to_owned(),
+            message,
+        });
+    };
+    let mut seeds = Vec::new();
+    for s in &args.seeds {
+        match Seed::parse(s) {
+            Ok(seed) => seeds.push(seed),
+            Err(e) => flag_error("seeds", "--seed", e),
+        }
+    }
+    let node_name = args.node_name.clone().and_then(|n| {
+        opsbro_config::check_node_name(n)
+            .map_err(|e| flag_error("node_name", "--node-name", e))
+            .ok()
+    });
+    let log_level = args.log_level.clone().and_then(|l| {
+        opsbro_config::check_log_level(l)
+            .map_err(|e| flag_error("log_level", "--log-level", e))
+            .ok()
+    });
+    let api_token = token.and_then(|t| {
+        opsbro_config::check_token(t)
+            .map_err(|e| flag_error("api.token", "--token", e))
+            .ok()
+    });
+    let data_dir = args.data_dir.clone().map(|d| {
+        if d.is_absolute() {
+            d
+        } else {
+            std::env::current_dir().map(|c| c.join(&d)).unwrap_or(d)
+        }
+    });
+    let overrides = Overrides {
+        data_dir,
+        bind_addr: args.bind,
+        port: args.port,
+        api_bind: args.api_bind,
+        api_port: args.api_port,
+        api_token,
+        node_name,
+        seeds,
+        log_level,
+    };
+    let resolved = file.resolve(overrides, &host_facts());
+    match resolved {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(CliError::Usage(
+            opsbro_config::ConfigErrors(errors).to_string(),
+        )),
+        Err(e) => {
+            errors.extend(e.0);
+            Err(CliError::Usage(
+                opsbro_config::ConfigErrors(errors).to_string(),
+            ))
+        }
+    }
+}
+
+fn host_facts() -> HostFacts {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    // The owner of /proc/self is this process's effective uid.
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(u32::MAX);
+    HostFacts {
+        hostname,
+        euid,
+        xdg_data_home: std::env::var_os("XDG_DATA_HOME").map(Into::into),
+        home: std::env::var_os("HOME").map(Into::into),
+    }
+}
+
+/// `opsbro agent start`: run the agent in the foreground until it is stopped.
+pub async fn start(config: opsbro_config::AgentConfig) -> Result<(), CliError> {
+    opsbro_agent::run(config, CancellationToken::new())
+        .await
+        .map_err(|e| CliError::Other(e.into()))
+}
+
+/// `opsbro agent stop`.
+pub async fn stop(client: &Client, timeout: f64) -> Result<(), CliError> {
+    let answer: StopAnswer = client.post(routes::AGENT_STOP).await?;
+    let deadline = Instant::now() + secs(timeout);
+    let bar = spinner("waiting for the agent to stop");
+    loop {
+        match client.get::<AgentState>(routes::AGENT_STATE).await {
+            Err(CliError::Unreachable { .. }) => break,
+            _ if Instant::now() >= deadline => {
+                bar.finish_and_clear();
+                return Err(CliError::Other(anyhow::anyhow!(
+                    "the agent at {} was asked to stop but still answers after {timeout}s (its grace period is {}s)",
+                    client.addr(),
+                    answer.grace_period_secs
+                )));
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
+    bar.finish_and_clear();
+    println!("agent stopped");
+    Ok(())
+}
+
+/// `opsbro agent info`.
+pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
+    let info: AgentInfo = client.get(routes::AGENT_INFO).await?;
+    if json {
+        println!("{}", to_json(&info)?);
+        return Ok(());
+    }
+    let colour = render::use_colour();
+    let name = if info.display_name == info.name {
+        info.name.clone()
+    } else {
+        format!("{} ({})", info.name, info.display_name)
+    };
+    let groups = if info.groups.is_empty() {
+        "(none)".to_owned()
+    } else {
+        info.groups.join(", ")
+    };
+    let interfaces = info
+        .addresses
+        .interfaces
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = format!("opsbro agent {name}\n");
+    out += &render::key_values(&[
+        ("State", render::state(info.state.as_str(), colour)),
+        ("UUID", info.uuid.to_string()),
+        ("Version", info.version.clone()),
+        ("Zone", info.zone.clone()),
+        (
+            "Proxy node",
+            if info.is_proxy { "yes" } else { "no" }.to_owned(),
+        ),
+        ("Groups", groups),
+        (
+            "Advertise",
+            format!("{}:{}", info.addresses.advertise, info.ports.gossip),
+        ),
+        (
+            "Gossip bind",
+            format!("{}:{}", info.addresses.bind, info.ports.gossip),
+        ),
+        ("Local API", info.addresses.api.to_string()),
+        (
+            "Interfaces",
+            if interfaces.is_empty() {
+                "(none)".into()
+            } else {
+                interfaces
+            },
+        ),
+        ("Data dir", info.data_dir.clone()),
+        ("Uptime", render::duration(info.uptime_secs)),
+        (
+            "Process",
+            format!(
+                "pid {}, RSS {}, CPU {:.2}%, {} threads",
+                info.pid,
+                render::bytes(info.process.rss_bytes),
+                info.process.cpu_percent,
+                info.process.threads
+            ),
+        ),
+    ]);
+    out += "Subsystems\n";
+    let rows: Vec<(&str, String)> = info
+        .subsystems
+        .iter()
+        .map(|(name, s)| {
+            let detail = s
+                .message
+                .as_deref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default();
+            (
+                name.as_str(),
+                format!("{}{detail}", render::state(s.state.as_str(), colour)),
+            )
+        })
+        .collect();
+    out += &render::key_values(&rows);
+    print!("{out}");
+    Ok(())
+}
+
+/// `opsbro agent state`.
+pub async fn state(client: &Client, json: bool) -> Result<(), CliError> {
+    let state: AgentState = client.get(routes::AGENT_STATE).await?;
+    if json {
+        println!("{}", to_json(&state)?);
+    } else {
+        println!("{state}");
+    }
+    if state == AgentState::Ok {
+        Ok(())
+    } else {
+        Err(CliError::Negative(format!("the agent is {state}")))
+    }
+}
+
+/// `opsbro agent wait-initialized`: poll until `ok`. An agent that does not answer yet is waited
+/// for too (the init script calls this right after starting it).
+pub async fn wait_initialized(client: &Client, timeout: f64) -> Result<(), CliError> {
+    let deadline = Instant::now() + secs(timeout);
+    let bar = spinner("waiting for the agent to initialize");
+    loop {
+        let last = match client.get::<AgentState>(routes::AGENT_STATE).await {
+            Ok(AgentState::Ok) => {
+                bar.finish_and_clear();
+                println!("agent initialized");
+                return Ok(());
+            }
+            Ok(state) => CliError::Negative(format!("the agent is still {state} after {timeout}s")),
+            Err(e @ (CliError::Unreachable { .. } | CliError::Api { .. })) => e,
+            Err(e) => return Err(e),
+        };
+        if Instant::now() >= deadline {
+            bar.finish_and_clear();
+            return Err(last);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `opsbro agent keygen`.
+pub fn keygen() -> Result<(), CliError> {
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut key)
+        .map_err(|e| CliError::Other(anyhow::anyhow!("cannot read the OS random source: {e}")))?;
+    println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
+    Ok(())
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX / 2)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value).map_err(|e| CliError::Other(e.into()))
+}
+
+/// A spinner on stderr when it is a terminal; hidden otherwise (scripts, tests, CI logs).
+fn spinner(message: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner().with_message(message);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}

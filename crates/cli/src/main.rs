@@ -1,0 +1,81 @@
+//! `opsbro`: parse the command line, set up logging and the runtime, dispatch, map errors to exit
+//! codes (0 ok, 1 unreachable/runtime error, 2 usage error or negative answer).
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use opsbro_cli::args::{AgentCommand, Cli, Command};
+use opsbro_cli::client::Client;
+use opsbro_cli::commands::agent;
+use opsbro_cli::error::CliError;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Agent(AgentCommand::Start(args)) => {
+            let config = agent::load_config(&args, cli.token)?;
+            init_tracing(args.log_level.is_some(), &config.log_level);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .thread_name("opsbro")
+                .build()
+                .map_err(|e| CliError::Other(e.into()))?
+                .block_on(agent::start(config))
+        }
+        Command::Agent(AgentCommand::Keygen) => agent::keygen(),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "opsbro", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Agent(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::Other(e.into()))?;
+            runtime.block_on(async {
+                match command {
+                    AgentCommand::Stop { timeout } => agent::stop(&client, timeout).await,
+                    AgentCommand::Info { json } => agent::info(&client, json).await,
+                    AgentCommand::State { json } => agent::state(&client, json).await,
+                    AgentCommand::WaitInitialized { timeout } => {
+                        agent::wait_initialized(&client, timeout).await
+                    }
+                    AgentCommand::Start(_) | AgentCommand::Keygen => unreachable!("handled above"),
+                }
+            })
+        }
+    }
+}
+
+/// Logs go to stderr. Level: `--log-level`/`OPSBRO_LOG_LEVEL` first, then `RUST_LOG` (full
+/// filter syntax), then `log_level` from the file, then info.
+fn init_tracing(level_from_flag: bool, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !level_from_flag && !spec.trim().is_empty() => EnvFilter::try_new(spec)
+            .unwrap_or_else(|e| {
+                eprintln!("warning: ignoring RUST_LOG ({e}); using level {level}");
+                EnvFilter::new(level)
+            }),
+        _ => EnvFilter::new(level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

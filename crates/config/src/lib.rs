@@ -1,0 +1,720 @@
+//! Agent configuration: `agent.yml` loading, validation and the typed result.
+//!
+//! Configuration is read in two phases (HOUSE-STYLE): [`raw`] serde structs mirror the YAML and
+//! never fail on a wrongly typed value, then [`Config::from_yaml`] validates every key, collecting
+//! every problem as a [`ConfigError`] with file, line and key, so a user fixes a file in one pass.
+//! Command-line flags and `OPSBRO_*` environment variables arrive as [`Overrides`] and win over the
+//! file. [`Config::resolve`] fills context-dependent defaults (hostname, data dir by user) and runs the
+//! cross-key checks, such as refusing a non-loopback API bind without a token.
+//!
+//! This crate does no IO besides what the caller hands it: the file text, the hostname, the uid and
+//! the environment are inputs, which keeps every rule unit-testable.
+
+#![forbid(unsafe_code)]
+
+mod lines;
+pub mod raw;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+
+pub use lines::LineIndex;
+use raw::{Field, RawApi, RawConfig, RawEncryption, Unknown};
+
+/// Default gossip (UDP) and cluster (TCP) port.
+pub const DEFAULT_GOSSIP_PORT: u16 = 6768;
+/// Default port of the local HTTP API.
+pub const DEFAULT_API_PORT: u16 = 6770;
+/// Default zone of a node, as in the original opsbro.
+pub const DEFAULT_ZONE: &str = "internet";
+/// The configuration file read when none is named and it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/opsbro/agent.yml";
+/// The log levels `log_level` accepts.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+
+/// One problem in the configuration: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the value came from: a file path, `--flag`, or an environment variable.
+    pub source: String,
+    /// 1-based line in the file, when the value came from a file.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `api.port`.
+    pub key: String,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: ", self.source, line)?,
+            None => write!(f, "{}: ", self.source)?,
+        }
+        write!(f, "key `{}`: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in a configuration; the agent does not start while there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "invalid configuration ({n} error{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A `host[:port]` to join at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// Host name or IP address.
+    pub host: String,
+    /// Gossip port of the seed.
+    pub port: u16,
+}
+
+impl fmt::Display for Seed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Seed {
+    /// Parse `host`, `host:port`, `ip`, `[ipv6]:port`; the port defaults to 6768.
+    pub fn parse(text: &str) -> Result<Seed, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("empty seed: expected host[:port]".into());
+        }
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Seed {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Seed {
+                host: ip.to_string(),
+                port: DEFAULT_GOSSIP_PORT,
+            });
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            Some((h, p)) => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("`{text}`: port `{p}` is not a number in 1-65535"))?;
+                (h, port)
+            }
+            None => (text, DEFAULT_GOSSIP_PORT),
+        };
+        if host.is_empty()
+            || host
+                .chars()
+                .any(|c| c.is_whitespace() || c == '/' || c == '[')
+        {
+            return Err(format!("`{text}` is not host[:port]"));
+        }
+        if port == 0 {
+            return Err(format!("`{text}`: port 0 cannot be joined"));
+        }
+        Ok(Seed {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// A 32-byte AES-256-GCM cluster key (from `encryption_key`, base64).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionKey(pub [u8; 32]);
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material, not even in debug logs.
+        f.write_str("EncryptionKey(..)")
+    }
+}
+
+impl EncryptionKey {
+    /// Decode a base64 key; it must be exactly 32 bytes.
+    pub fn from_base64(text: &str) -> Result<Self, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| {
+                "not valid base64: generate a key with `opsbro agent keygen`".to_owned()
+            })?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            format!(
+                "the key is {} bytes, expected 32: generate one with `opsbro agent keygen`",
+                b.len()
+            )
+        })?;
+        Ok(Self(key))
+    }
+}
+
+/// The validated contents of one `agent.yml` (every field optional: absent means default).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// `node_name`.
+    pub node_name: Option<String>,
+    /// `display_name`.
+    pub display_name: Option<String>,
+    /// `data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `bind_addr`: the address gossip listens on.
+    pub bind_addr: Option<IpAddr>,
+    /// `advertise_addr`: the address other nodes reach us at.
+    pub advertise_addr: Option<IpAddr>,
+    /// `port`: gossip UDP and cluster TCP port.
+    pub port: Option<u16>,
+    /// `api.bind`.
+    pub api_bind: Option<IpAddr>,
+    /// `api.port`.
+    pub api_port: Option<u16>,
+    /// `api.token`.
+    pub api_token: Option<String>,
+    /// `seeds`.
+    pub seeds: Vec<Seed>,
+    /// `bootstrap`.
+    pub bootstrap: Option<bool>,
+    /// `groups` (static groups).
+    pub groups: Vec<String>,
+    /// `zone`.
+    pub zone: Option<String>,
+    /// `proxy_node`.
+    pub proxy_node: Option<bool>,
+    /// `encryption_key`.
+    pub encryption_key: Option<EncryptionKey>,
+    /// `encryption.keyring_file`.
+    pub keyring_file: Option<PathBuf>,
+    /// `packs_dirs`.
+    pub packs_dirs: Vec<PathBuf>,
+    /// `templates_dir`.
+    pub templates_dir: Option<PathBuf>,
+    /// `log_level`.
+    pub log_level: Option<String>,
+}
+
+/// Values from flags and `OPSBRO_*` variables; each set one wins over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir` / `OPSBRO_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--bind` / `OPSBRO_BIND`.
+    pub bind_addr: Option<IpAddr>,
+    /// `--port` / `OPSBRO_PORT`.
+    pub port: Option<u16>,
+    /// `--api-bind` / `OPSBRO_API_BIND`.
+    pub api_bind: Option<IpAddr>,
+    /// `--api-port` / `OPSBRO_API_PORT`.
+    pub api_port: Option<u16>,
+    /// `--api-token` / `OPSBRO_API_TOKEN`.
+    pub api_token: Option<String>,
+    /// `--node-name` / `OPSBRO_NODE_NAME`.
+    pub node_name: Option<String>,
+    /// `--seed` (repeatable) / `OPSBRO_SEEDS` (comma-separated); added to the file's seeds.
+    pub seeds: Vec<Seed>,
+    /// `--log-level` / `OPSBRO_LOG_LEVEL`.
+    pub log_level: Option<String>,
+}
+
+/// Facts about the host that defaults depend on; the binary reads them, tests make them up.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// The kernel host name.
+    pub hostname: String,
+    /// Effective uid (0 = root).
+    pub euid: u32,
+    /// `$XDG_DATA_HOME`, if set.
+    pub xdg_data_home: Option<PathBuf>,
+    /// `$HOME`, if set.
+    pub home: Option<PathBuf>,
+}
+
+/// The configuration the agent runs with: every default filled, every rule checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Unique node name (default: host name).
+    pub node_name: String,
+    /// Human-friendly name (default: the node name).
+    pub display_name: String,
+    /// Where the uuid, lock, keyring and stores live.
+    pub data_dir: PathBuf,
+    /// Gossip bind address (default 0.0.0.0).
+    pub bind_addr: IpAddr,
+    /// Address announced to other nodes (default: chosen at start from the interfaces).
+    pub advertise_addr: Option<IpAddr>,
+    /// Gossip UDP / cluster TCP port.
+    pub port: u16,
+    /// Local API bind address (default 127.0.0.1).
+    pub api_bind: IpAddr,
+    /// Local API port (0 = any free port, written to the runtime file).
+    pub api_port: u16,
+    /// Bearer token every API request must carry, when set.
+    pub api_token: Option<String>,
+    /// Nodes to join at start.
+    pub seeds: Vec<Seed>,
+    /// Start a new cluster without waiting for seeds.
+    pub bootstrap: bool,
+    /// Static groups.
+    pub groups: Vec<String>,
+    /// Zone of this node.
+    pub zone: String,
+    /// Whether this node is a proxy node.
+    pub proxy_node: bool,
+    /// Cluster encryption key.
+    pub encryption_key: Option<EncryptionKey>,
+    /// Keyring file (default `<data_dir>/keyring.json` when used).
+    pub keyring_file: Option<PathBuf>,
+    /// Extra pack directories.
+    pub packs_dirs: Vec<PathBuf>,
+    /// Template directory overriding the embedded templates.
+    pub templates_dir: Option<PathBuf>,
+    /// Log level (trace|debug|info|warn|error).
+    pub log_level: String,
+}
+
+/// Collects errors while validating one source.
+struct Validator<'a> {
+    source: String,
+    lines: &'a LineIndex,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            source: self.source.clone(),
+            line: self.lines.line_of(key),
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// The value of a field, recording a type error.
+    fn take<T>(&mut self, key: &str, field: Field<T>) -> Option<T> {
+        match field {
+            Field::Absent => None,
+            Field::Set(v) => Some(v),
+            Field::Invalid(message) => {
+                self.error(key, message);
+                None
+            }
+        }
+    }
+
+    /// Take a field and check/convert it with `check`.
+    fn take_with<T, U>(
+        &mut self,
+        key: &str,
+        field: Field<T>,
+        check: impl FnOnce(T) -> Result<U, String>,
+    ) -> Option<U> {
+        let value = self.take(key, field)?;
+        match check(value) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.error(key, message);
+                None
+            }
+        }
+    }
+
+    fn unknown(&mut self, section: &str, unknown: Unknown, known: &[&str]) {
+        for key in unknown.keys() {
+            let path = if section.is_empty() {
+                key.clone()
+            } else {
+                format!("{section}.{key}")
+            };
+            let hint = match closest(key, known) {
+                Some(k) => format!("unknown key (did you mean `{k}`?)"),
+                None => format!("unknown key (known keys: {})", known.join(", ")),
+            };
+            self.error(&path, hint);
+        }
+    }
+}
+
+/// The known key most like `key`, if one is close enough to be a likely typo.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance; keys are short so the quadratic table is fine.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn parse_ip(text: String) -> Result<IpAddr, String> {
+    text.trim()
+        .parse::<IpAddr>()
+        .map_err(|_| format!("`{text}` is not an IP address (e.g. 0.0.0.0, 127.0.0.1 or ::1)"))
+}
+
+/// Node names end up in DNS names (`<node>.name.<domain>`) and CLI tables.
+pub fn check_node_name(name: String) -> Result<String, String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("must be 1 to 253 characters".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "`{name}` contains `{bad}`: use letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    Ok(name)
+}
+
+/// Group names are matched exactly and appear in DNS labels.
+pub fn check_group(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("group `{name}` must be 1 to 63 characters"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '/'))
+    {
+        return Err(format!(
+            "group `{name}` contains `{}`",
+            bad.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Normalise a log level (`INFO` → `info`, `warning` → `warn`).
+pub fn check_log_level(level: String) -> Result<String, String> {
+    let lower = level.trim().to_ascii_lowercase();
+    let lower = if lower == "warning" {
+        "warn".to_owned()
+    } else {
+        lower
+    };
+    if LOG_LEVELS.contains(&lower.as_str()) {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "`{level}` is not a log level: use one of {}",
+            LOG_LEVELS.join(", ")
+        ))
+    }
+}
+
+impl Config {
+    /// Read the file at `path` (see [`Config::from_yaml`]). A missing or unreadable file is one
+    /// error naming the path.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                source: path.display().to_string(),
+                line: None,
+                key: "-".into(),
+                message: format!("cannot read the configuration file: {e}"),
+            }])
+        })?;
+        Config::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Validate a YAML document; `source` names it in error messages (usually the file path).
+    pub fn from_yaml(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+        // An empty file (or one with only comments) is a valid, empty configuration.
+        let raw: RawConfig = if text.trim().is_empty() || only_comments(text) {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let (line, message) = match e.location() {
+                    Some(loc) => (Some(loc.line()), e.to_string()),
+                    None => (None, e.to_string()),
+                };
+                let message = message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let message = if message.contains("invalid type") {
+                    format!("the file must be a mapping of keys to values ({message})")
+                } else {
+                    format!("not valid YAML: {message}")
+                };
+                ConfigErrors(vec![ConfigError {
+                    source: source.to_owned(),
+                    line,
+                    key: "-".into(),
+                    message,
+                }])
+            })?
+        };
+        let lines = LineIndex::build(text);
+        let mut v = Validator {
+            source: source.to_owned(),
+            lines: &lines,
+            errors: Vec::new(),
+        };
+        let config = Config::validate(&mut v, raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            v.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    fn validate(v: &mut Validator<'_>, raw: RawConfig) -> Config {
+        let RawConfig {
+            node_name,
+            display_name,
+            data_dir,
+            bind_addr,
+            advertise_addr,
+            port,
+            api,
+            seeds,
+            bootstrap,
+            groups,
+            zone,
+            proxy_node,
+            encryption_key,
+            encryption,
+            packs_dirs,
+            templates_dir,
+            log_level,
+            unknown,
+        } = raw;
+        v.unknown("", unknown, raw::TOP_KEYS);
+        let api = v.take("api", api).unwrap_or_default();
+        let RawApi {
+            bind: api_bind,
+            port: api_port,
+            token: api_token,
+            unknown: api_unknown,
+        } = api;
+        v.unknown("api", api_unknown, raw::API_KEYS);
+        let encryption = v.take("encryption", encryption).unwrap_or_default();
+        let RawEncryption {
+            keyring_file,
+            unknown: enc_unknown,
+        } = encryption;
+        v.unknown("encryption", enc_unknown, raw::ENCRYPTION_KEYS);
+
+        let seeds = v
+            .take("seeds", seeds)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                v.take_with(&format!("seeds[{i}]"), Field::Set(s), |s| Seed::parse(&s))
+            })
+            .collect();
+        let groups = v
+            .take("groups", groups)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, g)| {
+                v.take_with(&format!("groups[{i}]"), Field::Set(g), |g| {
+                    check_group(&g).map(|()| g)
+                })
+            })
+            .collect();
+        Config {
+            node_name: v.take_with("node_name", node_name, check_node_name),
+            display_name: v.take_with("display_name", display_name, |d| {
+                if d.trim().is_empty() || d.chars().any(char::is_control) {
+                    Err("must be non-empty text without control characters".into())
+                } else {
+                    Ok(d)
+                }
+            }),
+            data_dir: v.take_with("data_dir", data_dir, |p| {
+                if p.is_absolute() {
+                    Ok(p)
+                } else {
+                    Err(format!("`{}` must be an absolute path", p.display()))
+                }
+            }),
+            bind_addr: v.take_with("bind_addr", bind_addr, parse_ip),
+            advertise_addr: v.take_with("advertise_addr", advertise_addr, |s| {
+                let ip = parse_ip(s)?;
+                if ip.is_unspecified() {
+                    Err(format!(
+                        "{ip} cannot be advertised: give an address peers can reach"
+                    ))
+                } else {
+                    Ok(ip)
+                }
+            }),
+            port: v.take("port", port),
+            api_bind: v.take_with("api.bind", api_bind, parse_ip),
+            api_port: v.take("api.port", api_port),
+            api_token: v.take_with("api.token", api_token, check_token),
+            seeds,
+            bootstrap: v.take("bootstrap", bootstrap),
+            groups,
+            zone: v.take_with("zone", zone, |z| check_group(&z).map(|()| z)),
+            proxy_node: v.take("proxy_node", proxy_node),
+            encryption_key: v.take_with("encryption_key", encryption_key, |k| {
+                EncryptionKey::from_base64(&k)
+            }),
+            keyring_file: v.take("encryption.keyring_file", keyring_file),
+            packs_dirs: v.take("packs_dirs", packs_dirs).unwrap_or_default(),
+            templates_dir: v.take("templates_dir", templates_dir),
+            log_level: v.take_with("log_level", log_level, check_log_level),
+        }
+    }
+
+    /// Apply flags/env over the file, fill defaults, and check rules that span several keys.
+    pub fn resolve(
+        self,
+        overrides: Overrides,
+        host: &HostFacts,
+    ) -> Result<AgentConfig, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut cross = |key: &str, message: String| {
+            errors.push(ConfigError {
+                source: "configuration".into(),
+                line: None,
+                key: key.into(),
+                message,
+            })
+        };
+        let node_name = match overrides.node_name.or(self.node_name) {
+            Some(n) => n,
+            None => match check_node_name(host.hostname.trim().to_owned()) {
+                Ok(n) => n,
+                Err(e) => {
+                    cross(
+                        "node_name",
+                        format!("the host name cannot be used as node name ({e}): set node_name"),
+                    );
+                    String::new()
+                }
+            },
+        };
+        let data_dir = overrides
+            .data_dir
+            .or(self.data_dir)
+            .unwrap_or_else(|| default_data_dir(host));
+        let api_bind = overrides
+            .api_bind
+            .or(self.api_bind)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let api_token = overrides.api_token.or(self.api_token);
+        if !api_bind.is_loopback() && api_token.is_none() {
+            cross(
+                "api.bind",
+                format!(
+                    "refusing to serve the local API on non-loopback address {api_bind} without a token: \
+                     set api.token (or OPSBRO_API_TOKEN), or bind it to 127.0.0.1"
+                ),
+            );
+        }
+        let mut seeds = self.seeds;
+        seeds.extend(overrides.seeds);
+        let config = AgentConfig {
+            display_name: self.display_name.unwrap_or_else(|| node_name.clone()),
+            node_name,
+            data_dir,
+            bind_addr: overrides
+                .bind_addr
+                .or(self.bind_addr)
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            advertise_addr: self.advertise_addr,
+            port: overrides.port.or(self.port).unwrap_or(DEFAULT_GOSSIP_PORT),
+            api_bind,
+            api_port: overrides
+                .api_port
+                .or(self.api_port)
+                .unwrap_or(DEFAULT_API_PORT),
+            api_token,
+            seeds,
+            bootstrap: self.bootstrap.unwrap_or(false),
+            groups: self.groups,
+            zone: self.zone.unwrap_or_else(|| DEFAULT_ZONE.to_owned()),
+            proxy_node: self.proxy_node.unwrap_or(false),
+            encryption_key: self.encryption_key,
+            keyring_file: self.keyring_file,
+            packs_dirs: self.packs_dirs,
+            templates_dir: self.templates_dir,
+            log_level: overrides
+                .log_level
+                .or(self.log_level)
+                .unwrap_or_else(|| "info".to_owned()),
+        };
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Tokens travel in an HTTP header and are compared as bytes.
+pub fn check_token(token: String) -> Result<String, String> {
+    if token.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if token.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces".into());
+    }
+    Ok(token)
+}
+
+fn only_comments(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#') || l == "---")
+}
+
+/// `/var/lib/opsbro` for root, else `$XDG_DATA_HOME/opsbro` (or `~/.local/share/opsbro`).
+pub fn default_data_dir(host: &HostFacts) -> PathBuf {
+    if host.euid == 0 {
+        return PathBuf::from("/var/lib/opsbro");
+    }
+    if let Some(xdg) = host.xdg_data_home.as_ref().filter(|p| p.is_absolute()) {
+        return xdg.join("opsbro");
+    }
+    match &host.home {
+        Some(home) => home.join(".local/share/opsbro"),
+        // No home at all (a bare service account): stay out of shared places.
+        None => std::env::temp_dir().join(format!("opsbro-{}", host.euid)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

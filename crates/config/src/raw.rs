@@ -1,0 +1,121 @@
+//! The raw configuration: serde structs that mirror the YAML file. Every field is a [`Field`], which
+//! never fails to deserialize: a wrongly typed value is kept as an error so that validation can
+//! report every problem in the file at once instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+/// One configuration value as found in the file.
+#[derive(Debug, Default)]
+pub enum Field<T> {
+    /// The key is not in the file (or is `null`/empty): the default applies.
+    #[default]
+    Absent,
+    /// The key holds a value of the right type.
+    Set(T),
+    /// The key holds a value of the wrong type; the message says what was expected.
+    Invalid(String),
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_yaml::Value::deserialize(deserializer)?;
+        if value.is_null() {
+            return Ok(Field::Absent);
+        }
+        Ok(match serde_yaml::from_value::<T>(value) {
+            Ok(v) => Field::Set(v),
+            Err(e) => Field::Invalid(describe_type_error(&e.to_string())),
+        })
+    }
+}
+
+/// serde's messages name Rust types (`u16`, `a sequence`); say it in the config's terms.
+fn describe_type_error(message: &str) -> String {
+    message
+        .replace("expected u16", "expected a port number (0-65535)")
+        .replace("expected u32", "expected a non-negative integer")
+        .replace("expected u64", "expected a non-negative integer")
+        .replace("invalid type: ", "wrong type: found ")
+}
+
+/// Keys the file has that we do not know, with their values (kept for the error message).
+pub type Unknown = BTreeMap<String, serde_yaml::Value>;
+
+/// Mirror of `agent.yml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawConfig {
+    pub node_name: Field<String>,
+    pub display_name: Field<String>,
+    pub data_dir: Field<PathBuf>,
+    pub bind_addr: Field<String>,
+    pub advertise_addr: Field<String>,
+    pub port: Field<u16>,
+    pub api: Field<RawApi>,
+    pub seeds: Field<Vec<String>>,
+    pub bootstrap: Field<bool>,
+    pub groups: Field<Vec<String>>,
+    pub zone: Field<String>,
+    pub proxy_node: Field<bool>,
+    pub encryption_key: Field<String>,
+    pub encryption: Field<RawEncryption>,
+    pub packs_dirs: Field<Vec<PathBuf>>,
+    pub templates_dir: Field<PathBuf>,
+    pub log_level: Field<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Mirror of the `api:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawApi {
+    pub bind: Field<String>,
+    pub port: Field<u16>,
+    pub token: Field<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Mirror of the `encryption:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawEncryption {
+    pub keyring_file: Field<PathBuf>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// The keys a section knows, for "did you mean" style messages.
+pub const TOP_KEYS: &[&str] = &[
+    "node_name",
+    "display_name",
+    "data_dir",
+    "bind_addr",
+    "advertise_addr",
+    "port",
+    "api",
+    "seeds",
+    "bootstrap",
+    "groups",
+    "zone",
+    "proxy_node",
+    "encryption_key",
+    "encryption",
+    "packs_dirs",
+    "templates_dir",
+    "log_level",
+];
+
+/// Keys of `api:`.
+pub const API_KEYS: &[&str] = &["bind", "port", "token"];
+
+/// Keys of `encryption:`.
+pub const ENCRYPTION_KEYS: &[&str] = &["keyring_file"];

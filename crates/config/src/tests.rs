@@ -1,0 +1,255 @@
+//! Unit tests for configuration loading and validation.
+
+use super::*;
+
+fn host(euid: u32) -> HostFacts {
+    HostFacts {
+        hostname: "web-1".into(),
+        euid,
+        xdg_data_home: None,
+        home: Some(PathBuf::from("/home/alice")),
+    }
+}
+
+#[test]
+fn empty_and_comment_only_files_are_valid() {
+    assert_eq!(
+        Config::from_yaml("", "a.yml").expect("empty"),
+        Config::default()
+    );
+    assert_eq!(
+        Config::from_yaml("# nothing\n\n# here\n", "a.yml").expect("comments"),
+        Config::default()
+    );
+}
+
+#[test]
+fn a_full_file_is_read() {
+    let text = "node_name: web-1\ndisplay_name: Web One\nport: 7000\napi:\n  bind: 127.0.0.2\n  port: 7001\n  token: s3cret\nseeds: [10.0.0.1, 'db:7000', '[::1]:6000']\ngroups: [web, linux]\nzone: dc1\nlog_level: DEBUG\nencryption_key: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+    let c = Config::from_yaml(text, "agent.yml").expect("valid");
+    assert_eq!(c.node_name.as_deref(), Some("web-1"));
+    assert_eq!(c.port, Some(7000));
+    assert_eq!(c.api_port, Some(7001));
+    assert_eq!(c.api_token.as_deref(), Some("s3cret"));
+    assert_eq!(c.seeds.len(), 3);
+    assert_eq!(
+        c.seeds[1],
+        Seed {
+            host: "db".into(),
+            port: 7000
+        }
+    );
+    assert_eq!(
+        c.seeds[2],
+        Seed {
+            host: "::1".into(),
+            port: 6000
+        }
+    );
+    assert_eq!(c.seeds[0].port, DEFAULT_GOSSIP_PORT);
+    assert_eq!(c.groups, vec!["web", "linux"]);
+    assert_eq!(c.log_level.as_deref(), Some("debug"));
+    assert!(c.encryption_key.is_some());
+}
+
+#[test]
+fn unknown_key_and_wrong_type_are_reported_together_with_lines() {
+    let text = "node_name: a\ncolour: blue\napi:\n  port: not-a-port\n  bnd: 127.0.0.1\n";
+    let errs = Config::from_yaml(text, "/etc/opsbro/agent.yml").expect_err("invalid");
+    let rendered = errs.to_string();
+    assert_eq!(errs.0.len(), 3, "{rendered}");
+    assert!(rendered.contains("invalid configuration (3 errors)"));
+    let colour = &errs.0[0];
+    assert_eq!((colour.key.as_str(), colour.line), ("colour", Some(2)));
+    assert!(colour.message.contains("unknown key"));
+    let port = &errs.0[1];
+    assert_eq!((port.key.as_str(), port.line), ("api.port", Some(4)));
+    assert!(
+        port.message.contains("expected a port number"),
+        "{}",
+        port.message
+    );
+    let bnd = &errs.0[2];
+    assert_eq!((bnd.key.as_str(), bnd.line), ("api.bnd", Some(5)));
+    assert!(
+        bnd.message.contains("did you mean `bind`"),
+        "{}",
+        bnd.message
+    );
+    assert!(
+        rendered.contains("/etc/opsbro/agent.yml:4: key `api.port`"),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let text = "bind_addr: nowhere\nseeds:\n  - ok-host\n  - 'bad host:1'\n  - 'h:99999'\nlog_level: loud\nencryption_key: abc\ndata_dir: relative/dir\ngroups: ['has space']\n";
+    let errs = Config::from_yaml(text, "f.yml").expect_err("invalid");
+    let keys: Vec<_> = errs.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("bind_addr", Some(1)),
+            ("seeds[1]", Some(4)),
+            ("seeds[2]", Some(5)),
+            ("log_level", Some(6)),
+            ("encryption_key", Some(7)),
+            ("data_dir", Some(8)),
+            ("groups[0]", Some(9)),
+        ]
+    );
+}
+
+#[test]
+fn syntax_errors_carry_a_line() {
+    let errs = Config::from_yaml("a: 1\nb: [1, 2\nc: 3\n", "f.yml").expect_err("bad yaml");
+    assert_eq!(errs.0.len(), 1);
+    assert!(errs.0[0].line.is_some());
+    assert!(
+        errs.0[0].message.starts_with("not valid YAML"),
+        "{}",
+        errs.0[0].message
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_mapping_is_refused() {
+    let errs = Config::from_yaml("- a\n- b\n", "f.yml").expect_err("a list");
+    assert!(
+        errs.0[0].message.contains("mapping"),
+        "{}",
+        errs.0[0].message
+    );
+}
+
+#[test]
+fn null_values_mean_default() {
+    let c = Config::from_yaml("seeds:\nport:\n", "f.yml").expect("nulls");
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn every_documented_key_is_known() {
+    for key in raw::TOP_KEYS {
+        let text = format!("{key}: null\n");
+        Config::from_yaml(&text, "f.yml").unwrap_or_else(|e| panic!("{key}: {e}"));
+    }
+    for key in raw::API_KEYS {
+        Config::from_yaml(&format!("api:\n  {key}: null\n"), "f.yml").expect("api key");
+    }
+    for key in raw::ENCRYPTION_KEYS {
+        Config::from_yaml(&format!("encryption:\n  {key}: null\n"), "f.yml").expect("enc key");
+    }
+}
+
+#[test]
+fn the_shipped_sample_config_is_valid() {
+    let text = include_str!("../../../etc/opsbro/agent.yml");
+    Config::from_yaml(text, "etc/opsbro/agent.yml").expect("sample config must load");
+}
+
+#[test]
+fn defaults_depend_on_the_user() {
+    let root = Config::default()
+        .resolve(Overrides::default(), &host(0))
+        .expect("root");
+    assert_eq!(root.data_dir, PathBuf::from("/var/lib/opsbro"));
+    assert_eq!(root.node_name, "web-1");
+    assert_eq!(root.display_name, "web-1");
+    assert_eq!(root.port, 6768);
+    assert_eq!(root.api_port, 6770);
+    assert_eq!(root.api_bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let user = Config::default()
+        .resolve(Overrides::default(), &host(1000))
+        .expect("user");
+    assert_eq!(
+        user.data_dir,
+        PathBuf::from("/home/alice/.local/share/opsbro")
+    );
+    let mut xdg = host(1000);
+    xdg.xdg_data_home = Some(PathBuf::from("/xdg"));
+    let user = Config::default()
+        .resolve(Overrides::default(), &xdg)
+        .expect("xdg");
+    assert_eq!(user.data_dir, PathBuf::from("/xdg/opsbro"));
+}
+
+#[test]
+fn overrides_win_over_the_file() {
+    let file =
+        Config::from_yaml("port: 7000\nnode_name: from-file\nseeds: [a]\n", "f.yml").expect("ok");
+    let over = Overrides {
+        port: Some(7100),
+        node_name: Some("from-flag".into()),
+        seeds: vec![Seed::parse("b:1").expect("seed")],
+        ..Overrides::default()
+    };
+    let c = file.resolve(over, &host(0)).expect("resolve");
+    assert_eq!(c.port, 7100);
+    assert_eq!(c.node_name, "from-flag");
+    assert_eq!(
+        c.seeds.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        vec!["a:6768", "b:1"]
+    );
+}
+
+#[test]
+fn non_loopback_api_without_token_is_refused() {
+    let file = Config::from_yaml("api:\n  bind: 0.0.0.0\n", "f.yml").expect("ok");
+    let err = file
+        .clone()
+        .resolve(Overrides::default(), &host(0))
+        .expect_err("refused");
+    assert_eq!(err.0[0].key, "api.bind");
+    assert!(
+        err.0[0].message.contains("without a token"),
+        "{}",
+        err.0[0].message
+    );
+    let with_token = Overrides {
+        api_token: Some("t0ken".into()),
+        ..Overrides::default()
+    };
+    file.resolve(with_token, &host(0))
+        .expect("token makes it acceptable");
+}
+
+#[test]
+fn seed_parsing() {
+    assert_eq!(
+        Seed::parse("10.0.0.1").expect("ip").to_string(),
+        "10.0.0.1:6768"
+    );
+    assert_eq!(Seed::parse("[::1]:7").expect("v6").to_string(), "[::1]:7");
+    assert_eq!(
+        Seed::parse("::1").expect("bare v6").to_string(),
+        "[::1]:6768"
+    );
+    assert_eq!(
+        Seed::parse("node-2:99").expect("host").to_string(),
+        "node-2:99"
+    );
+    assert!(Seed::parse("").is_err());
+    assert!(Seed::parse("a:b").is_err());
+    assert!(Seed::parse("a:0").is_err());
+}
+
+#[test]
+fn keys_are_never_printed() {
+    let key = EncryptionKey([7; 32]);
+    assert_eq!(format!("{key:?}"), "EncryptionKey(..)");
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = Config::from_yaml(&text, "fuzz.yml");
+    }
+
+    #[test]
+    fn arbitrary_yaml_lines_never_panic(lines in proptest::collection::vec("[a-z_]{1,12}: ?[-\\[\\]{}a-z0-9 .:,']{0,20}", 0..10)) {
+        let text = lines.join("\n");
+        let _ = Config::from_yaml(&text, "fuzz.yml");
+    }
+}
