@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the system packages the test suite uses, only when something is missing (idempotent;
+# `apt-get update` runs at most once). Add a line to NEEDED when a test starts using a new tool.
+set -euo pipefail
+
+# command → Debian package
+declare -A NEEDED=(
+    [setsid]=util-linux
+    [setpriv]=util-linux
+    [ip]=iproute2
+)
+
+missing=()
+for cmd in "${!NEEDED[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing packages: ${missing[*]} (run as root, or install them yourself)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2046
+    apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is not installed: install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
