@@ -1,0 +1,1098 @@
+//! The SWIM + Lifeguard state machine. No IO, no clock, no global RNG: time arrives as `now`
+//! (milliseconds), randomness from a seeded generator, bytes from the driver; everything the core
+//! wants done comes out as [`Effect`]s.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use opsbro_types::NodeUuid;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::broadcast::{BroadcastKey, BroadcastQueue};
+use crate::codec::{self, DecodeError, Message, PushPull, UserEvent};
+use crate::config::GossipConfig;
+use crate::member::{MemberState, NodeRecord};
+
+/// Time in milliseconds. The agent passes a monotonic clock anchored at the Unix epoch at start;
+/// the simulator passes virtual time.
+pub type Time = u64;
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Something the driver must do or tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Send this datagram.
+    Send {
+        /// Destination.
+        to: SocketAddr,
+        /// Encoded datagram (before encryption).
+        bytes: Vec<u8>,
+    },
+    /// Open a TCP connection to `to`, send `payload`, and feed the answer to
+    /// [`Gossip::handle_push_pull_reply`].
+    PushPull {
+        /// Destination.
+        to: SocketAddr,
+        /// Our state.
+        payload: PushPull,
+    },
+    /// A member changed state (or appeared: `old` is None).
+    MemberChanged(MemberChange),
+    /// A user event arrived for the first time.
+    UserEvent(UserEvent),
+    /// Our own incarnation changed: persist it so a restart continues above it.
+    IncarnationChanged(u64),
+}
+
+/// A change of a member's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    /// The member.
+    pub uuid: NodeUuid,
+    /// Its name.
+    pub name: String,
+    /// Previous state (None: newly known).
+    pub old: Option<MemberState>,
+    /// New state.
+    pub new: MemberState,
+    /// When.
+    pub at: Time,
+}
+
+/// Counters the driver exposes in `agent info` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams decoded.
+    pub datagrams_in: u64,
+    /// Datagrams that failed to decode.
+    pub malformed: u64,
+    /// Probes that ended without an ack.
+    pub probes_failed: u64,
+    /// Suspicions raised by this node.
+    pub suspicions: u64,
+    /// Times this node refuted a suspicion about itself.
+    pub refutations: u64,
+    /// Push-pull exchanges started.
+    pub push_pulls: u64,
+}
+
+#[derive(Debug)]
+struct Member {
+    record: NodeRecord,
+    since: Time,
+    suspicion: Option<Suspicion>,
+}
+
+#[derive(Debug)]
+struct Suspicion {
+    started: Time,
+    accuser: NodeUuid,
+    confirmations: HashSet<NodeUuid>,
+}
+
+#[derive(Debug)]
+struct Probe {
+    target: NodeUuid,
+    seq: u32,
+    direct_deadline: Time,
+    end: Time,
+    indirect_sent: bool,
+    expected_nacks: u32,
+    nacks: u32,
+}
+
+#[derive(Debug)]
+struct Relay {
+    requester: SocketAddr,
+    requester_seq: u32,
+    deadline: Time,
+    want_nack: bool,
+}
+
+/// One entry of the membership history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// When.
+    pub at: Time,
+    /// Which node.
+    pub uuid: NodeUuid,
+    /// Its name.
+    pub name: String,
+    /// Previous state (None: newly known).
+    pub old: Option<MemberState>,
+    /// New state.
+    pub new: MemberState,
+}
+
+/// The gossip state machine of one node.
+pub struct Gossip {
+    cfg: GossipConfig,
+    me: NodeRecord,
+    members: HashMap<NodeUuid, Member>,
+    /// Alive/suspect members, for O(1) random sampling.
+    live: Vec<NodeUuid>,
+    live_pos: HashMap<NodeUuid, usize>,
+    probe_order: Vec<NodeUuid>,
+    probe_index: usize,
+    rng: StdRng,
+    seq: u32,
+    probe: Option<Probe>,
+    relays: HashMap<u32, Relay>,
+    next_probe: Time,
+    next_gossip: Time,
+    next_push_pull: Time,
+    next_reap: Time,
+    queue: BroadcastQueue,
+    /// Deadlines of the current suspicions (few), so timers never scan the whole member table.
+    suspect_deadlines: HashMap<NodeUuid, Time>,
+    /// After a join, push-pull again at 2 s, 4 s, 8 s, ... (0: normal schedule) so a node that
+    /// joined early in a mass join catches up with the nodes that joined after it.
+    fast_sync_ms: u64,
+    joining: bool,
+    local_health: u32,
+    events_seen: HashMap<u64, Time>,
+    events: VecDeque<(Time, UserEvent)>,
+    history: VecDeque<HistoryEntry>,
+    leaving: bool,
+    effects: Vec<Effect>,
+    stats: Stats,
+}
+
+impl Gossip {
+    /// A node with identity `me` (state alive; `me.incarnation` should continue above the
+    /// incarnation persisted by a previous run), starting at `now`.
+    pub fn new(cfg: GossipConfig, mut me: NodeRecord, seed: u64, now: Time) -> Self {
+        me.state = MemberState::Alive;
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Spread the timers of nodes started together.
+        let jitter = |rng: &mut StdRng, d: Duration| rng.random_range(0..ms(d).max(1));
+        let next_probe = now + jitter(&mut rng, cfg.probe_interval);
+        let next_gossip = now + jitter(&mut rng, cfg.gossip_interval);
+        let next_push_pull =
+            now + ms(cfg.push_pull_interval) / 2 + jitter(&mut rng, cfg.push_pull_interval);
+        Self {
+            me,
+            members: HashMap::new(),
+            live: Vec::new(),
+            live_pos: HashMap::new(),
+            probe_order: Vec::new(),
+            probe_index: 0,
+            rng,
+            seq: 0,
+            probe: None,
+            relays: HashMap::new(),
+            next_probe,
+            next_gossip,
+            next_push_pull,
+            next_reap: now + 1000,
+            queue: BroadcastQueue::default(),
+            suspect_deadlines: HashMap::new(),
+            fast_sync_ms: 0,
+            joining: false,
+            local_health: 0,
+            events_seen: HashMap::new(),
+            events: VecDeque::new(),
+            history: VecDeque::new(),
+            leaving: false,
+            effects: Vec::new(),
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Accessors
+
+    /// This node's record.
+    pub fn me(&self) -> &NodeRecord {
+        &self.me
+    }
+
+    /// Every known member, this node first, tombstones included.
+    pub fn members(&self) -> impl Iterator<Item = &NodeRecord> {
+        std::iter::once(&self.me).chain(self.members.values().map(|m| &m.record))
+    }
+
+    /// A member by uuid (this node included).
+    pub fn member(&self, uuid: &NodeUuid) -> Option<&NodeRecord> {
+        if *uuid == self.me.uuid {
+            return Some(&self.me);
+        }
+        self.members.get(uuid).map(|m| &m.record)
+    }
+
+    /// Number of alive or suspect members, this node included.
+    pub fn live_count(&self) -> usize {
+        self.live.len() + 1
+    }
+
+    /// Membership history, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &HistoryEntry> {
+        self.history.iter()
+    }
+
+    /// User events seen in the last `event_ttl`, oldest first.
+    pub fn recent_events(&self) -> impl Iterator<Item = &UserEvent> {
+        self.events.iter().map(|(_, e)| e)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Local health multiplier (0 = healthy).
+    pub fn local_health(&self) -> u32 {
+        self.local_health
+    }
+
+    /// Queued broadcasts (for tests and metrics).
+    pub fn queued_broadcasts(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Take the effects produced so far.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Move the produced effects into `out` (keeps allocations in hot loops).
+    pub fn drain_effects_into(&mut self, out: &mut Vec<Effect>) {
+        out.append(&mut self.effects);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Commands
+
+    /// Start joining through `addr` (a seed or `gossip join` target).
+    pub fn join(&mut self, addr: SocketAddr) {
+        let payload = self.local_state(true);
+        self.stats.push_pulls += 1;
+        self.joining = true;
+        self.effects.push(Effect::PushPull { to: addr, payload });
+    }
+
+    /// Change this node's groups (static or detected); gossiped with a new incarnation.
+    pub fn set_groups(&mut self, mut groups: Vec<String>) {
+        groups.sort();
+        groups.dedup();
+        if groups != self.me.groups {
+            self.me.groups = groups;
+            self.bump_and_announce();
+        }
+    }
+
+    /// Leave the cluster: announce it (queued and sent at once to a few members). The driver
+    /// keeps ticking for a short while so the news spreads, then stops.
+    pub fn leave(&mut self, now: Time) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        self.me.incarnation += 1;
+        self.me.state = MemberState::Left;
+        self.effects
+            .push(Effect::IncarnationChanged(self.me.incarnation));
+        let msg = Message::Leave {
+            node: self.me.uuid,
+            incarnation: self.me.incarnation,
+        };
+        let bytes = codec::encode_message(&msg);
+        self.queue
+            .push(BroadcastKey::Node(self.me.uuid), bytes.clone());
+        let targets = self.sample_live(self.cfg.gossip_nodes * 2, None);
+        for t in targets {
+            if let Some(addr) = self.addr_of(&t) {
+                self.effects.push(Effect::Send {
+                    to: addr,
+                    bytes: codec::datagram([bytes.as_slice()]),
+                });
+            }
+        }
+        self.push_history(
+            now,
+            self.me.uuid,
+            self.me.name.clone(),
+            Some(MemberState::Alive),
+            MemberState::Left,
+        );
+    }
+
+    /// Whether [`Gossip::leave`] was called.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+
+    /// Force `uuid` (another node) into the left state, as `gossip leave NODE` does for a node that
+    /// is gone for good. Returns false for an unknown node.
+    pub fn force_leave(&mut self, now: Time, uuid: NodeUuid) -> bool {
+        let Some(m) = self.members.get(&uuid) else {
+            return false;
+        };
+        let incarnation = m.record.incarnation;
+        self.handle_leave(now, uuid, incarnation);
+        true
+    }
+
+    /// Create a user event, deliver it locally and spread it.
+    pub fn add_event(
+        &mut self,
+        now: Time,
+        kind: String,
+        payload: Vec<u8>,
+        created_ms: u64,
+    ) -> UserEvent {
+        let event = UserEvent {
+            id: self.rng.random(),
+            origin: self.me.uuid,
+            kind,
+            payload,
+            created_ms,
+        };
+        self.handle_event(now, event.clone());
+        event
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Inputs
+
+    /// A datagram arrived from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Time,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), DecodeError> {
+        let messages = match codec::decode_datagram(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed += 1;
+                return Err(e);
+            }
+        };
+        self.stats.datagrams_in += 1;
+        for m in messages {
+            self.handle_message(now, from, m);
+        }
+        Ok(())
+    }
+
+    fn handle_message(&mut self, now: Time, from: SocketAddr, m: Message) {
+        match m {
+            Message::Ping { seq, target, .. } => {
+                if target == self.me.uuid && !self.leaving {
+                    let ack = Message::Ack {
+                        seq,
+                        from: self.me.uuid,
+                    };
+                    self.send_with_piggyback(from, &ack);
+                }
+            }
+            Message::Ack { seq, .. } => {
+                if let Some(p) = &self.probe
+                    && p.seq == seq
+                {
+                    self.probe = None;
+                    self.local_health = self.local_health.saturating_sub(1);
+                }
+                if let Some(r) = self.relays.remove(&seq) {
+                    let ack = Message::Ack {
+                        seq: r.requester_seq,
+                        from: self.me.uuid,
+                    };
+                    self.send_with_piggyback(r.requester, &ack);
+                }
+            }
+            Message::Nack { seq } => {
+                if let Some(p) = &mut self.probe
+                    && p.seq == seq
+                {
+                    p.nacks += 1;
+                }
+            }
+            Message::IndirectPing {
+                seq,
+                target,
+                target_addr,
+                want_nack,
+            } => {
+                let my_seq = self.next_seq();
+                let ping = Message::Ping {
+                    seq: my_seq,
+                    target,
+                    from: self.me.uuid,
+                };
+                self.send_with_piggyback(target_addr, &ping);
+                self.relays.insert(
+                    my_seq,
+                    Relay {
+                        requester: from,
+                        requester_seq: seq,
+                        deadline: now + ms(self.cfg.probe_timeout),
+                        want_nack,
+                    },
+                );
+            }
+            Message::Alive(record) => self.handle_alive(now, record),
+            Message::Suspect {
+                node,
+                incarnation,
+                from,
+            } => self.handle_suspect(now, node, incarnation, from),
+            Message::Dead {
+                node,
+                incarnation,
+                from,
+            } => self.handle_dead(now, node, incarnation, from),
+            Message::Leave { node, incarnation } => self.handle_leave(now, node, incarnation),
+            Message::Event(e) => self.handle_event(now, e),
+        }
+    }
+
+    /// A push-pull request arrived over TCP: merge it, then answer with our state (merging first
+    /// means a refutation of our own death is already in the answer).
+    pub fn handle_push_pull(&mut self, now: Time, request: PushPull) -> PushPull {
+        self.merge(now, request);
+        self.local_state(false)
+    }
+
+    /// The answer to a push-pull we started.
+    pub fn handle_push_pull_reply(&mut self, now: Time, reply: PushPull) {
+        self.merge(now, reply);
+        if std::mem::take(&mut self.joining) {
+            self.fast_sync_ms = 2000;
+            self.next_push_pull = now + self.fast_sync_ms + self.rng.random_range(0..500);
+        }
+    }
+
+    fn merge(&mut self, now: Time, state: PushPull) {
+        // By convention the sender puts its own record first; it accuses on its own behalf.
+        let sender = state
+            .members
+            .first()
+            .map(|r| r.uuid)
+            .unwrap_or(self.me.uuid);
+        for record in state.members {
+            match record.state {
+                MemberState::Alive => self.handle_alive(now, record),
+                // A remote "dead" is only a suspicion here: if the node is in fact alive it gets
+                // the chance to refute (this is what heals partitions).
+                MemberState::Suspect | MemberState::Dead => {
+                    if record.uuid != self.me.uuid && !self.members.contains_key(&record.uuid) {
+                        // Unknown and not alive: keep it as a tombstone-to-be so views converge.
+                        let mut r = record;
+                        r.state = MemberState::Dead;
+                        self.add_member(now, r);
+                    } else {
+                        self.handle_suspect(now, record.uuid, record.incarnation, sender);
+                    }
+                }
+                MemberState::Left => self.handle_leave(now, record.uuid, record.incarnation),
+            }
+        }
+        for e in state.events {
+            self.handle_event(now, e);
+        }
+    }
+
+    /// Advance timers to `now`. Call it at least every few tens of milliseconds, or at
+    /// [`Gossip::next_deadline`].
+    pub fn handle_tick(&mut self, now: Time) {
+        self.tick_probe(now);
+        self.tick_relays(now);
+        self.tick_suspicions(now);
+        if now >= self.next_gossip {
+            self.next_gossip = now + ms(self.cfg.gossip_interval);
+            self.gossip_round();
+        }
+        if now >= self.next_push_pull {
+            let n = self.live_count();
+            let normal = ms(self.cfg.push_pull_interval_for(n));
+            self.next_push_pull = if self.fast_sync_ms > 0 && self.fast_sync_ms * 2 < normal {
+                self.fast_sync_ms *= 2;
+                now + self.fast_sync_ms
+            } else {
+                self.fast_sync_ms = 0;
+                now + normal
+            };
+            if !self.leaving {
+                self.push_pull_round();
+            }
+        }
+        if now >= self.next_reap {
+            self.next_reap = now + 1000;
+            self.reap(now);
+        }
+    }
+
+    /// The earliest time at which [`Gossip::handle_tick`] has something to do.
+    pub fn next_deadline(&self) -> Time {
+        let mut t = self
+            .next_gossip
+            .min(self.next_push_pull)
+            .min(self.next_reap);
+        t = t.min(match &self.probe {
+            Some(p) if !p.indirect_sent => p.direct_deadline,
+            Some(p) => p.end,
+            None => self.next_probe,
+        });
+        for r in self.relays.values() {
+            t = t.min(r.deadline);
+        }
+        for d in self.suspect_deadlines.values() {
+            t = t.min(*d);
+        }
+        t
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Probing
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn scaled(&self, d: Duration) -> u64 {
+        ms(d) * u64::from(self.local_health + 1)
+    }
+
+    fn tick_probe(&mut self, now: Time) {
+        if let Some(p) = &self.probe
+            && !p.indirect_sent
+            && now >= p.direct_deadline
+        {
+            let (target, seq) = (p.target, p.seq);
+            let addr = self.addr_of(&target);
+            let helpers = self.sample_live(self.cfg.indirect_checks, Some(target));
+            let mut sent = 0;
+            if let Some(target_addr) = addr {
+                for h in helpers {
+                    if let Some(h_addr) = self.addr_of(&h) {
+                        let msg = Message::IndirectPing {
+                            seq,
+                            target,
+                            target_addr,
+                            want_nack: true,
+                        };
+                        self.send_with_piggyback(h_addr, &msg);
+                        sent += 1;
+                    }
+                }
+            }
+            if let Some(p) = &mut self.probe {
+                p.indirect_sent = true;
+                p.expected_nacks = sent;
+            }
+        }
+        if let Some(p) = &self.probe
+            && now >= p.end
+        {
+            let (target, expected, nacks) = (p.target, p.expected_nacks, p.nacks);
+            self.probe = None;
+            self.stats.probes_failed += 1;
+            // Lifeguard: a failed probe, and every nack we did not get, hint that *we* are slow.
+            let missed = expected.saturating_sub(nacks);
+            self.local_health =
+                (self.local_health + 1 + missed.min(1)).min(self.cfg.max_local_health);
+            if let Some(m) = self.members.get(&target)
+                && m.record.state == MemberState::Alive
+            {
+                let incarnation = m.record.incarnation;
+                self.stats.suspicions += 1;
+                self.handle_suspect(now, target, incarnation, self.me.uuid);
+            }
+        }
+        if self.probe.is_none() && now >= self.next_probe {
+            self.next_probe = now + self.scaled(self.cfg.probe_interval);
+            if self.leaving {
+                return;
+            }
+            if let Some(target) = self.next_probe_target() {
+                let seq = self.next_seq();
+                if let Some(addr) = self.addr_of(&target) {
+                    let timeout = self.scaled(self.cfg.probe_timeout);
+                    let interval = self.scaled(self.cfg.probe_interval);
+                    self.probe = Some(Probe {
+                        target,
+                        seq,
+                        direct_deadline: now + timeout,
+                        // Leave room for the indirect round inside the probe interval.
+                        end: now + interval.max(timeout * 2),
+                        indirect_sent: false,
+                        expected_nacks: 0,
+                        nacks: 0,
+                    });
+                    let ping = Message::Ping {
+                        seq,
+                        target,
+                        from: self.me.uuid,
+                    };
+                    self.send_with_piggyback(addr, &ping);
+                }
+            }
+        }
+    }
+
+    fn next_probe_target(&mut self) -> Option<NodeUuid> {
+        for _ in 0..2 {
+            while self.probe_index < self.probe_order.len() {
+                let id = self.probe_order[self.probe_index];
+                self.probe_index += 1;
+                if self.live_pos.contains_key(&id) {
+                    return Some(id);
+                }
+            }
+            // End of a round: new random order of the live members.
+            self.probe_order = self.live.clone();
+            self.probe_order.shuffle(&mut self.rng);
+            self.probe_index = 0;
+        }
+        None
+    }
+
+    fn tick_relays(&mut self, now: Time) {
+        if self.relays.values().all(|r| r.deadline > now) {
+            return;
+        }
+        let expired: Vec<u32> = self
+            .relays
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in expired {
+            if let Some(r) = self.relays.remove(&seq)
+                && r.want_nack
+            {
+                let nack = Message::Nack {
+                    seq: r.requester_seq,
+                };
+                self.send_with_piggyback(r.requester, &nack);
+            }
+        }
+    }
+
+    fn tick_suspicions(&mut self, now: Time) {
+        if self.suspect_deadlines.values().all(|d| *d > now) {
+            return;
+        }
+        let expired: Vec<(NodeUuid, u64)> = self
+            .suspect_deadlines
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .filter_map(|(u, _)| self.members.get(u).map(|m| (*u, m.record.incarnation)))
+            .collect();
+        for (uuid, incarnation) in expired {
+            self.suspect_deadlines.remove(&uuid);
+            self.handle_dead(now, uuid, incarnation, self.me.uuid);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Dissemination
+
+    fn gossip_round(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let targets = self.sample_live(self.cfg.gossip_nodes, None);
+        let limit = self.cfg.retransmit_limit(self.live_count());
+        for t in targets {
+            let Some(addr) = self.addr_of(&t) else {
+                continue;
+            };
+            let budget = self.cfg.max_datagram - codec::datagram_overhead(255);
+            let parts = self.queue.select(budget, limit);
+            if parts.is_empty() {
+                break;
+            }
+            let bytes = codec::datagram(parts.iter().map(Vec::as_slice));
+            self.effects.push(Effect::Send { to: addr, bytes });
+        }
+    }
+
+    fn push_pull_round(&mut self) {
+        if let Some(peer) = self.sample_live(1, None).first().copied()
+            && let Some(addr) = self.addr_of(&peer)
+        {
+            let payload = self.local_state(false);
+            self.stats.push_pulls += 1;
+            self.effects.push(Effect::PushPull { to: addr, payload });
+        }
+        // Partition healing: also try one dead (not left) member; if it is in fact alive on the
+        // other side of a healed partition, the exchange makes both sides refute and reconverge.
+        let dead: Vec<SocketAddr> = self
+            .members
+            .values()
+            .filter(|m| m.record.state == MemberState::Dead)
+            .map(|m| m.record.addr)
+            .collect();
+        if !dead.is_empty() {
+            let addr = dead[self.rng.random_range(0..dead.len())];
+            let payload = self.local_state(false);
+            self.stats.push_pulls += 1;
+            self.effects.push(Effect::PushPull { to: addr, payload });
+        }
+    }
+
+    /// Our full state for a push-pull: ourselves first, then every member.
+    fn local_state(&self, join: bool) -> PushPull {
+        PushPull {
+            join,
+            members: self.members().cloned().collect(),
+            events: self.events.iter().map(|(_, e)| e.clone()).collect(),
+        }
+    }
+
+    fn send_with_piggyback(&mut self, to: SocketAddr, msg: &Message) {
+        let main = codec::encode_message(msg);
+        let budget = self
+            .cfg
+            .max_datagram
+            .saturating_sub(main.len() + codec::datagram_overhead(255));
+        let limit = self.cfg.retransmit_limit(self.live_count());
+        let extra = self.queue.select(budget, limit);
+        let bytes = codec::datagram(
+            std::iter::once(main.as_slice()).chain(extra.iter().map(Vec::as_slice)),
+        );
+        self.effects.push(Effect::Send { to, bytes });
+    }
+
+    fn broadcast(&mut self, key: BroadcastKey, msg: &Message) {
+        self.queue.push(key, codec::encode_message(msg));
+    }
+
+    fn bump_and_announce(&mut self) {
+        self.me.incarnation += 1;
+        self.effects
+            .push(Effect::IncarnationChanged(self.me.incarnation));
+        let msg = Message::Alive(self.me.clone());
+        self.broadcast(BroadcastKey::Node(self.me.uuid), &msg);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Membership rules
+
+    fn handle_alive(&mut self, now: Time, mut record: NodeRecord) {
+        record.state = MemberState::Alive;
+        if record.uuid == self.me.uuid {
+            // Someone spreads news of us newer than what we know (e.g. from before a restart
+            // that lost our incarnation): move above it.
+            if record.incarnation > self.me.incarnation && !self.leaving {
+                self.me.incarnation = record.incarnation;
+                self.stats.refutations += 1;
+                self.bump_and_announce();
+            }
+            return;
+        }
+        match self.members.get(&record.uuid) {
+            None => {
+                let msg = Message::Alive(record.clone());
+                self.add_member(now, record.clone());
+                self.broadcast(BroadcastKey::Node(record.uuid), &msg);
+            }
+            Some(m) if record.incarnation > m.record.incarnation => {
+                let uuid = record.uuid;
+                let msg = Message::Alive(record.clone());
+                self.update_member(now, record);
+                self.broadcast(BroadcastKey::Node(uuid), &msg);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn handle_suspect(&mut self, now: Time, node: NodeUuid, incarnation: u64, from: NodeUuid) {
+        if node == self.me.uuid {
+            if !self.leaving && incarnation >= self.me.incarnation {
+                self.refute(incarnation);
+            }
+            return;
+        }
+        let n = self.live_count();
+        let Some(m) = self.members.get_mut(&node) else {
+            return;
+        };
+        if incarnation < m.record.incarnation {
+            return;
+        }
+        match m.record.state {
+            MemberState::Alive => {
+                let mut record = m.record.clone();
+                record.state = MemberState::Suspect;
+                record.incarnation = incarnation;
+                self.update_member(now, record);
+                let timeout = ms(self.cfg.suspicion_timeout(n, 0));
+                if let Some(m) = self.members.get_mut(&node) {
+                    m.suspicion = Some(Suspicion {
+                        started: now,
+                        accuser: from,
+                        confirmations: HashSet::new(),
+                    });
+                }
+                self.suspect_deadlines.insert(node, now + timeout);
+                let msg = Message::Suspect {
+                    node,
+                    incarnation,
+                    from,
+                };
+                self.broadcast(BroadcastKey::Node(node), &msg);
+            }
+            MemberState::Suspect => {
+                m.record.incarnation = incarnation;
+                let Some(s) = &mut m.suspicion else { return };
+                if from == s.accuser || !s.confirmations.insert(from) {
+                    return;
+                }
+                let c = s.confirmations.len();
+                let deadline = s.started + ms(self.cfg.suspicion_timeout(n, c));
+                self.suspect_deadlines.insert(node, deadline);
+                // Pass the confirmation on so other nodes shorten their timers too.
+                let msg = Message::Suspect {
+                    node,
+                    incarnation,
+                    from,
+                };
+                self.broadcast(BroadcastKey::Confirm(node, from), &msg);
+            }
+            MemberState::Dead | MemberState::Left => {}
+        }
+    }
+
+    fn handle_dead(&mut self, now: Time, node: NodeUuid, incarnation: u64, from: NodeUuid) {
+        if node == self.me.uuid {
+            if !self.leaving && incarnation >= self.me.incarnation {
+                self.refute(incarnation);
+            }
+            return;
+        }
+        let Some(m) = self.members.get(&node) else {
+            return;
+        };
+        if incarnation < m.record.incarnation || !m.record.state.is_live() {
+            return;
+        }
+        let mut record = m.record.clone();
+        record.state = MemberState::Dead;
+        record.incarnation = incarnation;
+        self.update_member(now, record);
+        let msg = Message::Dead {
+            node,
+            incarnation,
+            from,
+        };
+        self.broadcast(BroadcastKey::Node(node), &msg);
+    }
+
+    fn handle_leave(&mut self, now: Time, node: NodeUuid, incarnation: u64) {
+        if node == self.me.uuid {
+            return;
+        }
+        let Some(m) = self.members.get(&node) else {
+            return;
+        };
+        if incarnation < m.record.incarnation || m.record.state == MemberState::Left {
+            return;
+        }
+        let mut record = m.record.clone();
+        record.state = MemberState::Left;
+        record.incarnation = incarnation;
+        self.update_member(now, record);
+        let msg = Message::Leave { node, incarnation };
+        self.broadcast(BroadcastKey::Node(node), &msg);
+    }
+
+    fn refute(&mut self, accused_incarnation: u64) {
+        self.me.incarnation = self.me.incarnation.max(accused_incarnation);
+        self.stats.refutations += 1;
+        // Being suspected is a hint that we are the slow one (Lifeguard).
+        self.local_health = (self.local_health + 1).min(self.cfg.max_local_health);
+        self.bump_and_announce();
+    }
+
+    fn handle_event(&mut self, now: Time, event: UserEvent) {
+        if self.events_seen.contains_key(&event.id) {
+            return;
+        }
+        // Events older than the ttl (by their creation time) are history, not news.
+        if now.saturating_sub(event.created_ms) > ms(self.cfg.event_ttl) && event.created_ms <= now
+        {
+            return;
+        }
+        self.events_seen.insert(event.id, now);
+        self.events.push_back((now, event.clone()));
+        self.broadcast(
+            BroadcastKey::Event(event.id),
+            &Message::Event(event.clone()),
+        );
+        self.effects.push(Effect::UserEvent(event));
+    }
+
+    fn reap(&mut self, now: Time) {
+        let ttl = ms(self.cfg.tombstone_ttl);
+        let gone: Vec<NodeUuid> = self
+            .members
+            .values()
+            .filter(|m| !m.record.state.is_live() && now.saturating_sub(m.since) >= ttl)
+            .map(|m| m.record.uuid)
+            .collect();
+        for id in gone {
+            self.members.remove(&id);
+            self.queue.remove(BroadcastKey::Node(id));
+        }
+        let event_ttl = ms(self.cfg.event_ttl);
+        while let Some((t, _)) = self.events.front() {
+            if now.saturating_sub(*t) < event_ttl {
+                break;
+            }
+            self.events.pop_front();
+        }
+        self.events_seen
+            .retain(|_, t| now.saturating_sub(*t) < event_ttl);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Member table
+
+    fn add_member(&mut self, now: Time, record: NodeRecord) {
+        let uuid = record.uuid;
+        let state = record.state;
+        let name = record.name.clone();
+        self.members.insert(
+            uuid,
+            Member {
+                record,
+                since: now,
+                suspicion: None,
+            },
+        );
+        if state.is_live() {
+            self.add_live(uuid);
+            // Probe newcomers soon: insert at a random position of the current round.
+            let pos = self
+                .rng
+                .random_range(self.probe_index..=self.probe_order.len());
+            self.probe_order.insert(pos, uuid);
+        }
+        self.notify(now, uuid, name, None, state);
+    }
+
+    fn update_member(&mut self, now: Time, record: NodeRecord) {
+        let uuid = record.uuid;
+        let Some(m) = self.members.get_mut(&uuid) else {
+            return;
+        };
+        let old = m.record.state;
+        let new = record.state;
+        m.record = record;
+        if new != MemberState::Suspect {
+            m.suspicion = None;
+            self.suspect_deadlines.remove(&uuid);
+        }
+        if old != new {
+            m.since = now;
+            let name = m.record.name.clone();
+            match (old.is_live(), new.is_live()) {
+                (true, false) => self.remove_live(uuid),
+                (false, true) => self.add_live(uuid),
+                _ => {}
+            }
+            self.notify(now, uuid, name, Some(old), new);
+        }
+    }
+
+    fn notify(
+        &mut self,
+        now: Time,
+        uuid: NodeUuid,
+        name: String,
+        old: Option<MemberState>,
+        new: MemberState,
+    ) {
+        self.push_history(now, uuid, name.clone(), old, new);
+        self.effects.push(Effect::MemberChanged(MemberChange {
+            uuid,
+            name,
+            old,
+            new,
+            at: now,
+        }));
+    }
+
+    fn push_history(
+        &mut self,
+        now: Time,
+        uuid: NodeUuid,
+        name: String,
+        old: Option<MemberState>,
+        new: MemberState,
+    ) {
+        if self.history.len() >= self.cfg.history_len {
+            self.history.pop_front();
+        }
+        self.history.push_back(HistoryEntry {
+            at: now,
+            uuid,
+            name,
+            old,
+            new,
+        });
+    }
+
+    fn add_live(&mut self, uuid: NodeUuid) {
+        if self.live_pos.contains_key(&uuid) {
+            return;
+        }
+        self.live_pos.insert(uuid, self.live.len());
+        self.live.push(uuid);
+    }
+
+    fn remove_live(&mut self, uuid: NodeUuid) {
+        if let Some(pos) = self.live_pos.remove(&uuid) {
+            self.live.swap_remove(pos);
+            if let Some(moved) = self.live.get(pos) {
+                self.live_pos.insert(*moved, pos);
+            }
+        }
+    }
+
+    /// Up to `k` distinct random live members, excluding `except`.
+    fn sample_live(&mut self, k: usize, except: Option<NodeUuid>) -> Vec<NodeUuid> {
+        let n = self.live.len();
+        let want = k.min(n);
+        let mut out = Vec::with_capacity(want);
+        if want == 0 {
+            return out;
+        }
+        if n <= k * 3 {
+            let mut all: Vec<NodeUuid> = self
+                .live
+                .iter()
+                .copied()
+                .filter(|u| Some(*u) != except)
+                .collect();
+            all.shuffle(&mut self.rng);
+            all.truncate(k);
+            return all;
+        }
+        let mut tries = 0;
+        while out.len() < want && tries < k * 10 {
+            tries += 1;
+            let id = self.live[self.rng.random_range(0..n)];
+            if Some(id) != except && !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    fn addr_of(&self, uuid: &NodeUuid) -> Option<SocketAddr> {
+        self.members.get(uuid).map(|m| m.record.addr)
+    }
+}

@@ -1,0 +1,25 @@
+//! Gossip membership for opsbro: SWIM with memberlist's and Lifeguard's refinements, as a sans-IO
+//! state machine ([`Gossip`]), its wire codec ([`codec`]) and a deterministic in-process
+//! simulator ([`sim`]) that runs thousands of nodes with loss, delay and partitions.
+//!
+//! The core never touches sockets, clocks or global randomness: the agent's driver feeds it
+//! datagrams, push-pull frames and ticks with the current time, and performs the [`Effect`]s it
+//! returns (send a datagram, open a push-pull connection, report a member change). Encryption
+//! happens in the driver, around the bytes the codec produces.
+
+#![forbid(unsafe_code)]
+
+mod broadcast;
+pub mod codec;
+pub mod config;
+mod core;
+pub mod member;
+pub mod sim;
+
+pub use crate::core::{Effect, Gossip, HistoryEntry, MemberChange, Stats, Time};
+pub use codec::{PushPull, UserEvent};
+pub use config::GossipConfig;
+pub use member::{MemberState, NodeRecord};
+
+/// Bytes kept free in every datagram for the encryption envelope (header, nonce, tag).
+pub const OVERHEAD_RESERVE: usize = 64;

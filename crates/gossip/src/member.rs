@@ -1,0 +1,79 @@
+//! Members: the node record that travels on the wire and the states a member can be in.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use opsbro_types::NodeUuid;
+
+/// Liveness of a member as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum MemberState {
+    /// Answers probes (or was last heard of as alive).
+    Alive = 0,
+    /// Missed a probe; dead unless it refutes before the suspicion timeout.
+    Suspect = 1,
+    /// Declared dead (tombstone until reaped).
+    Dead = 2,
+    /// Left on purpose (tombstone until reaped).
+    Left = 3,
+}
+
+impl MemberState {
+    /// Decode the wire byte.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => Self::Alive,
+            1 => Self::Suspect,
+            2 => Self::Dead,
+            3 => Self::Left,
+            _ => return None,
+        })
+    }
+
+    /// The lowercase word used in the API and CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Dead => "dead",
+            Self::Left => "left",
+        }
+    }
+
+    /// Alive or suspect: still probed and gossiped to.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Alive | Self::Suspect)
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the cluster knows about a node (SPEC §5), as gossiped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Stable identity.
+    pub uuid: NodeUuid,
+    /// Unique name.
+    pub name: String,
+    /// Human-friendly name.
+    pub display_name: String,
+    /// Gossip address (advertised address and port).
+    pub addr: SocketAddr,
+    /// Zone.
+    pub zone: String,
+    /// Groups (static ∪ detected).
+    pub groups: Vec<String>,
+    /// Proxy node flag.
+    pub is_proxy: bool,
+    /// Incarnation: bumped by the node itself to refute suspicion or announce a change.
+    pub incarnation: u64,
+    /// State as seen by the sender.
+    pub state: MemberState,
+    /// Agent version.
+    pub version: String,
+}
