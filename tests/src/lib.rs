@@ -73,6 +73,8 @@ pub struct Agent {
     pub log_path: PathBuf,
     /// Its local API address (from the runtime file).
     pub api: SocketAddr,
+    /// Its gossip address (UDP and cluster TCP).
+    pub gossip: SocketAddr,
     /// Its pid.
     pub pid: u32,
     _tmp: Option<tempfile::TempDir>,
@@ -153,6 +155,10 @@ pub fn spawn_agent(options: &AgentOptions) -> Result<(Child, tempfile::TempDir, 
         .arg(&data_dir)
         .arg("--api-port")
         .arg("0")
+        .arg("--port")
+        .arg("0")
+        .arg("--bind")
+        .arg("127.0.0.1")
         .arg("--node-name")
         .arg(format!("node-{}", std::process::id()))
         .args(&options.args)
@@ -190,6 +196,9 @@ impl Agent {
             data_dir,
             log_path,
             api: runtime.api_addr,
+            gossip: runtime
+                .gossip_addr
+                .ok_or_else(|| anyhow!("runtime file without gossip address"))?,
             pid,
             _tmp: Some(tmp),
         })

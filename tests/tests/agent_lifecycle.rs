@@ -21,7 +21,10 @@ fn info_json_has_identity_addresses_and_subsystems_then_stop_exits_zero() {
     assert_eq!(info["pid"], agent.pid);
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(info["ports"]["api"], agent.api.port());
-    assert_eq!(info["ports"]["gossip"], 6768);
+    assert_eq!(info["ports"]["gossip"], agent.gossip.port());
+    assert_eq!(info["subsystems"]["gossip"]["state"], "ok");
+    assert_eq!(info["gossip"]["members"]["alive"], 1);
+    assert_eq!(info["gossip"]["encrypted"], false);
     assert_eq!(info["addresses"]["api"], agent.api.to_string());
     assert!(info["addresses"]["advertise"].is_string());
     assert!(info["uptime_secs"].is_u64());
@@ -338,8 +341,8 @@ fn zero_config_as_a_non_root_user_uses_the_xdg_data_dir() {
     } else {
         opsbro_command()
     };
-    // No flags and no config file: only the API port is moved so the test cannot collide with a
-    // real agent on 6770.
+    // No flags and no config file: only the ports are moved so the test cannot collide with a
+    // real agent on 6768/6770.
     let mut child = cmd
         .args(["agent", "start"])
         .env_remove("OPSBRO_DATA_DIR")
@@ -347,6 +350,7 @@ fn zero_config_as_a_non_root_user_uses_the_xdg_data_dir() {
         .env("HOME", "/nonexistent")
         .env("XDG_DATA_HOME", &xdg)
         .env("OPSBRO_API_PORT", "0")
+        .env("OPSBRO_PORT", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -27,7 +27,7 @@ fn init_script_start_status_restart_stop() {
     std::fs::write(
         &defaults,
         format!(
-            "OPSBRO_PIDFILE={}\nOPSBRO_LOGFILE={}\nOPSBRO_CONFIG={}\nOPSBRO_DATA_DIR={}\nOPSBRO_API_PORT={port}\nOPSBRO_API=127.0.0.1:{port}\nOPSBRO_WAIT_TIMEOUT=30\n",
+            "OPSBRO_PIDFILE={}\nOPSBRO_LOGFILE={}\nOPSBRO_CONFIG={}\nOPSBRO_DATA_DIR={}\nOPSBRO_API_PORT={port}\nOPSBRO_PORT=0\nOPSBRO_BIND=127.0.0.1\nOPSBRO_API=127.0.0.1:{port}\nOPSBRO_WAIT_TIMEOUT=30\n",
             pidfile.display(),
             logfile.display(),
             config.display(),

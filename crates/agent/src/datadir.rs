@@ -118,7 +118,8 @@ impl DataDir {
     }
 }
 
-fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+/// Write `contents` to `path` atomically (temp file + rename), mode 0600.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = OpenOptions::new()

@@ -6,21 +6,24 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use opsbro_api::{Addresses, AgentInfo, ErrorBody, MAX_BODY_BYTES, Ports, StopAnswer, routes};
+use opsbro_api::gossip as g;
+use opsbro_api::{
+    Addresses, AgentInfo, ErrorBody, GossipInfo, MAX_BODY_BYTES, Ports, StopAnswer, routes,
+};
 use opsbro_types::{AgentState, NodeUuid};
 use tokio_util::sync::CancellationToken;
 
+use crate::gossip::{GossipHandle, GossipStopped, count_by_state, find_member};
 use crate::host;
 use crate::status::Status;
 
 /// What the HTTP handlers read; built once by the agent.
-#[derive(Debug)]
 pub struct ApiContext {
     /// Node name.
     pub name: String,
@@ -50,6 +53,8 @@ pub struct ApiContext {
     pub grace_period_secs: u64,
     /// Bearer token required on every request, when set.
     pub token: Option<String>,
+    /// The gossip subsystem.
+    pub gossip: GossipHandle,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -85,6 +90,13 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(routes::AGENT_STATE, get(agent_state))
         .route(routes::AGENT_INFO, get(agent_info))
         .route(routes::AGENT_STOP, post(agent_stop))
+        .route(g::MEMBERS, get(members))
+        .route(g::HISTORY, get(history))
+        .route(g::JOIN, post(join))
+        .route(g::LEAVE, post(leave))
+        .route(g::LEAVE_NODE, post(leave_node))
+        .route(g::PING, get(ping))
+        .route(g::EVENTS, get(events).post(add_event))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -97,8 +109,30 @@ async fn agent_state(State(ctx): State<Arc<ApiContext>>) -> Json<AgentState> {
     Json(ctx.status.agent_state())
 }
 
+impl From<GossipStopped> for ApiError {
+    fn from(e: GossipStopped) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
 async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
     let uptime = ctx.started.elapsed();
+    let members = ctx.gossip.members().await.unwrap_or_default();
+    let groups = members
+        .iter()
+        .find(|m| m.is_self)
+        .map(|m| m.groups.clone())
+        .unwrap_or_else(|| ctx.groups.clone());
+    let gossip = GossipInfo {
+        members: count_by_state(&members),
+        incarnation: members
+            .iter()
+            .find(|m| m.is_self)
+            .map(|m| m.incarnation)
+            .unwrap_or(0),
+        encrypted: ctx.gossip.encrypted,
+        counters: ctx.gossip.counters.snapshot(),
+    };
     Json(AgentInfo {
         name: ctx.name.clone(),
         display_name: ctx.display_name.clone(),
@@ -107,7 +141,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
         state: ctx.status.agent_state(),
         zone: ctx.zone.clone(),
         is_proxy: ctx.is_proxy,
-        groups: ctx.groups.clone(),
+        groups,
         addresses: ctx.addresses.clone(),
         ports: ctx.ports,
         data_dir: ctx.data_dir.clone(),
@@ -115,7 +149,124 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
         uptime_secs: uptime.as_secs(),
         process: host::process_stats(uptime),
         subsystems: ctx.status.subsystems(),
+        gossip,
     })
+}
+
+async fn members(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Vec<g::Member>>, ApiError> {
+    Ok(Json(ctx.gossip.members().await?))
+}
+
+async fn history(
+    State(ctx): State<Arc<ApiContext>>,
+) -> Result<Json<Vec<g::HistoryItem>>, ApiError> {
+    Ok(Json(ctx.gossip.history().await?))
+}
+
+async fn join(
+    State(ctx): State<Arc<ApiContext>>,
+    body: Result<Json<g::JoinRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<g::JoinAnswer>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let seed = opsbro_config::Seed::parse(&request.addr)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((seed.host.as_str(), seed.port))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot resolve {seed}: {e}"),
+            )
+        })?
+        .collect();
+    let addr = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("{seed} has no address")))?;
+    match ctx.gossip.join(addr).await? {
+        Ok(members) => Ok(Json(g::JoinAnswer {
+            joined: addr,
+            members,
+        })),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("joining {seed} failed: {e}"),
+        )),
+    }
+}
+
+async fn leave(State(ctx): State<Arc<ApiContext>>) -> Json<StopAnswer> {
+    tracing::info!("leave requested through the API");
+    ctx.shutdown.cancel();
+    Json(StopAnswer {
+        stopping: true,
+        grace_period_secs: ctx.grace_period_secs,
+    })
+}
+
+async fn resolve_node(ctx: &ApiContext, node: &str) -> Result<g::Member, ApiError> {
+    let members = ctx.gossip.members().await?;
+    find_member(&members, node).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no member named or with uuid `{node}`"),
+        )
+    })
+}
+
+async fn leave_node(
+    State(ctx): State<Arc<ApiContext>>,
+    Path(node): Path<String>,
+) -> Result<Json<g::Member>, ApiError> {
+    let member = resolve_node(&ctx, &node).await?;
+    if member.is_self {
+        ctx.shutdown.cancel();
+        return Ok(Json(member));
+    }
+    ctx.gossip.force_leave(member.uuid).await?;
+    let member = resolve_node(&ctx, &node).await?;
+    Ok(Json(member))
+}
+
+async fn ping(
+    State(ctx): State<Arc<ApiContext>>,
+    Path(node): Path<String>,
+) -> Result<Json<g::PingAnswer>, ApiError> {
+    let member = resolve_node(&ctx, &node).await?;
+    Ok(Json(g::PingAnswer { member }))
+}
+
+async fn events(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Vec<g::Event>>, ApiError> {
+    Ok(Json(ctx.gossip.events().await?))
+}
+
+async fn add_event(
+    State(ctx): State<Arc<ApiContext>>,
+    body: Result<Json<g::NewEvent>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<g::Event>, ApiError> {
+    let Json(event) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if event.kind.is_empty() || event.kind.len() > 128 || event.kind.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "event type must be 1 to 128 printable characters",
+        ));
+    }
+    if event.payload.len() > opsbro_gossip::codec::MAX_EVENT_PAYLOAD {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "event payload is over {} bytes",
+                opsbro_gossip::codec::MAX_EVENT_PAYLOAD
+            ),
+        ));
+    }
+    Ok(Json(
+        ctx.gossip
+            .add_event(event.kind, event.payload.into_bytes())
+            .await?,
+    ))
 }
 
 async fn agent_stop(State(ctx): State<Arc<ApiContext>>) -> Json<StopAnswer> {

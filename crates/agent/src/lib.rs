@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod datadir;
+pub mod gossip;
 pub mod host;
 pub mod http;
 pub mod status;
@@ -50,6 +51,9 @@ pub enum AgentError {
     /// Some task did not finish within the grace period.
     #[error("some tasks did not stop within {0:?}; exiting anyway")]
     GraceExceeded(Duration),
+    /// The keyring file or key could not be used.
+    #[error("encryption: {0}")]
+    Keyring(#[from] opsbro_transport::KeyringError),
     /// A second signal asked for an immediate exit.
     #[error("stopped at once by a second signal")]
     Forced,
@@ -90,6 +94,58 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let interfaces = host::interface_addrs();
     let advertise = host::choose_advertise(config.advertise_addr, config.bind_addr, &interfaces);
+
+    status.set("gossip", SubsystemState::Starting, None);
+    let gossip_bind = SocketAddr::new(config.bind_addr, config.port);
+    let sockets = gossip::bind(config.bind_addr, config.port)
+        .await
+        .map_err(|source| AgentError::Bind {
+            what: "gossip (UDP and TCP)",
+            addr: gossip_bind,
+            source,
+        })?;
+    let gossip_port = sockets.local.port();
+    let gossip_addr = SocketAddr::new(advertise, gossip_port);
+    let keyring = load_keyring(&config, data_dir.path())?;
+    let incarnation_file = data_dir.path().join("incarnation");
+    // Continue above the last incarnation so a restarted node overrides news of its old self.
+    let incarnation = std::fs::read_to_string(&incarnation_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    if let Err(e) = datadir::write_atomic(&incarnation_file, format!("{incarnation}\n").as_bytes())
+    {
+        tracing::warn!(error = %e, "cannot persist the incarnation");
+    }
+    let mut groups = config.groups.clone();
+    groups.sort();
+    groups.dedup();
+    let me = opsbro_gossip::NodeRecord {
+        uuid: data_dir.uuid(),
+        name: config.node_name.clone(),
+        display_name: config.display_name.clone(),
+        addr: gossip_addr,
+        zone: config.zone.clone(),
+        groups,
+        is_proxy: config.proxy_node,
+        incarnation,
+        state: opsbro_gossip::MemberState::Alive,
+        version: opsbro_types::VERSION.to_owned(),
+    };
+    let gossip = gossip::start(
+        gossip::GossipSetup {
+            me,
+            config: opsbro_gossip::GossipConfig::default(),
+            keyring,
+            seeds: config.seeds.clone(),
+            incarnation_file,
+        },
+        sockets,
+        status.clone(),
+        &tracker,
+        shutdown.child_token(),
+    );
     let ctx = Arc::new(http::ApiContext {
         name: config.node_name.clone(),
         display_name: config.display_name.clone(),
@@ -104,7 +160,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             interfaces,
         },
         ports: Ports {
-            gossip: config.port,
+            gossip: gossip_port,
             api: api_addr.port(),
         },
         data_dir: data_dir.path().display().to_string(),
@@ -113,6 +169,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         shutdown: shutdown.clone(),
         grace_period_secs: GRACE_PERIOD.as_secs(),
         token: config.api_token.clone(),
+        gossip,
     });
 
     let api_shutdown = shutdown.child_token();
@@ -140,6 +197,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         pid: std::process::id(),
         api_addr,
         uuid: data_dir.uuid(),
+        gossip_addr: Some(gossip_addr),
     };
     if let Err(e) = serde_json::to_vec_pretty(&runtime)
         .map_err(io::Error::other)
@@ -152,6 +210,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         node = %config.node_name,
         uuid = %data_dir.uuid(),
         api = %api_addr,
+        gossip = %gossip_addr,
         data_dir = %data_dir.path().display(),
         version = opsbro_types::VERSION,
         "agent started"
@@ -174,6 +233,34 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tracing::info!("agent stopped");
     }
     result
+}
+
+/// The keyring: the keyring file when it exists (it carries rotations), else `encryption_key`
+/// (saved to the keyring file so later rotations persist), else none (plaintext cluster).
+fn load_keyring(
+    config: &AgentConfig,
+    data_dir: &std::path::Path,
+) -> Result<opsbro_transport::Keyring, AgentError> {
+    use opsbro_transport::{Key, Keyring};
+    let path = config
+        .keyring_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("keyring.json"));
+    if path.exists() {
+        let mut ring = Keyring::load(&path)?;
+        if let Some(k) = &config.encryption_key {
+            ring.install(Key::new(k.0));
+        }
+        return Ok(ring);
+    }
+    match &config.encryption_key {
+        Some(k) => {
+            let ring = Keyring::with_key(Key::new(k.0));
+            ring.save(&path)?;
+            Ok(ring)
+        }
+        None => Ok(Keyring::default()),
+    }
 }
 
 /// Wait until `shutdown` is cancelled or a SIGTERM/SIGINT arrives (which cancels it). Returns a

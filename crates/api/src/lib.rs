@@ -78,6 +78,21 @@ pub struct AgentInfo {
     pub process: ProcessStats,
     /// State of every subsystem, by name.
     pub subsystems: BTreeMap<String, SubsystemStatus>,
+    /// Gossip: members by state, encryption, packet counters.
+    pub gossip: GossipInfo,
+}
+
+/// Gossip part of [`AgentInfo`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipInfo {
+    /// Members (this node included) by state.
+    pub members: BTreeMap<String, usize>,
+    /// Incarnation of this node.
+    pub incarnation: u64,
+    /// Whether cluster traffic is encrypted.
+    pub encrypted: bool,
+    /// Packet counters.
+    pub counters: gossip::Counters,
 }
 
 /// Addresses of the agent.
@@ -133,6 +148,9 @@ pub struct RuntimeFile {
     pub api_addr: SocketAddr,
     /// Node identity.
     pub uuid: NodeUuid,
+    /// Gossip address (UDP and cluster TCP), once bound.
+    #[serde(default)]
+    pub gossip_addr: Option<SocketAddr>,
 }
 
 /// Name of the runtime file inside the data dir.
@@ -159,5 +177,149 @@ mod tests {
         let s: SubsystemStatus = serde_json::from_str(r#"{"state":"ok"}"#).expect("json");
         assert_eq!(s.message, None);
         assert_eq!(s.state, SubsystemState::Ok);
+    }
+}
+
+/// Gossip routes and shapes.
+pub mod gossip {
+    use std::net::SocketAddr;
+
+    use opsbro_types::NodeUuid;
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: every known member ([`Member`] list, sorted by name).
+    pub const MEMBERS: &str = "/agent/members";
+    /// `GET`: membership history ([`HistoryItem`] list, oldest first).
+    pub const HISTORY: &str = "/agent/members/history";
+    /// `POST` [`JoinRequest`]: join a cluster through a node; answers [`JoinAnswer`].
+    pub const JOIN: &str = "/agent/join";
+    /// `POST`: this agent leaves the cluster and stops.
+    pub const LEAVE: &str = "/agent/leave";
+    /// `POST /agent/leave/{node}`: mark another node as left for good.
+    pub const LEAVE_NODE: &str = "/agent/leave/{node}";
+    /// `GET /agent/ping/{node}`: a node's state ([`PingAnswer`]).
+    pub const PING: &str = "/agent/ping/{node}";
+    /// `GET`: recent user events; `POST` [`NewEvent`]: send one.
+    pub const EVENTS: &str = "/agent/events";
+
+    /// A cluster member.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Member {
+        /// Identity.
+        pub uuid: NodeUuid,
+        /// Unique name.
+        pub name: String,
+        /// Human-friendly name.
+        pub display_name: String,
+        /// Gossip address.
+        pub addr: SocketAddr,
+        /// Zone.
+        pub zone: String,
+        /// Groups.
+        pub groups: Vec<String>,
+        /// Proxy node flag.
+        pub is_proxy: bool,
+        /// Incarnation.
+        pub incarnation: u64,
+        /// `alive`, `suspect`, `dead` or `left`.
+        pub state: String,
+        /// Agent version.
+        pub version: String,
+        /// True for the agent answering.
+        pub is_self: bool,
+    }
+
+    /// One membership change.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HistoryItem {
+        /// When, in milliseconds since the Unix epoch.
+        pub time_ms: u64,
+        /// Node.
+        pub uuid: NodeUuid,
+        /// Its name.
+        pub name: String,
+        /// Previous state (absent: newly known).
+        pub old: Option<String>,
+        /// New state.
+        pub new: String,
+    }
+
+    /// Body of `POST /agent/join`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct JoinRequest {
+        /// `host[:port]` of any cluster member.
+        pub addr: String,
+    }
+
+    /// Answer of `POST /agent/join`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct JoinAnswer {
+        /// The address joined.
+        pub joined: SocketAddr,
+        /// Members known after the exchange (this node included).
+        pub members: usize,
+    }
+
+    /// Answer of `GET /agent/ping/{node}`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PingAnswer {
+        /// The node.
+        pub member: Member,
+    }
+
+    /// Body of `POST /agent/events`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct NewEvent {
+        /// Event type.
+        #[serde(rename = "type")]
+        pub kind: String,
+        /// Optional text payload (≤ 512 bytes).
+        #[serde(default)]
+        pub payload: String,
+    }
+
+    /// A user event.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Event {
+        /// Id (hex).
+        pub id: String,
+        /// Type.
+        #[serde(rename = "type")]
+        pub kind: String,
+        /// Payload as text (lossy UTF-8).
+        pub payload: String,
+        /// Origin node uuid.
+        pub origin: NodeUuid,
+        /// Creation time at the origin (ms since the Unix epoch).
+        pub created_ms: u64,
+    }
+
+    /// Gossip counters shown by `agent info`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Counters {
+        /// Datagrams received.
+        pub udp_in: u64,
+        /// Datagrams sent.
+        pub udp_out: u64,
+        /// Bytes received over UDP.
+        pub bytes_in: u64,
+        /// Bytes sent over UDP.
+        pub bytes_out: u64,
+        /// Plaintext packets refused because the cluster is encrypted.
+        pub rejected_plaintext: u64,
+        /// Encrypted packets refused because this agent has no key.
+        pub rejected_no_key: u64,
+        /// Packets sealed with a key this agent does not have.
+        pub rejected_unknown_key: u64,
+        /// Packets that failed authentication.
+        pub rejected_tampered: u64,
+        /// Packets that decrypted (or were plaintext) but did not decode.
+        pub malformed: u64,
+        /// Datagrams over the size limit.
+        pub oversize: u64,
+        /// Push-pull exchanges served or started.
+        pub push_pulls: u64,
+        /// Push-pull exchanges that failed (connect, timeout, refused frame).
+        pub push_pull_errors: u64,
     }
 }

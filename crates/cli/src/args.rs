@@ -49,6 +49,9 @@ pub enum Command {
     /// Run, stop and inspect the local agent.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Cluster membership: join, leave, members, history, user events.
+    #[command(subcommand)]
+    Gossip(GossipCommand),
     /// Print a shell completion script (e.g. `opsbro completions bash > /etc/bash_completion.d/opsbro`).
     Completions {
         /// The shell.
@@ -124,4 +127,99 @@ pub struct StartArgs {
     /// Log level: trace, debug, info, warn, error [default: RUST_LOG, then log_level, then info].
     #[arg(long, env = "OPSBRO_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+}
+
+/// `opsbro gossip ...`
+#[derive(Debug, Subcommand)]
+pub enum GossipCommand {
+    /// List the cluster members as this agent sees them.
+    Members {
+        /// Also show uuid, incarnation, version and proxy flag.
+        #[arg(long)]
+        detail: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Output format: an aligned table, or a graphviz `dot` picture of nodes by zone and group.
+        #[arg(long, value_enum, default_value_t = MembersFormat::Table)]
+        format: MembersFormat,
+    },
+    /// Join a cluster through any of its members.
+    Join {
+        /// host[:port] of a member (port defaults to 6768).
+        addr: String,
+    },
+    /// Leave the cluster: without NODE this agent leaves and stops; with NODE, mark that
+    /// (gone) node as left so it is no longer reported dead.
+    Leave {
+        /// Name or uuid of another node.
+        node: Option<String>,
+    },
+    /// Show membership changes (joins, suspicions, deaths, leaves), oldest first.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a node's state; exit 2 unless it is alive.
+    Ping {
+        /// Name, display name or uuid.
+        node: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// User events, delivered once to every node.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Wait until enough alive members are known (optionally of a group); exit 2 on timeout.
+    WaitMembers {
+        /// How many alive members (this node included).
+        #[arg(long)]
+        count: usize,
+        /// Only count members of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0, value_name = "S")]
+        timeout: f64,
+    },
+}
+
+/// `opsbro gossip events ...`
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Send a user event to every node.
+    Add {
+        /// Event type.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// Text payload (up to 512 bytes).
+        #[arg(long, default_value = "")]
+        payload: String,
+    },
+    /// List the events of the last 5 minutes.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until an event of this type has been received; exit 2 on timeout.
+    Wait {
+        /// Event type.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0, value_name = "S")]
+        timeout: f64,
+    },
+}
+
+/// Output formats of `gossip members`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MembersFormat {
+    /// Aligned table.
+    Table,
+    /// Graphviz dot.
+    Dot,
 }

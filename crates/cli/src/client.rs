@@ -60,8 +60,32 @@ impl Client {
         self.call(Method::POST, path).await
     }
 
+    /// `POST path` with a JSON body, decoded as `T`.
+    pub async fn post_json<T: DeserializeOwned, B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let body = serde_json::to_vec(body).map_err(|e| CliError::Other(e.into()))?;
+        self.send(Method::POST, path, Some(body)).await
+    }
+
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str) -> Result<T, CliError> {
+        self.send(method, path, None).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, CliError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

@@ -6,9 +6,9 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use opsbro_cli::args::{AgentCommand, Cli, Command};
+use opsbro_cli::args::{AgentCommand, Cli, Command, EventsCommand, GossipCommand};
 use opsbro_cli::client::Client;
-use opsbro_cli::commands::agent;
+use opsbro_cli::commands::{agent, gossip};
 use opsbro_cli::error::CliError;
 
 fn main() -> ExitCode {
@@ -40,13 +40,39 @@ fn run(cli: Cli) -> Result<(), CliError> {
             clap_complete::generate(shell, &mut Cli::command(), "opsbro", &mut std::io::stdout());
             Ok(())
         }
+        Command::Gossip(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(async {
+                match command {
+                    GossipCommand::Members {
+                        detail,
+                        json,
+                        format,
+                    } => gossip::members(&client, detail, json, format).await,
+                    GossipCommand::Join { addr } => gossip::join(&client, addr).await,
+                    GossipCommand::Leave { node } => gossip::leave(&client, node).await,
+                    GossipCommand::History { json } => gossip::history(&client, json).await,
+                    GossipCommand::Ping { node, json } => gossip::ping(&client, node, json).await,
+                    GossipCommand::Events(EventsCommand::Add { kind, payload }) => {
+                        gossip::add_event(&client, kind, payload).await
+                    }
+                    GossipCommand::Events(EventsCommand::List { json }) => {
+                        gossip::list_events(&client, json).await
+                    }
+                    GossipCommand::Events(EventsCommand::Wait { kind, timeout }) => {
+                        gossip::wait_event(&client, kind, timeout).await
+                    }
+                    GossipCommand::WaitMembers {
+                        count,
+                        group,
+                        timeout,
+                    } => gossip::wait_members(&client, count, group, timeout).await,
+                }
+            })
+        }
         Command::Agent(command) => {
             let client = Client::new(&cli.api, cli.token)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| CliError::Other(e.into()))?;
-            runtime.block_on(async {
+            client_runtime()?.block_on(async {
                 match command {
                     AgentCommand::Stop { timeout } => agent::stop(&client, timeout).await,
                     AgentCommand::Info { json } => agent::info(&client, json).await,
@@ -59,6 +85,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
     }
+}
+
+/// The CLI's commands are a few HTTP calls: one thread is plenty.
+fn client_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(e.into()))
 }
 
 /// Logs go to stderr. Level: `--log-level`/`OPSBRO_LOG_LEVEL` first, then `RUST_LOG` (full

@@ -16,6 +16,7 @@ pub fn state(word: &str, colour: bool) -> String {
         "ok" | "alive" => "32",
         "initializing" | "starting" | "suspect" | "warning" | "stopping" | "pending" => "33",
         "error" | "dead" | "critical" => "31",
+        "left" => "2",
         _ => "2",
     };
     format!("\x1b[{code}m{word}\x1b[0m")
@@ -27,6 +28,62 @@ pub fn key_values(rows: &[(&str, String)]) -> String {
     rows.iter()
         .map(|(k, v)| format!("  {k:<width$}  {v}\n"))
         .collect()
+}
+
+/// An aligned table with a header row; widths count characters, not bytes.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let visible = |s: &str| strip_ansi(s).chars().count();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(visible(cell));
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let last = i + 1 == cells.len();
+            out.push_str(cell);
+            if !last {
+                let pad = widths[i].saturating_sub(visible(cell)) + 2;
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_escape = false;
+    for c in s.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// A member state with its symbol: `✓ alive`, `? suspect`, `✗ dead`, `- left`.
+pub fn member_state(state: &str, colour: bool) -> String {
+    let symbol = match state {
+        "alive" => "✓",
+        "suspect" => "?",
+        "dead" => "✗",
+        "left" => "-",
+        _ => " ",
+    };
+    format!("{symbol} {}", self::state(state, colour))
 }
 
 /// `12.3 MB` style sizes (decimal units, like `ps`/`top` users expect).

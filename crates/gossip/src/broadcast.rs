@@ -2,7 +2,9 @@
 //! transmitted first, each dropped after its retransmit limit. A newer message about the same node
 //! replaces the older one (only the latest state is worth spreading).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use crate::HashMap;
 
 use opsbro_types::NodeUuid;
 

@@ -2,7 +2,9 @@
 //! (milliseconds), randomness from a seeded generator, bytes from the driver; everything the core
 //! wants done comes out as [`Effect`]s.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -155,6 +157,8 @@ pub struct Gossip {
     /// joined early in a mass join catches up with the nodes that joined after it.
     fast_sync_ms: u64,
     joining: bool,
+    /// Last time we corrected a sender's stale news about a node (rate limit).
+    corrections: HashMap<(SocketAddr, NodeUuid), Time>,
     local_health: u32,
     events_seen: HashMap<u64, Time>,
     events: VecDeque<(Time, UserEvent)>,
@@ -178,25 +182,26 @@ impl Gossip {
             now + ms(cfg.push_pull_interval) / 2 + jitter(&mut rng, cfg.push_pull_interval);
         Self {
             me,
-            members: HashMap::new(),
+            members: HashMap::default(),
             live: Vec::new(),
-            live_pos: HashMap::new(),
+            live_pos: HashMap::default(),
             probe_order: Vec::new(),
             probe_index: 0,
             rng,
             seq: 0,
             probe: None,
-            relays: HashMap::new(),
+            relays: HashMap::default(),
             next_probe,
             next_gossip,
             next_push_pull,
             next_reap: now + 1000,
             queue: BroadcastQueue::default(),
-            suspect_deadlines: HashMap::new(),
+            suspect_deadlines: HashMap::default(),
             fast_sync_ms: 0,
             joining: false,
+            corrections: HashMap::default(),
             local_health: 0,
-            events_seen: HashMap::new(),
+            events_seen: HashMap::default(),
             events: VecDeque::new(),
             history: VecDeque::new(),
             leaving: false,
@@ -384,6 +389,7 @@ impl Gossip {
     }
 
     fn handle_message(&mut self, now: Time, from: SocketAddr, m: Message) {
+        let sender = from;
         match m {
             Message::Ping { seq, target, .. } => {
                 if target == self.me.uuid && !self.leaving {
@@ -444,12 +450,12 @@ impl Gossip {
                 node,
                 incarnation,
                 from,
-            } => self.handle_suspect(now, node, incarnation, from),
+            } => self.handle_suspect(now, node, incarnation, from, Some(sender)),
             Message::Dead {
                 node,
                 incarnation,
                 from,
-            } => self.handle_dead(now, node, incarnation, from),
+            } => self.handle_dead(now, node, incarnation, from, Some(sender)),
             Message::Leave { node, incarnation } => self.handle_leave(now, node, incarnation),
             Message::Event(e) => self.handle_event(now, e),
         }
@@ -490,7 +496,7 @@ impl Gossip {
                         r.state = MemberState::Dead;
                         self.add_member(now, r);
                     } else {
-                        self.handle_suspect(now, record.uuid, record.incarnation, sender);
+                        self.handle_suspect(now, record.uuid, record.incarnation, sender, None);
                     }
                 }
                 MemberState::Left => self.handle_leave(now, record.uuid, record.incarnation),
@@ -606,7 +612,7 @@ impl Gossip {
             {
                 let incarnation = m.record.incarnation;
                 self.stats.suspicions += 1;
-                self.handle_suspect(now, target, incarnation, self.me.uuid);
+                self.handle_suspect(now, target, incarnation, self.me.uuid, None);
             }
         }
         if self.probe.is_none() && now >= self.next_probe {
@@ -691,7 +697,7 @@ impl Gossip {
             .collect();
         for (uuid, incarnation) in expired {
             self.suspect_deadlines.remove(&uuid);
-            self.handle_dead(now, uuid, incarnation, self.me.uuid);
+            self.handle_dead(now, uuid, incarnation, self.me.uuid, None);
         }
     }
 
@@ -808,10 +814,22 @@ impl Gossip {
         }
     }
 
-    fn handle_suspect(&mut self, now: Time, node: NodeUuid, incarnation: u64, from: NodeUuid) {
+    fn handle_suspect(
+        &mut self,
+        now: Time,
+        node: NodeUuid,
+        incarnation: u64,
+        from: NodeUuid,
+        reply_to: Option<SocketAddr>,
+    ) {
         if node == self.me.uuid {
-            if !self.leaving && incarnation >= self.me.incarnation {
+            if self.leaving {
+                return;
+            }
+            if incarnation >= self.me.incarnation {
                 self.refute(incarnation);
+            } else {
+                self.correct(now, reply_to, node);
             }
             return;
         }
@@ -820,6 +838,7 @@ impl Gossip {
             return;
         };
         if incarnation < m.record.incarnation {
+            self.correct(now, reply_to, node);
             return;
         }
         match m.record.state {
@@ -833,7 +852,7 @@ impl Gossip {
                     m.suspicion = Some(Suspicion {
                         started: now,
                         accuser: from,
-                        confirmations: HashSet::new(),
+                        confirmations: HashSet::default(),
                     });
                 }
                 self.suspect_deadlines.insert(node, now + timeout);
@@ -865,17 +884,33 @@ impl Gossip {
         }
     }
 
-    fn handle_dead(&mut self, now: Time, node: NodeUuid, incarnation: u64, from: NodeUuid) {
+    fn handle_dead(
+        &mut self,
+        now: Time,
+        node: NodeUuid,
+        incarnation: u64,
+        from: NodeUuid,
+        reply_to: Option<SocketAddr>,
+    ) {
         if node == self.me.uuid {
-            if !self.leaving && incarnation >= self.me.incarnation {
+            if self.leaving {
+                return;
+            }
+            if incarnation >= self.me.incarnation {
                 self.refute(incarnation);
+            } else {
+                self.correct(now, reply_to, node);
             }
             return;
         }
         let Some(m) = self.members.get(&node) else {
             return;
         };
-        if incarnation < m.record.incarnation || !m.record.state.is_live() {
+        if incarnation < m.record.incarnation {
+            self.correct(now, reply_to, node);
+            return;
+        }
+        if !m.record.state.is_live() {
             return;
         }
         let mut record = m.record.clone();
@@ -906,6 +941,35 @@ impl Gossip {
         self.update_member(now, record);
         let msg = Message::Leave { node, incarnation };
         self.broadcast(BroadcastKey::Node(node), &msg);
+    }
+
+    /// `reply_to` spread stale news (a suspicion or death at an incarnation older than the one we
+    /// know): send it the newer alive record directly, at most once a second per sender and node.
+    /// Without this a node that missed a refutation can only learn it from the next push-pull,
+    /// and may declare a healthy node dead first.
+    fn correct(&mut self, now: Time, reply_to: Option<SocketAddr>, node: NodeUuid) {
+        let Some(to) = reply_to else { return };
+        let record = if node == self.me.uuid {
+            self.me.clone()
+        } else {
+            match self.members.get(&node) {
+                Some(m) if m.record.state == MemberState::Alive => m.record.clone(),
+                _ => return,
+            }
+        };
+        if self
+            .corrections
+            .get(&(to, node))
+            .is_some_and(|t| now.saturating_sub(*t) < 1000)
+        {
+            return;
+        }
+        self.corrections.insert((to, node), now);
+        let bytes = codec::encode_message(&Message::Alive(record));
+        self.effects.push(Effect::Send {
+            to,
+            bytes: codec::datagram([bytes.as_slice()]),
+        });
     }
 
     fn refute(&mut self, accused_incarnation: u64) {

@@ -21,5 +21,18 @@ pub use codec::{PushPull, UserEvent};
 pub use config::GossipConfig;
 pub use member::{MemberState, NodeRecord};
 
+/// Hash maps with a fixed hasher: iteration order must not depend on a per-process random seed,
+/// or the same simulation seed would not replay the same run.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<
+    K,
+    V,
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+>;
+/// See [`HashMap`].
+pub(crate) type HashSet<K> = std::collections::HashSet<
+    K,
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+>;
+
 /// Bytes kept free in every datagram for the encryption envelope (header, nonce, tag).
 pub const OVERHEAD_RESERVE: usize = 64;

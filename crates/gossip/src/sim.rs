@@ -7,7 +7,9 @@
 //! healing, mass join) and by the membership benchmarks.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -76,6 +78,9 @@ pub struct SimStats {
     pub push_pulls: u64,
     /// Times a node declared dead a node that was up (and not partitioned away from it).
     pub false_deaths: u64,
+    /// The first false deaths: (time, viewer, target, incarnation in the view, target's own
+    /// incarnation), to explain a failure.
+    pub false_death_log: Vec<(Time, usize, usize, u64, u64)>,
 }
 
 /// The simulator.
@@ -106,10 +111,10 @@ impl Sim {
             now: START,
             counter: 0,
             queue: BinaryHeap::new(),
-            events: HashMap::new(),
+            events: HashMap::default(),
             nodes: Vec::new(),
-            by_addr: HashMap::new(),
-            by_uuid: HashMap::new(),
+            by_addr: HashMap::default(),
+            by_uuid: HashMap::default(),
             rng: StdRng::seed_from_u64(seed),
             net,
             group: Vec::new(),
@@ -408,6 +413,16 @@ impl Sim {
                         && self.can_talk(i, j)
                     {
                         self.stats.false_deaths += 1;
+                        if self.stats.false_death_log.len() < 20 {
+                            let seen = self.nodes[i]
+                                .gossip
+                                .member(&change.uuid)
+                                .map_or(0, |r| r.incarnation);
+                            let own = self.nodes[j].gossip.me().incarnation;
+                            self.stats
+                                .false_death_log
+                                .push((self.now - START, i, j, seen, own));
+                        }
                     }
                 }
                 Effect::UserEvent(_) | Effect::IncarnationChanged(_) => {}

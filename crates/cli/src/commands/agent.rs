@@ -201,6 +201,25 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
                 interfaces
             },
         ),
+        (
+            "Members",
+            info.gossip
+                .members
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(state, n)| format!("{n} {state}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        (
+            "Encryption",
+            if info.gossip.encrypted {
+                "on (AES-256-GCM)"
+            } else {
+                "off"
+            }
+            .to_owned(),
+        ),
         ("Data dir", info.data_dir.clone()),
         ("Uptime", render::duration(info.uptime_secs)),
         (

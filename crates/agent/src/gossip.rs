@@ -1,0 +1,778 @@
+//! The gossip driver: owns the UDP socket and the cluster TCP listener, feeds the sans-IO core
+//! ([`opsbro_gossip::Gossip`]) with packets, frames, commands and ticks, and performs its effects.
+//! Every packet goes through the keyring first; refusals are counted and never reach the core.
+//!
+//! One task owns the core. The API talks to it through [`GossipHandle`] (commands with a reply
+//! channel); TCP connections and outgoing push-pulls run in their own tasks and hand their frames
+//! to the core task.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opsbro_api::gossip::{Counters, Event, HistoryItem, Member};
+use opsbro_config::Seed;
+use opsbro_gossip::codec::{self, MAX_DATAGRAM, MAX_PUSH_PULL};
+use opsbro_gossip::{Effect, Gossip, GossipConfig, MemberState, NodeRecord, PushPull, UserEvent};
+use opsbro_transport::{Keyring, OpenError};
+use opsbro_types::{NodeUuid, SubsystemState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::status::Status;
+
+/// Kind byte of a cluster TCP frame carrying a push-pull (other kinds come with the KV store).
+const FRAME_PUSH_PULL: u8 = 1;
+/// Largest sealed frame accepted.
+const MAX_FRAME: usize = MAX_PUSH_PULL + 64;
+/// Time allowed for a whole push-pull exchange.
+const PUSH_PULL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the core's timers are driven.
+const TICK: Duration = Duration::from_millis(20);
+/// How long a leaving node keeps gossiping its departure.
+const LEAVE_PROPAGATION: Duration = Duration::from_millis(1000);
+
+/// Packet counters, shared with the API.
+#[derive(Debug, Default)]
+pub struct GossipCounters {
+    udp_in: AtomicU64,
+    udp_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    rejected_plaintext: AtomicU64,
+    rejected_no_key: AtomicU64,
+    rejected_unknown_key: AtomicU64,
+    rejected_tampered: AtomicU64,
+    malformed: AtomicU64,
+    oversize: AtomicU64,
+    push_pulls: AtomicU64,
+    push_pull_errors: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl GossipCounters {
+    fn rejected(&self, e: OpenError) {
+        match e {
+            OpenError::Plaintext => inc(&self.rejected_plaintext),
+            OpenError::NoKey => inc(&self.rejected_no_key),
+            OpenError::UnknownKey => inc(&self.rejected_unknown_key),
+            OpenError::Tampered => inc(&self.rejected_tampered),
+        }
+    }
+
+    /// A snapshot for the API.
+    pub fn snapshot(&self) -> Counters {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            udp_in: g(&self.udp_in),
+            udp_out: g(&self.udp_out),
+            bytes_in: g(&self.bytes_in),
+            bytes_out: g(&self.bytes_out),
+            rejected_plaintext: g(&self.rejected_plaintext),
+            rejected_no_key: g(&self.rejected_no_key),
+            rejected_unknown_key: g(&self.rejected_unknown_key),
+            rejected_tampered: g(&self.rejected_tampered),
+            malformed: g(&self.malformed),
+            oversize: g(&self.oversize),
+            push_pulls: g(&self.push_pulls),
+            push_pull_errors: g(&self.push_pull_errors),
+        }
+    }
+}
+
+/// What the API can ask the gossip task.
+enum Command {
+    Members(oneshot::Sender<Vec<Member>>),
+    History(oneshot::Sender<Vec<HistoryItem>>),
+    Events(oneshot::Sender<Vec<Event>>),
+    Join(SocketAddr, oneshot::Sender<Result<usize, String>>),
+    ForceLeave(NodeUuid, oneshot::Sender<bool>),
+    AddEvent(String, Vec<u8>, oneshot::Sender<Event>),
+    Incarnation(oneshot::Sender<u64>),
+}
+
+/// Inputs from the connection tasks.
+enum Internal {
+    Datagram(SocketAddr, Vec<u8>),
+    PushPullRequest(PushPull, oneshot::Sender<PushPull>),
+    PushPullReply(PushPull, Option<oneshot::Sender<Result<usize, String>>>),
+    PushPullFailed(
+        SocketAddr,
+        String,
+        Option<oneshot::Sender<Result<usize, String>>>,
+    ),
+}
+
+/// Why the API's request to the gossip task failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the gossip subsystem is not running")]
+pub struct GossipStopped;
+
+/// Cheap handle for the API.
+#[derive(Clone)]
+pub struct GossipHandle {
+    tx: mpsc::Sender<Command>,
+    /// Packet counters.
+    pub counters: Arc<GossipCounters>,
+    /// Whether traffic is encrypted.
+    pub encrypted: bool,
+}
+
+impl GossipHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, GossipStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| GossipStopped)?;
+        rx.await.map_err(|_| GossipStopped)
+    }
+
+    /// Every known member, sorted by name.
+    pub async fn members(&self) -> Result<Vec<Member>, GossipStopped> {
+        self.ask(Command::Members).await
+    }
+
+    /// Membership history.
+    pub async fn history(&self) -> Result<Vec<HistoryItem>, GossipStopped> {
+        self.ask(Command::History).await
+    }
+
+    /// Recent user events.
+    pub async fn events(&self) -> Result<Vec<Event>, GossipStopped> {
+        self.ask(Command::Events).await
+    }
+
+    /// Join through `addr`; answers the number of members known afterwards.
+    pub async fn join(&self, addr: SocketAddr) -> Result<Result<usize, String>, GossipStopped> {
+        self.ask(|tx| Command::Join(addr, tx)).await
+    }
+
+    /// Mark another node as left.
+    pub async fn force_leave(&self, uuid: NodeUuid) -> Result<bool, GossipStopped> {
+        self.ask(|tx| Command::ForceLeave(uuid, tx)).await
+    }
+
+    /// Send a user event.
+    pub async fn add_event(&self, kind: String, payload: Vec<u8>) -> Result<Event, GossipStopped> {
+        self.ask(|tx| Command::AddEvent(kind, payload, tx)).await
+    }
+
+    /// Our incarnation.
+    pub async fn incarnation(&self) -> Result<u64, GossipStopped> {
+        self.ask(Command::Incarnation).await
+    }
+}
+
+/// What the gossip subsystem needs to start.
+pub struct GossipSetup {
+    /// This node (incarnation already continued from the data dir).
+    pub me: NodeRecord,
+    /// Protocol settings.
+    pub config: GossipConfig,
+    /// Keys (empty: plaintext).
+    pub keyring: Keyring,
+    /// Seeds to join at start.
+    pub seeds: Vec<Seed>,
+    /// File where the incarnation is persisted.
+    pub incarnation_file: PathBuf,
+}
+
+/// Bound gossip sockets: UDP and TCP on the same port.
+pub struct GossipSockets {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    /// The bound address.
+    pub local: SocketAddr,
+}
+
+/// Bind UDP and TCP on `bind:port`; with port 0, find a port free for both.
+pub async fn bind(bind: IpAddr, port: u16) -> std::io::Result<GossipSockets> {
+    let mut last_err = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind(SocketAddr::new(bind, port)).await?;
+        let local = udp.local_addr()?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok(GossipSockets { udp, tcp, local }),
+            Err(e) if port == 0 => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")))
+}
+
+/// A monotonic clock that reads like Unix milliseconds (so event ages and history times are
+/// meaningful) but never jumps with the wall clock.
+#[derive(Clone, Copy)]
+struct Clock {
+    start: Instant,
+    start_unix_ms: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let start_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+            .unwrap_or(0);
+        Self {
+            start: Instant::now(),
+            start_unix_ms,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start_unix_ms + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(0)
+    }
+}
+
+/// Start the gossip task; returns the handle for the API.
+pub fn start(
+    setup: GossipSetup,
+    sockets: GossipSockets,
+    status: Status,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> GossipHandle {
+    let (tx, rx) = mpsc::channel(256);
+    let (itx, irx) = mpsc::channel(1024);
+    let counters = Arc::new(GossipCounters::default());
+    let keyring = Arc::new(RwLock::new(setup.keyring));
+    let encrypted = keyring.read().map(|k| k.is_enabled()).unwrap_or(true);
+    let handle = GossipHandle {
+        tx,
+        counters: counters.clone(),
+        encrypted,
+    };
+    let clock = Clock::new();
+    let seed = u64::from_le_bytes(setup.me.uuid.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+        ^ clock.now();
+    let core = Gossip::new(setup.config, setup.me, seed, clock.now());
+    let udp = Arc::new(sockets.udp);
+
+    tracker.spawn(udp_reader(
+        udp.clone(),
+        keyring.clone(),
+        counters.clone(),
+        itx.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(tcp_server(
+        sockets.tcp,
+        keyring.clone(),
+        counters.clone(),
+        itx.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    ));
+    if !setup.seeds.is_empty() {
+        tracker.spawn(join_seeds(setup.seeds, handle.clone(), shutdown.clone()));
+    }
+    let driver = Driver {
+        core,
+        clock,
+        udp,
+        keyring,
+        counters,
+        itx,
+        tracker: tracker.clone(),
+        incarnation_file: setup.incarnation_file,
+        rng: opsbro_transport::system_random(),
+        pending: Vec::new(),
+    };
+    status.set(
+        "gossip",
+        SubsystemState::Ok,
+        Some(format!("udp+tcp {}", sockets.local)),
+    );
+    tracker.spawn(driver.run(rx, irx, shutdown, status));
+    handle
+}
+
+struct Driver {
+    core: Gossip,
+    clock: Clock,
+    udp: Arc<UdpSocket>,
+    keyring: Arc<RwLock<Keyring>>,
+    counters: Arc<GossipCounters>,
+    itx: mpsc::Sender<Internal>,
+    tracker: TaskTracker,
+    incarnation_file: PathBuf,
+    rng: ring::rand::SystemRandom,
+    /// Effects taken out of the core early (while routing a join waiter), performed next.
+    pending: Vec<Effect>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut internal: mpsc::Receiver<Internal>,
+        shutdown: CancellationToken,
+        status: Status,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let now = self.clock.now();
+                    self.core.handle_tick(now);
+                }
+                Some(cmd) = commands.recv() => self.handle_command(cmd),
+                Some(input) = internal.recv() => self.handle_internal(input),
+            }
+            self.perform().await;
+        }
+        // Graceful leave: announce it and keep gossiping for a moment so it spreads.
+        tracing::info!("leaving the cluster");
+        self.core.leave(self.clock.now());
+        self.perform().await;
+        let end = Instant::now() + LEAVE_PROPAGATION;
+        while Instant::now() < end {
+            tokio::select! {
+                _ = tick.tick() => self.core.handle_tick(self.clock.now()),
+                Some(input) = internal.recv() => self.handle_internal(input),
+            }
+            self.perform().await;
+            if self.core.queued_broadcasts() == 0 {
+                break;
+            }
+        }
+        status.set("gossip", SubsystemState::Stopped, None);
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        let now = self.clock.now();
+        match cmd {
+            Command::Members(tx) => {
+                let me = self.core.me().uuid;
+                let mut list: Vec<Member> =
+                    self.core.members().map(|r| member_view(r, me)).collect();
+                list.sort_by(|a, b| a.name.cmp(&b.name).then(a.uuid.cmp(&b.uuid)));
+                let _ = tx.send(list);
+            }
+            Command::History(tx) => {
+                let list = self
+                    .core
+                    .history()
+                    .map(|h| HistoryItem {
+                        time_ms: h.at,
+                        uuid: h.uuid,
+                        name: h.name.clone(),
+                        old: h.old.map(|s| s.as_str().to_owned()),
+                        new: h.new.as_str().to_owned(),
+                    })
+                    .collect();
+                let _ = tx.send(list);
+            }
+            Command::Events(tx) => {
+                let _ = tx.send(self.core.recent_events().map(event_view).collect());
+            }
+            Command::Join(addr, tx) => {
+                self.core.join(addr);
+                // The join's push-pull carries the waiter so the API learns the outcome.
+                let mut waiter = Some(tx);
+                let effects = self.core.take_effects();
+                for e in effects {
+                    match e {
+                        Effect::PushPull { to, payload } if to == addr && waiter.is_some() => {
+                            self.spawn_push_pull(to, payload, waiter.take());
+                        }
+                        other => self.core_effect_later(other),
+                    }
+                }
+            }
+            Command::ForceLeave(uuid, tx) => {
+                let _ = tx.send(self.core.force_leave(now, uuid));
+            }
+            Command::AddEvent(kind, payload, tx) => {
+                let event = self.core.add_event(now, kind, payload, now);
+                let _ = tx.send(event_view(&event));
+            }
+            Command::Incarnation(tx) => {
+                let _ = tx.send(self.core.me().incarnation);
+            }
+        }
+    }
+
+    fn core_effect_later(&mut self, e: Effect) {
+        self.pending.push(e);
+    }
+
+    fn handle_internal(&mut self, input: Internal) {
+        let now = self.clock.now();
+        match input {
+            Internal::Datagram(from, bytes) => {
+                if self.core.handle_datagram(now, from, &bytes).is_err() {
+                    inc(&self.counters.malformed);
+                }
+            }
+            Internal::PushPullRequest(request, reply) => {
+                inc(&self.counters.push_pulls);
+                let _ = reply.send(self.core.handle_push_pull(now, request));
+            }
+            Internal::PushPullReply(reply, waiter) => {
+                inc(&self.counters.push_pulls);
+                self.core.handle_push_pull_reply(now, reply);
+                if let Some(w) = waiter {
+                    let _ = w.send(Ok(self
+                        .core
+                        .members()
+                        .filter(|m| m.state.is_live())
+                        .count()));
+                }
+            }
+            Internal::PushPullFailed(to, error, waiter) => {
+                inc(&self.counters.push_pull_errors);
+                tracing::debug!(peer = %to, %error, "push-pull failed");
+                if let Some(w) = waiter {
+                    let _ = w.send(Err(error));
+                }
+            }
+        }
+    }
+
+    async fn perform(&mut self) {
+        let mut effects = std::mem::take(&mut self.pending);
+        self.core.drain_effects_into(&mut effects);
+        for e in effects {
+            match e {
+                Effect::Send { to, bytes } => {
+                    let sealed = self.seal(&bytes);
+                    match self.udp.send_to(&sealed, to).await {
+                        Ok(n) => {
+                            inc(&self.counters.udp_out);
+                            self.counters
+                                .bytes_out
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::debug!(peer = %to, error = %e, "gossip send failed"),
+                    }
+                }
+                Effect::PushPull { to, payload } => self.spawn_push_pull(to, payload, None),
+                Effect::MemberChanged(c) => match c.old {
+                    None => {
+                        tracing::info!(node = %c.name, uuid = %c.uuid, state = %c.new, "member discovered")
+                    }
+                    Some(old) => {
+                        tracing::info!(node = %c.name, uuid = %c.uuid, %old, new = %c.new, "member state changed")
+                    }
+                },
+                Effect::UserEvent(e) => {
+                    tracing::info!(event = %e.kind, origin = %e.origin, "user event received");
+                }
+                Effect::IncarnationChanged(n) => {
+                    if let Err(e) = crate::datadir::write_atomic(
+                        &self.incarnation_file,
+                        format!("{n}\n").as_bytes(),
+                    ) {
+                        tracing::warn!(error = %e, "cannot persist the incarnation");
+                    }
+                }
+            }
+        }
+    }
+
+    fn seal(&self, bytes: &[u8]) -> Vec<u8> {
+        match self.keyring.read() {
+            Ok(k) => k.seal(&self.rng, bytes),
+            Err(p) => p.into_inner().seal(&self.rng, bytes),
+        }
+    }
+
+    fn spawn_push_pull(
+        &self,
+        to: SocketAddr,
+        payload: PushPull,
+        waiter: Option<oneshot::Sender<Result<usize, String>>>,
+    ) {
+        let keyring = self.keyring.clone();
+        let itx = self.itx.clone();
+        self.tracker.spawn(async move {
+            let result =
+                tokio::time::timeout(PUSH_PULL_TIMEOUT, push_pull(to, &payload, &keyring)).await;
+            let msg = match result {
+                Ok(Ok(reply)) => Internal::PushPullReply(reply, waiter),
+                Ok(Err(e)) => Internal::PushPullFailed(to, e, waiter),
+                Err(_) => Internal::PushPullFailed(
+                    to,
+                    format!("no answer from {to} within {PUSH_PULL_TIMEOUT:?}"),
+                    waiter,
+                ),
+            };
+            let _ = itx.send(msg).await;
+        });
+    }
+}
+
+fn member_view(r: &NodeRecord, me: NodeUuid) -> Member {
+    Member {
+        uuid: r.uuid,
+        name: r.name.clone(),
+        display_name: r.display_name.clone(),
+        addr: r.addr,
+        zone: r.zone.clone(),
+        groups: r.groups.clone(),
+        is_proxy: r.is_proxy,
+        incarnation: r.incarnation,
+        state: r.state.as_str().to_owned(),
+        version: r.version.clone(),
+        is_self: r.uuid == me,
+    }
+}
+
+fn event_view(e: &UserEvent) -> Event {
+    Event {
+        id: format!("{:016x}", e.id),
+        kind: e.kind.clone(),
+        payload: String::from_utf8_lossy(&e.payload).into_owned(),
+        origin: e.origin,
+        created_ms: e.created_ms,
+    }
+}
+
+async fn udp_reader(
+    udp: Arc<UdpSocket>,
+    keyring: Arc<RwLock<Keyring>>,
+    counters: Arc<GossipCounters>,
+    itx: mpsc::Sender<Internal>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = udp.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gossip receive failed");
+                    continue;
+                }
+            },
+        };
+        inc(&counters.udp_in);
+        counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        if n > MAX_DATAGRAM + opsbro_transport::OVERHEAD {
+            inc(&counters.oversize);
+            continue;
+        }
+        let opened = match keyring.read() {
+            Ok(k) => k.open(&buf[..n]),
+            Err(p) => p.into_inner().open(&buf[..n]),
+        };
+        match opened {
+            Ok(plain) => {
+                // A full queue means the core is overloaded: dropping is what UDP would do.
+                let _ = itx.try_send(Internal::Datagram(from, plain));
+            }
+            Err(e) => {
+                counters.rejected(e);
+                tracing::debug!(peer = %from, error = %e, "gossip packet refused");
+            }
+        }
+    }
+}
+
+async fn tcp_server(
+    listener: TcpListener,
+    keyring: Arc<RwLock<Keyring>>,
+    counters: Arc<GossipCounters>,
+    itx: mpsc::Sender<Internal>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let keyring = keyring.clone();
+        let counters = counters.clone();
+        let itx = itx.clone();
+        tracker.spawn(async move {
+            let served = tokio::time::timeout(
+                PUSH_PULL_TIMEOUT,
+                serve_conn(stream, &keyring, &counters, &itx),
+            )
+            .await;
+            match served {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    inc(&counters.push_pull_errors);
+                    tracing::debug!(%peer, error = %e, "cluster connection refused");
+                }
+                Err(_) => inc(&counters.push_pull_errors),
+            }
+        });
+    }
+}
+
+async fn serve_conn(
+    mut stream: TcpStream,
+    keyring: &RwLock<Keyring>,
+    counters: &GossipCounters,
+    itx: &mpsc::Sender<Internal>,
+) -> Result<(), String> {
+    let frame = read_frame(&mut stream).await?;
+    let plain = open(keyring, &frame).map_err(|e| {
+        counters.rejected(e);
+        e.to_string()
+    })?;
+    let (kind, body) = plain.split_first().ok_or("empty frame")?;
+    if *kind != FRAME_PUSH_PULL {
+        inc(&counters.malformed);
+        return Err(format!("unknown frame kind {kind}"));
+    }
+    let request = codec::decode_push_pull(body).map_err(|e| {
+        inc(&counters.malformed);
+        e.to_string()
+    })?;
+    let (tx, rx) = oneshot::channel();
+    itx.send(Internal::PushPullRequest(request, tx))
+        .await
+        .map_err(|_| "gossip stopped")?;
+    let reply = rx.await.map_err(|_| "gossip stopped")?;
+    let bytes = frame_bytes(keyring, &reply);
+    write_frame(&mut stream, &bytes).await
+}
+
+async fn push_pull(
+    to: SocketAddr,
+    payload: &PushPull,
+    keyring: &RwLock<Keyring>,
+) -> Result<PushPull, String> {
+    let mut stream = TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("cannot connect to {to}: {e}"))?;
+    let bytes = frame_bytes(keyring, payload);
+    write_frame(&mut stream, &bytes).await?;
+    let frame = read_frame(&mut stream).await?;
+    let plain = open(keyring, &frame).map_err(|e| format!("answer from {to} refused: {e}"))?;
+    let (kind, body) = plain.split_first().ok_or("empty answer")?;
+    if *kind != FRAME_PUSH_PULL {
+        return Err(format!("unexpected frame kind {kind} from {to}"));
+    }
+    codec::decode_push_pull(body).map_err(|e| format!("bad answer from {to}: {e}"))
+}
+
+fn open(keyring: &RwLock<Keyring>, frame: &[u8]) -> Result<Vec<u8>, OpenError> {
+    match keyring.read() {
+        Ok(k) => k.open(frame),
+        Err(p) => p.into_inner().open(frame),
+    }
+}
+
+fn frame_bytes(keyring: &RwLock<Keyring>, payload: &PushPull) -> Vec<u8> {
+    let mut plain = vec![FRAME_PUSH_PULL];
+    plain.extend_from_slice(&codec::encode_push_pull(payload));
+    let rng = opsbro_transport::system_random();
+    match keyring.read() {
+        Ok(k) => k.seal(&rng, &plain),
+        Err(p) => p.into_inner().seal(&rng, &plain),
+    }
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let len = stream
+        .read_u32()
+        .await
+        .map_err(|e| format!("reading frame length: {e}"))? as usize;
+    if len > MAX_FRAME {
+        return Err(format!(
+            "frame of {len} bytes is over the {MAX_FRAME}-byte limit"
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("reading frame: {e}"))?;
+    Ok(buf)
+}
+
+async fn write_frame(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
+    let len = u32::try_from(bytes.len()).map_err(|_| "frame too large")?;
+    stream.write_u32(len).await.map_err(|e| e.to_string())?;
+    stream.write_all(bytes).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())
+}
+
+/// Join the seeds at start: retry with backoff (1 s doubling to 30 s) until one answers.
+async fn join_seeds(seeds: Vec<Seed>, handle: GossipHandle, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        for seed in &seeds {
+            let addrs = match tokio::net::lookup_host((seed.host.as_str(), seed.port)).await {
+                Ok(a) => a.collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(%seed, error = %e, "cannot resolve seed");
+                    continue;
+                }
+            };
+            let Some(addr) = addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied()
+            else {
+                continue;
+            };
+            match handle.join(addr).await {
+                Ok(Ok(n)) => {
+                    tracing::info!(%seed, members = n, "joined the cluster");
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(%seed, error = %e, "seed did not answer"),
+                Err(_) => return,
+            }
+        }
+        tracing::info!(retry_in = ?backoff, "no seed answered; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The state a node name or uuid designates, for `ping` and `leave NODE`.
+pub fn find_member<'a>(members: &'a [Member], node: &str) -> Option<&'a Member> {
+    members
+        .iter()
+        .find(|m| m.uuid.to_string() == node || m.name == node)
+        .or_else(|| members.iter().find(|m| m.display_name == node))
+}
+
+/// Counts by state for `agent info`.
+pub fn count_by_state(members: &[Member]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in [
+        MemberState::Alive,
+        MemberState::Suspect,
+        MemberState::Dead,
+        MemberState::Left,
+    ] {
+        out.insert(s.as_str().to_owned(), 0);
+    }
+    for m in members {
+        *out.entry(m.state.clone()).or_insert(0) += 1;
+    }
+    out
+}

@@ -1,0 +1,365 @@
+//! `opsbro gossip members|join|leave|history|ping|events|wait-members`.
+
+use std::time::{Duration, Instant};
+
+use opsbro_api::StopAnswer;
+use opsbro_api::gossip::{
+    self as g, Event, HistoryItem, JoinAnswer, JoinRequest, Member, NewEvent, PingAnswer,
+};
+
+use crate::args::MembersFormat;
+use crate::client::Client;
+use crate::error::CliError;
+use crate::render;
+
+const POLL: Duration = Duration::from_millis(200);
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value).map_err(|e| CliError::Other(e.into()))
+}
+
+/// `gossip members`.
+pub async fn members(
+    client: &Client,
+    detail: bool,
+    json: bool,
+    format: MembersFormat,
+) -> Result<(), CliError> {
+    let members: Vec<Member> = client.get(g::MEMBERS).await?;
+    if json {
+        println!("{}", to_json(&members)?);
+        return Ok(());
+    }
+    if format == MembersFormat::Dot {
+        print!("{}", dot(&members));
+        return Ok(());
+    }
+    let colour = render::use_colour();
+    let mut headers = vec!["NAME", "ADDRESS", "STATE", "ZONE", "GROUPS"];
+    if detail {
+        headers.extend(["UUID", "INCARNATION", "VERSION", "PROXY"]);
+    }
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let name = if m.display_name != m.name {
+                format!("{} [{}]", m.name, m.display_name)
+            } else {
+                m.name.clone()
+            };
+            let name = if m.is_self {
+                format!("{name} (self)")
+            } else {
+                name
+            };
+            let groups = if m.groups.is_empty() {
+                "-".to_owned()
+            } else {
+                m.groups.join(",")
+            };
+            let mut row = vec![
+                name,
+                m.addr.to_string(),
+                render::member_state(&m.state, colour),
+                m.zone.clone(),
+                groups,
+            ];
+            if detail {
+                row.extend([
+                    m.uuid.to_string(),
+                    m.incarnation.to_string(),
+                    m.version.clone(),
+                    if m.is_proxy { "yes" } else { "no" }.to_owned(),
+                ]);
+            }
+            row
+        })
+        .collect();
+    print!("{}", render::table(&headers, &rows));
+    Ok(())
+}
+
+/// Graphviz picture: one box per zone holding its nodes (coloured by state), group nodes
+/// linked to their members.
+pub fn dot(members: &[Member]) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut zones: Vec<&str> = members.iter().map(|m| m.zone.as_str()).collect();
+    zones.sort();
+    zones.dedup();
+    let mut out =
+        String::from("digraph opsbro {\n  rankdir=LR;\n  node [shape=box, style=rounded];\n");
+    for (i, zone) in zones.iter().enumerate() {
+        out += &format!(
+            "  subgraph cluster_{i} {{\n    label={};\n",
+            quote(&format!("zone {zone}"))
+        );
+        for m in members.iter().filter(|m| m.zone == *zone) {
+            let colour = match m.state.as_str() {
+                "alive" => "darkgreen",
+                "suspect" => "orange",
+                "dead" => "red",
+                _ => "gray",
+            };
+            let label = format!("{}\\n{}\\n{}", m.name, m.addr, m.state);
+            out += &format!(
+                "    {} [label={}, color={colour}{}];\n",
+                quote(&m.uuid.to_string()),
+                quote(&label),
+                if m.is_proxy { ", peripheries=2" } else { "" }
+            );
+        }
+        out += "  }\n";
+    }
+    let mut groups: Vec<&str> = members
+        .iter()
+        .flat_map(|m| m.groups.iter().map(String::as_str))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    for group in groups {
+        out += &format!(
+            "  {} [label={}, shape=ellipse];\n",
+            quote(&format!("group:{group}")),
+            quote(group)
+        );
+        for m in members
+            .iter()
+            .filter(|m| m.groups.iter().any(|x| x == group))
+        {
+            out += &format!(
+                "  {} -> {};\n",
+                quote(&m.uuid.to_string()),
+                quote(&format!("group:{group}"))
+            );
+        }
+    }
+    out += "}\n";
+    out
+}
+
+/// `gossip join`.
+pub async fn join(client: &Client, addr: String) -> Result<(), CliError> {
+    let answer: JoinAnswer = client
+        .post_json(g::JOIN, &JoinRequest { addr: addr.clone() })
+        .await?;
+    println!(
+        "joined {addr} ({}): {} alive members known",
+        answer.joined, answer.members
+    );
+    Ok(())
+}
+
+/// `gossip leave [NODE]`.
+pub async fn leave(client: &Client, node: Option<String>) -> Result<(), CliError> {
+    match node {
+        None => {
+            let _: StopAnswer = client.post(g::LEAVE).await?;
+            println!("this agent is leaving the cluster and stopping");
+        }
+        Some(node) => {
+            let m: Member = client
+                .post(&g::LEAVE_NODE.replace("{node}", &encode(&node)))
+                .await?;
+            println!("{} ({}) is now {}", m.name, m.uuid, m.state);
+        }
+    }
+    Ok(())
+}
+
+/// `gossip history`.
+pub async fn history(client: &Client, json: bool) -> Result<(), CliError> {
+    let items: Vec<HistoryItem> = client.get(g::HISTORY).await?;
+    if json {
+        println!("{}", to_json(&items)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|h| {
+            vec![
+                format_time(h.time_ms),
+                h.name.clone(),
+                format!("{} → {}", h.old.as_deref().unwrap_or("new"), h.new),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render::table(&["TIME (UTC)", "NODE", "CHANGE"], &rows)
+    );
+    Ok(())
+}
+
+/// `gossip ping NODE`.
+pub async fn ping(client: &Client, node: String, json: bool) -> Result<(), CliError> {
+    let answer: PingAnswer = client
+        .get(&g::PING.replace("{node}", &encode(&node)))
+        .await?;
+    let m = &answer.member;
+    if json {
+        println!("{}", to_json(&answer)?);
+    } else {
+        println!("{} is: {}", m.name, m.state);
+    }
+    if m.state == "alive" {
+        Ok(())
+    } else {
+        Err(CliError::Negative(format!("{} is {}", m.name, m.state)))
+    }
+}
+
+/// `gossip events add`.
+pub async fn add_event(client: &Client, kind: String, payload: String) -> Result<(), CliError> {
+    let e: Event = client
+        .post_json(g::EVENTS, &NewEvent { kind, payload })
+        .await?;
+    println!("event {} ({}) sent", e.kind, e.id);
+    Ok(())
+}
+
+/// `gossip events list`.
+pub async fn list_events(client: &Client, json: bool) -> Result<(), CliError> {
+    let events: Vec<Event> = client.get(g::EVENTS).await?;
+    if json {
+        println!("{}", to_json(&events)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                format_time(e.created_ms),
+                e.kind.clone(),
+                e.id.clone(),
+                e.payload.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render::table(&["CREATED (UTC)", "TYPE", "ID", "PAYLOAD"], &rows)
+    );
+    Ok(())
+}
+
+/// `gossip events wait TYPE`.
+pub async fn wait_event(client: &Client, kind: String, timeout: f64) -> Result<(), CliError> {
+    let deadline = Instant::now() + secs(timeout);
+    loop {
+        let events: Vec<Event> = client.get(g::EVENTS).await?;
+        if let Some(e) = events.iter().find(|e| e.kind == kind) {
+            println!("event {} received ({})", e.kind, e.id);
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Negative(format!(
+                "no `{kind}` event within {timeout}s"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `gossip wait-members`.
+pub async fn wait_members(
+    client: &Client,
+    count: usize,
+    group: Option<String>,
+    timeout: f64,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + secs(timeout);
+    loop {
+        let members: Vec<Member> = client.get(g::MEMBERS).await?;
+        let n = members
+            .iter()
+            .filter(|m| m.state == "alive")
+            .filter(|m| group.as_ref().is_none_or(|g| m.groups.contains(g)))
+            .count();
+        if n >= count {
+            println!("{n} alive members");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Negative(format!(
+                "only {n} alive members{} after {timeout}s (wanted {count})",
+                group
+                    .as_ref()
+                    .map(|g| format!(" in group {g}"))
+                    .unwrap_or_default()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX / 2)
+}
+
+/// Percent-encode a path segment (node names are plain, but be safe).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `2026-11-25 13:04:05` from Unix milliseconds (UTC), without a date library.
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_formatted_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_795_000_000_000), "2026-11-18 11:06:40");
+    }
+
+    #[test]
+    fn dot_output_groups_by_zone_and_links_groups() {
+        let m = Member {
+            uuid: "00000000-0000-0000-0000-000000000001"
+                .parse()
+                .expect("uuid"),
+            name: "web-1".into(),
+            display_name: "web-1".into(),
+            addr: "127.0.0.1:6768".parse().expect("addr"),
+            zone: "dc1".into(),
+            groups: vec!["web".into()],
+            is_proxy: false,
+            incarnation: 1,
+            state: "alive".into(),
+            version: "0.1.0".into(),
+            is_self: true,
+        };
+        let out = dot(&[m]);
+        assert!(out.starts_with("digraph opsbro {"));
+        assert!(out.contains("label=\"zone dc1\""));
+        assert!(out.contains("\"00000000-0000-0000-0000-000000000001\" -> \"group:web\""));
+    }
+}

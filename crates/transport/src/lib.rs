@@ -1,0 +1,435 @@
+//! Security of cluster traffic (gossip datagrams and cluster TCP frames).
+//!
+//! With a keyring, every packet is sealed with AES-256-GCM (ring): `[MAGIC][key id: 4][nonce: 12]
+//! [ciphertext + tag: 16]`, a fresh random nonce per packet and the header bound as associated
+//! data. The key id (first 4 bytes of SHA-256 of the key) lets receivers pick the right key while
+//! a new key is rolled out: `install` a key everywhere, `use` it as primary, then `remove` the old
+//! one. Without a keyring packets travel in plaintext, and encrypted ones are refused (a keyed
+//! cluster and an open one never mix). Every refusal has its own [`OpenError`] so the driver can
+//! count it; nothing refused is ever handed to the protocol.
+
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use base64::Engine as _;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// First byte of a sealed packet. Plaintext gossip starts with its wire version (1), never this.
+pub const MAGIC: u8 = 0xE1;
+/// Length of a key id.
+pub const KEY_ID_LEN: usize = 4;
+const HEADER_LEN: usize = 1 + KEY_ID_LEN;
+/// Bytes a seal adds to a packet.
+pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + 16;
+
+/// Why a packet was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// A plaintext packet reached an agent that has a key.
+    #[error("plaintext packet refused: this cluster is encrypted")]
+    Plaintext,
+    /// An encrypted packet reached an agent without a key.
+    #[error("encrypted packet refused: this agent has no encryption key")]
+    NoKey,
+    /// Sealed with a key this agent does not have.
+    #[error("packet sealed with an unknown key")]
+    UnknownKey,
+    /// Authentication failed: tampered, truncated or forged.
+    #[error("packet failed authentication (tampered or wrong key)")]
+    Tampered,
+}
+
+/// Why a keyring operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// A key is not base64 of 32 bytes.
+    #[error("invalid key: {0}")]
+    BadKey(String),
+    /// The key to use/remove is not installed.
+    #[error("key {0} is not installed (see `opsbro gossip keyring list`)")]
+    NotInstalled(String),
+    /// Removing the primary key is refused.
+    #[error("key {0} is the primary key: `use` another key before removing it")]
+    Primary(String),
+    /// Reading or writing the keyring file failed.
+    #[error("keyring file {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One AES-256 key.
+#[derive(Clone)]
+pub struct Key {
+    id: [u8; KEY_ID_LEN],
+    raw: [u8; 32],
+    aead: std::sync::Arc<LessSafeKey>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({})", self.id_hex())
+    }
+}
+
+impl Key {
+    /// A key from its 32 bytes.
+    pub fn new(raw: [u8; 32]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &raw);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest.as_ref()[..KEY_ID_LEN]);
+        let unbound = UnboundKey::new(&AES_256_GCM, &raw).unwrap_or_else(|_| {
+            // 32 bytes is always a valid AES-256 key length.
+            unreachable!("AES-256 key of 32 bytes")
+        });
+        Self {
+            id,
+            raw,
+            aead: std::sync::Arc::new(LessSafeKey::new(unbound)),
+        }
+    }
+
+    /// A key from base64 text (as printed by `opsbro agent keygen`).
+    pub fn from_base64(text: &str) -> Result<Self, KeyringError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| KeyringError::BadKey("not valid base64".into()))?;
+        let raw: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            KeyringError::BadKey(format!("{} bytes, expected 32", b.len()))
+        })?;
+        Ok(Self::new(raw))
+    }
+
+    /// The key as base64.
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.raw)
+    }
+
+    /// Short public identifier (hex of the key id), safe to print.
+    pub fn id_hex(&self) -> String {
+        self.id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The keys of an agent: the primary seals, all of them open.
+#[derive(Debug, Clone, Default)]
+pub struct Keyring {
+    keys: Vec<Key>,
+    primary: usize,
+}
+
+/// On-disk shape of a keyring file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyringFile {
+    primary: String,
+    keys: Vec<String>,
+}
+
+impl Keyring {
+    /// A keyring with one (primary) key.
+    pub fn with_key(key: Key) -> Self {
+        Self {
+            keys: vec![key],
+            primary: 0,
+        }
+    }
+
+    /// Whether the cluster traffic is encrypted.
+    pub fn is_enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The keys, primary first.
+    pub fn keys(&self) -> Vec<&Key> {
+        let mut v: Vec<&Key> = Vec::with_capacity(self.keys.len());
+        if let Some(p) = self.keys.get(self.primary) {
+            v.push(p);
+        }
+        v.extend(
+            self.keys
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != self.primary)
+                .map(|(_, k)| k),
+        );
+        v
+    }
+
+    /// The primary key.
+    pub fn primary(&self) -> Option<&Key> {
+        self.keys.get(self.primary)
+    }
+
+    /// Add a key (it opens packets at once; it seals once `use`d). Installing twice is a no-op.
+    pub fn install(&mut self, key: Key) {
+        if !self.keys.iter().any(|k| k.id == key.id) {
+            self.keys.push(key);
+        }
+    }
+
+    /// Make an installed key the primary.
+    pub fn use_key(&mut self, key: &Key) -> Result<(), KeyringError> {
+        let pos = self
+            .keys
+            .iter()
+            .position(|k| k.id == key.id)
+            .ok_or_else(|| KeyringError::NotInstalled(key.id_hex()))?;
+        self.primary = pos;
+        Ok(())
+    }
+
+    /// Remove a key that is not the primary.
+    pub fn remove(&mut self, key: &Key) -> Result<(), KeyringError> {
+        let pos = self
+            .keys
+            .iter()
+            .position(|k| k.id == key.id)
+            .ok_or_else(|| KeyringError::NotInstalled(key.id_hex()))?;
+        if pos == self.primary {
+            return Err(KeyringError::Primary(key.id_hex()));
+        }
+        self.keys.remove(pos);
+        if self.primary > pos {
+            self.primary -= 1;
+        }
+        Ok(())
+    }
+
+    /// Seal `plaintext` with the primary key; without keys the bytes go as they are.
+    pub fn seal(&self, rng: &dyn SecureRandom, plaintext: &[u8]) -> Vec<u8> {
+        let Some(key) = self.primary() else {
+            return plaintext.to_vec();
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        if rng.fill(&mut nonce).is_err() {
+            // The OS random source failing is not survivable for a crypto protocol.
+            panic!("the OS random number generator failed");
+        }
+        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        out.push(MAGIC);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce);
+        let mut body = plaintext.to_vec();
+        let aad = [MAGIC, key.id[0], key.id[1], key.id[2], key.id[3]];
+        if key
+            .aead
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+            )
+            .is_err()
+        {
+            unreachable!("AES-GCM sealing of an in-memory buffer cannot fail");
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Open a packet: check it against the keyring and return the plaintext.
+    pub fn open(&self, packet: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let sealed = packet.first() == Some(&MAGIC);
+        if !self.is_enabled() {
+            return if sealed {
+                Err(OpenError::NoKey)
+            } else {
+                Ok(packet.to_vec())
+            };
+        }
+        if !sealed {
+            return Err(OpenError::Plaintext);
+        }
+        if packet.len() < OVERHEAD {
+            return Err(OpenError::Tampered);
+        }
+        let id = &packet[1..HEADER_LEN];
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or(OpenError::UnknownKey)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&packet[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
+        let aad = [MAGIC, id[0], id[1], id[2], id[3]];
+        let mut body = packet[HEADER_LEN + NONCE_LEN..].to_vec();
+        let plain = key
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+            )
+            .map_err(|_| OpenError::Tampered)?;
+        Ok(plain.to_vec())
+    }
+
+    /// Load a keyring file (JSON: `{"primary": b64, "keys": [b64, ...]}`).
+    pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        let err = |message: String| KeyringError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let file: KeyringFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let mut ring = Keyring::default();
+        for k in &file.keys {
+            ring.install(Key::from_base64(k)?);
+        }
+        let primary = Key::from_base64(&file.primary)?;
+        ring.install(primary.clone());
+        ring.use_key(&primary)?;
+        Ok(ring)
+    }
+
+    /// Save atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |message: String| KeyringError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let Some(primary) = self.primary() else {
+            return Err(err("refusing to save an empty keyring".into()));
+        };
+        let file = KeyringFile {
+            primary: primary.to_base64(),
+            keys: self.keys.iter().map(Key::to_base64).collect(),
+        };
+        let text = serde_json::to_string_pretty(&file).map_err(|e| err(e.to_string()))?;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| err(e.to_string()))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+        f.sync_all().map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    }
+}
+
+/// The OS random source used for nonces.
+pub fn system_random() -> SystemRandom {
+    SystemRandom::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(b: u8) -> Key {
+        Key::new([b; 32])
+    }
+
+    #[test]
+    fn seal_then_open_round_trips_with_fresh_nonces() {
+        let rng = system_random();
+        let ring = Keyring::with_key(key(1));
+        let a = ring.seal(&rng, b"hello");
+        let b = ring.seal(&rng, b"hello");
+        assert_ne!(a, b, "nonces must differ");
+        assert_eq!(a.len(), 5 + OVERHEAD);
+        assert_eq!(ring.open(&a).expect("open"), b"hello");
+    }
+
+    #[test]
+    fn refusals_are_told_apart() {
+        let rng = system_random();
+        let ring = Keyring::with_key(key(1));
+        let other = Keyring::with_key(key(2));
+        let open = Keyring::default();
+        assert_eq!(ring.open(&[1, 0]), Err(OpenError::Plaintext));
+        let sealed = other.seal(&rng, b"x");
+        assert_eq!(ring.open(&sealed), Err(OpenError::UnknownKey));
+        assert_eq!(open.open(&sealed), Err(OpenError::NoKey));
+        let mut tampered = ring.seal(&rng, b"secret");
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(ring.open(&tampered), Err(OpenError::Tampered));
+        let mut header = ring.seal(&rng, b"secret");
+        header[HEADER_LEN] ^= 1; // the nonce
+        assert_eq!(ring.open(&header), Err(OpenError::Tampered));
+        assert_eq!(ring.open(&[MAGIC, 1, 2]), Err(OpenError::Tampered));
+        assert_eq!(
+            open.open(&[1, 2, 3])
+                .expect("plaintext passes without keys"),
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn rotation_install_use_remove() {
+        let rng = system_random();
+        let mut a = Keyring::with_key(key(1));
+        let mut b = Keyring::with_key(key(1));
+        // Install the new key everywhere: both still seal with the old one, both open the new one.
+        a.install(key(2));
+        b.install(key(2));
+        a.use_key(&key(2)).expect("use");
+        assert_eq!(
+            b.open(&a.seal(&rng, b"m"))
+                .expect("b opens new-key packets"),
+            b"m"
+        );
+        assert_eq!(
+            a.open(&b.seal(&rng, b"n"))
+                .expect("a opens old-key packets"),
+            b"n"
+        );
+        assert!(matches!(a.remove(&key(2)), Err(KeyringError::Primary(_))));
+        b.use_key(&key(2)).expect("use");
+        a.remove(&key(1)).expect("remove old");
+        b.remove(&key(1)).expect("remove old");
+        assert_eq!(b.open(&a.seal(&rng, b"z")).expect("open"), b"z");
+        assert!(matches!(
+            a.use_key(&key(9)),
+            Err(KeyringError::NotInstalled(_))
+        ));
+    }
+
+    #[test]
+    fn keyring_file_round_trips_privately() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("keyring.json");
+        let mut ring = Keyring::with_key(key(1));
+        ring.install(key(2));
+        ring.use_key(&key(2)).expect("use");
+        ring.save(&path).expect("save");
+        let loaded = Keyring::load(&path).expect("load");
+        assert_eq!(loaded.primary().expect("primary").id_hex(), key(2).id_hex());
+        assert_eq!(loaded.keys().len(), 2);
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn keys_parse_from_base64_and_never_print() {
+        let k = Key::from_base64(&key(7).to_base64()).expect("parse");
+        assert_eq!(k.id_hex(), key(7).id_hex());
+        assert!(!format!("{k:?}").contains(&k.to_base64()));
+        assert!(Key::from_base64("c2hvcnQ=").is_err());
+        assert!(Key::from_base64("!!").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_packets_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let ring = Keyring::with_key(key(3));
+            let _ = ring.open(&bytes);
+            let mut sealed = bytes.clone();
+            sealed.insert(0, MAGIC);
+            let _ = ring.open(&sealed);
+        }
+    }
+}
