@@ -91,6 +91,8 @@ pub struct AgentOptions {
     pub config: Option<String>,
     /// Use this data dir instead of a fresh temporary one.
     pub data_dir: Option<PathBuf>,
+    /// Node name (default `node-<test pid>`).
+    pub name: Option<String>,
 }
 
 impl AgentOptions {
@@ -103,6 +105,12 @@ impl AgentOptions {
     /// Use a configuration file with this YAML.
     pub fn config(mut self, yaml: &str) -> Self {
         self.config = Some(yaml.to_owned());
+        self
+    }
+
+    /// Set the node name.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
         self
     }
 
@@ -160,7 +168,12 @@ pub fn spawn_agent(options: &AgentOptions) -> Result<(Child, tempfile::TempDir, 
         .arg("--bind")
         .arg("127.0.0.1")
         .arg("--node-name")
-        .arg(format!("node-{}", std::process::id()))
+        .arg(
+            options
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("node-{}", std::process::id())),
+        )
         .args(&options.args)
         .envs(options.env.iter().map(|(k, v)| (k, v)))
         .stdout(log.try_clone()?)

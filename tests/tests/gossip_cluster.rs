@@ -1,0 +1,197 @@
+//! Issue 4: real `opsbro` agents forming a cluster over loopback UDP/TCP.
+
+use std::time::Duration;
+
+use opsbro_tests::{Agent, AgentOptions, DEADLINE, stderr, stdout, wait_for};
+
+fn members(agent: &Agent) -> Vec<serde_json::Value> {
+    let out = agent.cli(["gossip", "members", "--json"]);
+    assert!(out.status.success(), "members: {}", stderr(&out));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("members json")
+}
+
+fn state_of(agent: &Agent, name: &str) -> Option<String> {
+    members(agent)
+        .into_iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["state"].as_str().map(str::to_owned))
+}
+
+fn named(name: &str) -> AgentOptions {
+    AgentOptions::default().name(name)
+}
+
+fn info(agent: &Agent) -> serde_json::Value {
+    let out = agent.cli(["agent", "info", "--json"]);
+    serde_json::from_slice(&out.stdout).expect("info json")
+}
+
+fn wait_state(agent: &Agent, name: &str, state: &str, deadline: Duration) {
+    wait_for(&format!("{name} to be {state}"), deadline, || {
+        (state_of(agent, name).as_deref() == Some(state)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; members: {:?}", members(agent)));
+}
+
+#[test]
+fn three_agents_join_see_each_other_and_detect_kill_leave_and_restart() {
+    let a = Agent::start_with(named("alpha")).expect("a");
+    let mut b = Agent::start_with(named("bravo")).expect("b");
+    let c = Agent::start_with(named("charlie")).expect("c");
+    for joiner in [&b, &c] {
+        let out = joiner.cli(["gossip", "join", &a.gossip.to_string()]);
+        assert!(out.status.success(), "join: {}", stderr(&out));
+        assert!(stdout(&out).contains("joined"), "{}", stdout(&out));
+    }
+    for agent in [&a, &b, &c] {
+        let out = agent.cli(["gossip", "wait-members", "--count", "3", "--timeout", "30"]);
+        assert!(out.status.success(), "wait-members: {}", stderr(&out));
+        let table = stdout(&agent.cli(["gossip", "members"]));
+        for name in ["alpha", "bravo", "charlie"] {
+            assert!(table.contains(name), "{table}");
+        }
+        assert_eq!(table.matches("✓ alive").count(), 3, "{table}");
+    }
+    let b_incarnation = info(&b)["gossip"]["incarnation"]
+        .as_u64()
+        .expect("incarnation");
+
+    // kill -9 → the others declare it dead.
+    b.signal("KILL").expect("kill -9");
+    b.wait_exit(DEADLINE).expect("killed");
+    wait_state(&a, "bravo", "dead", Duration::from_secs(40));
+    wait_state(&c, "bravo", "dead", Duration::from_secs(40));
+    let out = a.cli(["gossip", "ping", "bravo"]);
+    assert_eq!(out.status.code(), Some(2), "ping of a dead node exits 2");
+    assert!(stdout(&out).contains("bravo is: dead"));
+
+    // Restart on the same data dir: same uuid, higher incarnation, alive again everywhere.
+    let b2 = Agent::start_with(named("bravo").data_dir(&b.data_dir)).expect("restart");
+    let out = b2.cli(["gossip", "join", &a.gossip.to_string()]);
+    assert!(out.status.success(), "rejoin: {}", stderr(&out));
+    wait_state(&a, "bravo", "alive", Duration::from_secs(30));
+    wait_state(&c, "bravo", "alive", Duration::from_secs(30));
+    let seen = members(&a)
+        .into_iter()
+        .find(|m| m["name"] == "bravo")
+        .expect("bravo");
+    assert!(
+        seen["incarnation"].as_u64().expect("inc") > b_incarnation,
+        "{seen}"
+    );
+    assert_eq!(seen["uuid"], info(&b2)["uuid"]);
+
+    // A graceful leave is seen as left, not dead.
+    let out = c.cli(["gossip", "leave"]);
+    assert!(out.status.success(), "leave: {}", stderr(&out));
+    wait_state(&a, "charlie", "left", Duration::from_secs(20));
+    wait_state(&b2, "charlie", "left", Duration::from_secs(20));
+
+    let history = stdout(&a.cli(["gossip", "history"]));
+    assert!(
+        history.contains("alive → dead") || history.contains("suspect → dead"),
+        "{history}"
+    );
+    assert!(history.contains("→ left"), "{history}");
+    drop(b);
+}
+
+#[test]
+fn seeds_join_at_start_and_user_events_reach_every_node() {
+    let a = Agent::start_with(named("seed-a")).expect("a");
+    let b = Agent::start_with(named("seed-b").args(["--seed", &a.gossip.to_string()])).expect("b");
+    let out = a.cli(["gossip", "wait-members", "--count", "2", "--timeout", "30"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = b.cli(["gossip", "events", "add", "deploy-done", "--payload", "v42"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = a.cli(["gossip", "events", "wait", "deploy-done", "--timeout", "20"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> =
+        serde_json::from_slice(&a.cli(["gossip", "events", "list", "--json"]).stdout)
+            .expect("json");
+    let matching: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "deploy-done")
+        .collect();
+    assert_eq!(matching.len(), 1, "delivered once: {events:?}");
+    assert_eq!(matching[0]["payload"], "v42");
+    let out = a.cli(["gossip", "events", "wait", "never-sent", "--timeout", "0.5"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let dot = stdout(&a.cli(["gossip", "members", "--format", "dot"]));
+    assert!(dot.starts_with("digraph opsbro {"), "{dot}");
+    assert!(dot.contains("seed-b"), "{dot}");
+}
+
+#[test]
+fn agents_with_different_keys_never_join_and_count_what_they_refuse() {
+    let keygen = || {
+        let out = opsbro_tests::opsbro_command()
+            .args(["agent", "keygen"])
+            .output()
+            .expect("keygen");
+        stdout(&out).trim().to_owned()
+    };
+    let (k1, k2) = (keygen(), keygen());
+    let a = Agent::start_with(named("key-a").config(&format!("encryption_key: \"{k1}\"\n")))
+        .expect("a");
+    let b = Agent::start_with(named("key-b").config(&format!("encryption_key: \"{k2}\"\n")))
+        .expect("b");
+    let c = Agent::start_with(named("key-c").config(&format!("encryption_key: \"{k1}\"\n")))
+        .expect("c");
+    assert_eq!(info(&a)["gossip"]["encrypted"], true);
+
+    let out = b.cli(["gossip", "join", &a.gossip.to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "join with the wrong key fails: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("joining"), "{}", stderr(&out));
+    // Same key joins.
+    let out = c.cli(["gossip", "join", &a.gossip.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_state(&a, "key-c", "alive", Duration::from_secs(20));
+
+    let refused = wait_for("a to count the refused frame", DEADLINE, || {
+        let n = info(&a)["gossip"]["counters"]["rejected_unknown_key"]
+            .as_u64()
+            .unwrap_or(0);
+        (n > 0).then_some(n)
+    })
+    .expect("counted");
+    assert!(refused >= 1);
+    assert!(members(&a).iter().all(|m| m["name"] != "key-b"));
+    assert!(
+        members(&b).iter().all(|m| m["name"] == "key-b"),
+        "b joined nobody"
+    );
+
+    // A plaintext datagram sent by the test is dropped and counted, never processed.
+    let before = info(&a)["gossip"]["counters"]["rejected_plaintext"]
+        .as_u64()
+        .unwrap_or(0);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    sock.send_to(&[1, 0], a.gossip).expect("send");
+    wait_for("the plaintext packet to be counted", DEADLINE, || {
+        let n = info(&a)["gossip"]["counters"]["rejected_plaintext"]
+            .as_u64()
+            .unwrap_or(0);
+        (n > before).then_some(())
+    })
+    .expect("counted");
+    // Garbage to an open (unkeyed) agent is counted as malformed and the agent carries on.
+    let open = Agent::start_with(named("open")).expect("open agent");
+    sock.send_to(&[1, 200, 7, 7], open.gossip).expect("send");
+    sock.send_to(b"\xff\xfe garbage", open.gossip)
+        .expect("send");
+    wait_for("malformed packets to be counted", DEADLINE, || {
+        let n = info(&open)["gossip"]["counters"]["malformed"]
+            .as_u64()
+            .unwrap_or(0);
+        (n >= 2).then_some(())
+    })
+    .expect("counted");
+    assert_eq!(info(&open)["state"], "ok");
+}
