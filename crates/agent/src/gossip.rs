@@ -32,8 +32,9 @@ const FRAME_PUSH_PULL: u8 = 1;
 const MAX_FRAME: usize = MAX_PUSH_PULL + 64;
 /// Time allowed for a whole push-pull exchange.
 const PUSH_PULL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the core's timers are driven.
-const TICK: Duration = Duration::from_millis(20);
+/// Longest sleep of the driver between two timer checks (it wakes earlier when the core's next
+/// deadline is sooner).
+const TICK: Duration = Duration::from_millis(100);
 /// How long a leaving node keeps gossiping its departure.
 const LEAVE_PROPAGATION: Duration = Duration::from_millis(1000);
 
@@ -322,14 +323,22 @@ impl Driver {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Wake exactly when the core's next timer is due (at most TICK later).
+            let due = self.core.next_deadline().saturating_sub(self.clock.now());
+            let wake = tokio::time::Instant::now() + Duration::from_millis(due).min(TICK);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => {
+                () = tokio::time::sleep_until(wake) => {
                     let now = self.clock.now();
                     self.core.handle_tick(now);
                 }
                 Some(cmd) = commands.recv() => self.handle_command(cmd),
                 Some(input) = internal.recv() => self.handle_internal(input),
+            }
+            // An input may have made a timer due now (e.g. news to gossip at once).
+            let now = self.clock.now();
+            if self.core.next_deadline() <= now {
+                self.core.handle_tick(now);
             }
             self.perform().await;
         }
@@ -448,6 +457,7 @@ impl Driver {
         for e in effects {
             match e {
                 Effect::Send { to, bytes } => {
+                    tracing::trace!(peer = %to, len = bytes.len(), "gossip send");
                     let sealed = self.seal(&bytes);
                     match self.udp.send_to(&sealed, to).await {
                         Ok(n) => {

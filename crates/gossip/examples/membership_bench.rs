@@ -145,6 +145,13 @@ fn main() {
                 lossy.set_loss(0.10);
                 lossy.run_for(Duration::from_secs(600));
                 total += lossy.stats.false_deaths;
+                if lossy.stats.false_deaths > 0 && std::env::var_os("VERBOSE").is_some() {
+                    println!(
+                        "  seed {}: {:?}",
+                        100 + seed,
+                        &lossy.stats.false_death_log[..3.min(lossy.stats.false_death_log.len())]
+                    );
+                }
             }
             println!("10% loss for 600 s, {seeds} seeds: {total} false deaths");
         }

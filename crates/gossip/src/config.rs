@@ -12,7 +12,7 @@ pub struct GossipConfig {
     /// Number of members asked to probe indirectly.
     pub indirect_checks: usize,
     /// Suspicion multiplier: minimum suspicion timeout = mult × log10(N+1) × probe interval.
-    /// 2.5 rather than memberlist's 4: with Lifeguard's confirmations and the stale-news
+    /// 2.2 rather than memberlist's 4: with Lifeguard's confirmations and the stale-news
     /// correction it keeps 0 false deaths at 10% loss while meeting the detection targets of
     /// SPEC §14 (see BENCHMARKS.md).
     pub suspicion_mult: f64,
@@ -46,7 +46,7 @@ impl Default for GossipConfig {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_checks: 3,
-            suspicion_mult: 2.5,
+            suspicion_mult: 2.2,
             suspicion_confirmations: 2,
             suspicion_max_timeout_mult: 6.0,
             max_local_health: 7,
@@ -119,7 +119,7 @@ mod tests {
     fn suspicion_scales_with_size_and_shrinks_with_confirmations() {
         let c = GossipConfig::default();
         let min100 = c.suspicion_min(100).as_secs_f64();
-        assert!((min100 - 2.5 * 101f64.log10()).abs() < 1e-9);
+        assert!((min100 - 2.2 * 101f64.log10()).abs() < 1e-9);
         assert!(c.suspicion_min(1000) > c.suspicion_min(100));
         let none = c.suspicion_timeout(100, 0);
         let one = c.suspicion_timeout(100, 1);

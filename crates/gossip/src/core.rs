@@ -22,6 +22,9 @@ use crate::member::{MemberState, NodeRecord};
 /// the simulator passes virtual time.
 pub type Time = u64;
 
+/// Minimum gap between an early gossip round and the previous round, in milliseconds.
+const EAGER_GAP_MS: u64 = 10;
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -157,6 +160,10 @@ pub struct Gossip {
     /// joined early in a mass join catches up with the nodes that joined after it.
     fast_sync_ms: u64,
     joining: bool,
+    /// The latest time an input carried (broadcasts schedule early rounds relative to it).
+    now: Time,
+    /// When the last gossip round ran.
+    last_gossip: Time,
     /// Last time we corrected a sender's stale news about a node (rate limit).
     corrections: HashMap<(SocketAddr, NodeUuid), Time>,
     local_health: u32,
@@ -199,6 +206,8 @@ impl Gossip {
             suspect_deadlines: HashMap::default(),
             fast_sync_ms: 0,
             joining: false,
+            now,
+            last_gossip: now,
             corrections: HashMap::default(),
             local_health: 0,
             events_seen: HashMap::default(),
@@ -235,6 +244,11 @@ impl Gossip {
     /// Number of alive or suspect members, this node included.
     pub fn live_count(&self) -> usize {
         self.live.len() + 1
+    }
+
+    /// Alive or suspect members (not this node), in no particular order.
+    pub fn live_members(&self) -> &[NodeUuid] {
+        &self.live
     }
 
     /// Membership history, oldest first.
@@ -296,6 +310,7 @@ impl Gossip {
     /// Leave the cluster: announce it (queued and sent at once to a few members). The driver
     /// keeps ticking for a short while so the news spreads, then stops.
     pub fn leave(&mut self, now: Time) {
+        self.now = self.now.max(now);
         if self.leaving {
             return;
         }
@@ -337,6 +352,7 @@ impl Gossip {
     /// Force `uuid` (another node) into the left state, as `gossip leave NODE` does for a node that
     /// is gone for good. Returns false for an unknown node.
     pub fn force_leave(&mut self, now: Time, uuid: NodeUuid) -> bool {
+        self.now = self.now.max(now);
         let Some(m) = self.members.get(&uuid) else {
             return false;
         };
@@ -353,6 +369,7 @@ impl Gossip {
         payload: Vec<u8>,
         created_ms: u64,
     ) -> UserEvent {
+        self.now = self.now.max(now);
         let event = UserEvent {
             id: self.rng.random(),
             origin: self.me.uuid,
@@ -374,6 +391,7 @@ impl Gossip {
         from: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), DecodeError> {
+        self.now = self.now.max(now);
         let messages = match codec::decode_datagram(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -434,7 +452,7 @@ impl Gossip {
                     target,
                     from: self.me.uuid,
                 };
-                self.send_with_piggyback(target_addr, &ping);
+                self.send_ping(target_addr, &ping, target);
                 self.relays.insert(
                     my_seq,
                     Relay {
@@ -464,12 +482,14 @@ impl Gossip {
     /// A push-pull request arrived over TCP: merge it, then answer with our state (merging first
     /// means a refutation of our own death is already in the answer).
     pub fn handle_push_pull(&mut self, now: Time, request: PushPull) -> PushPull {
+        self.now = self.now.max(now);
         self.merge(now, request);
         self.local_state(false)
     }
 
     /// The answer to a push-pull we started.
     pub fn handle_push_pull_reply(&mut self, now: Time, reply: PushPull) {
+        self.now = self.now.max(now);
         self.merge(now, reply);
         if std::mem::take(&mut self.joining) {
             self.fast_sync_ms = 2000;
@@ -510,12 +530,22 @@ impl Gossip {
     /// Advance timers to `now`. Call it at least every few tens of milliseconds, or at
     /// [`Gossip::next_deadline`].
     pub fn handle_tick(&mut self, now: Time) {
+        self.now = self.now.max(now);
         self.tick_probe(now);
         self.tick_relays(now);
         self.tick_suspicions(now);
         if now >= self.next_gossip {
-            self.next_gossip = now + ms(self.cfg.gossip_interval);
+            self.last_gossip = now;
             self.gossip_round();
+            // While there is news left to spread, run rounds 4× as often: every item is still
+            // sent exactly its retransmit limit times, only sooner.
+            let interval = ms(self.cfg.gossip_interval);
+            self.next_gossip = now
+                + if self.queue.is_empty() {
+                    interval
+                } else {
+                    (interval / 4).max(EAGER_GAP_MS)
+                };
         }
         if now >= self.next_push_pull {
             let n = self.live_count();
@@ -607,8 +637,10 @@ impl Gossip {
             let missed = expected.saturating_sub(nacks);
             self.local_health =
                 (self.local_health + 1 + missed.min(1)).min(self.cfg.max_local_health);
+            // A failed probe of a member we already suspect is an independent confirmation
+            // (Lifeguard): it shortens the suspicion timeout everywhere.
             if let Some(m) = self.members.get(&target)
-                && m.record.state == MemberState::Alive
+                && m.record.state.is_live()
             {
                 let incarnation = m.record.incarnation;
                 self.stats.suspicions += 1;
@@ -640,7 +672,7 @@ impl Gossip {
                         target,
                         from: self.me.uuid,
                     };
-                    self.send_with_piggyback(addr, &ping);
+                    self.send_ping(addr, &ping, target);
                 }
             }
         }
@@ -757,6 +789,29 @@ impl Gossip {
         }
     }
 
+    /// Lifeguard's buddy system: a ping to a member we suspect carries the suspicion, so a
+    /// suspect learns it (and refutes) whenever anyone probes it, not only if the gossip burst
+    /// that spread the suspicion happened to reach it.
+    fn send_ping(&mut self, to: SocketAddr, ping: &Message, target: NodeUuid) {
+        let suspicion = self.members.get(&target).and_then(|m| {
+            (m.record.state == MemberState::Suspect).then_some(Message::Suspect {
+                node: target,
+                incarnation: m.record.incarnation,
+                from: self.me.uuid,
+            })
+        });
+        match suspicion {
+            None => self.send_with_piggyback(to, ping),
+            Some(suspect) => {
+                let parts = [codec::encode_message(ping), codec::encode_message(&suspect)];
+                self.effects.push(Effect::Send {
+                    to,
+                    bytes: codec::datagram(parts.iter().map(Vec::as_slice)),
+                });
+            }
+        }
+    }
+
     fn send_with_piggyback(&mut self, to: SocketAddr, msg: &Message) {
         let main = codec::encode_message(msg);
         let budget = self
@@ -773,6 +828,10 @@ impl Gossip {
 
     fn broadcast(&mut self, key: BroadcastKey, msg: &Message) {
         self.queue.push(key, codec::encode_message(msg));
+        // News travels at once instead of waiting for the next round (at most one early round
+        // per EAGER_GAP_MS): each hop then costs a network delay, not half a gossip interval.
+        let earliest = self.now.max(self.last_gossip + EAGER_GAP_MS);
+        self.next_gossip = self.next_gossip.min(earliest);
     }
 
     fn bump_and_announce(&mut self) {
@@ -1158,5 +1217,75 @@ impl Gossip {
 
     fn addr_of(&self, uuid: &NodeUuid) -> Option<SocketAddr> {
         self.members.get(uuid).map(|m| m.record.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn record(n: u8) -> NodeRecord {
+        NodeRecord {
+            uuid: NodeUuid::from_bytes([n; 16]),
+            name: format!("n{n}"),
+            display_name: format!("n{n}"),
+            addr: SocketAddr::from((Ipv4Addr::new(127, 0, 0, n), 6768)),
+            zone: "z".into(),
+            groups: vec![],
+            is_proxy: false,
+            incarnation: 1,
+            state: MemberState::Alive,
+            version: "t".into(),
+        }
+    }
+
+    fn sends_alive_of(effects: &[Effect], about: NodeUuid) -> Vec<SocketAddr> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, bytes } => codec::decode_datagram(bytes)
+                    .ok()?
+                    .iter()
+                    .any(|m| matches!(m, Message::Alive(r) if r.uuid == about))
+                    .then_some(*to),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn news_from_a_join_is_gossiped_at_once_not_at_the_next_round() {
+        let mut a = Gossip::new(GossipConfig::default(), record(1), 7, 1_000_000);
+        let now = 1_000_000 + 5_000;
+        a.handle_tick(now);
+        a.handle_push_pull(
+            now,
+            PushPull {
+                join: true,
+                members: vec![record(2)],
+                events: vec![],
+            },
+        );
+        a.handle_tick(now + 1_000);
+        a.take_effects();
+        // C joins through A: A must tell B within the eager gap, not a whole interval later.
+        let t = now + 1_100;
+        a.handle_push_pull(
+            t,
+            PushPull {
+                join: true,
+                members: vec![record(3)],
+                events: vec![],
+            },
+        );
+        assert!(
+            a.next_deadline() <= t + EAGER_GAP_MS,
+            "deadline {} vs {t}",
+            a.next_deadline()
+        );
+        a.handle_tick(a.next_deadline().max(t));
+        let to = sends_alive_of(&a.take_effects(), record(3).uuid);
+        assert!(to.contains(&record(2).addr), "{to:?}");
     }
 }
