@@ -195,3 +195,169 @@ fn agents_with_different_keys_never_join_and_count_what_they_refuse() {
     .expect("counted");
     assert_eq!(info(&open)["state"], "ok");
 }
+
+fn keyring(agent: &Agent) -> serde_json::Value {
+    let out = agent.cli(["gossip", "keyring", "list", "--json"]);
+    assert!(out.status.success(), "keyring list: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("keyring json")
+}
+
+fn key_ids(agent: &Agent) -> Vec<(String, bool)> {
+    keyring(agent)["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_str().expect("id").to_owned(),
+                k["primary"] == true,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn keyring_rotation_install_use_remove_spreads_to_every_node() {
+    let keygen = || {
+        stdout(
+            &opsbro_tests::opsbro_command()
+                .args(["agent", "keygen"])
+                .output()
+                .expect("keygen"),
+        )
+        .trim()
+        .to_owned()
+    };
+    let (old, new) = (keygen(), keygen());
+    let conf = format!("encryption_key: \"{old}\"\n");
+    let mut a = Agent::start_with(named("rot-a").config(&conf)).expect("a");
+    let b = Agent::start_with(named("rot-b").config(&conf)).expect("b");
+    let c = Agent::start_with(named("rot-c").config(&conf)).expect("c");
+    for x in [&b, &c] {
+        assert!(
+            x.cli(["gossip", "join", &a.gossip.to_string()])
+                .status
+                .success()
+        );
+    }
+    for x in [&a, &b, &c] {
+        assert!(
+            x.cli(["gossip", "wait-members", "--count", "3"])
+                .status
+                .success()
+        );
+    }
+    let old_id = key_ids(&a)[0].0.clone();
+
+    // `use` before `install` is refused: nodes without the key would be cut off.
+    let out = b.cli(["gossip", "keyring", "use", &new]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("install it on every node first"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert!(
+        a.cli(["gossip", "keyring", "install", &new])
+            .status
+            .success()
+    );
+    for x in [&a, &b, &c] {
+        wait_for("the new key everywhere", DEADLINE, || {
+            (key_ids(x).len() == 2).then_some(())
+        })
+        .expect("installed");
+    }
+    let new_id = key_ids(&a)
+        .into_iter()
+        .map(|(id, _)| id)
+        .find(|id| *id != old_id)
+        .expect("new id");
+
+    assert!(b.cli(["gossip", "keyring", "use", &new]).status.success());
+    for x in [&a, &b, &c] {
+        wait_for("the new key to be primary everywhere", DEADLINE, || {
+            key_ids(x).contains(&(new_id.clone(), true)).then_some(())
+        })
+        .expect("primary");
+    }
+    let out = c.cli(["gossip", "keyring", "remove", &old]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for x in [&a, &b, &c] {
+        wait_for("the old key gone everywhere", DEADLINE, || {
+            (key_ids(x) == vec![(new_id.clone(), true)]).then_some(())
+        })
+        .expect("removed");
+    }
+    // Key material never shows in the API.
+    let listed = stdout(&a.cli(["gossip", "keyring", "list", "--json"]));
+    assert!(!listed.contains(&new) && !listed.contains(&old));
+    let events = stdout(&a.cli(["gossip", "events", "list", "--json"]));
+    assert!(!events.contains("_keyring"), "{events}");
+
+    // Still one healthy cluster, now on the new key only.
+    for x in [&a, &b, &c] {
+        assert!(
+            x.cli(["gossip", "wait-members", "--count", "3", "--timeout", "10"])
+                .status
+                .success()
+        );
+    }
+    let newcomer =
+        Agent::start_with(named("rot-new").config(&format!("encryption_key: \"{new}\"\n")))
+            .expect("new");
+    assert!(
+        newcomer
+            .cli(["gossip", "join", &a.gossip.to_string()])
+            .status
+            .success()
+    );
+    let stale = Agent::start_with(named("rot-stale").config(&conf)).expect("stale");
+    assert_eq!(
+        stale
+            .cli(["gossip", "join", &a.gossip.to_string()])
+            .status
+            .code(),
+        Some(1)
+    );
+    // The rotation survives a restart: the persisted keyring file wins over the (old)
+    // encryption_key still in the configuration, so the restarted agent rejoins on the new key.
+    drop(newcomer);
+    let dir_guard = a.keep_dir();
+    assert!(a.cli(["agent", "stop"]).status.success());
+    a.wait_exit(DEADLINE).expect("a stopped");
+    let a2 =
+        Agent::start_with(named("rot-a").config(&conf).data_dir(&a.data_dir)).expect("restart a");
+    assert_eq!(
+        key_ids(&a2),
+        vec![(new_id.clone(), true)],
+        "the removed key must not come back"
+    );
+    assert!(
+        a2.cli(["gossip", "join", &b.gossip.to_string()])
+            .status
+            .success()
+    );
+    drop(dir_guard);
+}
+
+#[test]
+fn keyring_changes_are_refused_on_a_plaintext_cluster() {
+    let a = Agent::start_with(named("plain")).expect("a");
+    let key = stdout(
+        &opsbro_tests::opsbro_command()
+            .args(["agent", "keygen"])
+            .output()
+            .expect("keygen"),
+    )
+    .trim()
+    .to_owned();
+    let out = a.cli(["gossip", "keyring", "install", &key]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
+    let out = a.cli(["gossip", "keyring", "install", "not-base64!"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("invalid key"), "{}", stderr(&out));
+    assert!(stdout(&a.cli(["gossip", "keyring", "list"])).contains("not encrypted"));
+}

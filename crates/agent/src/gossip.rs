@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opsbro_api::gossip::{Counters, Event, HistoryItem, Member};
+use opsbro_api::gossip::{self as g, Counters, Event, HistoryItem, KeyringOp, Member};
 use opsbro_config::Seed;
 use opsbro_gossip::codec::{self, MAX_DATAGRAM, MAX_PUSH_PULL};
 use opsbro_gossip::{Effect, Gossip, GossipConfig, MemberState, NodeRecord, PushPull, UserEvent};
-use opsbro_transport::{Keyring, OpenError};
+use opsbro_transport::{Key, Keyring, OpenError};
 use opsbro_types::{NodeUuid, SubsystemState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -98,6 +98,10 @@ enum Command {
     ForceLeave(NodeUuid, oneshot::Sender<bool>),
     AddEvent(String, Vec<u8>, oneshot::Sender<Event>),
     Incarnation(oneshot::Sender<u64>),
+    Keyring(
+        Option<(KeyringOp, Key)>,
+        oneshot::Sender<Result<g::Keyring, String>>,
+    ),
 }
 
 /// Inputs from the connection tasks.
@@ -171,6 +175,14 @@ impl GossipHandle {
     pub async fn incarnation(&self) -> Result<u64, GossipStopped> {
         self.ask(Command::Incarnation).await
     }
+
+    /// The keyring, after applying `change` here and spreading it to every node.
+    pub async fn keyring(
+        &self,
+        change: Option<(KeyringOp, Key)>,
+    ) -> Result<Result<g::Keyring, String>, GossipStopped> {
+        self.ask(|tx| Command::Keyring(change, tx)).await
+    }
 }
 
 /// What the gossip subsystem needs to start.
@@ -185,6 +197,8 @@ pub struct GossipSetup {
     pub seeds: Vec<Seed>,
     /// File where the incarnation is persisted.
     pub incarnation_file: PathBuf,
+    /// File where keyring changes are persisted.
+    pub keyring_file: PathBuf,
 }
 
 /// Bound gossip sockets: UDP and TCP on the same port.
@@ -286,6 +300,7 @@ pub fn start(
         itx,
         tracker: tracker.clone(),
         incarnation_file: setup.incarnation_file,
+        keyring_file: setup.keyring_file,
         rng: opsbro_transport::system_random(),
         pending: Vec::new(),
     };
@@ -307,6 +322,7 @@ struct Driver {
     itx: mpsc::Sender<Internal>,
     tracker: TaskTracker,
     incarnation_file: PathBuf,
+    keyring_file: PathBuf,
     rng: ring::rand::SystemRandom,
     /// Effects taken out of the core early (while routing a join waiter), performed next.
     pending: Vec<Effect>,
@@ -411,7 +427,59 @@ impl Driver {
             Command::Incarnation(tx) => {
                 let _ = tx.send(self.core.me().incarnation);
             }
+            Command::Keyring(change, tx) => {
+                let result = match change {
+                    None => Ok(()),
+                    Some((op, key)) => self.change_keyring(op, &key).map(|()| {
+                        // Spread it: the event is sealed like all gossip, so the key only
+                        // travels encrypted, to nodes that already hold a cluster key.
+                        let mut payload = vec![op_byte(op)];
+                        payload.extend_from_slice(&key.raw());
+                        self.core
+                            .add_event(now, KEYRING_EVENT.to_owned(), payload, now);
+                    }),
+                };
+                let _ = tx.send(result.map(|()| self.keyring_view()));
+            }
         }
+    }
+
+    fn keyring_view(&self) -> g::Keyring {
+        let ring = self
+            .keyring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let primary = ring.primary().map(Key::id_hex);
+        g::Keyring {
+            encrypted: ring.is_enabled(),
+            keys: ring
+                .keys()
+                .iter()
+                .map(|k| g::KeyInfo {
+                    id: k.id_hex(),
+                    primary: Some(k.id_hex()) == primary,
+                })
+                .collect(),
+        }
+    }
+
+    /// Apply a keyring change here and persist it.
+    fn change_keyring(&self, op: KeyringOp, key: &Key) -> Result<(), String> {
+        let mut ring = self
+            .keyring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !ring.is_enabled() {
+            return Err("this cluster is not encrypted: give every agent an `encryption_key` first (keys are never sent in plaintext)".into());
+        }
+        match op {
+            KeyringOp::Install => ring.install(key.clone()),
+            KeyringOp::Use => ring
+                .use_key(key)
+                .map_err(|e| format!("{e}: install it on every node first"))?,
+            KeyringOp::Remove => ring.remove(key).map_err(|e| e.to_string())?,
+        }
+        ring.save(&self.keyring_file).map_err(|e| e.to_string())
     }
 
     fn core_effect_later(&mut self, e: Effect) {
@@ -478,6 +546,11 @@ impl Driver {
                         tracing::info!(node = %c.name, uuid = %c.uuid, %old, new = %c.new, "member state changed")
                     }
                 },
+                Effect::UserEvent(e) if e.kind == KEYRING_EVENT => {
+                    if e.origin != self.core.me().uuid {
+                        self.apply_remote_keyring(&e.payload);
+                    }
+                }
                 Effect::UserEvent(e) => {
                     tracing::info!(event = %e.kind, origin = %e.origin, "user event received");
                 }
@@ -522,6 +595,42 @@ impl Driver {
             };
             let _ = itx.send(msg).await;
         });
+    }
+}
+
+/// Internal event carrying a keyring change (`[op][32-byte key]`); never listed by the API.
+pub const KEYRING_EVENT: &str = "_keyring";
+
+fn op_byte(op: KeyringOp) -> u8 {
+    match op {
+        KeyringOp::Install => 1,
+        KeyringOp::Use => 2,
+        KeyringOp::Remove => 3,
+    }
+}
+
+impl Driver {
+    fn apply_remote_keyring(&self, payload: &[u8]) {
+        let (op, raw) = match payload.split_first() {
+            Some((1, k)) => (KeyringOp::Install, k),
+            Some((2, k)) => (KeyringOp::Use, k),
+            Some((3, k)) => (KeyringOp::Remove, k),
+            _ => {
+                tracing::warn!("ignoring a malformed keyring change");
+                return;
+            }
+        };
+        let Ok(raw) = <[u8; 32]>::try_from(raw) else {
+            tracing::warn!("ignoring a keyring change with a bad key");
+            return;
+        };
+        let key = Key::new(raw);
+        match self.change_keyring(op, &key) {
+            Ok(()) => tracing::info!(?op, key = %key.id_hex(), "keyring changed by the cluster"),
+            Err(e) => {
+                tracing::warn!(?op, key = %key.id_hex(), error = %e, "cluster keyring change not applied")
+            }
+        }
     }
 }
 

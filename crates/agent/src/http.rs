@@ -97,6 +97,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(g::LEAVE_NODE, post(leave_node))
         .route(g::PING, get(ping))
         .route(g::EVENTS, get(events).post(add_event))
+        .route(g::KEYRING, get(keyring).post(change_keyring))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -239,7 +240,32 @@ async fn ping(
 }
 
 async fn events(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Vec<g::Event>>, ApiError> {
-    Ok(Json(ctx.gossip.events().await?))
+    let mut events = ctx.gossip.events().await?;
+    // Internal events (keyring changes) are not user events and carry key material.
+    events.retain(|e| !e.kind.starts_with('_'));
+    Ok(Json(events))
+}
+
+async fn keyring(State(ctx): State<Arc<ApiContext>>) -> Result<Json<g::Keyring>, ApiError> {
+    ctx.gossip
+        .keyring(None)
+        .await?
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+async fn change_keyring(
+    State(ctx): State<Arc<ApiContext>>,
+    body: Result<Json<g::KeyringRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<g::Keyring>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let key = opsbro_transport::Key::from_base64(&request.key)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    ctx.gossip
+        .keyring(Some((request.op, key)))
+        .await?
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
 }
 
 async fn add_event(

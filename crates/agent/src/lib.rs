@@ -106,7 +106,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         })?;
     let gossip_port = sockets.local.port();
     let gossip_addr = SocketAddr::new(advertise, gossip_port);
-    let keyring = load_keyring(&config, data_dir.path())?;
+    let keyring_file = config
+        .keyring_file
+        .clone()
+        .unwrap_or_else(|| data_dir.path().join("keyring.json"));
+    let keyring = load_keyring(&config, &keyring_file)?;
     let incarnation_file = data_dir.path().join("incarnation");
     // Continue above the last incarnation so a restarted node overrides news of its old self.
     let incarnation = std::fs::read_to_string(&incarnation_file)
@@ -140,6 +144,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             keyring,
             seeds: config.seeds.clone(),
             incarnation_file,
+            keyring_file,
         },
         sockets,
         status.clone(),
@@ -239,24 +244,30 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 /// (saved to the keyring file so later rotations persist), else none (plaintext cluster).
 fn load_keyring(
     config: &AgentConfig,
-    data_dir: &std::path::Path,
+    path: &std::path::Path,
 ) -> Result<opsbro_transport::Keyring, AgentError> {
     use opsbro_transport::{Key, Keyring};
-    let path = config
-        .keyring_file
-        .clone()
-        .unwrap_or_else(|| data_dir.join("keyring.json"));
     if path.exists() {
-        let mut ring = Keyring::load(&path)?;
-        if let Some(k) = &config.encryption_key {
-            ring.install(Key::new(k.0));
+        // The file carries the rotations done since the first start: a key removed from the
+        // cluster must not come back because an old `encryption_key` is still in the config.
+        let ring = Keyring::load(path)?;
+        if let Some(k) = &config.encryption_key
+            && !ring
+                .keys()
+                .iter()
+                .any(|have| have.id_hex() == Key::new(k.0).id_hex())
+        {
+            tracing::info!(
+                keyring = %path.display(),
+                "encryption_key is not in the keyring file (rotated away?); using the keyring file"
+            );
         }
         return Ok(ring);
     }
     match &config.encryption_key {
         Some(k) => {
             let ring = Keyring::with_key(Key::new(k.0));
-            ring.save(&path)?;
+            ring.save(path)?;
             Ok(ring)
         }
         None => Ok(Keyring::default()),

@@ -294,6 +294,49 @@ pub mod gossip {
         pub created_ms: u64,
     }
 
+    /// `GET`: this agent's keys ([`Keyring`]); `POST` [`KeyringRequest`]: change the keyring of
+    /// every node (applied here, then spread through the encrypted gossip).
+    pub const KEYRING: &str = "/agent/keyring";
+
+    /// A keyring change.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum KeyringOp {
+        /// Add a key: it opens packets at once.
+        Install,
+        /// Make an installed key the one that seals.
+        Use,
+        /// Remove a key that is not the primary.
+        Remove,
+    }
+
+    /// Body of `POST /agent/keyring`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyringRequest {
+        /// What to do.
+        pub op: KeyringOp,
+        /// The key, base64 of 32 bytes (as printed by `opsbro agent keygen`).
+        pub key: String,
+    }
+
+    /// One key, by its public id.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyInfo {
+        /// Hex id (first 4 bytes of SHA-256 of the key): safe to show.
+        pub id: String,
+        /// Whether this key seals outgoing packets.
+        pub primary: bool,
+    }
+
+    /// Answer of the keyring routes.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Keyring {
+        /// Whether cluster traffic is encrypted.
+        pub encrypted: bool,
+        /// Installed keys, primary first.
+        pub keys: Vec<KeyInfo>,
+    }
+
     /// Gossip counters shown by `agent info`.
     #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Counters {

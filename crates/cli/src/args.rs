@@ -172,6 +172,9 @@ pub enum GossipCommand {
     /// User events, delivered once to every node.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Cluster encryption keys: rotate with `install` (everywhere), then `use`, then `remove` the old one.
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
     /// Wait until enough alive members are known (optionally of a group); exit 2 on timeout.
     WaitMembers {
         /// How many alive members (this node included).
@@ -222,4 +225,31 @@ pub enum MembersFormat {
     Table,
     /// Graphviz dot.
     Dot,
+}
+
+/// `opsbro gossip keyring ...`: every change is applied by this agent and spread to every node
+/// through the encrypted gossip.
+#[derive(Debug, Subcommand)]
+pub enum KeyringCommand {
+    /// List this agent's keys (by id; key material is never shown).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a key on every node: it opens packets at once, seals nothing yet.
+    Install {
+        /// The key (base64, from `opsbro agent keygen`).
+        key: String,
+    },
+    /// Make an installed key the one every node seals with.
+    Use {
+        /// The key (base64).
+        key: String,
+    },
+    /// Remove a key (not the primary) from every node.
+    Remove {
+        /// The key (base64).
+        key: String,
+    },
 }

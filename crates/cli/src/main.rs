@@ -6,7 +6,8 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use opsbro_cli::args::{AgentCommand, Cli, Command, EventsCommand, GossipCommand};
+use opsbro_api::gossip::KeyringOp;
+use opsbro_cli::args::{AgentCommand, Cli, Command, EventsCommand, GossipCommand, KeyringCommand};
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::{agent, gossip};
 use opsbro_cli::error::CliError;
@@ -61,6 +62,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     }
                     GossipCommand::Events(EventsCommand::Wait { kind, timeout }) => {
                         gossip::wait_event(&client, kind, timeout).await
+                    }
+                    GossipCommand::Keyring(k) => {
+                        let (change, json) = match k {
+                            KeyringCommand::List { json } => (None, json),
+                            KeyringCommand::Install { key } => {
+                                (Some((KeyringOp::Install, key)), false)
+                            }
+                            KeyringCommand::Use { key } => (Some((KeyringOp::Use, key)), false),
+                            KeyringCommand::Remove { key } => {
+                                (Some((KeyringOp::Remove, key)), false)
+                            }
+                        };
+                        gossip::keyring(&client, change, json).await
                     }
                     GossipCommand::WaitMembers {
                         count,

@@ -105,6 +105,11 @@ impl Key {
         Ok(Self::new(raw))
     }
 
+    /// The 32 key bytes (to hand a key over an encrypted channel).
+    pub fn raw(&self) -> [u8; 32] {
+        self.raw
+    }
+
     /// The key as base64.
     pub fn to_base64(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.raw)

@@ -166,6 +166,51 @@ pub async fn leave(client: &Client, node: Option<String>) -> Result<(), CliError
     Ok(())
 }
 
+/// `gossip keyring list|install|use|remove`.
+pub async fn keyring(
+    client: &Client,
+    change: Option<(g::KeyringOp, String)>,
+    json: bool,
+) -> Result<(), CliError> {
+    let ring: g::Keyring = match &change {
+        None => client.get(g::KEYRING).await?,
+        Some((op, key)) => {
+            client
+                .post_json(
+                    g::KEYRING,
+                    &g::KeyringRequest {
+                        op: *op,
+                        key: key.clone(),
+                    },
+                )
+                .await?
+        }
+    };
+    if json {
+        println!("{}", to_json(&ring)?);
+        return Ok(());
+    }
+    if let Some((op, _)) = change {
+        println!("{op:?} applied here and sent to every node");
+    }
+    if !ring.encrypted {
+        println!("cluster traffic is not encrypted (no keys)");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = ring
+        .keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.id.clone(),
+                if k.primary { "primary" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    print!("{}", render::table(&["KEY ID", "ROLE"], &rows));
+    Ok(())
+}
+
 /// `gossip history`.
 pub async fn history(client: &Client, json: bool) -> Result<(), CliError> {
     let items: Vec<HistoryItem> = client.get(g::HISTORY).await?;
