@@ -93,6 +93,8 @@ pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     /// Node name (default `node-<test pid>`).
     pub name: Option<String>,
+    /// Gossip port (default 0: any free port).
+    pub port: Option<u16>,
 }
 
 impl AgentOptions {
@@ -105,6 +107,12 @@ impl AgentOptions {
     /// Use a configuration file with this YAML.
     pub fn config(mut self, yaml: &str) -> Self {
         self.config = Some(yaml.to_owned());
+        self
+    }
+
+    /// Set the gossip port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -164,7 +172,7 @@ pub fn spawn_agent(options: &AgentOptions) -> Result<(Child, tempfile::TempDir, 
         .arg("--api-port")
         .arg("0")
         .arg("--port")
-        .arg("0")
+        .arg(options.port.unwrap_or(0).to_string())
         .arg("--bind")
         .arg("127.0.0.1")
         .arg("--node-name")

@@ -361,3 +361,30 @@ fn keyring_changes_are_refused_on_a_plaintext_cluster() {
     assert!(stderr(&out).contains("invalid key"), "{}", stderr(&out));
     assert!(stdout(&a.cli(["gossip", "keyring", "list"])).contains("not encrypted"));
 }
+
+#[test]
+fn a_node_left_alone_rejoins_its_seed_when_it_comes_back() {
+    // A fixed gossip port for the seed, so that its restart is reachable at the same address.
+    let port = loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    };
+    let seed_opts = || named("lonely-seed").port(port);
+    let mut a = Agent::start_with(seed_opts()).expect("seed");
+    let b = Agent::start_with(named("lonely-b").args(["--seed", &format!("127.0.0.1:{port}")]))
+        .expect("b");
+    wait_state(&b, "lonely-seed", "alive", Duration::from_secs(20));
+    a.signal("KILL").expect("kill -9 the seed");
+    a.wait_exit(DEADLINE).expect("killed");
+    wait_state(&b, "lonely-seed", "dead", Duration::from_secs(40));
+    // The seed comes back knowing nobody; b, alone, retries its seeds and they meet again.
+    let a2 = Agent::start_with(seed_opts().data_dir(&a.data_dir)).expect("restart seed");
+    wait_state(&b, "lonely-seed", "alive", Duration::from_secs(60));
+    wait_state(&a2, "lonely-b", "alive", Duration::from_secs(20));
+}

@@ -833,42 +833,68 @@ async fn write_frame(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String>
     stream.flush().await.map_err(|e| e.to_string())
 }
 
-/// Join the seeds at start: retry with backoff (1 s doubling to 30 s) until one answers.
+/// Join the seeds at start, retrying with backoff (1 s doubling to 30 s) until one answers; then
+/// keep watching: whenever this node finds itself alone (every other member dead or gone, e.g.
+/// after a long partition or a restart of the whole cluster), try the seeds again.
 async fn join_seeds(seeds: Vec<Seed>, handle: GossipHandle, shutdown: CancellationToken) {
+    const WATCH: Duration = Duration::from_secs(30);
     let mut backoff = Duration::from_secs(1);
     loop {
-        for seed in &seeds {
-            let addrs = match tokio::net::lookup_host((seed.host.as_str(), seed.port)).await {
-                Ok(a) => a.collect::<Vec<_>>(),
-                Err(e) => {
-                    tracing::warn!(%seed, error = %e, "cannot resolve seed");
-                    continue;
-                }
+        let joined = try_seeds(&seeds, &handle).await;
+        let wait = if joined {
+            backoff = Duration::from_secs(1);
+            WATCH
+        } else {
+            tracing::info!(retry_in = ?backoff, "no seed answered; retrying");
+            let b = backoff;
+            backoff = (backoff * 2).min(WATCH);
+            b
+        };
+        // Sleep, then sleep on while we are not alone.
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let Ok(members) = handle.members().await else {
+                return;
             };
-            let Some(addr) = addrs
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(addrs.first())
-                .copied()
-            else {
-                continue;
-            };
-            match handle.join(addr).await {
-                Ok(Ok(n)) => {
-                    tracing::info!(%seed, members = n, "joined the cluster");
-                    return;
-                }
-                Ok(Err(e)) => tracing::warn!(%seed, error = %e, "seed did not answer"),
-                Err(_) => return,
+            let alone = !members.iter().any(|m| !m.is_self && m.state == "alive");
+            if alone || !joined {
+                break;
             }
         }
-        tracing::info!(retry_in = ?backoff, "no seed answered; retrying");
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Try each seed once; true as soon as one join succeeds.
+async fn try_seeds(seeds: &[Seed], handle: &GossipHandle) -> bool {
+    for seed in seeds {
+        let addrs = match tokio::net::lookup_host((seed.host.as_str(), seed.port)).await {
+            Ok(a) => a.collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(%seed, error = %e, "cannot resolve seed");
+                continue;
+            }
+        };
+        let Some(addr) = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+        else {
+            continue;
+        };
+        match handle.join(addr).await {
+            Ok(Ok(n)) => {
+                tracing::info!(%seed, members = n, "joined the cluster");
+                return true;
+            }
+            Ok(Err(e)) => tracing::warn!(%seed, error = %e, "seed did not answer"),
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// The state a node name or uuid designates, for `ping` and `leave NODE`.

@@ -164,6 +164,9 @@ pub struct Gossip {
     now: Time,
     /// When the last gossip round ran.
     last_gossip: Time,
+    /// News too big for a datagram waits for a push-pull round with a few peers.
+    push_pull_soon: bool,
+    next_push_pull_soon: Time,
     /// Last time we corrected a sender's stale news about a node (rate limit).
     corrections: HashMap<(SocketAddr, NodeUuid), Time>,
     local_health: u32,
@@ -208,6 +211,8 @@ impl Gossip {
             joining: false,
             now,
             last_gossip: now,
+            push_pull_soon: false,
+            next_push_pull_soon: Time::MAX,
             corrections: HashMap::default(),
             local_health: 0,
             events_seen: HashMap::default(),
@@ -561,6 +566,17 @@ impl Gossip {
                 self.push_pull_round();
             }
         }
+        if self.push_pull_soon && now >= self.next_push_pull_soon && !self.leaving {
+            self.push_pull_soon = false;
+            self.next_push_pull_soon = Time::MAX;
+            for peer in self.sample_live(self.cfg.gossip_nodes, None) {
+                if let Some(addr) = self.addr_of(&peer) {
+                    let payload = self.local_state(false);
+                    self.stats.push_pulls += 1;
+                    self.effects.push(Effect::PushPull { to: addr, payload });
+                }
+            }
+        }
         if now >= self.next_reap {
             self.next_reap = now + 1000;
             self.reap(now);
@@ -827,7 +843,16 @@ impl Gossip {
     }
 
     fn broadcast(&mut self, key: BroadcastKey, msg: &Message) {
-        self.queue.push(key, codec::encode_message(msg));
+        let bytes = codec::encode_message(msg);
+        if bytes.len() + codec::datagram_overhead(1) > self.cfg.max_datagram {
+            // Too big for a datagram (a node with many groups): spread it over TCP instead, by
+            // push-pull with a few peers, who do the same when it is news to them.
+            self.queue.remove(key);
+            self.push_pull_soon = true;
+            self.next_push_pull_soon = self.next_push_pull_soon.min(self.now);
+            return;
+        }
+        self.queue.push(key, bytes);
         // News travels at once instead of waiting for the next round (at most one early round
         // per EAGER_GAP_MS): each hop then costs a network delay, not half a gossip interval.
         let earliest = self.now.max(self.last_gossip + EAGER_GAP_MS);
@@ -1025,6 +1050,9 @@ impl Gossip {
         }
         self.corrections.insert((to, node), now);
         let bytes = codec::encode_message(&Message::Alive(record));
+        if bytes.len() + codec::datagram_overhead(1) > self.cfg.max_datagram {
+            return; // too big for a datagram: push-pull will carry it
+        }
         self.effects.push(Effect::Send {
             to,
             bytes: codec::datagram([bytes.as_slice()]),

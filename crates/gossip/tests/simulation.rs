@@ -162,3 +162,28 @@ fn user_events_reach_every_node_once() {
 fn sim_node_mut(sim: &mut Sim, i: usize) -> &mut opsbro_gossip::Gossip {
     sim.node_mut(i)
 }
+
+#[test]
+fn a_record_too_big_for_a_datagram_still_reaches_everyone_over_tcp() {
+    let mut sim = cluster(9, 30, NetConfig::default());
+    // 80 groups of 60 characters: about 5 KB, far over the 1400-byte datagram limit.
+    let groups: Vec<String> = (0..80)
+        .map(|i| format!("{i:02}-{}", "g".repeat(57)))
+        .collect();
+    sim.node_mut(4).set_groups(groups.clone());
+    let uuid = sim.node(4).me().uuid;
+    sim.run_until_cond(secs(30), STEP, |s| {
+        (0..30).all(|v| {
+            s.node(v)
+                .member(&uuid)
+                .is_some_and(|r| r.groups.len() == 80)
+        })
+    })
+    .expect("every view has the big record");
+    let mut seen = sim.node(17).member(&uuid).expect("member").groups.clone();
+    seen.sort();
+    let mut want = groups;
+    want.sort();
+    assert_eq!(seen, want);
+    assert_eq!(sim.stats.false_deaths, 0);
+}
