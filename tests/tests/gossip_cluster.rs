@@ -63,7 +63,11 @@ fn three_agents_join_see_each_other_and_detect_kill_leave_and_restart() {
     wait_state(&c, "bravo", "dead", Duration::from_secs(40));
     let out = a.cli(["gossip", "ping", "bravo"]);
     assert_eq!(out.status.code(), Some(2), "ping of a dead node exits 2");
-    assert!(stdout(&out).contains("bravo is: dead"));
+    assert!(
+        stdout(&out).contains("bravo is: dead (no answer to a probe)"),
+        "{}",
+        stdout(&out)
+    );
 
     // Restart on the same data dir: same uuid, higher incarnation, alive again everywhere.
     let b2 = Agent::start_with(named("bravo").data_dir(&b.data_dir)).expect("restart");

@@ -102,6 +102,7 @@ enum Command {
         Option<(KeyringOp, Key)>,
         oneshot::Sender<Result<g::Keyring, String>>,
     ),
+    Ping(NodeUuid, oneshot::Sender<Option<u64>>),
 }
 
 /// Inputs from the connection tasks.
@@ -169,6 +170,11 @@ impl GossipHandle {
     /// Send a user event.
     pub async fn add_event(&self, kind: String, payload: Vec<u8>) -> Result<Event, GossipStopped> {
         self.ask(|tx| Command::AddEvent(kind, payload, tx)).await
+    }
+
+    /// Probe a node now; the round-trip time in ms, or None without an answer in time.
+    pub async fn ping(&self, uuid: NodeUuid) -> Result<Option<u64>, GossipStopped> {
+        self.ask(|tx| Command::Ping(uuid, tx)).await
     }
 
     /// Our incarnation.
@@ -303,6 +309,7 @@ pub fn start(
         keyring_file: setup.keyring_file,
         rng: opsbro_transport::system_random(),
         pending: Vec::new(),
+        pings: std::collections::HashMap::new(),
     };
     status.set(
         "gossip",
@@ -326,6 +333,8 @@ struct Driver {
     rng: ring::rand::SystemRandom,
     /// Effects taken out of the core early (while routing a join waiter), performed next.
     pending: Vec<Effect>,
+    /// API callers waiting for a ping answer, by sequence number.
+    pings: std::collections::HashMap<u32, oneshot::Sender<Option<u64>>>,
 }
 
 impl Driver {
@@ -427,6 +436,14 @@ impl Driver {
             Command::Incarnation(tx) => {
                 let _ = tx.send(self.core.me().incarnation);
             }
+            Command::Ping(uuid, tx) => match self.core.ping(now, uuid) {
+                Some(seq) => {
+                    self.pings.insert(seq, tx);
+                }
+                None => {
+                    let _ = tx.send(None);
+                }
+            },
             Command::Keyring(change, tx) => {
                 let result = match change {
                     None => Ok(()),
@@ -553,6 +570,11 @@ impl Driver {
                 }
                 Effect::UserEvent(e) => {
                     tracing::info!(event = %e.kind, origin = %e.origin, "user event received");
+                }
+                Effect::PingResult { seq, rtt_ms } => {
+                    if let Some(tx) = self.pings.remove(&seq) {
+                        let _ = tx.send(rtt_ms);
+                    }
                 }
                 Effect::IncarnationChanged(n) => {
                     if let Err(e) = crate::datadir::write_atomic(

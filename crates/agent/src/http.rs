@@ -236,7 +236,16 @@ async fn ping(
     Path(node): Path<String>,
 ) -> Result<Json<g::PingAnswer>, ApiError> {
     let member = resolve_node(&ctx, &node).await?;
-    Ok(Json(g::PingAnswer { member }))
+    let rtt_ms = if member.is_self {
+        Some(0)
+    } else {
+        ctx.gossip.ping(member.uuid).await?
+    };
+    Ok(Json(g::PingAnswer {
+        member,
+        reachable: rtt_ms.is_some(),
+        rtt_ms,
+    }))
 }
 
 async fn events(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Vec<g::Event>>, ApiError> {

@@ -140,7 +140,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let gossip = gossip::start(
         gossip::GossipSetup {
             me,
-            config: opsbro_gossip::GossipConfig::default(),
+            config: gossip_config(&config.gossip),
             keyring,
             seeds: config.seeds.clone(),
             incarnation_file,
@@ -238,6 +238,30 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tracing::info!("agent stopped");
     }
     result
+}
+
+/// The LAN defaults with the `gossip:` section's overrides.
+fn gossip_config(tuning: &opsbro_config::GossipTuning) -> opsbro_gossip::GossipConfig {
+    let mut c = opsbro_gossip::GossipConfig::default();
+    if let Some(d) = tuning.probe_interval {
+        c.probe_interval = d;
+    }
+    if let Some(d) = tuning.probe_timeout {
+        c.probe_timeout = d;
+    }
+    if let Some(d) = tuning.gossip_interval {
+        c.gossip_interval = d;
+    }
+    if let Some(d) = tuning.push_pull_interval {
+        c.push_pull_interval = d;
+    }
+    if let Some(m) = tuning.suspicion_mult {
+        c.suspicion_mult = m;
+    }
+    if let Some(d) = tuning.tombstone_ttl {
+        c.tombstone_ttl = d;
+    }
+    c
 }
 
 /// The keyring: the keyring file when it exists (it carries rotations), else `encryption_key`

@@ -260,11 +260,16 @@ pub mod gossip {
         pub members: usize,
     }
 
-    /// Answer of `GET /agent/ping/{node}`.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    /// Answer of `GET /agent/ping/{node}`: the node as this agent sees it, and the outcome of a
+    /// probe sent now.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct PingAnswer {
         /// The node.
         pub member: Member,
+        /// Whether it acked the probe in time.
+        pub reachable: bool,
+        /// Round-trip time in milliseconds, when it answered.
+        pub rtt_ms: Option<u64>,
     }
 
     /// Body of `POST /agent/events`.

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 
 pub use lines::LineIndex;
-use raw::{Field, RawApi, RawConfig, RawEncryption, Unknown};
+use raw::{Field, RawApi, RawConfig, RawEncryption, RawGossip, Unknown};
 
 /// Default gossip (UDP) and cluster (TCP) port.
 pub const DEFAULT_GOSSIP_PORT: u16 = 6768;
@@ -211,6 +211,65 @@ pub struct Config {
     pub templates_dir: Option<PathBuf>,
     /// `log_level`.
     pub log_level: Option<String>,
+    /// `gossip:` tuning.
+    pub gossip: GossipTuning,
+}
+
+/// `gossip:` section: protocol timings that override the LAN defaults (absent = default).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GossipTuning {
+    /// Time between probes.
+    pub probe_interval: Option<std::time::Duration>,
+    /// Time to wait for a direct ack.
+    pub probe_timeout: Option<std::time::Duration>,
+    /// Time between gossip rounds when idle.
+    pub gossip_interval: Option<std::time::Duration>,
+    /// Time between full-state exchanges (scaled up above 32 nodes).
+    pub push_pull_interval: Option<std::time::Duration>,
+    /// Suspicion timeout multiplier.
+    pub suspicion_mult: Option<f64>,
+    /// How long dead and left members are remembered.
+    pub tombstone_ttl: Option<std::time::Duration>,
+}
+
+/// Parse a duration: a number of seconds, or a number with a unit (`500ms`, `10s`, `5m`, `24h`, `7d`).
+pub fn parse_duration(value: &serde_yaml::Value) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let text = match value {
+        serde_yaml::Value::Number(n) => {
+            return n
+                .as_f64()
+                .filter(|s| *s >= 0.0 && s.is_finite())
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| format!("`{n}` is not a duration"));
+        }
+        serde_yaml::Value::String(s) => s.trim().to_owned(),
+        other => {
+            return Err(format!(
+                "expected a duration such as 10s or 500ms, found {other:?}"
+            ));
+        }
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (use e.g. 10s, 500ms, 5m, 24h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        u => {
+            return Err(format!(
+                "unknown unit `{u}` in `{text}` (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Values from flags and `OPSBRO_*` variables; each set one wins over the file.
@@ -290,6 +349,8 @@ pub struct AgentConfig {
     pub templates_dir: Option<PathBuf>,
     /// Log level (trace|debug|info|warn|error).
     pub log_level: String,
+    /// Gossip protocol tuning.
+    pub gossip: GossipTuning,
 }
 
 /// Collects errors while validating one source.
@@ -514,9 +575,12 @@ impl Config {
             packs_dirs,
             templates_dir,
             log_level,
+            gossip,
             unknown,
         } = raw;
         v.unknown("", unknown, raw::TOP_KEYS);
+        let gossip = v.take("gossip", gossip).unwrap_or_default();
+        let gossip = Config::validate_gossip(v, gossip);
         let api = v.take("api", api).unwrap_or_default();
         let RawApi {
             bind: api_bind,
@@ -595,7 +659,59 @@ impl Config {
             packs_dirs: v.take("packs_dirs", packs_dirs).unwrap_or_default(),
             templates_dir: v.take("templates_dir", templates_dir),
             log_level: v.take_with("log_level", log_level, check_log_level),
+            gossip,
         }
+    }
+
+    fn validate_gossip(v: &mut Validator<'_>, raw: RawGossip) -> GossipTuning {
+        let RawGossip {
+            probe_interval,
+            probe_timeout,
+            gossip_interval,
+            push_pull_interval,
+            suspicion_mult,
+            tombstone_ttl,
+            unknown,
+        } = raw;
+        v.unknown("gossip", unknown, raw::GOSSIP_KEYS);
+        let positive = |value: serde_yaml::Value| {
+            let d = parse_duration(&value)?;
+            if d.is_zero() {
+                Err("must be more than 0".to_owned())
+            } else {
+                Ok(d)
+            }
+        };
+        let tuning = GossipTuning {
+            probe_interval: v.take_with("gossip.probe_interval", probe_interval, positive),
+            probe_timeout: v.take_with("gossip.probe_timeout", probe_timeout, positive),
+            gossip_interval: v.take_with("gossip.gossip_interval", gossip_interval, positive),
+            push_pull_interval: v.take_with(
+                "gossip.push_pull_interval",
+                push_pull_interval,
+                positive,
+            ),
+            suspicion_mult: v.take_with("gossip.suspicion_mult", suspicion_mult, |m| {
+                if (1.0..=10.0).contains(&m) {
+                    Ok(m)
+                } else {
+                    Err(format!("{m} is outside 1..10"))
+                }
+            }),
+            tombstone_ttl: v.take_with("gossip.tombstone_ttl", tombstone_ttl, positive),
+        };
+        let interval = tuning
+            .probe_interval
+            .unwrap_or(std::time::Duration::from_secs(1));
+        if let Some(timeout) = tuning.probe_timeout
+            && timeout >= interval
+        {
+            v.error(
+                "gossip.probe_timeout",
+                format!("{timeout:?} must be shorter than the probe interval ({interval:?})"),
+            );
+        }
+        tuning
     }
 
     /// Apply flags/env over the file, fill defaults, and check rules that span several keys.
@@ -675,6 +791,7 @@ impl Config {
                 .log_level
                 .or(self.log_level)
                 .unwrap_or_else(|| "info".to_owned()),
+            gossip: self.gossip,
         };
         if errors.is_empty() {
             Ok(config)

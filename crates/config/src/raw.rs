@@ -67,9 +67,35 @@ pub struct RawConfig {
     pub packs_dirs: Field<Vec<PathBuf>>,
     pub templates_dir: Field<PathBuf>,
     pub log_level: Field<String>,
+    pub gossip: Field<RawGossip>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
+
+/// Mirror of the `gossip:` section (protocol tuning; the defaults suit a LAN).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawGossip {
+    pub probe_interval: Field<serde_yaml::Value>,
+    pub probe_timeout: Field<serde_yaml::Value>,
+    pub gossip_interval: Field<serde_yaml::Value>,
+    pub push_pull_interval: Field<serde_yaml::Value>,
+    pub suspicion_mult: Field<f64>,
+    pub tombstone_ttl: Field<serde_yaml::Value>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Keys of `gossip:`.
+pub const GOSSIP_KEYS: &[&str] = &[
+    "probe_interval",
+    "probe_timeout",
+    "gossip_interval",
+    "push_pull_interval",
+    "suspicion_mult",
+    "tombstone_ttl",
+];
 
 /// Mirror of the `api:` section.
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +138,7 @@ pub const TOP_KEYS: &[&str] = &[
     "packs_dirs",
     "templates_dir",
     "log_level",
+    "gossip",
 ];
 
 /// Keys of `api:`.

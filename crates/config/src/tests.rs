@@ -138,6 +138,9 @@ fn every_documented_key_is_known() {
     for key in raw::API_KEYS {
         Config::from_yaml(&format!("api:\n  {key}: null\n"), "f.yml").expect("api key");
     }
+    for key in raw::GOSSIP_KEYS {
+        Config::from_yaml(&format!("gossip:\n  {key}: null\n"), "f.yml").expect("gossip key");
+    }
     for key in raw::ENCRYPTION_KEYS {
         Config::from_yaml(&format!("encryption:\n  {key}: null\n"), "f.yml").expect("enc key");
     }
@@ -252,4 +255,45 @@ proptest::proptest! {
         let text = lines.join("\n");
         let _ = Config::from_yaml(&text, "fuzz.yml");
     }
+}
+
+#[test]
+fn gossip_tuning_accepts_durations_and_rejects_nonsense() {
+    let c = Config::from_yaml(
+        "gossip:\n  probe_interval: 2s\n  probe_timeout: 500ms\n  push_pull_interval: 1m\n  tombstone_ttl: 7d\n  suspicion_mult: 3\n  gossip_interval: 0.1\n",
+        "f.yml",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.gossip.probe_interval,
+        Some(std::time::Duration::from_secs(2))
+    );
+    assert_eq!(
+        c.gossip.probe_timeout,
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(
+        c.gossip.push_pull_interval,
+        Some(std::time::Duration::from_secs(60))
+    );
+    assert_eq!(
+        c.gossip.tombstone_ttl,
+        Some(std::time::Duration::from_secs(7 * 86400))
+    );
+    assert_eq!(
+        c.gossip.gossip_interval,
+        Some(std::time::Duration::from_millis(100))
+    );
+    assert_eq!(c.gossip.suspicion_mult, Some(3.0));
+    let errs = Config::from_yaml(
+        "gossip:\n  probe_interval: soon\n  probe_timeout: 5s\n  suspicion_mult: 50\n  tombstone_ttl: 3w\n  probes: 1\n",
+        "f.yml",
+    )
+    .expect_err("invalid");
+    let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"gossip.probe_interval"), "{errs}");
+    assert!(keys.contains(&"gossip.suspicion_mult"), "{errs}");
+    assert!(keys.contains(&"gossip.tombstone_ttl"), "{errs}");
+    assert!(keys.contains(&"gossip.probes"), "{errs}");
+    assert!(keys.contains(&"gossip.probe_timeout"), "{errs}");
 }

@@ -53,6 +53,13 @@ pub enum Effect {
     UserEvent(UserEvent),
     /// Our own incarnation changed: persist it so a restart continues above it.
     IncarnationChanged(u64),
+    /// Answer to [`Gossip::ping`]: the node acked after `rtt_ms`, or did not (`None`) in time.
+    PingResult {
+        /// The sequence number [`Gossip::ping`] returned.
+        seq: u32,
+        /// Round-trip time, if it answered.
+        rtt_ms: Option<u64>,
+    },
 }
 
 /// A change of a member's state.
@@ -164,6 +171,8 @@ pub struct Gossip {
     now: Time,
     /// When the last gossip round ran.
     last_gossip: Time,
+    /// Pings asked for by the user (`gossip ping`): sequence → time sent.
+    user_pings: HashMap<u32, Time>,
     /// News too big for a datagram waits for a push-pull round with a few peers.
     push_pull_soon: bool,
     next_push_pull_soon: Time,
@@ -211,6 +220,7 @@ impl Gossip {
             joining: false,
             now,
             last_gossip: now,
+            user_pings: HashMap::default(),
             push_pull_soon: false,
             next_push_pull_soon: Time::MAX,
             corrections: HashMap::default(),
@@ -349,6 +359,23 @@ impl Gossip {
         );
     }
 
+    /// Probe `uuid` now (for `gossip ping`): returns the sequence number of the
+    /// [`Effect::PingResult`] that follows within twice the probe timeout, or None for an
+    /// unknown node.
+    pub fn ping(&mut self, now: Time, uuid: NodeUuid) -> Option<u32> {
+        self.now = self.now.max(now);
+        let addr = self.addr_of(&uuid)?;
+        let seq = self.next_seq();
+        self.user_pings.insert(seq, now);
+        let ping = Message::Ping {
+            seq,
+            target: uuid,
+            from: self.me.uuid,
+        };
+        self.send_ping(addr, &ping, uuid);
+        Some(seq)
+    }
+
     /// Whether [`Gossip::leave`] was called.
     pub fn is_leaving(&self) -> bool {
         self.leaving
@@ -424,6 +451,12 @@ impl Gossip {
                 }
             }
             Message::Ack { seq, .. } => {
+                if let Some(sent) = self.user_pings.remove(&seq) {
+                    self.effects.push(Effect::PingResult {
+                        seq,
+                        rtt_ms: Some(now.saturating_sub(sent)),
+                    });
+                }
                 if let Some(p) = &self.probe
                     && p.seq == seq
                 {
@@ -538,6 +571,7 @@ impl Gossip {
         self.now = self.now.max(now);
         self.tick_probe(now);
         self.tick_relays(now);
+        self.tick_user_pings(now);
         self.tick_suspicions(now);
         if now >= self.next_gossip {
             self.last_gossip = now;
@@ -596,6 +630,9 @@ impl Gossip {
         });
         for r in self.relays.values() {
             t = t.min(r.deadline);
+        }
+        for sent in self.user_pings.values() {
+            t = t.min(sent + 2 * ms(self.cfg.probe_timeout));
         }
         for d in self.suspect_deadlines.values() {
             t = t.min(*d);
@@ -709,6 +746,20 @@ impl Gossip {
             self.probe_index = 0;
         }
         None
+    }
+
+    fn tick_user_pings(&mut self, now: Time) {
+        let timeout = 2 * ms(self.cfg.probe_timeout);
+        let expired: Vec<u32> = self
+            .user_pings
+            .iter()
+            .filter(|(_, sent)| now.saturating_sub(**sent) >= timeout)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            self.user_pings.remove(&seq);
+            self.effects.push(Effect::PingResult { seq, rtt_ms: None });
+        }
     }
 
     fn tick_relays(&mut self, now: Time) {

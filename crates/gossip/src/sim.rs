@@ -425,7 +425,9 @@ impl Sim {
                         }
                     }
                 }
-                Effect::UserEvent(_) | Effect::IncarnationChanged(_) => {}
+                Effect::UserEvent(_)
+                | Effect::IncarnationChanged(_)
+                | Effect::PingResult { .. } => {}
             }
         }
         self.reschedule(i);

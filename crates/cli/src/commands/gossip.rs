@@ -235,7 +235,7 @@ pub async fn history(client: &Client, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `gossip ping NODE`.
+/// `gossip ping NODE`: probe the node now; exit 2 unless it is alive and answers.
 pub async fn ping(client: &Client, node: String, json: bool) -> Result<(), CliError> {
     let answer: PingAnswer = client
         .get(&g::PING.replace("{node}", &encode(&node)))
@@ -244,12 +244,25 @@ pub async fn ping(client: &Client, node: String, json: bool) -> Result<(), CliEr
     if json {
         println!("{}", to_json(&answer)?);
     } else {
-        println!("{} is: {}", m.name, m.state);
+        let probe = match answer.rtt_ms {
+            Some(rtt) => format!("answered in {rtt} ms"),
+            None => "no answer to a probe".to_owned(),
+        };
+        println!("{} is: {} ({probe})", m.name, m.state);
     }
-    if m.state == "alive" {
+    if m.state == "alive" && answer.reachable {
         Ok(())
     } else {
-        Err(CliError::Negative(format!("{} is {}", m.name, m.state)))
+        Err(CliError::Negative(format!(
+            "{} is {}{}",
+            m.name,
+            m.state,
+            if answer.reachable {
+                ""
+            } else {
+                " and did not answer"
+            }
+        )))
     }
 }
 
