@@ -46,7 +46,17 @@ def free_udp_tcp_port():
             continue
 
 
-class Opsbro:
+class System:
+    """What both systems offer the benchmark: start, members, join."""
+
+    def ready(self, a):
+        try:
+            return self.members(a) is not None
+        except Exception:
+            return False
+
+
+class Opsbro(System):
     name = "opsbro"
 
     def __init__(self, binary, tmp):
@@ -61,12 +71,6 @@ class Opsbro:
              "--api-port", str(api), "--node-name", f"o{i}", "--log-level", "warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if not k.startswith("OPSBRO_")})
         return {"proc": p, "name": f"o{i}", "gossip": f"127.0.0.1:{port}", "api": f"127.0.0.1:{api}"}
-
-    def ready(self, a):
-        try:
-            return self.members(a) is not None
-        except Exception:
-            return False
 
     def members(self, a):
         with urllib.request.urlopen(f"http://{a['api']}/agent/members", timeout=2) as r:
@@ -108,7 +112,7 @@ class SerfRpc:
         return self._read() if body else None
 
 
-class Serf:
+class Serf(System):
     name = "serf"
 
     def __init__(self, binary, tmp):
@@ -127,12 +131,6 @@ class Serf:
         if key not in self.rpcs:
             self.rpcs[key] = SerfRpc(a["api"])
         return self.rpcs[key]
-
-    def ready(self, a):
-        try:
-            return self.members(a) is not None
-        except Exception:
-            return False
 
     def members(self, a):
         return {m["Name"]: m["Status"] for m in self.rpc(a).call("members", None)["Members"]}

@@ -958,14 +958,7 @@ impl Gossip {
         reply_to: Option<SocketAddr>,
     ) {
         if node == self.me.uuid {
-            if self.leaving {
-                return;
-            }
-            if incarnation >= self.me.incarnation {
-                self.refute(incarnation);
-            } else {
-                self.correct(now, reply_to, node);
-            }
+            self.accused(now, incarnation, reply_to);
             return;
         }
         let n = self.live_count();
@@ -1028,14 +1021,7 @@ impl Gossip {
         reply_to: Option<SocketAddr>,
     ) {
         if node == self.me.uuid {
-            if self.leaving {
-                return;
-            }
-            if incarnation >= self.me.incarnation {
-                self.refute(incarnation);
-            } else {
-                self.correct(now, reply_to, node);
-            }
+            self.accused(now, incarnation, reply_to);
             return;
         }
         let Some(m) = self.members.get(&node) else {
@@ -1108,6 +1094,18 @@ impl Gossip {
             to,
             bytes: codec::datagram([bytes.as_slice()]),
         });
+    }
+
+    /// Someone says we are suspect or dead: refute a current accusation, correct a stale one.
+    fn accused(&mut self, now: Time, incarnation: u64, reply_to: Option<SocketAddr>) {
+        if self.leaving {
+            return;
+        }
+        if incarnation >= self.me.incarnation {
+            self.refute(incarnation);
+        } else {
+            self.correct(now, reply_to, self.me.uuid);
+        }
     }
 
     fn refute(&mut self, accused_incarnation: u64) {
