@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -103,6 +103,7 @@ enum Command {
         oneshot::Sender<Result<g::Keyring, String>>,
     ),
     Ping(NodeUuid, oneshot::Sender<Option<u64>>),
+    Detect(Duration, oneshot::Sender<Vec<NodeRecord>>),
 }
 
 /// Inputs from the connection tasks.
@@ -172,6 +173,11 @@ impl GossipHandle {
         self.ask(|tx| Command::AddEvent(kind, payload, tx)).await
     }
 
+    /// Broadcast a detect-ping and collect the nodes that answer within `timeout`.
+    pub async fn detect(&self, timeout: Duration) -> Result<Vec<NodeRecord>, GossipStopped> {
+        self.ask(|tx| Command::Detect(timeout, tx)).await
+    }
+
     /// Probe a node now; the round-trip time in ms, or None without an answer in time.
     pub async fn ping(&self, uuid: NodeUuid) -> Result<Option<u64>, GossipStopped> {
         self.ask(|tx| Command::Ping(uuid, tx)).await
@@ -205,6 +211,8 @@ pub struct GossipSetup {
     pub incarnation_file: PathBuf,
     /// File where keyring changes are persisted.
     pub keyring_file: PathBuf,
+    /// Find a cluster on the LAN at start (`--auto-detect`).
+    pub auto_detect: bool,
 }
 
 /// Bound gossip sockets: UDP and TCP on the same port.
@@ -220,6 +228,8 @@ pub async fn bind(bind: IpAddr, port: u16) -> std::io::Result<GossipSockets> {
     let mut last_err = None;
     for _ in 0..20 {
         let udp = UdpSocket::bind(SocketAddr::new(bind, port)).await?;
+        // LAN detection broadcasts detect-pings from this socket.
+        udp.set_broadcast(true)?;
         let local = udp.local_addr()?;
         match TcpListener::bind(local).await {
             Ok(tcp) => return Ok(GossipSockets { udp, tcp, local }),
@@ -297,6 +307,9 @@ pub fn start(
     if !setup.seeds.is_empty() {
         tracker.spawn(join_seeds(setup.seeds, handle.clone(), shutdown.clone()));
     }
+    if setup.auto_detect {
+        tracker.spawn(auto_detect(handle.clone(), shutdown.clone()));
+    }
     let driver = Driver {
         core,
         clock,
@@ -310,6 +323,8 @@ pub fn start(
         rng: opsbro_transport::system_random(),
         pending: Vec::new(),
         pings: std::collections::HashMap::new(),
+        detects: std::collections::HashMap::new(),
+        port: sockets.local.port(),
     };
     status.set(
         "gossip",
@@ -335,6 +350,16 @@ struct Driver {
     pending: Vec<Effect>,
     /// API callers waiting for a ping answer, by sequence number.
     pings: std::collections::HashMap<u32, oneshot::Sender<Option<u64>>>,
+    /// Detect requests collecting answers: id → (deadline, answers, caller).
+    detects: std::collections::HashMap<u64, Detecting>,
+    /// Our gossip port: detect-pings go to this port on every broadcast address.
+    port: u16,
+}
+
+struct Detecting {
+    deadline: Instant,
+    found: Vec<NodeRecord>,
+    reply: oneshot::Sender<Vec<NodeRecord>>,
 }
 
 impl Driver {
@@ -348,9 +373,13 @@ impl Driver {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Wake exactly when the core's next timer is due (at most TICK later).
+            // Wake exactly when the core's next timer is due (at most TICK later), or when a
+            // detect request is over.
             let due = self.core.next_deadline().saturating_sub(self.clock.now());
-            let wake = tokio::time::Instant::now() + Duration::from_millis(due).min(TICK);
+            let mut wake = tokio::time::Instant::now() + Duration::from_millis(due).min(TICK);
+            if let Some(d) = self.detects.values().map(|d| d.deadline).min() {
+                wake = wake.min(tokio::time::Instant::from_std(d));
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(wake) => {
@@ -360,6 +389,7 @@ impl Driver {
                 Some(cmd) = commands.recv() => self.handle_command(cmd),
                 Some(input) = internal.recv() => self.handle_internal(input),
             }
+            self.finish_detects();
             // An input may have made a timer due now (e.g. news to gossip at once).
             let now = self.clock.now();
             if self.core.next_deadline() <= now {
@@ -436,6 +466,32 @@ impl Driver {
             Command::Incarnation(tx) => {
                 let _ = tx.send(self.core.me().incarnation);
             }
+            Command::Detect(timeout, tx) => {
+                let (id, bytes) = self.core.detect_ping();
+                let sealed = self.seal(&bytes);
+                let targets = crate::host::broadcast_addrs();
+                if targets.is_empty() {
+                    tracing::warn!(
+                        "no IPv4 interface with a broadcast address: nothing to detect on"
+                    );
+                }
+                for b in targets {
+                    let to = SocketAddr::from((b, self.port));
+                    if let Err(e) = self.udp.try_send_to(&sealed, to) {
+                        tracing::warn!(%to, error = %e, "cannot send the detect broadcast");
+                    } else {
+                        inc(&self.counters.udp_out);
+                    }
+                }
+                self.detects.insert(
+                    id,
+                    Detecting {
+                        deadline: Instant::now() + timeout,
+                        found: Vec::new(),
+                        reply: tx,
+                    },
+                );
+            }
             Command::Ping(uuid, tx) => match self.core.ping(now, uuid) {
                 Some(seq) => {
                     self.pings.insert(seq, tx);
@@ -457,6 +513,21 @@ impl Driver {
                     }),
                 };
                 let _ = tx.send(result.map(|()| self.keyring_view()));
+            }
+        }
+    }
+
+    fn finish_detects(&mut self) {
+        let now = Instant::now();
+        let done: Vec<u64> = self
+            .detects
+            .iter()
+            .filter(|(_, d)| d.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(d) = self.detects.remove(&id) {
+                let _ = d.reply.send(d.found);
             }
         }
     }
@@ -571,6 +642,13 @@ impl Driver {
                 Effect::UserEvent(e) => {
                     tracing::info!(event = %e.kind, origin = %e.origin, "user event received");
                 }
+                Effect::Detected { id, record } => {
+                    if let Some(d) = self.detects.get_mut(&id)
+                        && !d.found.iter().any(|r| r.uuid == record.uuid)
+                    {
+                        d.found.push(record);
+                    }
+                }
                 Effect::PingResult { seq, rtt_ms } => {
                     if let Some(tx) = self.pings.remove(&seq) {
                         let _ = tx.send(rtt_ms);
@@ -656,7 +734,8 @@ impl Driver {
     }
 }
 
-fn member_view(r: &NodeRecord, me: NodeUuid) -> Member {
+/// The API shape of a member.
+pub fn member_view(r: &NodeRecord, me: NodeUuid) -> Member {
     Member {
         uuid: r.uuid,
         name: r.name.clone(),
@@ -885,6 +964,46 @@ async fn join_seeds(seeds: Vec<Seed>, handle: GossipHandle, shutdown: Cancellati
             if alone || !joined {
                 break;
             }
+        }
+    }
+}
+
+/// `--auto-detect`: broadcast detect-pings until a node answers, then join it (a proxy node if
+/// one answered, else the first other node). Stops once this node has company, whether found
+/// here, through a seed, or because another node joined it.
+async fn auto_detect(handle: GossipHandle, shutdown: CancellationToken) {
+    const LISTEN: Duration = Duration::from_secs(3);
+    const PAUSE: Duration = Duration::from_secs(2);
+    loop {
+        let Ok(members) = handle.members().await else {
+            return;
+        };
+        if members.iter().any(|m| !m.is_self && m.state == "alive") {
+            tracing::info!("auto-detect: part of a cluster");
+            return;
+        }
+        let found = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = handle.detect(LISTEN) => match r {
+                Ok(found) => found,
+                Err(_) => return,
+            },
+        };
+        if let Some(target) = opsbro_gossip::choose_join_target(&found) {
+            match handle.join(target.addr).await {
+                Ok(Ok(n)) => {
+                    tracing::info!(node = %target.name, members = n, "auto-detect: joined");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %target.name, error = %e, "auto-detect: join failed")
+                }
+                Err(_) => return,
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PAUSE) => {}
         }
     }
 }

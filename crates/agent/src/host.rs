@@ -25,6 +25,24 @@ pub fn interface_addrs() -> Vec<IpAddr> {
     addrs
 }
 
+/// Broadcast addresses of the host's non-loopback IPv4 interfaces (for LAN detection).
+pub fn broadcast_addrs() -> Vec<std::net::Ipv4Addr> {
+    let mut out: Vec<std::net::Ipv4Addr> = if_addrs::get_if_addrs()
+        .map(|ifs| {
+            ifs.into_iter()
+                .filter(|i| !i.is_loopback())
+                .filter_map(|i| match i.addr {
+                    if_addrs::IfAddr::V4(v4) => v4.broadcast,
+                    if_addrs::IfAddr::V6(_) => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The address announced to peers: the configured one, else the bind address when it is
 /// specific, else the first interface address, else loopback (a single-host cluster still works).
 pub fn choose_advertise(configured: Option<IpAddr>, bind: IpAddr, interfaces: &[IpAddr]) -> IpAddr {

@@ -98,6 +98,7 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(g::PING, get(ping))
         .route(g::EVENTS, get(events).post(add_event))
         .route(g::KEYRING, get(keyring).post(change_keyring))
+        .route(g::DETECT, post(detect))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -253,6 +254,41 @@ async fn events(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Vec<g::Event>
     // Internal events (keyring changes) are not user events and carry key material.
     events.retain(|e| !e.kind.starts_with('_'));
     Ok(Json(events))
+}
+
+async fn detect(
+    State(ctx): State<Arc<ApiContext>>,
+    body: Result<Json<g::DetectRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<g::DetectAnswer>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if !(0.1..=60.0).contains(&request.timeout_secs) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "timeout_secs must be between 0.1 and 60",
+        ));
+    }
+    let found = ctx
+        .gossip
+        .detect(std::time::Duration::from_secs_f64(request.timeout_secs))
+        .await?;
+    let mut nodes: Vec<g::Member> = found
+        .iter()
+        .map(|r| crate::gossip::member_view(r, ctx.uuid))
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let joined = match (request.auto_join, opsbro_gossip::choose_join_target(&found)) {
+        (true, Some(target)) => match ctx.gossip.join(target.addr).await? {
+            Ok(_) => Some(crate::gossip::member_view(target, ctx.uuid)),
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("joining {} ({}) failed: {e}", target.name, target.addr),
+                ));
+            }
+        },
+        _ => None,
+    };
+    Ok(Json(g::DetectAnswer { nodes, joined }))
 }
 
 async fn keyring(State(ctx): State<Arc<ApiContext>>) -> Result<Json<g::Keyring>, ApiError> {

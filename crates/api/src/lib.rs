@@ -299,6 +299,28 @@ pub mod gossip {
         pub created_ms: u64,
     }
 
+    /// `POST` [`DetectRequest`]: broadcast a detect-ping on the LAN; answers [`DetectAnswer`].
+    pub const DETECT: &str = "/agent/detect";
+
+    /// Body of `POST /agent/detect`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct DetectRequest {
+        /// Seconds to collect answers (0.1 to 60).
+        pub timeout_secs: f64,
+        /// Join the node opsbro's rule picks (a proxy node, else the first other node).
+        #[serde(default)]
+        pub auto_join: bool,
+    }
+
+    /// Answer of `POST /agent/detect`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct DetectAnswer {
+        /// Nodes that answered (never this agent), sorted by name.
+        pub nodes: Vec<Member>,
+        /// The node joined, with `auto_join`.
+        pub joined: Option<Member>,
+    }
+
     /// `GET`: this agent's keys ([`Keyring`]); `POST` [`KeyringRequest`]: change the keyring of
     /// every node (applied here, then spread through the encrypted gossip).
     pub const KEYRING: &str = "/agent/keyring";

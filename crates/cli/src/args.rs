@@ -127,6 +127,9 @@ pub struct StartArgs {
     /// Log level: trace, debug, info, warn, error [default: RUST_LOG, then log_level, then info].
     #[arg(long, env = "OPSBRO_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Find a cluster on the LAN by UDP broadcast at start and join it (retried until joined).
+    #[arg(long)]
+    pub auto_detect: bool,
 }
 
 /// `opsbro gossip ...`
@@ -154,6 +157,18 @@ pub enum GossipCommand {
     Leave {
         /// Name or uuid of another node.
         node: Option<String>,
+    },
+    /// Find agents on the LAN by UDP broadcast (encrypted when a key is set).
+    Detect {
+        /// Seconds to wait for answers.
+        #[arg(long, default_value_t = 5.0, value_name = "S")]
+        timeout: f64,
+        /// Join a proxy node if one answered, else the first other node.
+        #[arg(long)]
+        auto_join: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show membership changes (joins, suspicions, deaths, leaves), oldest first.
     History {

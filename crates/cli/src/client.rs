@@ -34,7 +34,7 @@ impl Client {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| CliError::Other(e.into()))?;
         Ok(Client {
@@ -119,6 +119,12 @@ impl Client {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> CliError {
+        if e.is_timeout() && !e.is_connect() {
+            return CliError::Other(anyhow::anyhow!(
+                "the agent at {} accepted the request but did not answer in time",
+                self.addr
+            ));
+        }
         if e.is_connect() || e.is_timeout() || e.is_request() {
             CliError::Unreachable {
                 addr: self.addr.clone(),

@@ -51,6 +51,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         format,
                     } => gossip::members(&client, detail, json, format).await,
                     GossipCommand::Join { addr } => gossip::join(&client, addr).await,
+                    GossipCommand::Detect {
+                        timeout,
+                        auto_join,
+                        json,
+                    } => gossip::detect(&client, timeout, auto_join, json).await,
                     GossipCommand::Leave { node } => gossip::leave(&client, node).await,
                     GossipCommand::History { json } => gossip::history(&client, json).await,
                     GossipCommand::Ping { node, json } => gossip::ping(&client, node, json).await,

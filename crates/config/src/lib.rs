@@ -213,6 +213,8 @@ pub struct Config {
     pub log_level: Option<String>,
     /// `gossip:` tuning.
     pub gossip: GossipTuning,
+    /// `auto_detect`.
+    pub auto_detect: Option<bool>,
 }
 
 /// `gossip:` section: protocol timings that override the LAN defaults (absent = default).
@@ -293,6 +295,8 @@ pub struct Overrides {
     pub seeds: Vec<Seed>,
     /// `--log-level` / `OPSBRO_LOG_LEVEL`.
     pub log_level: Option<String>,
+    /// `--auto-detect`.
+    pub auto_detect: bool,
 }
 
 /// Facts about the host that defaults depend on; the binary reads them, tests make them up.
@@ -351,6 +355,8 @@ pub struct AgentConfig {
     pub log_level: String,
     /// Gossip protocol tuning.
     pub gossip: GossipTuning,
+    /// Find a cluster on the LAN by broadcast at start.
+    pub auto_detect: bool,
 }
 
 /// Collects errors while validating one source.
@@ -576,6 +582,7 @@ impl Config {
             templates_dir,
             log_level,
             gossip,
+            auto_detect,
             unknown,
         } = raw;
         v.unknown("", unknown, raw::TOP_KEYS);
@@ -660,6 +667,7 @@ impl Config {
             templates_dir: v.take("templates_dir", templates_dir),
             log_level: v.take_with("log_level", log_level, check_log_level),
             gossip,
+            auto_detect: v.take("auto_detect", auto_detect),
         }
     }
 
@@ -792,6 +800,7 @@ impl Config {
                 .or(self.log_level)
                 .unwrap_or_else(|| "info".to_owned()),
             gossip: self.gossip,
+            auto_detect: overrides.auto_detect || self.auto_detect.unwrap_or(false),
         };
         if errors.is_empty() {
             Ok(config)

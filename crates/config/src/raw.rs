@@ -68,6 +68,7 @@ pub struct RawConfig {
     pub templates_dir: Field<PathBuf>,
     pub log_level: Field<String>,
     pub gossip: Field<RawGossip>,
+    pub auto_detect: Field<bool>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -139,6 +140,7 @@ pub const TOP_KEYS: &[&str] = &[
     "templates_dir",
     "log_level",
     "gossip",
+    "auto_detect",
 ];
 
 /// Keys of `api:`.

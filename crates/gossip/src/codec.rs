@@ -138,6 +138,20 @@ pub enum Message {
     },
     /// A user event.
     Event(UserEvent),
+    /// LAN detection: "who is there?", broadcast on the gossip port.
+    DetectPing {
+        /// Matches the answers to this request.
+        id: u64,
+        /// The asking node (it does not answer itself).
+        from: NodeUuid,
+    },
+    /// Answer to a detect-ping: the answering node's record.
+    DetectPong {
+        /// The request's id.
+        id: u64,
+        /// The answering node.
+        record: NodeRecord,
+    },
 }
 
 /// Full-state exchange over TCP (join and anti-entropy).
@@ -310,6 +324,16 @@ impl Writer {
             Message::Event(e) => {
                 self.u8(9);
                 self.event(e);
+            }
+            Message::DetectPing { id, from } => {
+                self.u8(10);
+                self.varint(*id);
+                self.uuid(from);
+            }
+            Message::DetectPong { id, record } => {
+                self.u8(11);
+                self.varint(*id);
+                self.record(record);
             }
         }
     }
@@ -564,6 +588,14 @@ impl<'a> Reader<'a> {
                 incarnation: self.varint()?,
             },
             9 => Message::Event(self.event()?),
+            10 => Message::DetectPing {
+                id: self.varint()?,
+                from: self.uuid()?,
+            },
+            11 => Message::DetectPong {
+                id: self.varint()?,
+                record: self.record()?,
+            },
             tag => return Err(DecodeError::UnknownTag(tag)),
         })
     }
@@ -695,6 +727,11 @@ mod tests {
                 payload: vec![0, 1, 2, 255],
                 created_ms: 1_700_000_000_000,
             }),
+            Message::DetectPing { id: 77, from: b },
+            Message::DetectPong {
+                id: 77,
+                record: record(4),
+            },
         ]
     }
 

@@ -53,6 +53,13 @@ pub enum Effect {
     UserEvent(UserEvent),
     /// Our own incarnation changed: persist it so a restart continues above it.
     IncarnationChanged(u64),
+    /// A node answered our LAN detect-ping `id` (see [`Gossip::detect_ping`]).
+    Detected {
+        /// The request id.
+        id: u64,
+        /// The node that answered.
+        record: NodeRecord,
+    },
     /// Answer to [`Gossip::ping`]: the node acked after `rtt_ms`, or did not (`None`) in time.
     PingResult {
         /// The sequence number [`Gossip::ping`] returned.
@@ -171,6 +178,8 @@ pub struct Gossip {
     now: Time,
     /// When the last gossip round ran.
     last_gossip: Time,
+    /// When we last answered a detect-ping from each address (rate limit).
+    detect_replies: HashMap<SocketAddr, Time>,
     /// Pings asked for by the user (`gossip ping`): sequence → time sent.
     user_pings: HashMap<u32, Time>,
     /// News too big for a datagram waits for a push-pull round with a few peers.
@@ -221,6 +230,7 @@ impl Gossip {
             now,
             last_gossip: now,
             user_pings: HashMap::default(),
+            detect_replies: HashMap::default(),
             push_pull_soon: false,
             next_push_pull_soon: Time::MAX,
             corrections: HashMap::default(),
@@ -376,6 +386,20 @@ impl Gossip {
         Some(seq)
     }
 
+    /// A LAN detect-ping to broadcast (the driver sends it to the broadcast address of every
+    /// interface on the gossip port). Answers come back as [`Effect::Detected`] with this id.
+    pub fn detect_ping(&mut self) -> (u64, Vec<u8>) {
+        let id: u64 = self.rng.random();
+        let msg = Message::DetectPing {
+            id,
+            from: self.me.uuid,
+        };
+        (
+            id,
+            codec::datagram([codec::encode_message(&msg).as_slice()]),
+        )
+    }
+
     /// Whether [`Gossip::leave`] was called.
     pub fn is_leaving(&self) -> bool {
         self.leaving
@@ -514,6 +538,30 @@ impl Gossip {
             } => self.handle_dead(now, node, incarnation, from, Some(sender)),
             Message::Leave { node, incarnation } => self.handle_leave(now, node, incarnation),
             Message::Event(e) => self.handle_event(now, e),
+            Message::DetectPing { id, from } => {
+                // Never answer ourselves; answer each asker at most once a second (a broadcast
+                // storm must not turn into a reply storm).
+                let limited = self
+                    .detect_replies
+                    .get(&sender)
+                    .is_some_and(|t| now.saturating_sub(*t) < 1000);
+                if from != self.me.uuid && !self.leaving && !limited {
+                    self.detect_replies.insert(sender, now);
+                    let pong = Message::DetectPong {
+                        id,
+                        record: self.me.clone(),
+                    };
+                    self.effects.push(Effect::Send {
+                        to: sender,
+                        bytes: codec::datagram([codec::encode_message(&pong).as_slice()]),
+                    });
+                }
+            }
+            Message::DetectPong { id, record } => {
+                if record.uuid != self.me.uuid {
+                    self.effects.push(Effect::Detected { id, record });
+                }
+            }
         }
     }
 
@@ -1298,11 +1346,11 @@ impl Gossip {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn record(n: u8) -> NodeRecord {
+    pub(super) fn record(n: u8) -> NodeRecord {
         NodeRecord {
             uuid: NodeUuid::from_bytes([n; 16]),
             name: format!("n{n}"),
@@ -1316,6 +1364,12 @@ mod tests {
             version: "t".into(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     fn sends_alive_of(effects: &[Effect], about: NodeUuid) -> Vec<SocketAddr> {
         effects
@@ -1364,5 +1418,42 @@ mod tests {
         a.handle_tick(a.next_deadline().max(t));
         let to = sends_alive_of(&a.take_effects(), record(3).uuid);
         assert!(to.contains(&record(2).addr), "{to:?}");
+    }
+}
+
+#[cfg(test)]
+mod detect_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    #[test]
+    fn detect_pings_are_answered_by_others_once_a_second_and_never_by_the_asker() {
+        let mut a = Gossip::new(GossipConfig::default(), record(1), 1, 0);
+        let mut b = Gossip::new(GossipConfig::default(), record(2), 2, 0);
+        let (id, ping) = a.detect_ping();
+        // The asker hears its own broadcast: no answer.
+        a.handle_datagram(10, record(1).addr, &ping)
+            .expect("decode");
+        assert!(a.take_effects().is_empty());
+        b.handle_datagram(10, record(1).addr, &ping)
+            .expect("decode");
+        let effects = b.take_effects();
+        let Some(Effect::Send { to, bytes }) = effects.first() else {
+            panic!("{effects:?}")
+        };
+        assert_eq!(*to, record(1).addr);
+        b.handle_datagram(20, record(1).addr, &ping)
+            .expect("decode");
+        assert!(b.take_effects().is_empty(), "rate limited");
+        a.handle_datagram(30, record(2).addr, bytes)
+            .expect("decode");
+        let detected = a.take_effects();
+        assert!(
+            matches!(&detected[..], [Effect::Detected { id: got, record: r }] if *got == id && r.uuid == record(2).uuid),
+            "{detected:?}"
+        );
+        b.handle_datagram(1500, record(1).addr, &ping)
+            .expect("decode");
+        assert_eq!(b.take_effects().len(), 1, "answers again after a second");
     }
 }

@@ -77,3 +77,14 @@ pub struct NodeRecord {
     /// Agent version.
     pub version: String,
 }
+
+/// opsbro's rule for `detect --auto-join`: join a proxy node if one answered (the last by uuid),
+/// else the first other node (by uuid, so every asker picks the same one).
+pub fn choose_join_target(found: &[NodeRecord]) -> Option<&NodeRecord> {
+    let mut proxies: Vec<&NodeRecord> = found.iter().filter(|r| r.is_proxy).collect();
+    proxies.sort_by_key(|r| r.uuid);
+    if let Some(last) = proxies.last() {
+        return Some(last);
+    }
+    found.iter().min_by_key(|r| r.uuid)
+}

@@ -427,7 +427,8 @@ impl Sim {
                 }
                 Effect::UserEvent(_)
                 | Effect::IncarnationChanged(_)
-                | Effect::PingResult { .. } => {}
+                | Effect::PingResult { .. }
+                | Effect::Detected { .. } => {}
             }
         }
         self.reschedule(i);

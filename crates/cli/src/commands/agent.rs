@@ -84,6 +84,7 @@ pub fn load_config(
         node_name,
         seeds,
         log_level,
+        auto_detect: args.auto_detect,
     };
     let resolved = file.resolve(overrides, &host_facts());
     match resolved {
@@ -312,7 +313,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
 }
 
 /// A spinner on stderr when it is a terminal; hidden otherwise (scripts, tests, CI logs).
-fn spinner(message: &'static str) -> ProgressBar {
+pub fn spinner(message: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

@@ -166,6 +166,61 @@ pub async fn leave(client: &Client, node: Option<String>) -> Result<(), CliError
     Ok(())
 }
 
+/// `gossip detect [--auto-join]`: exit 1 when nobody answered.
+pub async fn detect(
+    client: &Client,
+    timeout: f64,
+    auto_join: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let bar = crate::commands::agent::spinner("listening for agents on the LAN");
+    let answer: Result<g::DetectAnswer, CliError> = client
+        .post_json(
+            g::DETECT,
+            &g::DetectRequest {
+                timeout_secs: timeout,
+                auto_join,
+            },
+        )
+        .await;
+    bar.finish_and_clear();
+    let answer = answer?;
+    if json {
+        println!("{}", to_json(&answer)?);
+    } else if !answer.nodes.is_empty() {
+        let rows: Vec<Vec<String>> = answer
+            .nodes
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    m.addr.to_string(),
+                    m.zone.clone(),
+                    if m.is_proxy { "yes" } else { "no" }.to_owned(),
+                    if m.groups.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        m.groups.join(",")
+                    },
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            render::table(&["NAME", "ADDRESS", "ZONE", "PROXY", "GROUPS"], &rows)
+        );
+        if let Some(j) = &answer.joined {
+            println!("joined {} ({})", j.name, j.addr);
+        }
+    }
+    if answer.nodes.is_empty() {
+        return Err(CliError::Other(anyhow::anyhow!(
+            "no agent answered within {timeout}s (same LAN, same gossip port, same encryption key?)"
+        )));
+    }
+    Ok(())
+}
+
 /// `gossip keyring list|install|use|remove`.
 pub async fn keyring(
     client: &Client,
