@@ -392,3 +392,37 @@ fn a_node_left_alone_rejoins_its_seed_when_it_comes_back() {
     wait_state(&b, "lonely-seed", "alive", Duration::from_secs(60));
     wait_state(&a2, "lonely-b", "alive", Duration::from_secs(20));
 }
+
+#[test]
+fn idle_cluster_connections_are_bounded_and_garbage_frames_refused() {
+    use std::io::Write;
+    let a = Agent::start_with(named("bounded")).expect("a");
+    // 80 connections that never send anything: only 64 are served at once.
+    let idle: Vec<std::net::TcpStream> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(a.gossip).ok())
+        .collect();
+    wait_for("refused connections to be counted", DEADLINE, || {
+        let n = info(&a)["gossip"]["counters"]["connections_refused"]
+            .as_u64()
+            .unwrap_or(0);
+        (n >= 10).then_some(())
+    })
+    .expect("counted");
+    drop(idle);
+    // A frame announcing 1 GiB is refused without reading it; garbage is refused too.
+    let mut s = std::net::TcpStream::connect(a.gossip).expect("connect");
+    s.write_all(&(1u32 << 30).to_be_bytes()).expect("write");
+    let mut g = std::net::TcpStream::connect(a.gossip).expect("connect");
+    g.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).expect("write");
+    wait_for("the bad frames to be counted", DEADLINE, || {
+        let n = info(&a)["gossip"]["counters"]["push_pull_errors"]
+            .as_u64()
+            .unwrap_or(0);
+        (n >= 2).then_some(())
+    })
+    .expect("counted");
+    // The agent still works: another agent joins it.
+    let b = Agent::start_with(named("bounded-b")).expect("b");
+    let out = b.cli(["gossip", "join", &a.gossip.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

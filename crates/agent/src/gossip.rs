@@ -30,6 +30,8 @@ use crate::status::Status;
 const FRAME_PUSH_PULL: u8 = 1;
 /// Largest sealed frame accepted.
 const MAX_FRAME: usize = MAX_PUSH_PULL + 64;
+/// Cluster TCP connections served at once; more are closed at once and counted.
+const MAX_CLUSTER_CONNECTIONS: usize = 64;
 /// Time allowed for a whole push-pull exchange.
 const PUSH_PULL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest sleep of the driver between two timer checks (it wakes earlier when the core's next
@@ -53,6 +55,8 @@ pub struct GossipCounters {
     oversize: AtomicU64,
     push_pulls: AtomicU64,
     push_pull_errors: AtomicU64,
+    overloaded: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -85,6 +89,8 @@ impl GossipCounters {
             oversize: g(&self.oversize),
             push_pulls: g(&self.push_pulls),
             push_pull_errors: g(&self.push_pull_errors),
+            overloaded: g(&self.overloaded),
+            connections_refused: g(&self.connections_refused),
         }
     }
 }
@@ -793,7 +799,9 @@ async fn udp_reader(
         match opened {
             Ok(plain) => {
                 // A full queue means the core is overloaded: dropping is what UDP would do.
-                let _ = itx.try_send(Internal::Datagram(from, plain));
+                if itx.try_send(Internal::Datagram(from, plain)).is_err() {
+                    inc(&counters.overloaded);
+                }
             }
             Err(e) => {
                 counters.rejected(e);
@@ -811,6 +819,8 @@ async fn tcp_server(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    // Bounded: a peer that opens connections and never sends cannot exhaust the agent.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLUSTER_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -823,10 +833,16 @@ async fn tcp_server(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            inc(&counters.connections_refused);
+            tracing::debug!(%peer, "too many cluster connections; refused");
+            continue;
+        };
         let keyring = keyring.clone();
         let counters = counters.clone();
         let itx = itx.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let served = tokio::time::timeout(
                 PUSH_PULL_TIMEOUT,
                 serve_conn(stream, &keyring, &counters, &itx),

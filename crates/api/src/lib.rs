@@ -391,5 +391,9 @@ pub mod gossip {
         pub push_pulls: u64,
         /// Push-pull exchanges that failed (connect, timeout, refused frame).
         pub push_pull_errors: u64,
+        /// Datagrams dropped because the gossip task was overloaded.
+        pub overloaded: u64,
+        /// Cluster TCP connections refused because too many were open.
+        pub connections_refused: u64,
     }
 }
