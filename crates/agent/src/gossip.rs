@@ -219,6 +219,8 @@ pub struct GossipSetup {
     pub keyring_file: PathBuf,
     /// Find a cluster on the LAN at start (`--auto-detect`).
     pub auto_detect: bool,
+    /// Cluster snapshot to keep up to date for the evaluator.
+    pub view: crate::eval::SharedView,
 }
 
 /// Bound gossip sockets: UDP and TCP on the same port.
@@ -331,6 +333,7 @@ pub fn start(
         pings: std::collections::HashMap::new(),
         detects: std::collections::HashMap::new(),
         port: sockets.local.port(),
+        view: setup.view,
     };
     status.set(
         "gossip",
@@ -360,6 +363,8 @@ struct Driver {
     detects: std::collections::HashMap<u64, Detecting>,
     /// Our gossip port: detect-pings go to this port on every broadcast address.
     port: u16,
+    /// Snapshot for the evaluator's gossip functions.
+    view: crate::eval::SharedView,
 }
 
 struct Detecting {
@@ -378,6 +383,7 @@ impl Driver {
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.refresh_view();
         loop {
             // Wake exactly when the core's next timer is due (at most TICK later), or when a
             // detect request is over.
@@ -613,9 +619,30 @@ impl Driver {
         }
     }
 
+    fn refresh_view(&self) {
+        let me = self.core.me();
+        self.view.set(crate::eval::ClusterView {
+            groups: me.groups.clone(),
+            members: self
+                .core
+                .members()
+                .map(|r| (r.groups.clone(), r.state.as_str().to_owned()))
+                .collect(),
+            event_types: self.core.recent_events().map(|e| e.kind.clone()).collect(),
+        });
+    }
+
     async fn perform(&mut self) {
         let mut effects = std::mem::take(&mut self.pending);
         self.core.drain_effects_into(&mut effects);
+        if effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::MemberChanged(_) | Effect::UserEvent(_) | Effect::IncarnationChanged(_)
+            )
+        }) {
+            self.refresh_view();
+        }
         for e in effects {
             match e {
                 Effect::Send { to, bytes } => {

@@ -55,6 +55,8 @@ pub struct ApiContext {
     pub token: Option<String>,
     /// The gossip subsystem.
     pub gossip: GossipHandle,
+    /// The expression evaluator.
+    pub evaluator: Arc<opsbro_eval::Evaluator>,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -99,6 +101,8 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(g::EVENTS, get(events).post(add_event))
         .route(g::KEYRING, get(keyring).post(change_keyring))
         .route(g::DETECT, post(detect))
+        .route(opsbro_api::evaluator::EVAL, post(evaluate))
+        .route(opsbro_api::evaluator::LIST, get(functions))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -254,6 +258,48 @@ async fn events(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Vec<g::Event>
     // Internal events (keyring changes) are not user events and carry key material.
     events.retain(|e| !e.kind.starts_with('_'));
     Ok(Json(events))
+}
+
+async fn evaluate(
+    State(ctx): State<Arc<ApiContext>>,
+    body: Result<Json<opsbro_api::evaluator::EvalRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<opsbro_api::evaluator::EvalAnswer>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let evaluator = ctx.evaluator.clone();
+    // Library functions may read files or open a TCP connection (bounded): not on the runtime.
+    let result = tokio::task::spawn_blocking(move || {
+        evaluator.eval(&request.expr, &|_: &str| -> Option<serde_json::Value> {
+            None
+        })
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("evaluation task failed: {e}"),
+        )
+    })?;
+    match result {
+        Ok(value) => Ok(Json(opsbro_api::evaluator::EvalAnswer { value })),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+async fn functions(
+    State(ctx): State<Arc<ApiContext>>,
+) -> Json<Vec<opsbro_api::evaluator::FunctionInfo>> {
+    Json(
+        ctx.evaluator
+            .functions()
+            .into_iter()
+            .map(|d| opsbro_api::evaluator::FunctionInfo {
+                name: d.name.to_owned(),
+                prototype: d.prototype.to_owned(),
+                doc: d.doc.to_owned(),
+                group: d.group.to_owned(),
+            })
+            .collect(),
+    )
 }
 
 async fn detect(

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod datadir;
+pub mod eval;
 pub mod gossip;
 pub mod host;
 pub mod http;
@@ -137,6 +138,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         state: opsbro_gossip::MemberState::Alive,
         version: opsbro_types::VERSION.to_owned(),
     };
+    let view = eval::SharedView::default();
+    let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
     let gossip = gossip::start(
         gossip::GossipSetup {
             me,
@@ -146,6 +149,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             incarnation_file,
             keyring_file,
             auto_detect: config.auto_detect,
+            view,
         },
         sockets,
         status.clone(),
@@ -176,6 +180,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         grace_period_secs: GRACE_PERIOD.as_secs(),
         token: config.api_token.clone(),
         gossip,
+        evaluator,
     });
 
     let api_shutdown = shutdown.child_token();

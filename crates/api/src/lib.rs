@@ -397,3 +397,40 @@ pub mod gossip {
         pub connections_refused: u64,
     }
 }
+
+/// Evaluator routes and shapes.
+pub mod evaluator {
+    use serde::{Deserialize, Serialize};
+
+    /// `POST` [`EvalRequest`]: evaluate an expression on this agent; answers [`EvalAnswer`].
+    pub const EVAL: &str = "/agent/evaluator/eval";
+    /// `GET`: the function library ([`FunctionInfo`] list).
+    pub const LIST: &str = "/agent/evaluator/list";
+
+    /// Body of `POST /agent/evaluator/eval`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct EvalRequest {
+        /// The expression (opsbro syntax or rhai).
+        pub expr: String,
+    }
+
+    /// Answer of `POST /agent/evaluator/eval`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct EvalAnswer {
+        /// The value.
+        pub value: serde_json::Value,
+    }
+
+    /// One library function.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct FunctionInfo {
+        /// Name.
+        pub name: String,
+        /// Call shape.
+        pub prototype: String,
+        /// What it does.
+        pub doc: String,
+        /// Family.
+        pub group: String,
+    }
+}

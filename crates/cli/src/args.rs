@@ -52,6 +52,9 @@ pub enum Command {
     /// Cluster membership: join, leave, members, history, user events.
     #[command(subcommand)]
     Gossip(GossipCommand),
+    /// Evaluate expressions as checks and detectors do; list the function library.
+    #[command(subcommand)]
+    Evaluator(EvaluatorCommand),
     /// Print a shell completion script (e.g. `opsbro completions bash > /etc/bash_completion.d/opsbro`).
     Completions {
         /// The shell.
@@ -266,5 +269,25 @@ pub enum KeyringCommand {
     Remove {
         /// The key (base64).
         key: String,
+    },
+}
+
+/// `opsbro evaluator ...`
+#[derive(Debug, Subcommand)]
+pub enum EvaluatorCommand {
+    /// List the functions expressions can call, with their documentation.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate an expression on the agent (opsbro syntax such as
+    /// `file_exists('/etc/redis.conf') and is_in_group('linux')`, or rhai); exit 2 on an error.
+    Eval {
+        /// The expression.
+        expr: String,
+        /// Print the value as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
-use opsbro_cli::args::{AgentCommand, Cli, Command, EventsCommand, GossipCommand, KeyringCommand};
+use opsbro_cli::args::{
+    AgentCommand, Cli, Command, EvaluatorCommand, EventsCommand, GossipCommand, KeyringCommand,
+};
 use opsbro_cli::client::Client;
-use opsbro_cli::commands::{agent, gossip};
+use opsbro_cli::commands::{agent, evaluator, gossip};
 use opsbro_cli::error::CliError;
 
 fn main() -> ExitCode {
@@ -86,6 +88,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         group,
                         timeout,
                     } => gossip::wait_members(&client, count, group, timeout).await,
+                }
+            })
+        }
+        Command::Evaluator(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(async {
+                match command {
+                    EvaluatorCommand::List { json } => evaluator::list(&client, json).await,
+                    EvaluatorCommand::Eval { expr, json } => {
+                        evaluator::eval(&client, expr, json).await
+                    }
                 }
             })
         }

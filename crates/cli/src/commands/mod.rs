@@ -1,4 +1,5 @@
 //! One module per command group.
 
 pub mod agent;
+pub mod evaluator;
 pub mod gossip;

@@ -1,0 +1,21 @@
+//! The opsbro expression evaluator.
+//!
+//! Expressions from opsbro packs and the opsbro README run unchanged: [`front`] rewrites their
+//! Python flavour and placeholders into rhai, and [`Evaluator`] runs them on a rhai engine with
+//! limits (operations, call depth, expression depth, string/array/map sizes), with the function
+//! library of the original registered ([`functions`]). An error or a limit hit is a value
+//! ([`EvalError`] with the position and the offending text), never a crash.
+//!
+//! No IO happens here except inside the registered functions that exist to do it (file checks,
+//! `check_tcp`, `host_to_ip`), each bounded.
+
+#![forbid(unsafe_code)]
+
+mod engine;
+pub mod front;
+pub mod functions;
+
+pub use engine::{
+    ErrorKind, EvalContext, EvalError, Evaluator, FunctionDoc, NoContext, to_json, truthy,
+};
+pub use front::Resolver;
