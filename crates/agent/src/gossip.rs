@@ -110,6 +110,7 @@ enum Command {
     ),
     Ping(NodeUuid, oneshot::Sender<Option<u64>>),
     Detect(Duration, oneshot::Sender<Vec<NodeRecord>>),
+    SetGroups(Vec<String>),
 }
 
 /// Inputs from the connection tasks.
@@ -177,6 +178,14 @@ impl GossipHandle {
     /// Send a user event.
     pub async fn add_event(&self, kind: String, payload: Vec<u8>) -> Result<Event, GossipStopped> {
         self.ask(|tx| Command::AddEvent(kind, payload, tx)).await
+    }
+
+    /// Replace this node's groups (static ∪ detected); gossiped when they change.
+    pub async fn set_groups(&self, groups: Vec<String>) -> Result<(), GossipStopped> {
+        self.tx
+            .send(Command::SetGroups(groups))
+            .await
+            .map_err(|_| GossipStopped)
     }
 
     /// Broadcast a detect-ping and collect the nodes that answer within `timeout`.
@@ -477,6 +486,10 @@ impl Driver {
             }
             Command::Incarnation(tx) => {
                 let _ = tx.send(self.core.me().incarnation);
+            }
+            Command::SetGroups(groups) => {
+                self.core.set_groups(groups);
+                self.refresh_view();
             }
             Command::Detect(timeout, tx) => {
                 let (id, bytes) = self.core.detect_ping();

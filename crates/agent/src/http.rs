@@ -57,6 +57,10 @@ pub struct ApiContext {
     pub gossip: GossipHandle,
     /// The expression evaluator.
     pub evaluator: Arc<opsbro_eval::Evaluator>,
+    /// Detector states.
+    pub detectors: crate::detectors::DetectorsHandle,
+    /// Loaded packs.
+    pub packs: opsbro_packs::PackSet,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -103,6 +107,9 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(g::DETECT, post(detect))
         .route(opsbro_api::evaluator::EVAL, post(evaluate))
         .route(opsbro_api::evaluator::LIST, get(functions))
+        .route(opsbro_api::detectors::STATE, get(detectors_state))
+        .route(opsbro_api::detectors::RUN, post(detectors_run))
+        .route(opsbro_api::detectors::PACKS, get(packs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -300,6 +307,57 @@ async fn functions(
             })
             .collect(),
     )
+}
+
+async fn detectors_state(
+    State(ctx): State<Arc<ApiContext>>,
+) -> Json<Vec<opsbro_api::detectors::DetectorState>> {
+    Json(ctx.detectors.state())
+}
+
+async fn detectors_run(
+    State(ctx): State<Arc<ApiContext>>,
+) -> Json<Vec<opsbro_api::detectors::DetectorState>> {
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0);
+    ctx.detectors.run_now();
+    // Wait (bounded) until every detector has run since the request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let state = ctx.detectors.state();
+        if state
+            .iter()
+            .all(|s| s.last_run_ms.is_some_and(|t| t >= before))
+            || std::time::Instant::now() > deadline
+        {
+            return Json(state);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn packs(State(ctx): State<Arc<ApiContext>>) -> Json<opsbro_api::detectors::Packs> {
+    Json(opsbro_api::detectors::Packs {
+        packs: ctx
+            .packs
+            .packs
+            .values()
+            .map(|p| opsbro_api::detectors::PackInfo {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                source: p.source.to_string(),
+                detectors: p.detectors.len(),
+            })
+            .collect(),
+        diagnostics: ctx
+            .packs
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    })
 }
 
 async fn detect(

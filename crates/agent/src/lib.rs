@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod datadir;
+pub mod detectors;
 pub mod eval;
 pub mod gossip;
 pub mod host;
@@ -140,6 +141,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     let view = eval::SharedView::default();
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
+    let check = |expr: &str| evaluator.check_syntax(expr).map_err(|e| e.to_string());
+    let packs = opsbro_packs::load(&config.packs_dirs, &check);
+    for d in &packs.diagnostics {
+        tracing::warn!("pack problem: {d}");
+    }
     let gossip = gossip::start(
         gossip::GossipSetup {
             me,
@@ -156,6 +162,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         &tracker,
         shutdown.child_token(),
     );
+    status.set("detectors", SubsystemState::Starting, None);
+    let detectors_handle = detectors::DetectorsHandle::default();
+    tracker.spawn(detectors::run(
+        packs.detectors().cloned().collect(),
+        config.groups.clone(),
+        evaluator.clone(),
+        gossip.clone(),
+        detectors_handle.clone(),
+        status.clone(),
+        shutdown.child_token(),
+    ));
     let ctx = Arc::new(http::ApiContext {
         name: config.node_name.clone(),
         display_name: config.display_name.clone(),
@@ -181,6 +198,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         token: config.api_token.clone(),
         gossip,
         evaluator,
+        detectors: detectors_handle,
+        packs,
     });
 
     let api_shutdown = shutdown.child_token();

@@ -434,3 +434,58 @@ pub mod evaluator {
         pub group: String,
     }
 }
+
+/// Detector and pack routes and shapes.
+pub mod detectors {
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: every detector's state ([`DetectorState`] list).
+    pub const STATE: &str = "/agent/detectors";
+    /// `POST`: run every detector now; answers the state after the run.
+    pub const RUN: &str = "/agent/detectors/run";
+    /// `GET`: loaded packs and load diagnostics ([`Packs`]).
+    pub const PACKS: &str = "/packs";
+
+    /// One detector.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct DetectorState {
+        /// `<pack>/<name>`.
+        pub name: String,
+        /// Pack.
+        pub pack: String,
+        /// Interval in seconds.
+        pub interval_secs: f64,
+        /// The expression.
+        pub apply_if: String,
+        /// Groups it adds.
+        pub groups: Vec<String>,
+        /// Result of the last run (None: not run yet).
+        pub matched: Option<bool>,
+        /// Error of the last run.
+        pub error: Option<String>,
+        /// When it last ran (ms since the Unix epoch).
+        pub last_run_ms: Option<u64>,
+    }
+
+    /// One pack.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PackInfo {
+        /// Name.
+        pub name: String,
+        /// Description.
+        pub description: String,
+        /// `embedded` or the directory.
+        pub source: String,
+        /// Number of detectors.
+        pub detectors: usize,
+    }
+
+    /// Answer of `GET /packs`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Packs {
+        /// Loaded packs.
+        pub packs: Vec<PackInfo>,
+        /// Problems met while loading (`file:line: message`).
+        pub diagnostics: Vec<String>,
+    }
+}

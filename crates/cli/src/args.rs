@@ -55,6 +55,12 @@ pub enum Command {
     /// Evaluate expressions as checks and detectors do; list the function library.
     #[command(subcommand)]
     Evaluator(EvaluatorCommand),
+    /// Detectors: rules that add groups to this node (`linux`, `debian`, `redis`, ...).
+    #[command(subcommand)]
+    Detectors(DetectorsCommand),
+    /// Packs: the detectors (and later checks, handlers, generators) the agent loaded.
+    #[command(subcommand)]
+    Packs(PacksCommand),
     /// Print a shell completion script (e.g. `opsbro completions bash > /etc/bash_completion.d/opsbro`).
     Completions {
         /// The shell.
@@ -287,6 +293,40 @@ pub enum EvaluatorCommand {
         /// The expression.
         expr: String,
         /// Print the value as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `opsbro detectors ...`
+#[derive(Debug, Subcommand)]
+pub enum DetectorsCommand {
+    /// List the detectors: expression, groups, interval.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show which detectors match now and the groups they give.
+    State {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every detector now and show the result.
+    Run {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `opsbro packs ...`
+#[derive(Debug, Subcommand)]
+pub enum PacksCommand {
+    /// List the packs and any problem met while loading them.
+    List {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },

@@ -8,10 +8,12 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
-    AgentCommand, Cli, Command, EvaluatorCommand, EventsCommand, GossipCommand, KeyringCommand,
+    AgentCommand, Cli, Command, DetectorsCommand, EvaluatorCommand, EventsCommand, GossipCommand,
+    KeyringCommand, PacksCommand,
 };
 use opsbro_cli::client::Client;
-use opsbro_cli::commands::{agent, evaluator, gossip};
+use opsbro_cli::commands::detectors::View;
+use opsbro_cli::commands::{agent, detectors, evaluator, gossip};
 use opsbro_cli::error::CliError;
 
 fn main() -> ExitCode {
@@ -90,6 +92,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     } => gossip::wait_members(&client, count, group, timeout).await,
                 }
             })
+        }
+        Command::Detectors(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            let (view, json) = match command {
+                DetectorsCommand::List { json } => (View::List, json),
+                DetectorsCommand::State { json } => (View::State, json),
+                DetectorsCommand::Run { json } => (View::Run, json),
+            };
+            client_runtime()?.block_on(detectors::detectors(&client, view, json))
+        }
+        Command::Packs(PacksCommand::List { json }) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(detectors::packs(&client, json))
         }
         Command::Evaluator(command) => {
             let client = Client::new(&cli.api, cli.token)?;

@@ -130,6 +130,24 @@ impl Evaluator {
         docs
     }
 
+    /// Check that `expr` parses (placeholders count as values); nothing runs.
+    pub fn check_syntax(&self, expr: &str) -> Result<(), EvalError> {
+        let resolver = |_: &str| Some(serde_json::Value::from(0));
+        let translated = front::translate(expr, &resolver).map_err(|e| EvalError {
+            kind: ErrorKind::Syntax,
+            message: e.message,
+            position: Some(column(expr, e.offset)),
+            near: near(expr, e.offset),
+        })?;
+        self.engine
+            .compile(&translated.source)
+            .map(|_| ())
+            .map_err(|e| {
+                let pos = e.position();
+                self.error(ErrorKind::Syntax, e.to_string(), pos, expr, &translated)
+            })
+    }
+
     /// Evaluate `expr` (placeholders resolved by `resolver`) to a JSON value.
     pub fn eval(
         &self,

@@ -1,5 +1,6 @@
 //! One module per command group.
 
 pub mod agent;
+pub mod detectors;
 pub mod evaluator;
 pub mod gossip;

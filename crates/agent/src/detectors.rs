@@ -1,0 +1,152 @@
+//! The detector loop: runs every pack detector on its interval, and makes this node's groups the
+//! static groups plus those of the detectors that match. Group changes are gossiped (the gossip
+//! core bumps the incarnation). The subsystem is `ok` after the first full pass.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opsbro_api::detectors::DetectorState;
+use opsbro_eval::Evaluator;
+use opsbro_packs::Detector;
+use opsbro_types::SubsystemState;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::gossip::GossipHandle;
+use crate::status::Status;
+
+/// Shared with the API: the state of every detector, and a way to run them all now.
+#[derive(Clone, Default)]
+pub struct DetectorsHandle {
+    state: Arc<RwLock<Vec<DetectorState>>>,
+    run_now: Arc<Notify>,
+}
+
+impl DetectorsHandle {
+    /// The state of every detector.
+    pub fn state(&self) -> Vec<DetectorState> {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ask for a run of every detector at once.
+    pub fn run_now(&self) {
+        self.run_now.notify_one();
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Run the detectors until `shutdown`.
+pub async fn run(
+    detectors: Vec<Detector>,
+    static_groups: Vec<String>,
+    evaluator: Arc<Evaluator>,
+    gossip: GossipHandle,
+    handle: DetectorsHandle,
+    status: Status,
+    shutdown: CancellationToken,
+) {
+    {
+        let mut state = handle.state.write().unwrap_or_else(PoisonError::into_inner);
+        *state = detectors
+            .iter()
+            .map(|d| DetectorState {
+                name: d.name.clone(),
+                pack: d.pack.clone(),
+                interval_secs: d.interval.as_secs_f64(),
+                apply_if: d.apply_if.clone(),
+                groups: d.add_groups.clone(),
+                matched: None,
+                error: None,
+                last_run_ms: None,
+            })
+            .collect();
+    }
+    let mut next_run: Vec<Instant> = vec![Instant::now(); detectors.len()];
+    let mut applied: Option<Vec<String>> = None;
+    let mut first_pass = true;
+    loop {
+        let now = Instant::now();
+        for (i, d) in detectors.iter().enumerate() {
+            if next_run[i] > now {
+                continue;
+            }
+            next_run[i] = now + d.interval;
+            let evaluator = evaluator.clone();
+            let expr = d.apply_if.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                evaluator.eval_bool(&expr, &|_: &str| -> Option<serde_json::Value> { None })
+            })
+            .await;
+            let (matched, error) = match result {
+                Ok(Ok(m)) => (Some(m), None),
+                Ok(Err(e)) => (Some(false), Some(e.to_string())),
+                Err(e) => (Some(false), Some(format!("detector task failed: {e}"))),
+            };
+            if let Some(err) = &error {
+                tracing::warn!(detector = %d.name, error = %err, "detector failed");
+            }
+            let mut state = handle.state.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(s) = state.get_mut(i) {
+                s.matched = matched;
+                s.error = error;
+                s.last_run_ms = Some(unix_ms());
+            }
+        }
+        let groups: Vec<String> = {
+            let state = handle.state.read().unwrap_or_else(PoisonError::into_inner);
+            let mut set: BTreeSet<String> = static_groups.iter().cloned().collect();
+            for s in state.iter().filter(|s| s.matched == Some(true)) {
+                set.extend(s.groups.iter().cloned());
+            }
+            set.into_iter().collect()
+        };
+        if applied.as_ref() != Some(&groups) {
+            if let Some(old) = &applied {
+                let added: Vec<_> = groups.iter().filter(|g| !old.contains(g)).collect();
+                let removed: Vec<_> = old.iter().filter(|g| !groups.contains(g)).collect();
+                tracing::info!(?added, ?removed, "groups changed");
+            } else {
+                tracing::info!(?groups, "groups detected");
+            }
+            if gossip.set_groups(groups.clone()).await.is_err() {
+                return;
+            }
+            applied = Some(groups.clone());
+        }
+        if first_pass {
+            first_pass = false;
+            status.set(
+                "detectors",
+                SubsystemState::Ok,
+                Some(format!(
+                    "{} detectors, groups: {}",
+                    detectors.len(),
+                    groups.join(",")
+                )),
+            );
+        }
+        let wake = next_run
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            () = handle.run_now.notified() => {
+                let now = Instant::now();
+                next_run.iter_mut().for_each(|t| *t = now);
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! `opsbro detectors list|state|run` and `opsbro packs list`.
+
+use opsbro_api::detectors::{DetectorState, PACKS, Packs, RUN, STATE};
+
+use crate::client::Client;
+use crate::error::CliError;
+use crate::render;
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
+    serde_json::to_string_pretty(v).map_err(|e| CliError::Other(e.into()))
+}
+
+/// What to show of the detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Definitions.
+    List,
+    /// Current results.
+    State,
+    /// Run now, then results.
+    Run,
+}
+
+/// `detectors list|state|run`.
+pub async fn detectors(client: &Client, view: View, json: bool) -> Result<(), CliError> {
+    let state: Vec<DetectorState> = match view {
+        View::Run => client.post(RUN).await?,
+        _ => client.get(STATE).await?,
+    };
+    if json {
+        println!("{}", to_json(&state)?);
+        return Ok(());
+    }
+    let colour = render::use_colour();
+    let rows: Vec<Vec<String>> = state
+        .iter()
+        .map(|d| match view {
+            View::List => vec![
+                d.name.clone(),
+                format!("{}s", d.interval_secs),
+                d.groups.join(","),
+                d.apply_if.clone(),
+            ],
+            _ => {
+                let result = match (d.matched, &d.error) {
+                    (_, Some(e)) => format!("{} {e}", render::state("error", colour)),
+                    (Some(true), None) => render::state("ok", colour).replace("ok", "matched"),
+                    (Some(false), None) => "-".to_owned(),
+                    (None, None) => "pending".to_owned(),
+                };
+                vec![d.name.clone(), d.groups.join(","), result]
+            }
+        })
+        .collect();
+    let headers: &[&str] = match view {
+        View::List => &["DETECTOR", "EVERY", "GROUPS", "IF"],
+        _ => &["DETECTOR", "GROUPS", "RESULT"],
+    };
+    print!("{}", render::table(headers, &rows));
+    if view != View::List {
+        let mut groups: Vec<&str> = state
+            .iter()
+            .filter(|d| d.matched == Some(true))
+            .flat_map(|d| d.groups.iter().map(String::as_str))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        println!(
+            "detected groups: {}",
+            if groups.is_empty() {
+                "(none)".to_owned()
+            } else {
+                groups.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `packs list`.
+pub async fn packs(client: &Client, json: bool) -> Result<(), CliError> {
+    let packs: Packs = client.get(PACKS).await?;
+    if json {
+        println!("{}", to_json(&packs)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = packs
+        .packs
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.source.clone(),
+                p.detectors.to_string(),
+                p.description.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render::table(&["PACK", "SOURCE", "DETECTORS", "DESCRIPTION"], &rows)
+    );
+    if !packs.diagnostics.is_empty() {
+        println!("problems:");
+        for d in &packs.diagnostics {
+            println!("  {d}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! Packs: the YAML objects that tell an agent what to detect (and, later, check, notify and
+//! generate), grouped by pack: `packs/<pack>/package.yml` plus `detectors/*.yml`, ...
+//!
+//! The repository's `packs/` folder is embedded in the binary ([`EMBEDDED`]); directories named
+//! in `packs_dirs` add packs or replace an embedded pack of the same name. Loading never stops at
+//! the first problem: every broken file becomes a [`Diagnostic`] with its file and line, and the
+//! other objects still load. Expressions are checked by a callback (the evaluator) so that a
+//! syntax error is reported at load time, not at the first run.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use opsbro_config::LineIndex;
+
+include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+
+/// Where a pack comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Built into the binary.
+    Embedded,
+    /// A pack directory on disk.
+    Dir(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Embedded => f.write_str("embedded"),
+            Source::Dir(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A `detector:` object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detector {
+    /// `<pack>/<file stem>`.
+    pub name: String,
+    /// Pack name.
+    pub pack: String,
+    /// File it was read from (for messages).
+    pub file: String,
+    /// How often it runs.
+    pub interval: Duration,
+    /// Expression: true adds the groups.
+    pub apply_if: String,
+    /// Groups added while the expression is true.
+    pub add_groups: Vec<String>,
+}
+
+/// A pack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pack {
+    /// Name (folder name).
+    pub name: String,
+    /// `description` from package.yml.
+    pub description: String,
+    /// Where it comes from.
+    pub source: Source,
+    /// Its detectors.
+    pub detectors: Vec<Detector>,
+}
+
+/// A problem in a pack file; the object is skipped, the rest loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// File (path or `embedded:<pack>/<file>`).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every pack, and every problem met while loading them.
+#[derive(Debug, Clone, Default)]
+pub struct PackSet {
+    /// Packs by name.
+    pub packs: BTreeMap<String, Pack>,
+    /// Problems.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl PackSet {
+    /// Every detector of every pack.
+    pub fn detectors(&self) -> impl Iterator<Item = &Detector> {
+        self.packs.values().flat_map(|p| p.detectors.iter())
+    }
+}
+
+/// Checks an expression (syntax), returning a message on error.
+pub type ExprCheck<'a> = &'a dyn Fn(&str) -> Result<(), String>;
+
+/// Load the embedded packs, then the packs in `dirs` (later ones override earlier ones by name).
+pub fn load(dirs: &[PathBuf], check: ExprCheck<'_>) -> PackSet {
+    let mut set = PackSet::default();
+    let mut embedded: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (rel, text) in EMBEDDED {
+        let pack = rel.split('/').next().unwrap_or_default().to_owned();
+        embedded
+            .entry(pack)
+            .or_default()
+            .push(((*rel).to_owned(), (*text).to_owned()));
+    }
+    for (name, files) in embedded {
+        let files = files
+            .into_iter()
+            .map(|(rel, text)| (format!("embedded:{rel}"), rel, text))
+            .collect();
+        load_pack(&mut set, &name, Source::Embedded, files, check);
+    }
+    for dir in dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                set.diagnostics.push(Diagnostic {
+                    file: dir.display().to_string(),
+                    line: None,
+                    message: format!("cannot read pack directory: {e}"),
+                });
+                continue;
+            }
+        };
+        let mut packs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        packs.sort();
+        for pack_dir in packs {
+            let name = pack_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut files = Vec::new();
+            collect_files(
+                &pack_dir,
+                &pack_dir,
+                &name,
+                &mut files,
+                &mut set.diagnostics,
+            );
+            load_pack(&mut set, &name, Source::Dir(pack_dir.clone()), files, check);
+        }
+    }
+    set
+}
+
+fn collect_files(
+    root: &Path,
+    dir: &Path,
+    pack: &str,
+    out: &mut Vec<(String, String, String)>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        if p.is_dir() {
+            collect_files(root, &p, pack, out, diags);
+        } else if p.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            let rel = format!(
+                "{pack}/{}",
+                p.strip_prefix(root).unwrap_or(&p).to_string_lossy()
+            );
+            match std::fs::read_to_string(&p) {
+                Ok(text) => out.push((p.display().to_string(), rel, text)),
+                Err(e) => diags.push(Diagnostic {
+                    file: p.display().to_string(),
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+    }
+}
+
+/// (display name, path relative to packs/, text) of each file of one pack.
+fn load_pack(
+    set: &mut PackSet,
+    name: &str,
+    source: Source,
+    files: Vec<(String, String, String)>,
+    check: ExprCheck<'_>,
+) {
+    let mut pack = Pack {
+        name: name.to_owned(),
+        description: String::new(),
+        source,
+        detectors: Vec::new(),
+    };
+    for (display, rel, text) in files {
+        let file_name = rel.rsplit('/').next().unwrap_or_default();
+        if file_name == "package.yml" {
+            match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+                Ok(v) => {
+                    pack.description = v
+                        .get("description")
+                        .and_then(|d| d.as_str())
+                        .unwrap_or_default()
+                        .to_owned();
+                }
+                Err(e) => set.diagnostics.push(yaml_error(&display, &e)),
+            }
+            continue;
+        }
+        parse_object(
+            &mut pack,
+            &display,
+            &rel,
+            &text,
+            check,
+            &mut set.diagnostics,
+        );
+    }
+    // A pack from a directory replaces an embedded one of the same name, wholesale.
+    set.packs.insert(name.to_owned(), pack);
+}
+
+fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
+    Diagnostic {
+        file: file.to_owned(),
+        line: e.location().map(|l| l.line()),
+        message: format!(
+            "not valid YAML: {}",
+            e.to_string().split(" at line ").next().unwrap_or_default()
+        ),
+    }
+}
+
+/// Object kinds of opsbro packs; those not handled yet are accepted and reported once loaded by
+/// the subsystems that own them.
+const KINDS: &[&str] = &["detector", "check", "handler", "generator", "compliance"];
+
+fn parse_object(
+    pack: &mut Pack,
+    display: &str,
+    rel: &str,
+    text: &str,
+    check: ExprCheck<'_>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let lines = LineIndex::build(text);
+    let diag = |key: &str, message: String| Diagnostic {
+        file: display.to_owned(),
+        line: lines.line_of(key),
+        message,
+    };
+    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            diags.push(yaml_error(display, &e));
+            return;
+        }
+    };
+    let Some(map) = value.as_mapping() else {
+        diags.push(diag(
+            "",
+            "expected one object such as `detector: {...}`".into(),
+        ));
+        return;
+    };
+    for (k, body) in map {
+        let kind = k.as_str().unwrap_or_default();
+        if !KINDS.contains(&kind) {
+            diags.push(diag(
+                kind,
+                format!("unknown object kind `{kind}` (known: {})", KINDS.join(", ")),
+            ));
+            continue;
+        }
+        if kind != "detector" {
+            continue;
+        }
+        let stem = rel
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(".yml")
+            .trim_end_matches(".yaml");
+        match parse_detector(body, &pack.name, stem, display, check) {
+            Ok(d) => pack.detectors.push(d),
+            Err((key, message)) => diags.push(diag(&key, message)),
+        }
+    }
+}
+
+fn parse_detector(
+    body: &serde_yaml::Value,
+    pack: &str,
+    stem: &str,
+    file: &str,
+    check: ExprCheck<'_>,
+) -> Result<Detector, (String, String)> {
+    let map = body.as_mapping().ok_or_else(|| {
+        (
+            "detector".to_owned(),
+            "`detector` must be a mapping".to_owned(),
+        )
+    })?;
+    let mut interval = Duration::from_secs(10);
+    let mut apply_if = None;
+    let mut groups: Option<Vec<String>> = None;
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or_default();
+        let path = format!("detector.{key}");
+        match key {
+            "interval" => {
+                interval = opsbro_config::parse_duration(v).map_err(|e| (path.clone(), e))?;
+                if interval.is_zero() {
+                    return Err((path, "interval must be more than 0".into()));
+                }
+            }
+            "apply_if" => {
+                let expr = match v {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    serde_yaml::Value::Bool(b) => {
+                        if *b {
+                            "True".into()
+                        } else {
+                            "False".into()
+                        }
+                    }
+                    _ => return Err((path, "apply_if must be an expression (a string)".into())),
+                };
+                check(&expr).map_err(|e| (path.clone(), format!("apply_if: {e}")))?;
+                apply_if = Some(expr);
+            }
+            "add_groups" | "groups" => {
+                let list: Vec<String> = serde_yaml::from_value(v.clone())
+                    .map_err(|_| (path.clone(), format!("{key} must be a list of group names")))?;
+                for g in &list {
+                    opsbro_config::check_group(g).map_err(|e| (path.clone(), e))?;
+                }
+                groups = Some(list);
+            }
+            "notes" | "note" => {}
+            other => {
+                return Err((
+                    path,
+                    format!(
+                        "unknown key `{other}` (known: interval, apply_if, add_groups, groups)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Detector {
+        name: format!("{pack}/{stem}"),
+        pack: pack.to_owned(),
+        file: file.to_owned(),
+        interval,
+        apply_if: apply_if
+            .ok_or_else(|| ("detector".to_owned(), "apply_if is required".to_owned()))?,
+        add_groups: groups.ok_or_else(|| {
+            (
+                "detector".to_owned(),
+                "add_groups (or groups) is required".to_owned(),
+            )
+        })?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(_: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[test]
+    fn the_embedded_packs_load_without_diagnostics() {
+        let set = load(&[], &ok);
+        assert!(set.diagnostics.is_empty(), "{:?}", set.diagnostics);
+        assert!(set.packs.contains_key("linux"));
+        let linux = set
+            .detectors()
+            .find(|d| d.name == "linux/linux")
+            .expect("linux detector");
+        assert_eq!(linux.add_groups, vec!["linux"]);
+        let centos = set
+            .detectors()
+            .find(|d| d.name == "linux/centos")
+            .expect("centos");
+        assert_eq!(
+            centos.add_groups,
+            vec!["centos"],
+            "`groups:` is an alias of add_groups"
+        );
+    }
+
+    #[test]
+    fn every_file_under_packs_is_embedded() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
+        let mut files = Vec::new();
+        collect_files(&root, &root, "", &mut files, &mut Vec::new());
+        assert_eq!(files.len(), EMBEDDED.len());
+    }
+
+    #[test]
+    fn broken_files_give_diagnostics_with_lines_and_the_rest_loads() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pack = dir.path().join("mine/detectors");
+        std::fs::create_dir_all(&pack).expect("mkdir");
+        std::fs::write(
+            pack.join("good.yml"),
+            "detector:\n  interval: 5s\n  apply_if: \"True\"\n  add_groups: [mine]\n",
+        )
+        .expect("w");
+        std::fs::write(
+            pack.join("bad-expr.yml"),
+            "detector:\n  interval: 5s\n  apply_if: \"1 + + \"\n  add_groups: [x]\n",
+        )
+        .expect("w");
+        std::fs::write(
+            pack.join("bad-key.yml"),
+            "detector:\n  apply_if: \"True\"\n  add_groups: [x]\n  colour: red\n",
+        )
+        .expect("w");
+        std::fs::write(pack.join("bad-yaml.yml"), "detector: [unclosed\n").expect("w");
+        std::fs::write(pack.join("kind.yml"), "detecter:\n  apply_if: x\n").expect("w");
+        let check = |e: &str| {
+            if e.contains("+ +") {
+                Err("syntax error at column 5".to_owned())
+            } else {
+                Ok(())
+            }
+        };
+        let set = load(&[dir.path().to_owned()], &check);
+        let mine = &set.packs["mine"];
+        assert_eq!(mine.detectors.len(), 1);
+        assert_eq!(mine.detectors[0].interval, Duration::from_secs(5));
+        let msgs: Vec<String> = set.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), 4, "{msgs:#?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("bad-expr.yml:3: apply_if: syntax error")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("bad-key.yml:4: unknown key `colour`")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("bad-yaml.yml:") && m.contains("not valid YAML")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("kind.yml:1: unknown object kind `detecter`")),
+            "{msgs:#?}"
+        );
+        // The embedded packs are still there.
+        assert!(set.packs.contains_key("linux"));
+    }
+
+    #[test]
+    fn a_directory_pack_replaces_the_embedded_one_of_the_same_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pack = dir.path().join("linux/detectors");
+        std::fs::create_dir_all(&pack).expect("mkdir");
+        std::fs::write(
+            pack.join("only.yml"),
+            "detector:\n  apply_if: \"True\"\n  add_groups: [custom]\n",
+        )
+        .expect("w");
+        let set = load(&[dir.path().to_owned()], &ok);
+        let linux = &set.packs["linux"];
+        assert_eq!(linux.detectors.len(), 1);
+        assert_eq!(linux.source, Source::Dir(dir.path().join("linux")));
+    }
+}
