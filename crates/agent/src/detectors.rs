@@ -45,16 +45,40 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What the detector loop works with.
+pub struct DetectorsSetup {
+    /// Every detector of every pack.
+    pub detectors: Vec<Detector>,
+    /// Static groups from the configuration.
+    pub static_groups: Vec<String>,
+    /// Evaluates `apply_if`.
+    pub evaluator: Arc<Evaluator>,
+    /// Receives the resulting groups.
+    pub gossip: GossipHandle,
+    /// Shared state for the API.
+    pub handle: DetectorsHandle,
+    /// Collector values for placeholders.
+    pub collected: crate::collect::CollectedData,
+    /// True once collectors ran.
+    pub collected_once: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Run the detectors until `shutdown`.
-pub async fn run(
-    detectors: Vec<Detector>,
-    static_groups: Vec<String>,
-    evaluator: Arc<Evaluator>,
-    gossip: GossipHandle,
-    handle: DetectorsHandle,
-    status: Status,
-    shutdown: CancellationToken,
-) {
+pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationToken) {
+    let DetectorsSetup {
+        detectors,
+        static_groups,
+        evaluator,
+        gossip,
+        handle,
+        collected,
+        mut collected_once,
+    } = setup;
+    // Expressions may read collector values: wait for the first collection.
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        _ = collected_once.wait_for(|done| *done) => {}
+    }
     {
         let mut state = handle.state.write().unwrap_or_else(PoisonError::into_inner);
         *state = detectors
@@ -83,8 +107,9 @@ pub async fn run(
             next_run[i] = now + d.interval;
             let evaluator = evaluator.clone();
             let expr = d.apply_if.clone();
+            let data = collected.clone();
             let result = tokio::task::spawn_blocking(move || {
-                evaluator.eval_bool(&expr, &|_: &str| -> Option<serde_json::Value> { None })
+                evaluator.eval_bool(&expr, &crate::collect::resolver(&data))
             })
             .await;
             let (matched, error) = match result {

@@ -61,6 +61,8 @@ pub struct ApiContext {
     pub detectors: crate::detectors::DetectorsHandle,
     /// Loaded packs.
     pub packs: opsbro_packs::PackSet,
+    /// Latest collector results.
+    pub collected: crate::collect::CollectedData,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -110,6 +112,8 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(opsbro_api::detectors::STATE, get(detectors_state))
         .route(opsbro_api::detectors::RUN, post(detectors_run))
         .route(opsbro_api::detectors::PACKS, get(packs))
+        .route(opsbro_api::collectors::ALL, get(collectors_all))
+        .route(opsbro_api::collectors::ONE, get(collectors_one))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -273,11 +277,10 @@ async fn evaluate(
 ) -> Result<Json<opsbro_api::evaluator::EvalAnswer>, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let evaluator = ctx.evaluator.clone();
+    let data = ctx.collected.clone();
     // Library functions may read files or open a TCP connection (bounded): not on the runtime.
     let result = tokio::task::spawn_blocking(move || {
-        evaluator.eval(&request.expr, &|_: &str| -> Option<serde_json::Value> {
-            None
-        })
+        evaluator.eval(&request.expr, &crate::collect::resolver(&data))
     })
     .await
     .map_err(|e| {
@@ -307,6 +310,24 @@ async fn functions(
             })
             .collect(),
     )
+}
+
+async fn collectors_all(
+    State(ctx): State<Arc<ApiContext>>,
+) -> Json<opsbro_api::collectors::Collectors> {
+    Json(ctx.collected.all())
+}
+
+async fn collectors_one(
+    State(ctx): State<Arc<ApiContext>>,
+    Path(name): Path<String>,
+) -> Result<Json<opsbro_api::collectors::Collector>, ApiError> {
+    ctx.collected.all().remove(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no collector named `{name}`"),
+        )
+    })
 }
 
 async fn detectors_state(

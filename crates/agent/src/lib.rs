@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod collect;
 pub mod datadir;
 pub mod detectors;
 pub mod eval;
@@ -140,6 +141,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         version: opsbro_types::VERSION.to_owned(),
     };
     let view = eval::SharedView::default();
+    let view_for_collectors = view.clone();
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
     let check = |expr: &str| evaluator.check_syntax(expr).map_err(|e| e.to_string());
     let packs = opsbro_packs::load(&config.packs_dirs, &check);
@@ -162,14 +164,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         &tracker,
         shutdown.child_token(),
     );
+    status.set("collectors", SubsystemState::Starting, None);
+    let collected = collect::CollectedData::default();
+    let (first_collection, collected_once) = tokio::sync::watch::channel(false);
+    tracker.spawn(collect::run(
+        collected.clone(),
+        view_for_collectors,
+        config.zone.clone(),
+        status.clone(),
+        first_collection,
+        shutdown.child_token(),
+    ));
     status.set("detectors", SubsystemState::Starting, None);
     let detectors_handle = detectors::DetectorsHandle::default();
     tracker.spawn(detectors::run(
-        packs.detectors().cloned().collect(),
-        config.groups.clone(),
-        evaluator.clone(),
-        gossip.clone(),
-        detectors_handle.clone(),
+        detectors::DetectorsSetup {
+            detectors: packs.detectors().cloned().collect(),
+            static_groups: config.groups.clone(),
+            evaluator: evaluator.clone(),
+            gossip: gossip.clone(),
+            handle: detectors_handle.clone(),
+            collected: collected.clone(),
+            collected_once,
+        },
         status.clone(),
         shutdown.child_token(),
     ));
@@ -200,6 +217,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         evaluator,
         detectors: detectors_handle,
         packs,
+        collected,
     });
 
     let api_shutdown = shutdown.child_token();

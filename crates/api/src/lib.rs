@@ -489,3 +489,31 @@ pub mod detectors {
         pub diagnostics: Vec<String>,
     }
 }
+
+/// Collector routes and shapes.
+pub mod collectors {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: every collector ([`Collectors`]); `GET /collectors/{name}`: one ([`Collector`]).
+    pub const ALL: &str = "/collectors";
+    /// `GET /collectors/{name}`.
+    pub const ONE: &str = "/collectors/{name}";
+
+    /// One collector's latest run.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Collector {
+        /// `ok`, `error`, `not-eligible` or `pending`.
+        pub state: String,
+        /// When it last ran (ms since the Unix epoch).
+        pub last_run_ms: Option<u64>,
+        /// What it collected (nested; numbers are metrics).
+        pub data: serde_json::Value,
+        /// Why it failed or does not apply.
+        pub message: Option<String>,
+    }
+
+    /// Every collector by name.
+    pub type Collectors = BTreeMap<String, Collector>;
+}

@@ -55,6 +55,9 @@ pub enum Command {
     /// Evaluate expressions as checks and detectors do; list the function library.
     #[command(subcommand)]
     Evaluator(EvaluatorCommand),
+    /// Collectors: what the agent measures on this host (cpu, memory, disks, network, ...).
+    #[command(subcommand)]
+    Collectors(CollectorsCommand),
     /// Detectors: rules that add groups to this node (`linux`, `debian`, `redis`, ...).
     #[command(subcommand)]
     Detectors(DetectorsCommand),
@@ -326,6 +329,25 @@ pub enum DetectorsCommand {
 pub enum PacksCommand {
     /// List the packs and any problem met while loading them.
     List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `opsbro collectors ...`
+#[derive(Debug, Subcommand)]
+pub enum CollectorsCommand {
+    /// List the collectors with their state (ok, error, not-eligible).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show collected values as `collector.<name>.<path> = value` (all collectors, or one).
+    Show {
+        /// A collector name.
+        name: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

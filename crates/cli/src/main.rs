@@ -8,15 +8,16 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
-    AgentCommand, Cli, Command, DetectorsCommand, EvaluatorCommand, EventsCommand, GossipCommand,
-    KeyringCommand, PacksCommand,
+    AgentCommand, Cli, CollectorsCommand, Command, DetectorsCommand, EvaluatorCommand,
+    EventsCommand, GossipCommand, KeyringCommand, PacksCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
-use opsbro_cli::commands::{agent, detectors, evaluator, gossip};
+use opsbro_cli::commands::{agent, collectors, detectors, evaluator, gossip};
 use opsbro_cli::error::CliError;
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,6 +94,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 }
             })
         }
+        Command::Collectors(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(async {
+                match command {
+                    CollectorsCommand::List { json } => collectors::list(&client, json).await,
+                    CollectorsCommand::Show { name, json } => {
+                        collectors::show(&client, name, json).await
+                    }
+                }
+            })
+        }
         Command::Detectors(command) => {
             let client = Client::new(&cli.api, cli.token)?;
             let (view, json) = match command {
@@ -132,6 +144,24 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
     }
+}
+
+/// `opsbro ... | head` closes stdout early: `println!` then panics with "Broken pipe". That is
+/// not an error of ours; leave quietly like any Unix tool instead of printing a panic.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 /// The CLI's commands are a few HTTP calls: one thread is plenty.
