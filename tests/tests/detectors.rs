@@ -149,3 +149,56 @@ fn the_readme_detector_follows_its_file_and_changes_travel() {
     let state = stdout(&a.cli(["detectors", "state"]));
     assert!(state.contains("mine/centos"), "{state}");
 }
+
+#[test]
+fn static_groups_change_live_travel_and_survive_a_restart() {
+    let mut a = Agent::start_with(
+        AgentOptions::default()
+            .name("groups-a")
+            .config("groups: [cfg-one]\n"),
+    )
+    .expect("a");
+    let dir_guard = a.keep_dir();
+    let b = Agent::start_with(AgentOptions::default().name("groups-b")).expect("b");
+    assert!(
+        b.cli(["gossip", "join", &a.gossip.to_string()])
+            .status
+            .success()
+    );
+    assert!(a.cli(["agent", "wait-initialized"]).status.success());
+
+    let out = a.cli(["agent", "groups", "add", "extra"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("cfg-one, extra"), "{}", stdout(&out));
+    let out = a.cli(["agent", "groups", "remove", "cfg-one"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the new static groups", DEADLINE, || {
+        let g = groups_of(&a);
+        (g.contains(&"extra".to_owned()) && !g.contains(&"cfg-one".to_owned())).then_some(())
+    })
+    .expect("applied");
+    wait_for("b to see them", DEADLINE, || {
+        let g = member_groups(&b, "groups-a");
+        (g.contains(&"extra".to_owned()) && !g.contains(&"cfg-one".to_owned())).then_some(())
+    })
+    .expect("gossiped");
+    let bad = a.cli(["agent", "groups", "add", "has space"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+
+    assert!(a.cli(["agent", "stop"]).status.success());
+    a.wait_exit(DEADLINE).expect("stopped");
+    let a2 = Agent::start_with(
+        AgentOptions::default()
+            .name("groups-a")
+            .config("groups: [cfg-one]\n")
+            .data_dir(&a.data_dir),
+    )
+    .expect("restart");
+    assert!(a2.cli(["agent", "wait-initialized"]).status.success());
+    let g = groups_of(&a2);
+    assert!(
+        g.contains(&"extra".to_owned()) && !g.contains(&"cfg-one".to_owned()),
+        "{g:?}"
+    );
+    drop(dir_guard);
+}

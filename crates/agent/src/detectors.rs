@@ -21,6 +21,56 @@ use crate::status::Status;
 pub struct DetectorsHandle {
     state: Arc<RwLock<Vec<DetectorState>>>,
     run_now: Arc<Notify>,
+    statics: Arc<RwLock<StaticGroups>>,
+}
+
+/// Static groups: the configuration's `groups`, plus those added and minus those removed with
+/// `opsbro agent groups add|remove` (persisted in the data dir, so they survive a restart).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct StaticGroups {
+    /// From `agent.yml` / flags.
+    #[serde(skip)]
+    pub configured: Vec<String>,
+    /// Added at run time.
+    pub added: BTreeSet<String>,
+    /// Removed at run time.
+    pub removed: BTreeSet<String>,
+    /// Where `added`/`removed` are kept.
+    #[serde(skip)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl StaticGroups {
+    /// Load the run-time changes from `file` (a missing file means none).
+    pub fn load(configured: Vec<String>, file: std::path::PathBuf) -> Self {
+        let mut g: StaticGroups = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        g.configured = configured;
+        g.file = Some(file);
+        g
+    }
+
+    /// The effective static groups.
+    pub fn effective(&self) -> BTreeSet<String> {
+        self.configured
+            .iter()
+            .chain(self.added.iter())
+            .filter(|g| !self.removed.contains(*g))
+            .cloned()
+            .collect()
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        match &self.file {
+            Some(f) => crate::datadir::write_atomic(
+                f,
+                &serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 impl DetectorsHandle {
@@ -36,6 +86,39 @@ impl DetectorsHandle {
     pub fn run_now(&self) {
         self.run_now.notify_one();
     }
+
+    /// Use these static groups (before the loop starts).
+    pub fn set_statics(&self, statics: StaticGroups) {
+        *self.statics.write().unwrap_or_else(PoisonError::into_inner) = statics;
+    }
+
+    /// Add (`add = true`) or remove a static group, persist the change and re-apply the groups.
+    pub fn change_static(&self, group: &str, add: bool) -> std::io::Result<BTreeSet<String>> {
+        let mut g = self.statics.write().unwrap_or_else(PoisonError::into_inner);
+        if add {
+            g.removed.remove(group);
+            if !g.configured.iter().any(|c| c == group) {
+                g.added.insert(group.to_owned());
+            }
+        } else {
+            g.added.remove(group);
+            if g.configured.iter().any(|c| c == group) {
+                g.removed.insert(group.to_owned());
+            }
+        }
+        g.save()?;
+        let effective = g.effective();
+        drop(g);
+        self.run_now();
+        Ok(effective)
+    }
+
+    fn statics(&self) -> BTreeSet<String> {
+        self.statics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .effective()
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -49,8 +132,6 @@ fn unix_ms() -> u64 {
 pub struct DetectorsSetup {
     /// Every detector of every pack.
     pub detectors: Vec<Detector>,
-    /// Static groups from the configuration.
-    pub static_groups: Vec<String>,
     /// Evaluates `apply_if`.
     pub evaluator: Arc<Evaluator>,
     /// Receives the resulting groups.
@@ -67,7 +148,6 @@ pub struct DetectorsSetup {
 pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationToken) {
     let DetectorsSetup {
         detectors,
-        static_groups,
         evaluator,
         gossip,
         handle,
@@ -129,7 +209,7 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
         }
         let groups: Vec<String> = {
             let state = handle.state.read().unwrap_or_else(PoisonError::into_inner);
-            let mut set: BTreeSet<String> = static_groups.iter().cloned().collect();
+            let mut set: BTreeSet<String> = handle.statics();
             for s in state.iter().filter(|s| s.matched == Some(true)) {
                 set.extend(s.groups.iter().cloned());
             }

@@ -98,6 +98,10 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(routes::AGENT_STATE, get(agent_state))
         .route(routes::AGENT_INFO, get(agent_info))
         .route(routes::AGENT_STOP, post(agent_stop))
+        .route(
+            routes::AGENT_GROUP,
+            axum::routing::put(group_add).delete(group_remove),
+        )
         .route(g::MEMBERS, get(members))
         .route(g::HISTORY, get(history))
         .route(g::JOIN, post(join))
@@ -310,6 +314,35 @@ async fn functions(
             })
             .collect(),
     )
+}
+
+async fn group_change(
+    ctx: &ApiContext,
+    group: &str,
+    add: bool,
+) -> Result<Json<Vec<String>>, ApiError> {
+    opsbro_config::check_group(group).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let statics = ctx.detectors.change_static(group, add).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot save the groups: {e}"),
+        )
+    })?;
+    Ok(Json(statics.into_iter().collect()))
+}
+
+async fn group_add(
+    State(ctx): State<Arc<ApiContext>>,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    group_change(&ctx, &group, true).await
+}
+
+async fn group_remove(
+    State(ctx): State<Arc<ApiContext>>,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    group_change(&ctx, &group, false).await
 }
 
 async fn collectors_all(

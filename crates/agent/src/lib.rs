@@ -177,10 +177,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     ));
     status.set("detectors", SubsystemState::Starting, None);
     let detectors_handle = detectors::DetectorsHandle::default();
+    detectors_handle.set_statics(detectors::StaticGroups::load(
+        config.groups.clone(),
+        data_dir.path().join("static-groups.json"),
+    ));
     tracker.spawn(detectors::run(
         detectors::DetectorsSetup {
             detectors: packs.detectors().cloned().collect(),
-            static_groups: config.groups.clone(),
             evaluator: evaluator.clone(),
             gossip: gossip.clone(),
             handle: detectors_handle.clone(),

@@ -19,6 +19,8 @@ pub mod routes {
     pub const AGENT_INFO: &str = "/agent/info";
     /// `POST`: ask the agent to shut down gracefully; answers [`super::StopAnswer`].
     pub const AGENT_STOP: &str = "/agent/stop";
+    /// `PUT` adds, `DELETE` removes a static group (live, persisted); answers the static groups.
+    pub const AGENT_GROUP: &str = "/agent/groups/{group}";
 }
 
 /// Largest request body the API accepts (bigger bodies get 413).

@@ -102,6 +102,24 @@ pub enum AgentCommand {
     },
     /// Print a new random cluster encryption key (base64 of 32 bytes) for `encryption_key`.
     Keygen,
+    /// Change this node's static groups live (kept in the data dir across restarts).
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+}
+
+/// `opsbro agent groups ...`
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Add a static group.
+    Add {
+        /// The group.
+        group: String,
+    },
+    /// Remove a static group (also one from agent.yml).
+    Remove {
+        /// The group.
+        group: String,
+    },
 }
 
 /// Options of `opsbro agent start`; each one overrides the configuration file.

@@ -60,6 +60,16 @@ impl Client {
         self.call(Method::POST, path).await
     }
 
+    /// `PUT path` (no body) decoded as `T`.
+    pub async fn put<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(Method::PUT, path).await
+    }
+
+    /// `DELETE path` decoded as `T`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(Method::DELETE, path).await
+    }
+
     /// `POST path` with a JSON body, decoded as `T`.
     pub async fn post_json<T: DeserializeOwned, B: serde::Serialize>(
         &self,

@@ -9,7 +9,7 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, DetectorsCommand, EvaluatorCommand,
-    EventsCommand, GossipCommand, KeyringCommand, PacksCommand,
+    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, PacksCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
@@ -138,6 +138,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     AgentCommand::State { json } => agent::state(&client, json).await,
                     AgentCommand::WaitInitialized { timeout } => {
                         agent::wait_initialized(&client, timeout).await
+                    }
+                    AgentCommand::Groups(GroupsCommand::Add { group }) => {
+                        agent::groups(&client, &group, true).await
+                    }
+                    AgentCommand::Groups(GroupsCommand::Remove { group }) => {
+                        agent::groups(&client, &group, false).await
                     }
                     AgentCommand::Start(_) | AgentCommand::Keygen => unreachable!("handled above"),
                 }

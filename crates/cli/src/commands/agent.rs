@@ -324,3 +324,23 @@ pub fn spinner(message: &'static str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
+
+/// `opsbro agent groups add|remove GROUP`.
+pub async fn groups(client: &Client, group: &str, add: bool) -> Result<(), CliError> {
+    let path = routes::AGENT_GROUP.replace("{group}", group);
+    let statics: Vec<String> = if add {
+        client.put(&path).await?
+    } else {
+        client.delete(&path).await?
+    };
+    println!(
+        "{} {group}; static groups now: {}",
+        if add { "added" } else { "removed" },
+        if statics.is_empty() {
+            "(none)".to_owned()
+        } else {
+            statics.join(", ")
+        }
+    );
+    Ok(())
+}
