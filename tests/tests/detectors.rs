@@ -148,6 +148,21 @@ fn the_readme_detector_follows_its_file_and_changes_travel() {
     .expect("removal gossiped");
     let state = stdout(&a.cli(["detectors", "state"]));
     assert!(state.contains("mine/centos"), "{state}");
+    let one = stdout(&a.cli(["detectors", "run", "mine/centos"]));
+    assert!(
+        one.contains("mine/centos") && !one.contains("linux/linux"),
+        "{one}"
+    );
+    assert_eq!(
+        a.cli(["detectors", "run", "no/such"]).status.code(),
+        Some(2)
+    );
+    let show = stdout(&a.cli(["packs", "show", "mine"]));
+    assert!(
+        show.contains("mine/centos") && show.contains("problem:") && show.contains("broken.yml"),
+        "{show}"
+    );
+    assert_eq!(a.cli(["packs", "show", "nope"]).status.code(), Some(2));
 }
 
 #[test]

@@ -334,8 +334,10 @@ pub enum DetectorsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run every detector now and show the result.
+    /// Run every detector now and show the result (only NAME's when given).
     Run {
+        /// A detector name (`<pack>/<name>`).
+        name: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -347,6 +349,14 @@ pub enum DetectorsCommand {
 pub enum PacksCommand {
     /// List the packs and any problem met while loading them.
     List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one pack: where it comes from and its detectors.
+    Show {
+        /// The pack name.
+        name: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

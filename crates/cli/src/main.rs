@@ -107,16 +107,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Detectors(command) => {
             let client = Client::new(&cli.api, cli.token)?;
-            let (view, json) = match command {
-                DetectorsCommand::List { json } => (View::List, json),
-                DetectorsCommand::State { json } => (View::State, json),
-                DetectorsCommand::Run { json } => (View::Run, json),
+            let (view, only, json) = match command {
+                DetectorsCommand::List { json } => (View::List, None, json),
+                DetectorsCommand::State { json } => (View::State, None, json),
+                DetectorsCommand::Run { name, json } => (View::Run, name, json),
             };
-            client_runtime()?.block_on(detectors::detectors(&client, view, json))
+            client_runtime()?.block_on(detectors::detectors(&client, view, only, json))
         }
         Command::Packs(PacksCommand::List { json }) => {
             let client = Client::new(&cli.api, cli.token)?;
             client_runtime()?.block_on(detectors::packs(&client, json))
+        }
+        Command::Packs(PacksCommand::Show { name, json }) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(detectors::show_pack(&client, &name, json))
         }
         Command::Evaluator(command) => {
             let client = Client::new(&cli.api, cli.token)?;

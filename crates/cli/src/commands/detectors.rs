@@ -21,12 +21,25 @@ pub enum View {
     Run,
 }
 
-/// `detectors list|state|run`.
-pub async fn detectors(client: &Client, view: View, json: bool) -> Result<(), CliError> {
-    let state: Vec<DetectorState> = match view {
+/// `detectors list|state|run [NAME]`.
+pub async fn detectors(
+    client: &Client,
+    view: View,
+    only: Option<String>,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut state: Vec<DetectorState> = match view {
         View::Run => client.post(RUN).await?,
         _ => client.get(STATE).await?,
     };
+    if let Some(name) = &only {
+        state.retain(|d| d.name == *name);
+        if state.is_empty() {
+            return Err(CliError::Negative(format!(
+                "no detector named `{name}` (see `opsbro detectors list`)"
+            )));
+        }
+    }
     if json {
         println!("{}", to_json(&state)?);
         return Ok(());
@@ -105,6 +118,45 @@ pub async fn packs(client: &Client, json: bool) -> Result<(), CliError> {
         for d in &packs.diagnostics {
             println!("  {d}");
         }
+    }
+    Ok(())
+}
+
+/// `packs show NAME`.
+pub async fn show_pack(client: &Client, name: &str, json: bool) -> Result<(), CliError> {
+    let packs: Packs = client.get(PACKS).await?;
+    let Some(pack) = packs.packs.iter().find(|p| p.name == name) else {
+        return Err(CliError::Negative(format!(
+            "no pack named `{name}` (see `opsbro packs list`)"
+        )));
+    };
+    let detectors: Vec<DetectorState> = client.get(STATE).await?;
+    let mine: Vec<&DetectorState> = detectors.iter().filter(|d| d.pack == name).collect();
+    if json {
+        let v = serde_json::json!({ "pack": pack, "detectors": mine });
+        println!("{}", to_json(&v)?);
+        return Ok(());
+    }
+    print!(
+        "{}",
+        render::key_values(&[
+            ("Pack", pack.name.clone()),
+            ("Source", pack.source.clone()),
+            ("Description", pack.description.clone()),
+        ])
+    );
+    let rows: Vec<Vec<String>> = mine
+        .iter()
+        .map(|d| vec![d.name.clone(), d.groups.join(","), d.apply_if.clone()])
+        .collect();
+    print!("{}", render::table(&["DETECTOR", "GROUPS", "IF"], &rows));
+    let problems: Vec<&String> = packs
+        .diagnostics
+        .iter()
+        .filter(|d| d.contains(&format!("{name}/")))
+        .collect();
+    for p in problems {
+        println!("problem: {p}");
     }
     Ok(())
 }
