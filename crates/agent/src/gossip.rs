@@ -35,8 +35,10 @@ const MAX_CLUSTER_CONNECTIONS: usize = 64;
 /// Time allowed for a whole push-pull exchange.
 const PUSH_PULL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest sleep of the driver between two timer checks (it wakes earlier when the core's next
-/// deadline is sooner).
-const TICK: Duration = Duration::from_millis(100);
+/// deadline is sooner, and on every input).
+const TICK: Duration = Duration::from_secs(1);
+/// Timer step while a leaving node spreads its departure.
+const LEAVE_TICK: Duration = Duration::from_millis(50);
 /// How long a leaving node keeps gossiping its departure.
 const LEAVE_PROPAGATION: Duration = Duration::from_millis(1000);
 
@@ -390,7 +392,7 @@ impl Driver {
         shutdown: CancellationToken,
         status: Status,
     ) {
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(LEAVE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.refresh_view();
         loop {

@@ -667,10 +667,13 @@ impl Gossip {
 
     /// The earliest time at which [`Gossip::handle_tick`] has something to do.
     pub fn next_deadline(&self) -> Time {
-        let mut t = self
-            .next_gossip
-            .min(self.next_push_pull)
-            .min(self.next_reap);
+        // An empty queue needs no gossip round: do not wake for it (news moves the round up).
+        let gossip_due = if self.queue.is_empty() {
+            Time::MAX
+        } else {
+            self.next_gossip
+        };
+        let mut t = gossip_due.min(self.next_push_pull).min(self.next_reap);
         t = t.min(match &self.probe {
             Some(p) if !p.indirect_sent => p.direct_deadline,
             Some(p) => p.end,
@@ -852,6 +855,11 @@ impl Gossip {
     // Dissemination
 
     fn gossip_round(&mut self) {
+        if self.live.is_empty() {
+            // Nobody to tell: news would wait forever (and keep the busy cadence). A node that
+            // joins later gets our state by push-pull.
+            self.queue = BroadcastQueue::default();
+        }
         if self.queue.is_empty() {
             return;
         }
@@ -1383,6 +1391,21 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_lone_node_with_news_does_not_keep_waking_up() {
+        // Regression: news queued with nobody to tell kept a 50 ms gossip cadence forever
+        // (an idle single agent used 0.3% of a core instead of 0.04%).
+        let mut a = Gossip::new(GossipConfig::default(), record(1), 3, 0);
+        a.set_groups(vec!["web".into()]);
+        a.handle_tick(5_000);
+        assert_eq!(a.queued_broadcasts(), 0);
+        assert!(
+            a.next_deadline() >= 5_500,
+            "next wake at {}",
+            a.next_deadline()
+        );
     }
 
     #[test]
