@@ -248,44 +248,23 @@ impl Lan {
         )
     }
 
+    /// Add (`"add"`) or delete (`"del"`) the blackhole routes between `a` and `b`, both ways.
+    fn blackhole(&self, op: &str, a: usize, b: usize) -> Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            let dest = format!("{}/32", self.hosts[to].ip);
+            ip(&["-n", &self.hosts[from].ns, "route", op, "blackhole", &dest])?;
+        }
+        Ok(())
+    }
+
     /// Drop all traffic between hosts `a` and `b` (both directions).
     pub fn cut(&self, a: usize, b: usize) -> Result<()> {
-        ip(&[
-            "-n",
-            &self.hosts[a].ns,
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.hosts[b].ip),
-        ])?;
-        ip(&[
-            "-n",
-            &self.hosts[b].ns,
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.hosts[a].ip),
-        ])
+        self.blackhole("add", a, b)
     }
 
     /// Restore traffic between `a` and `b`.
     pub fn restore(&self, a: usize, b: usize) -> Result<()> {
-        ip(&[
-            "-n",
-            &self.hosts[a].ns,
-            "route",
-            "del",
-            "blackhole",
-            &format!("{}/32", self.hosts[b].ip),
-        ])?;
-        ip(&[
-            "-n",
-            &self.hosts[b].ns,
-            "route",
-            "del",
-            "blackhole",
-            &format!("{}/32", self.hosts[a].ip),
-        ])
+        self.blackhole("del", a, b)
     }
 
     /// Cut every link between the two sides.
