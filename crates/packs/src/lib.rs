@@ -221,6 +221,13 @@ fn load_pack(
             }
             continue;
         }
+        // `parameters/*.yml` hold the pack's parameters (read by checks), not objects.
+        if rel.contains("/parameters/") {
+            if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
+                set.diagnostics.push(yaml_error(&display, &e));
+            }
+            continue;
+        }
         parse_object(
             &mut pack,
             &display,
@@ -437,6 +444,9 @@ mod tests {
         .expect("w");
         std::fs::write(pack.join("bad-yaml.yml"), "detector: [unclosed\n").expect("w");
         std::fs::write(pack.join("kind.yml"), "detecter:\n  apply_if: x\n").expect("w");
+        let params = dir.path().join("mine/parameters");
+        std::fs::create_dir_all(&params).expect("mkdir");
+        std::fs::write(params.join("parameters.yml"), "cpu_critical: 90\n").expect("w");
         let check = |e: &str| {
             if e.contains("+ +") {
                 Err("syntax error at column 5".to_owned())
