@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use opsbro_api::collectors::Collector;
 use opsbro_collectors::{Collectors, NAMES, Outcome};
@@ -49,13 +49,6 @@ pub fn resolver(data: &CollectedData) -> impl Fn(&str) -> Option<serde_json::Val
     move |path: &str| path.strip_prefix("collector.").and_then(|p| data.lookup(p))
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0)
-}
-
 /// Run the collectors every [`INTERVAL`] until `shutdown`; `first_run` becomes true after the
 /// first pass (detectors wait for it, so their expressions see collector values).
 pub async fn run(
@@ -87,7 +80,7 @@ pub async fn run(
             return;
         };
         collectors = Some(c);
-        let now = unix_ms();
+        let now = crate::host::unix_ms();
         let mut errors = 0;
         {
             let mut map = data.0.write().unwrap_or_else(PoisonError::into_inner);

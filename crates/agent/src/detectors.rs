@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use opsbro_api::detectors::DetectorState;
 use opsbro_eval::Evaluator;
@@ -121,13 +121,6 @@ impl DetectorsHandle {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0)
-}
-
 /// What the detector loop works with.
 pub struct DetectorsSetup {
     /// Every detector of every pack.
@@ -204,7 +197,7 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
             if let Some(s) = state.get_mut(i) {
                 s.matched = matched;
                 s.error = error;
-                s.last_run_ms = Some(unix_ms());
+                s.last_run_ms = Some(crate::host::unix_ms());
             }
         }
         let groups: Vec<String> = {

@@ -25,6 +25,14 @@ pub fn interface_addrs() -> Vec<IpAddr> {
     addrs
 }
 
+/// Wall-clock time in milliseconds since the Unix epoch (for timestamps shown to people).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
 /// Broadcast addresses of the host's non-loopback IPv4 interfaces (for LAN detection).
 pub fn broadcast_addrs() -> Vec<std::net::Ipv4Addr> {
     let mut out: Vec<std::net::Ipv4Addr> = if_addrs::get_if_addrs()

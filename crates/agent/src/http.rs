@@ -372,10 +372,7 @@ async fn detectors_state(
 async fn detectors_run(
     State(ctx): State<Arc<ApiContext>>,
 ) -> Json<Vec<opsbro_api::detectors::DetectorState>> {
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0);
+    let before = crate::host::unix_ms();
     ctx.detectors.run_now();
     // Wait (bounded) until every detector has run since the request.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

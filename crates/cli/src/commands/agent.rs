@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::StartArgs;
 use crate::client::Client;
+use crate::commands::{secs, to_json};
 use crate::error::CliError;
 use crate::render;
 
@@ -302,14 +303,6 @@ pub fn keygen() -> Result<(), CliError> {
         .map_err(|e| CliError::Other(anyhow::anyhow!("cannot read the OS random source: {e}")))?;
     println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
     Ok(())
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX / 2)
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
-    serde_json::to_string_pretty(value).map_err(|e| CliError::Other(e.into()))
 }
 
 /// A spinner on stderr when it is a terminal; hidden otherwise (scripts, tests, CI logs).

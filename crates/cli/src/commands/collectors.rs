@@ -10,10 +10,7 @@ use crate::render;
 pub async fn list(client: &Client, json: bool) -> Result<(), CliError> {
     let all: Collectors = client.get(ALL).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&all).map_err(|e| CliError::Other(e.into()))?
-        );
+        println!("{}", crate::commands::to_json(&all)?);
         return Ok(());
     }
     let colour = render::use_colour();
@@ -49,10 +46,7 @@ pub async fn show(client: &Client, name: Option<String>, json: bool) -> Result<(
         None => client.get(ALL).await?,
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&all).map_err(|e| CliError::Other(e.into()))?
-        );
+        println!("{}", crate::commands::to_json(&all)?);
         return Ok(());
     }
     for (name, c) in &all {

@@ -3,12 +3,9 @@
 use opsbro_api::detectors::{DetectorState, PACKS, Packs, RUN, STATE};
 
 use crate::client::Client;
+use crate::commands::to_json;
 use crate::error::CliError;
 use crate::render;
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
-    serde_json::to_string_pretty(v).map_err(|e| CliError::Other(e.into()))
-}
 
 /// What to show of the detectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,7 @@ use crate::render;
 pub async fn list(client: &Client, json: bool) -> Result<(), CliError> {
     let functions: Vec<FunctionInfo> = client.get(LIST).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&functions).map_err(|e| CliError::Other(e.into()))?
-        );
+        println!("{}", crate::commands::to_json(&functions)?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = functions

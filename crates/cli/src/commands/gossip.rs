@@ -9,14 +9,11 @@ use opsbro_api::gossip::{
 
 use crate::args::MembersFormat;
 use crate::client::Client;
+use crate::commands::{secs, to_json};
 use crate::error::CliError;
 use crate::render;
 
 const POLL: Duration = Duration::from_millis(200);
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
-    serde_json::to_string_pretty(value).map_err(|e| CliError::Other(e.into()))
-}
 
 /// `gossip members`.
 pub async fn members(
@@ -403,10 +400,6 @@ pub async fn wait_members(
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX / 2)
 }
 
 /// Percent-encode a path segment (node names are plain, but be safe).
