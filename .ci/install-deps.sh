@@ -8,12 +8,20 @@ declare -A NEEDED=(
     [setsid]=util-linux
     [setpriv]=util-linux
     [ip]=iproute2
+    [pgrep]=procps
+    [python3]=python3
+    [/usr/lib/nagios/plugins/check_dummy]=monitoring-plugins-basic
 )
 
 missing=()
 for cmd in "${!NEEDED[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "$cmd" ] || missing+=("${NEEDED[$cmd]}")
 done
+# The SMTP server of the mail tests is aiosmtpd from PyPI, in a venv of its own.
+VENV=/var/tmp/opsbro-venv
+if ! "$VENV/bin/python" -c "import aiosmtpd" >/dev/null 2>&1; then
+    python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
+fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -24,6 +32,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     # shellcheck disable=SC2046
     apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
+fi
+
+if ! "$VENV/bin/python" -c "import aiosmtpd" >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check aiosmtpd
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod netns;
+pub mod services;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! /proc and /sys), keeps the latest data for the API and for expressions
 //! (`{{collector.<name>.<path>}}`), and adds the `gossip` collector from the cluster snapshot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -34,12 +34,9 @@ impl CollectedData {
     /// The value at `collector.<path>` for expressions (`path` without the `collector.` prefix).
     pub fn lookup(&self, path: &str) -> Option<serde_json::Value> {
         let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let data: HashMap<String, serde_json::Value> = guard
-            .iter()
-            .filter(|(_, c)| c.state == "ok")
-            .map(|(k, c)| (k.clone(), c.data.clone()))
-            .collect();
-        opsbro_collectors::lookup(&data, path).cloned()
+        let (name, rest) = path.split_once('.').unwrap_or((path, ""));
+        let c = guard.get(name).filter(|c| c.state == "ok")?;
+        opsbro_collectors::lookup_in(&c.data, rest).cloned()
     }
 }
 

@@ -135,6 +135,8 @@ pub struct DetectorsSetup {
     pub collected: crate::collect::CollectedData,
     /// True once collectors ran.
     pub collected_once: tokio::sync::watch::Receiver<bool>,
+    /// Where group changes are published.
+    pub bus: crate::events::EventBus,
 }
 
 /// Run the detectors until `shutdown`.
@@ -146,6 +148,7 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
         handle,
         collected,
         mut collected_once,
+        bus,
     } = setup;
     // Expressions may read collector values: wait for the first collection.
     tokio::select! {
@@ -213,6 +216,14 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
                 let added: Vec<_> = groups.iter().filter(|g| !old.contains(g)).collect();
                 let removed: Vec<_> = old.iter().filter(|g| !groups.contains(g)).collect();
                 tracing::info!(?added, ?removed, "groups changed");
+                for (list, added) in [(added, true), (removed, false)] {
+                    for g in list {
+                        bus.publish(opsbro_checks::notify::Notification::Group {
+                            group: g.clone(),
+                            added,
+                        });
+                    }
+                }
             } else {
                 tracing::info!(?groups, "groups detected");
             }

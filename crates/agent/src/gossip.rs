@@ -113,6 +113,7 @@ enum Command {
     Ping(NodeUuid, oneshot::Sender<Option<u64>>),
     Detect(Duration, oneshot::Sender<Vec<NodeRecord>>),
     SetGroups(Vec<String>),
+    SetChecks(Vec<opsbro_gossip::CheckSummary>),
 }
 
 /// Inputs from the connection tasks.
@@ -190,6 +191,17 @@ impl GossipHandle {
             .map_err(|_| GossipStopped)
     }
 
+    /// Replace this node's check summary; gossiped when it changes.
+    pub async fn set_checks(
+        &self,
+        checks: Vec<opsbro_gossip::CheckSummary>,
+    ) -> Result<(), GossipStopped> {
+        self.tx
+            .send(Command::SetChecks(checks))
+            .await
+            .map_err(|_| GossipStopped)
+    }
+
     /// Broadcast a detect-ping and collect the nodes that answer within `timeout`.
     pub async fn detect(&self, timeout: Duration) -> Result<Vec<NodeRecord>, GossipStopped> {
         self.ask(|tx| Command::Detect(timeout, tx)).await
@@ -232,6 +244,8 @@ pub struct GossipSetup {
     pub auto_detect: bool,
     /// Cluster snapshot to keep up to date for the evaluator.
     pub view: crate::eval::SharedView,
+    /// Where member changes are published.
+    pub bus: crate::events::EventBus,
 }
 
 /// Bound gossip sockets: UDP and TCP on the same port.
@@ -345,6 +359,7 @@ pub fn start(
         detects: std::collections::HashMap::new(),
         port: sockets.local.port(),
         view: setup.view,
+        bus: setup.bus,
     };
     status.set(
         "gossip",
@@ -376,6 +391,8 @@ struct Driver {
     port: u16,
     /// Snapshot for the evaluator's gossip functions.
     view: crate::eval::SharedView,
+    /// Member changes go out here.
+    bus: crate::events::EventBus,
 }
 
 struct Detecting {
@@ -493,6 +510,7 @@ impl Driver {
                 self.core.set_groups(groups);
                 self.refresh_view();
             }
+            Command::SetChecks(checks) => self.core.set_checks(checks),
             Command::Detect(timeout, tx) => {
                 let (id, bytes) = self.core.detect_ping();
                 let sealed = self.seal(&bytes);
@@ -674,14 +692,17 @@ impl Driver {
                     }
                 }
                 Effect::PushPull { to, payload } => self.spawn_push_pull(to, payload, None),
-                Effect::MemberChanged(c) => match c.old {
-                    None => {
-                        tracing::info!(node = %c.name, uuid = %c.uuid, state = %c.new, "member discovered")
+                Effect::MemberChanged(c) => {
+                    match c.old {
+                        None => {
+                            tracing::info!(node = %c.name, uuid = %c.uuid, state = %c.new, "member discovered")
+                        }
+                        Some(old) => {
+                            tracing::info!(node = %c.name, uuid = %c.uuid, %old, new = %c.new, "member state changed")
+                        }
                     }
-                    Some(old) => {
-                        tracing::info!(node = %c.name, uuid = %c.uuid, %old, new = %c.new, "member state changed")
-                    }
-                },
+                    self.publish_member_change(&c);
+                }
                 Effect::UserEvent(e) if e.kind == KEYRING_EVENT => {
                     if e.origin != self.core.me().uuid {
                         self.apply_remote_keyring(&e.payload);
@@ -712,6 +733,31 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Tell the event bus about joins, deaths, departures and returns (a suspicion that is
+    /// refuted is not news).
+    fn publish_member_change(&self, c: &opsbro_gossip::MemberChange) {
+        use opsbro_gossip::MemberState as S;
+        if c.uuid == self.core.me().uuid
+            || c.new == S::Suspect
+            || (c.old == Some(S::Suspect) && c.new == S::Alive)
+        {
+            return;
+        }
+        let addr = self
+            .core
+            .members()
+            .find(|r| r.uuid == c.uuid)
+            .map(|r| r.addr.to_string())
+            .unwrap_or_default();
+        self.bus.publish(opsbro_checks::notify::Notification::Node {
+            name: c.name.clone(),
+            uuid: c.uuid.to_string(),
+            addr,
+            state: c.new.as_str().to_owned(),
+            old_state: c.old.map_or("new", |o| o.as_str()).to_owned(),
+        });
     }
 
     fn seal(&self, bytes: &[u8]) -> Vec<u8> {
@@ -796,6 +842,16 @@ pub fn member_view(r: &NodeRecord, me: NodeUuid) -> Member {
         state: r.state.as_str().to_owned(),
         version: r.version.clone(),
         is_self: r.uuid == me,
+        checks: r
+            .checks
+            .iter()
+            .map(|c| opsbro_api::gossip::MemberCheck {
+                name: c.name.clone(),
+                state: opsbro_checks::CheckState::from_wire(c.state)
+                    .as_str()
+                    .to_owned(),
+            })
+            .collect(),
     }
 }
 

@@ -95,6 +95,39 @@ pub fn process_stats(uptime: Duration) -> ProcessStats {
     })
 }
 
+/// Kills a process group (SIGKILL) when dropped, unless disarmed: a plugin or command whose
+/// future is cancelled (timeout, agent shutdown) must not leave its children behind.
+pub struct ProcessGroupGuard(Option<u32>);
+
+impl ProcessGroupGuard {
+    /// Guard the group led by `pid` (a child spawned with `process_group(0)`).
+    pub fn new(pid: Option<u32>) -> Self {
+        ProcessGroupGuard(pid)
+    }
+
+    /// Kill the group now.
+    pub fn kill(&mut self) {
+        if let Some(pgid) = self
+            .0
+            .take()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// The group ended normally: do nothing on drop.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,10 @@ pub struct ApiContext {
     pub packs: opsbro_packs::PackSet,
     /// Latest collector results.
     pub collected: crate::collect::CollectedData,
+    /// Check states and history.
+    pub monitoring: crate::monitoring::MonitoringHandle,
+    /// Handler counters.
+    pub handlers: crate::handlers::HandlersHandle,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -118,6 +122,10 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(opsbro_api::detectors::PACKS, get(packs))
         .route(opsbro_api::collectors::ALL, get(collectors_all))
         .route(opsbro_api::collectors::ONE, get(collectors_one))
+        .route(opsbro_api::monitoring::STATE, get(monitoring_self))
+        .route(opsbro_api::monitoring::STATE_NODE, get(monitoring_node))
+        .route(opsbro_api::monitoring::HISTORY, get(monitoring_history))
+        .route(opsbro_api::monitoring::HANDLERS, get(monitoring_handlers))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -343,6 +351,67 @@ async fn group_remove(
     Path(group): Path<String>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     group_change(&ctx, &group, false).await
+}
+
+async fn monitoring_self(
+    State(ctx): State<Arc<ApiContext>>,
+) -> Json<opsbro_api::monitoring::NodeChecks> {
+    Json(opsbro_api::monitoring::NodeChecks {
+        node: ctx.name.clone(),
+        uuid: ctx.uuid,
+        is_self: true,
+        checks: ctx.monitoring.checks(),
+    })
+}
+
+/// Another node's checks come from its gossiped record (names and states only).
+async fn monitoring_node(
+    State(ctx): State<Arc<ApiContext>>,
+    Path(node): Path<String>,
+) -> Result<Json<opsbro_api::monitoring::NodeChecks>, ApiError> {
+    let member = resolve_node(&ctx, &node).await?;
+    if member.is_self {
+        return Ok(monitoring_self(State(ctx)).await);
+    }
+    let checks = member
+        .checks
+        .iter()
+        .map(|c| {
+            let state = opsbro_checks::CheckState::parse(&c.state)
+                .unwrap_or(opsbro_checks::CheckState::Unknown);
+            opsbro_api::monitoring::CheckView {
+                name: c.name.clone(),
+                display_name: c.name.rsplit('/').next().unwrap_or(&c.name).to_owned(),
+                state: state.as_str().into(),
+                state_id: state.state_id(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    Ok(Json(opsbro_api::monitoring::NodeChecks {
+        node: member.name,
+        uuid: member.uuid,
+        is_self: false,
+        checks,
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn monitoring_history(
+    State(ctx): State<Arc<ApiContext>>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Json<Vec<opsbro_api::monitoring::HistoryEntry>> {
+    Json(ctx.monitoring.history(q.limit.unwrap_or(100)))
+}
+
+async fn monitoring_handlers(
+    State(ctx): State<Arc<ApiContext>>,
+) -> Json<Vec<opsbro_api::monitoring::HandlerView>> {
+    Json(ctx.handlers.views())
 }
 
 async fn collectors_all(

@@ -12,9 +12,12 @@ pub mod collect;
 pub mod datadir;
 pub mod detectors;
 pub mod eval;
+pub mod events;
 pub mod gossip;
+pub mod handlers;
 pub mod host;
 pub mod http;
+pub mod monitoring;
 pub mod status;
 
 use std::io;
@@ -75,6 +78,7 @@ fn bind_hint(e: &io::Error) -> &'static str {
 
 /// Run the agent until it is asked to stop (signal, API, or `shutdown` cancelled by the caller).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    install_tls_provider();
     let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
     let status = Status::new();
@@ -139,7 +143,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         incarnation,
         state: opsbro_gossip::MemberState::Alive,
         version: opsbro_types::VERSION.to_owned(),
+        checks: Vec::new(),
     };
+    let bus = events::EventBus::default();
     let view = eval::SharedView::default();
     let view_for_collectors = view.clone();
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
@@ -157,7 +163,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             incarnation_file,
             keyring_file,
             auto_detect: config.auto_detect,
-            view,
+            view: view.clone(),
+            bus: bus.clone(),
         },
         sockets,
         status.clone(),
@@ -167,6 +174,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     status.set("collectors", SubsystemState::Starting, None);
     let collected = collect::CollectedData::default();
     let (first_collection, collected_once) = tokio::sync::watch::channel(false);
+    let monitoring_once = collected_once.clone();
     tracker.spawn(collect::run(
         collected.clone(),
         view_for_collectors,
@@ -189,10 +197,62 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             handle: detectors_handle.clone(),
             collected: collected.clone(),
             collected_once,
+            bus: bus.clone(),
         },
         status.clone(),
         shutdown.child_token(),
     ));
+    let monitoring_handle = monitoring::MonitoringHandle::default();
+    tracker.spawn(monitoring::run(
+        monitoring::MonitoringSetup {
+            checks: packs.checks().cloned().collect(),
+            parameters: packs
+                .packs
+                .values()
+                .map(|p| (p.name.clone(), p.parameters.clone()))
+                .collect(),
+            evaluator: evaluator.clone(),
+            view: view.clone(),
+            gossip: gossip.clone(),
+            collected: collected.clone(),
+            collected_once: monitoring_once,
+            plugins_dir: config.nagios_plugins_dir.clone(),
+            state_file: data_dir.path().join("check-states.json"),
+            bus: bus.clone(),
+            handle: monitoring_handle.clone(),
+        },
+        shutdown.child_token(),
+    ));
+    let handlers_handle = handlers::HandlersHandle::default();
+    handlers::start(
+        handlers::HandlersSetup {
+            handlers: packs.handlers().cloned().collect(),
+            check_handlers: packs
+                .checks()
+                .map(|c| (c.name.clone(), c.handlers.clone()))
+                .collect(),
+            templates: handlers::Templates {
+                dir: config.templates_dir.clone(),
+                packs: packs
+                    .packs
+                    .values()
+                    .map(|p| (p.name.clone(), p.templates.clone()))
+                    .collect(),
+            },
+            node: opsbro_checks::notify::NodeInfo {
+                name: config.node_name.clone(),
+                display_name: config.display_name.clone(),
+                uuid: data_dir.uuid().to_string(),
+                addr: gossip_addr.to_string(),
+                groups: Vec::new(),
+            },
+            view,
+            bus,
+            handle: handlers_handle.clone(),
+        },
+        &tracker,
+        shutdown.child_token(),
+    );
     let ctx = Arc::new(http::ApiContext {
         name: config.node_name.clone(),
         display_name: config.display_name.clone(),
@@ -221,6 +281,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         detectors: detectors_handle,
         packs,
         collected,
+        monitoring: monitoring_handle,
+        handlers: handlers_handle,
     });
 
     let api_shutdown = shutdown.child_token();
@@ -284,6 +346,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tracing::info!("agent stopped");
     }
     result
+}
+
+/// TLS (slack over HTTPS, SMTP with STARTTLS/SMTPS) uses rustls with ring, never OpenSSL or
+/// aws-lc: make ring the process's provider. Idempotent; the binary calls it first thing.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The LAN defaults with the `gossip:` section's overrides.

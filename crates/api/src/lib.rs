@@ -229,6 +229,18 @@ pub mod gossip {
         pub version: String,
         /// True for the agent answering.
         pub is_self: bool,
+        /// Its active checks and their states, as gossiped.
+        #[serde(default)]
+        pub checks: Vec<MemberCheck>,
+    }
+
+    /// A check of a member, as gossiped.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MemberCheck {
+        /// Check name.
+        pub name: String,
+        /// `ok`, `warning`, `critical`, `unknown` or `pending`.
+        pub state: String,
     }
 
     /// One membership change.
@@ -518,4 +530,147 @@ pub mod collectors {
 
     /// Every collector by name.
     pub type Collectors = BTreeMap<String, Collector>;
+}
+
+/// Checks and handlers (`/monitoring/...`).
+pub mod monitoring {
+    use opsbro_types::NodeUuid;
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: this node's checks ([`NodeChecks`]).
+    pub const STATE: &str = "/monitoring/state";
+    /// `GET /monitoring/state/{node}`: any node's checks by name or uuid ([`NodeChecks`]; for
+    /// other nodes, the states they gossip).
+    pub const STATE_NODE: &str = "/monitoring/state/{node}";
+    /// `GET`: this node's check state changes, oldest first ([`HistoryEntry`] list;
+    /// `?limit=N`, default 100).
+    pub const HISTORY: &str = "/monitoring/history";
+    /// `GET`: handlers and their counters ([`HandlerView`] list).
+    pub const HANDLERS: &str = "/monitoring/handlers";
+
+    /// One performance data item of a plugin run.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PerfData {
+        /// Label.
+        pub label: String,
+        /// Value.
+        pub value: f64,
+        /// Unit (may be empty).
+        pub unit: String,
+        /// Warning threshold as written.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub warning: Option<String>,
+        /// Critical threshold as written.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub critical: Option<String>,
+        /// Minimum.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub min: Option<f64>,
+        /// Maximum.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub max: Option<f64>,
+    }
+
+    /// A check. For another node only `name`, `state` and `state_id` are known (from gossip).
+    #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct CheckView {
+        /// `<pack>/<file>`.
+        pub name: String,
+        /// Display name.
+        pub display_name: String,
+        /// Pack.
+        pub pack: String,
+        /// `expression` or `script`.
+        pub kind: String,
+        /// `ok`, `warning`, `critical`, `unknown` or `pending` (confirmed, after flap damping).
+        pub state: String,
+        /// 0 ok, 1 warning, 2 critical, 3 unknown/pending.
+        pub state_id: u8,
+        /// State of the latest run (may differ from `state` while damping).
+        pub last_result: String,
+        /// Output of the latest run.
+        pub output: String,
+        /// Long output (plugin lines after the first).
+        pub long_output: String,
+        /// Plugin performance data of the latest run.
+        pub perfdata: Vec<PerfData>,
+        /// Runs so far.
+        pub runs: u64,
+        /// Results in a row pointing to another state, and how many confirm it.
+        pub attempts: u32,
+        /// See `attempts`.
+        pub attempts_needed: u32,
+        /// Last run, ms since the Unix epoch.
+        pub last_run_ms: Option<u64>,
+        /// Last confirmed change, ms since the Unix epoch.
+        pub last_change_ms: Option<u64>,
+        /// Seconds between runs.
+        pub interval_secs: f64,
+        /// Group it runs for (`*`: every node).
+        pub if_group: String,
+        /// Handlers it notifies.
+        pub handlers: Vec<String>,
+        /// Why it cannot run (an expression that does not compile).
+        pub error: Option<String>,
+    }
+
+    /// The checks of one node.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct NodeChecks {
+        /// Node name.
+        pub node: String,
+        /// Node uuid.
+        pub uuid: NodeUuid,
+        /// True when the answering agent is that node (full details).
+        pub is_self: bool,
+        /// Its active checks, sorted by name.
+        pub checks: Vec<CheckView>,
+    }
+
+    /// One confirmed change of a check's state.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct HistoryEntry {
+        /// When, ms since the Unix epoch.
+        pub time_ms: u64,
+        /// Check name.
+        pub check: String,
+        /// Display name.
+        pub display_name: String,
+        /// Previous state.
+        pub old_state: String,
+        /// New state.
+        pub state: String,
+        /// Output of the run that changed it.
+        pub output: String,
+    }
+
+    /// A handler and what it did.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct HandlerView {
+        /// Name (`id` or file stem).
+        pub name: String,
+        /// Pack.
+        pub pack: String,
+        /// `mail`, `slack` or `command`.
+        pub kind: String,
+        /// Enabled.
+        pub enabled: bool,
+        /// Check states it fires for.
+        pub severities: Vec<String>,
+        /// What it listens to (`check`, `group`, `node`).
+        pub events: Vec<String>,
+        /// Notifications delivered.
+        pub sent: u64,
+        /// Notifications given up after every retry.
+        pub failed: u64,
+        /// Failed attempts that were retried.
+        pub retried: u64,
+        /// Notifications dropped (queue full) or merged (command `min_interval`).
+        pub dropped: u64,
+        /// Last error.
+        pub last_error: Option<String>,
+        /// Last delivery, ms since the Unix epoch.
+        pub last_sent_ms: Option<u64>,
+    }
 }

@@ -61,7 +61,10 @@ pub enum Command {
     /// Detectors: rules that add groups to this node (`linux`, `debian`, `redis`, ...).
     #[command(subcommand)]
     Detectors(DetectorsCommand),
-    /// Packs: the detectors (and later checks, handlers, generators) the agent loaded.
+    /// Checks and handlers: the state of this node's checks (or any node's), history, waits.
+    #[command(subcommand)]
+    Monitoring(MonitoringCommand),
+    /// Packs: the detectors, checks and handlers the agent loaded.
     #[command(subcommand)]
     Packs(PacksCommand),
     /// Print a shell completion script (e.g. `opsbro completions bash > /etc/bash_completion.d/opsbro`).
@@ -379,5 +382,41 @@ pub enum CollectorsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `opsbro monitoring ...`
+#[derive(Debug, Subcommand)]
+pub enum MonitoringCommand {
+    /// The checks of this node, or of another node (name or uuid; states as it gossips them).
+    State {
+        /// A node name or uuid (default: this node).
+        node: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// This node's check state changes, oldest first.
+    History {
+        /// How many changes (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The handlers (mail, slack, command) with their sent / failed / dropped counters.
+    Handlers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until a check of this node is OK (exit 2 when the timeout passes first).
+    WaitOk {
+        /// Check name (`linux/cpu`) or display name (`CPU`).
+        name: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
     },
 }

@@ -20,6 +20,8 @@ pub struct Client {
 impl Client {
     /// A client for `api` (`host:port`, `host`, or `http://host:port`).
     pub fn new(api: &str, token: Option<String>) -> Result<Client, CliError> {
+        // reqwest is built with rustls and no default provider (ring, never aws-lc).
+        opsbro_agent::install_tls_provider();
         let trimmed = api.trim().trim_end_matches('/');
         let without_scheme = trimmed.strip_prefix("http://").unwrap_or(trimmed);
         if without_scheme.starts_with("https://") || without_scheme.is_empty() {

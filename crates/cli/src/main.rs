@@ -9,15 +9,16 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, DetectorsCommand, EvaluatorCommand,
-    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, PacksCommand,
+    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, MonitoringCommand, PacksCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
-use opsbro_cli::commands::{agent, collectors, detectors, evaluator, gossip};
+use opsbro_cli::commands::{agent, collectors, detectors, evaluator, gossip, monitoring};
 use opsbro_cli::error::CliError;
 
 fn main() -> ExitCode {
     quiet_broken_pipe();
+    opsbro_agent::install_tls_provider();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,6 +102,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     CollectorsCommand::List { json } => collectors::list(&client, json).await,
                     CollectorsCommand::Show { name, json } => {
                         collectors::show(&client, name, json).await
+                    }
+                }
+            })
+        }
+        Command::Monitoring(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(async {
+                match command {
+                    MonitoringCommand::State { node, json } => {
+                        monitoring::state(&client, node, json).await
+                    }
+                    MonitoringCommand::History { limit, json } => {
+                        monitoring::history(&client, limit, json).await
+                    }
+                    MonitoringCommand::Handlers { json } => {
+                        monitoring::handlers(&client, json).await
+                    }
+                    MonitoringCommand::WaitOk { name, timeout } => {
+                        monitoring::wait_ok(&client, &name, timeout).await
                     }
                 }
             })

@@ -415,7 +415,13 @@ fn interfaces() -> Result<Value, String> {
 /// Look `path` (`cpustats.cpu_all.%idle`) up in collected data by collector name.
 pub fn lookup<'a>(data: &'a HashMap<String, Value>, path: &str) -> Option<&'a Value> {
     let (name, rest) = path.split_once('.').unwrap_or((path, ""));
-    let mut v = data.get(name)?;
+    lookup_in(data.get(name)?, rest)
+}
+
+/// Look a dotted `path` up inside `value` (empty path: the value itself). Keys may contain dots
+/// (`/var/lib`): the longest key that exists wins at each level.
+pub fn lookup_in<'a>(value: &'a Value, rest: &str) -> Option<&'a Value> {
+    let mut v = value;
     if rest.is_empty() {
         return Some(v);
     }

@@ -30,6 +30,8 @@ pub const DEFAULT_GOSSIP_PORT: u16 = 6768;
 pub const DEFAULT_API_PORT: u16 = 6770;
 /// Default zone of a node, as in the original opsbro.
 pub const DEFAULT_ZONE: &str = "internet";
+/// Where Debian's `monitoring-plugins` install the nagios plugins.
+pub const DEFAULT_NAGIOS_PLUGINS_DIR: &str = "/usr/lib/nagios/plugins";
 /// The configuration file read when none is named and it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/opsbro/agent.yml";
 /// The log levels `log_level` accepts.
@@ -215,6 +217,8 @@ pub struct Config {
     pub gossip: GossipTuning,
     /// `auto_detect`.
     pub auto_detect: Option<bool>,
+    /// `nagios_plugins_dir`.
+    pub nagios_plugins_dir: Option<PathBuf>,
 }
 
 /// `gossip:` section: protocol timings that override the LAN defaults (absent = default).
@@ -357,6 +361,8 @@ pub struct AgentConfig {
     pub gossip: GossipTuning,
     /// Find a cluster on the LAN by broadcast at start.
     pub auto_detect: bool,
+    /// Where nagios plugins live (`$nagiosplugins$` in check scripts).
+    pub nagios_plugins_dir: PathBuf,
 }
 
 /// Collects errors while validating one source.
@@ -421,8 +427,9 @@ impl Validator<'_> {
     }
 }
 
-/// The known key most like `key`, if one is close enough to be a likely typo.
-fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+/// The known key most like `key`, if one is close enough to be a likely typo (also used for pack
+/// objects).
+pub fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|k| (edit_distance(key, k), *k))
@@ -583,6 +590,7 @@ impl Config {
             log_level,
             gossip,
             auto_detect,
+            nagios_plugins_dir,
             unknown,
         } = raw;
         v.unknown("", unknown, raw::TOP_KEYS);
@@ -668,6 +676,13 @@ impl Config {
             log_level: v.take_with("log_level", log_level, check_log_level),
             gossip,
             auto_detect: v.take("auto_detect", auto_detect),
+            nagios_plugins_dir: v.take_with("nagios_plugins_dir", nagios_plugins_dir, |p| {
+                if p.is_absolute() {
+                    Ok(p)
+                } else {
+                    Err(format!("`{}` must be an absolute path", p.display()))
+                }
+            }),
         }
     }
 
@@ -801,6 +816,9 @@ impl Config {
                 .unwrap_or_else(|| "info".to_owned()),
             gossip: self.gossip,
             auto_detect: overrides.auto_detect || self.auto_detect.unwrap_or(false),
+            nagios_plugins_dir: self
+                .nagios_plugins_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_NAGIOS_PLUGINS_DIR)),
         };
         if errors.is_empty() {
             Ok(config)

@@ -69,6 +69,7 @@ pub struct RawConfig {
     pub log_level: Field<String>,
     pub gossip: Field<RawGossip>,
     pub auto_detect: Field<bool>,
+    pub nagios_plugins_dir: Field<PathBuf>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -141,6 +142,7 @@ pub const TOP_KEYS: &[&str] = &[
     "log_level",
     "gossip",
     "auto_detect",
+    "nagios_plugins_dir",
 ];
 
 /// Keys of `api:`.

@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use opsbro_types::NodeUuid;
 
-use crate::member::{MemberState, NodeRecord};
+use crate::member::{CheckSummary, MemberState, NodeRecord};
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest datagram we send (and the most we read): fits a 1500-byte MTU with IP/UDP headers and
 /// the encryption overhead.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -24,6 +24,10 @@ const MAX_MESSAGES: u64 = 256;
 const MAX_MEMBERS: u64 = 100_000;
 /// Most groups per node.
 pub const MAX_GROUPS: usize = 128;
+/// Most checks in a node record.
+pub const MAX_CHECKS: usize = 256;
+/// Longest check name.
+pub const MAX_CHECK_NAME: usize = 128;
 /// Most bytes in a user event payload.
 pub const MAX_EVENT_PAYLOAD: usize = 512;
 /// Most user events in one push-pull.
@@ -252,6 +256,11 @@ impl Writer {
         }
         self.u8(u8::from(r.is_proxy));
         self.str(&r.version);
+        self.varint(r.checks.len() as u64);
+        for c in &r.checks {
+            self.str(&c.name);
+            self.u8(c.state);
+        }
     }
 
     fn event(&mut self, e: &UserEvent) {
@@ -530,7 +539,16 @@ impl<'a> Reader<'a> {
         }
         let is_proxy = self.bool()?;
         let version = self.str("version", 32)?;
+        let n = self.count("checks", MAX_CHECKS as u64)?;
+        let mut checks = Vec::with_capacity(n);
+        for _ in 0..n {
+            checks.push(CheckSummary {
+                name: self.str("check name", MAX_CHECK_NAME)?,
+                state: self.u8()?,
+            });
+        }
         Ok(NodeRecord {
+            checks,
             uuid,
             name,
             display_name,
@@ -682,6 +700,12 @@ mod tests {
             incarnation: u64::from(n) * 1000,
             state: MemberState::Alive,
             version: "0.1.0".into(),
+            checks: (0..n % 3)
+                .map(|i| CheckSummary {
+                    name: format!("linux/check-{i}"),
+                    state: i,
+                })
+                .collect(),
         }
     }
 

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use crate::broadcast::{BroadcastKey, BroadcastQueue};
 use crate::codec::{self, DecodeError, Message, PushPull, UserEvent};
 use crate::config::GossipConfig;
-use crate::member::{MemberState, NodeRecord};
+use crate::member::{CheckSummary, MemberState, NodeRecord};
 
 /// Time in milliseconds. The agent passes a monotonic clock anchored at the Unix epoch at start;
 /// the simulator passes virtual time.
@@ -328,6 +328,16 @@ impl Gossip {
         groups.dedup();
         if groups != self.me.groups {
             self.me.groups = groups;
+            self.bump_and_announce();
+        }
+    }
+
+    /// Replace this node's check summary (sorted by name); gossiped when it changes.
+    pub fn set_checks(&mut self, mut checks: Vec<CheckSummary>) {
+        checks.sort();
+        checks.dedup_by(|a, b| a.name == b.name);
+        if checks != self.me.checks {
+            self.me.checks = checks;
             self.bump_and_announce();
         }
     }
@@ -1370,6 +1380,7 @@ mod tests_support {
             incarnation: 1,
             state: MemberState::Alive,
             version: "t".into(),
+            checks: vec![],
         }
     }
 }

@@ -76,6 +76,18 @@ pub struct NodeRecord {
     pub state: MemberState,
     /// Agent version.
     pub version: String,
+    /// Summary of the node's active checks (name and state), sorted by name.
+    pub checks: Vec<CheckSummary>,
+}
+
+/// One check of a node as gossiped: its name and state (`opsbro_checks::CheckState` wire byte;
+/// the gossip layer does not interpret it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CheckSummary {
+    /// Check name (`<pack>/<file>`).
+    pub name: String,
+    /// State byte.
+    pub state: u8,
 }
 
 /// opsbro's rule for `detect --auto-join`: join a proxy node if one answered (the last by uuid),

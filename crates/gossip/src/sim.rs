@@ -165,6 +165,7 @@ impl Sim {
             incarnation: 1,
             state: MemberState::Alive,
             version: "sim".into(),
+            checks: vec![],
         };
         let seed = self.rng.random();
         let gossip = Gossip::new(self.cfg.clone(), record.clone(), seed, self.now);

@@ -1,5 +1,7 @@
-//! Packs: the YAML objects that tell an agent what to detect (and, later, check, notify and
-//! generate), grouped by pack: `packs/<pack>/package.yml` plus `detectors/*.yml`, ...
+//! Packs: the YAML objects that tell an agent what to detect, check and notify (and, later,
+//! generate), grouped by pack: `packs/<pack>/package.yml` plus `detectors/*.yml`,
+//! `monitoring/*.yml` (checks), handler files, `parameters/*.yml` (values checks read as
+//! `{{parameters.x}}`) and `templates/` (notification templates).
 //!
 //! The repository's `packs/` folder is embedded in the binary ([`EMBEDDED`]); directories named
 //! in `packs_dirs` add packs or replace an embedded pack of the same name. Loading never stops at
@@ -15,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use opsbro_config::LineIndex;
+
+mod monitoring;
+
+pub use monitoring::{CheckKind, CheckSpec, HandlerKind, HandlerSpec, MailSpec, SlackSpec};
 
 include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
@@ -64,6 +70,14 @@ pub struct Pack {
     pub source: Source,
     /// Its detectors.
     pub detectors: Vec<Detector>,
+    /// Its checks.
+    pub checks: Vec<CheckSpec>,
+    /// Its handlers.
+    pub handlers: Vec<HandlerSpec>,
+    /// `parameters/*.yml`, merged (a JSON object).
+    pub parameters: serde_json::Value,
+    /// `templates/<name>` → contents.
+    pub templates: BTreeMap<String, String>,
 }
 
 /// A problem in a pack file; the object is skipped, the rest loads.
@@ -99,6 +113,16 @@ impl PackSet {
     /// Every detector of every pack.
     pub fn detectors(&self) -> impl Iterator<Item = &Detector> {
         self.packs.values().flat_map(|p| p.detectors.iter())
+    }
+
+    /// Every check of every pack.
+    pub fn checks(&self) -> impl Iterator<Item = &CheckSpec> {
+        self.packs.values().flat_map(|p| p.checks.iter())
+    }
+
+    /// Every handler of every pack.
+    pub fn handlers(&self) -> impl Iterator<Item = &HandlerSpec> {
+        self.packs.values().flat_map(|p| p.handlers.iter())
     }
 }
 
@@ -175,7 +199,10 @@ fn collect_files(
     for p in paths {
         if p.is_dir() {
             collect_files(root, &p, pack, out, diags);
-        } else if p.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+        } else if p.extension().is_some_and(|e| e == "yml" || e == "yaml")
+            || p.strip_prefix(root)
+                .is_ok_and(|r| r.starts_with("templates"))
+        {
             let rel = format!(
                 "{pack}/{}",
                 p.strip_prefix(root).unwrap_or(&p).to_string_lossy()
@@ -205,8 +232,16 @@ fn load_pack(
         description: String::new(),
         source,
         detectors: Vec::new(),
+        checks: Vec::new(),
+        handlers: Vec::new(),
+        parameters: serde_json::Value::Object(serde_json::Map::new()),
+        templates: BTreeMap::new(),
     };
     for (display, rel, text) in files {
+        if let Some(template) = rel.split_once("/templates/").map(|(_, t)| t) {
+            pack.templates.insert(template.to_owned(), text);
+            continue;
+        }
         let file_name = rel.rsplit('/').next().unwrap_or_default();
         if file_name == "package.yml" {
             match serde_yaml::from_str::<serde_yaml::Value>(&text) {
@@ -223,8 +258,26 @@ fn load_pack(
         }
         // `parameters/*.yml` hold the pack's parameters (read by checks), not objects.
         if rel.contains("/parameters/") {
-            if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
-                set.diagnostics.push(yaml_error(&display, &e));
+            match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+                Ok(v) => match monitoring::yaml_to_json(&v) {
+                    Ok(serde_json::Value::Object(map)) => {
+                        if let serde_json::Value::Object(all) = &mut pack.parameters {
+                            all.extend(map);
+                        }
+                    }
+                    Ok(serde_json::Value::Null) => {}
+                    Ok(_) => set.diagnostics.push(Diagnostic {
+                        file: display.clone(),
+                        line: Some(1),
+                        message: "parameters must be a mapping of names to values".into(),
+                    }),
+                    Err(message) => set.diagnostics.push(Diagnostic {
+                        file: display.clone(),
+                        line: None,
+                        message,
+                    }),
+                },
+                Err(e) => set.diagnostics.push(yaml_error(&display, &e)),
             }
             continue;
         }
@@ -293,18 +346,41 @@ fn parse_object(
             ));
             continue;
         }
-        if kind != "detector" {
-            continue;
-        }
         let stem = rel
             .rsplit('/')
             .next()
             .unwrap_or_default()
             .trim_end_matches(".yml")
             .trim_end_matches(".yaml");
-        match parse_detector(body, &pack.name, stem, display, check) {
-            Ok(d) => pack.detectors.push(d),
-            Err((key, message)) => diags.push(diag(&key, message)),
+        match kind {
+            "detector" => match parse_detector(body, &pack.name, stem, display, check) {
+                Ok(d) => pack.detectors.push(d),
+                Err((key, message)) => diags.push(diag(&key, message)),
+            },
+            "check" => match monitoring::parse_check(body, &pack.name, stem, display, check) {
+                Ok((c, problems)) => {
+                    // A check whose expressions do not compile still exists (it reports
+                    // UNKNOWN with the message); the problem is also a load diagnostic.
+                    for (key, message) in problems {
+                        diags.push(diag(&key, message));
+                    }
+                    if pack.checks.iter().any(|o| o.name == c.name) {
+                        diags.push(diag(
+                            "check",
+                            format!("a check named {} already exists in this pack", c.name),
+                        ));
+                    } else {
+                        pack.checks.push(c);
+                    }
+                }
+                Err((key, message)) => diags.push(diag(&key, message)),
+            },
+            "handler" => match monitoring::parse_handler(body, &pack.name, stem, display) {
+                Ok(h) => pack.handlers.push(h),
+                Err((key, message)) => diags.push(diag(&key, message)),
+            },
+            // Generators and compliance arrive with their subsystems.
+            _ => {}
         }
     }
 }
@@ -498,5 +574,160 @@ mod tests {
         let linux = &set.packs["linux"];
         assert_eq!(linux.detectors.len(), 1);
         assert_eq!(linux.source, Source::Dir(dir.path().join("linux")));
+    }
+
+    #[test]
+    fn the_default_checks_and_their_parameters_load() {
+        let set = load(&[], &ok);
+        let names: Vec<&str> = set.checks().map(|c| c.name.as_str()).collect();
+        for n in [
+            "linux/cpu",
+            "linux/load-average",
+            "linux/memory",
+            "linux/disks",
+        ] {
+            assert!(names.contains(&n), "{names:?}");
+        }
+        assert_eq!(set.packs["linux"].parameters["cpu_critical"], 99);
+        let cpu = set.checks().find(|c| c.name == "linux/cpu").expect("cpu");
+        assert_eq!(cpu.if_group, "linux");
+        assert_eq!(cpu.damping.failures_before_critical, 3);
+        assert!(matches!(cpu.kind, CheckKind::Expression { .. }));
+    }
+
+    #[test]
+    fn checks_and_handlers_parse_with_their_errors() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let write = |rel: &str, text: &str| {
+            let p = dir.path().join("site").join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("w");
+        };
+        // The opsbro README's cpu check, as written.
+        write(
+            "monitoring/cpu.yml",
+            "check:\n    interval:          10s\n    if_group:          linux\n    \
+             ok_output:         \"'OK: cpu is great: %s%%' % (100-{collector.cpustats.cpuall.%idle})\"\n    \
+             critical_if:       \"{collector.cpustats.cpuall.%idle} < {configuration.thresholds.cpuidle.critical}\"\n    \
+             critical_output:   \"'Critical: cpu is too high: %s%%' % (100-{collector.cpustats.cpuall.%idle})\"\n    \
+             warning_if:        \"{collector.cpustats.cpuall.%idle} < {configuration.thresholds.cpuidle.warning}\"\n    \
+             warning_output:    \"'Warning: cpu is very high: %s%%' % (100-{collector.cpustats.cpuall.%idle})\"\n    \
+             thresholds :\n           cpuidle :\n                warning: 5\n                critical: 1\n",
+        );
+        // The README's nagios check.
+        write(
+            "monitoring/mailq.yml",
+            "check:\n    if_group: linux\n    script:   \"$nagiosplugins$/check_mailq -w $mailq.warning$ -c $mailq.critical$\"\n    \
+             interval: 60s\n    mailq:\n       warning: 1\n       critical: 2\n",
+        );
+        write(
+            "monitoring/both.yml",
+            "check:\n  script: x\n  critical_if: \"True\"\n",
+        );
+        write("monitoring/none.yml", "check:\n  interval: 5s\n");
+        write(
+            "monitoring/typo.yml",
+            "check:\n  critcal_if: \"True\"\n  ok_output: \"'x'\"\n",
+        );
+        write(
+            "monitoring/syntax.yml",
+            "check:\n  interval: 5s\n  critical_if: \"1 + + \"\n",
+        );
+        // The README's mail handler, as written.
+        write(
+            "handlers/mail.yml",
+            "handler:\n    type: mail\n    severities:\n        - ok\n        - warning\n        - critical\n        - unknown\n    \
+             contacts:\n        - \"admin@mydomain.com\"\n    addr_from: \"opsbro@mydomain.com\"\n    smtp_server: localhost\n    \
+             subject_template: \"email.subject.tpl\"\n    text_template: \"email.text.tpl\"\n",
+        );
+        write(
+            "handlers/slack.yml",
+            "handler:\n   id: slack\n   type: slack\n   severities:\n      - critical\n   token: 'xoxb-1'\n   channel: '#alerts'\n",
+        );
+        write(
+            "handlers/cmd.yml",
+            "handler:\n  type: command\n  command: \"echo hi\"\n  min_interval: 10s\n  events: [check, group, node]\n",
+        );
+        write(
+            "handlers/badsev.yml",
+            "handler:\n  type: command\n  command: x\n  severities: [fatal]\n",
+        );
+        write(
+            "handlers/wrongkey.yml",
+            "handler:\n  type: command\n  command: x\n  token: y\n",
+        );
+        let check = |e: &str| {
+            if e.contains("+ +") {
+                Err("syntax error".to_owned())
+            } else {
+                Ok(())
+            }
+        };
+        let set = load(&[dir.path().to_owned()], &check);
+        let site = &set.packs["site"];
+        let msgs: Vec<String> = set.diagnostics.iter().map(ToString::to_string).collect();
+        let has = |needle: &str| msgs.iter().any(|m| m.contains(needle));
+        assert!(
+            has("both.yml:2: a check has either `script` or expressions"),
+            "{msgs:#?}"
+        );
+        assert!(has("none.yml:1: a check needs `script`"), "{msgs:#?}");
+        assert!(
+            has("typo.yml:2: unknown key `critcal_if` (did you mean `critical_if`?)"),
+            "{msgs:#?}"
+        );
+        assert!(has("syntax.yml:3: critical_if: syntax error"), "{msgs:#?}");
+        assert!(has("badsev.yml:4: `fatal` is not a state"), "{msgs:#?}");
+        assert!(
+            has("wrongkey.yml:4: `token` does not apply to a command handler"),
+            "{msgs:#?}"
+        );
+        assert_eq!(msgs.len(), 6, "{msgs:#?}");
+
+        let cpu = site
+            .checks
+            .iter()
+            .find(|c| c.name == "site/cpu")
+            .expect("cpu");
+        assert_eq!(cpu.interval, Duration::from_secs(10));
+        assert_eq!(cpu.keys["thresholds"]["cpuidle"]["critical"], 1);
+        let mailq = site
+            .checks
+            .iter()
+            .find(|c| c.name == "site/mailq")
+            .expect("mailq");
+        assert!(
+            matches!(&mailq.kind, CheckKind::Script { script } if script.contains("$mailq.warning$"))
+        );
+        assert_eq!(mailq.timeout, Duration::from_secs(30));
+        let syntax = site
+            .checks
+            .iter()
+            .find(|c| c.name == "site/syntax")
+            .expect("kept");
+        assert_eq!(syntax.error.as_deref(), Some("critical_if: syntax error"));
+
+        let mail = site
+            .handlers
+            .iter()
+            .find(|h| h.name == "mail")
+            .expect("mail");
+        let HandlerKind::Mail(m) = &mail.kind else {
+            panic!("mail kind")
+        };
+        assert_eq!((m.smtp_server.as_str(), m.smtp_port), ("localhost", 25));
+        assert_eq!(mail.severities.len(), 4);
+        let slack = site
+            .handlers
+            .iter()
+            .find(|h| h.name == "slack")
+            .expect("slack");
+        let HandlerKind::Slack(s) = &slack.kind else {
+            panic!("slack kind")
+        };
+        assert_eq!(s.api_url, "https://slack.com/api");
+        assert_eq!(slack.severities, vec![opsbro_checks::CheckState::Critical]);
+        let cmd = site.handlers.iter().find(|h| h.name == "cmd").expect("cmd");
+        assert_eq!(cmd.events.len(), 3);
     }
 }

@@ -13,7 +13,7 @@ use crate::commands::{secs, to_json};
 use crate::error::CliError;
 use crate::render;
 
-const POLL: Duration = Duration::from_millis(200);
+pub(crate) const POLL: Duration = Duration::from_millis(200);
 
 /// `gossip members`.
 pub async fn members(
@@ -403,7 +403,7 @@ pub async fn wait_members(
 }
 
 /// Percent-encode a path segment (node names are plain, but be safe).
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -414,26 +414,9 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// `2026-11-25 13:04:05` from Unix milliseconds (UTC), without a date library.
+/// `2026-11-25 13:04:05` from Unix milliseconds (UTC).
 pub fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    opsbro_checks::notify::format_time(ms / 1000)
 }
 
 #[cfg(test)]
@@ -462,6 +445,7 @@ mod tests {
             state: "alive".into(),
             version: "0.1.0".into(),
             is_self: true,
+            checks: vec![],
         };
         let out = dot(&[m]);
         assert!(out.starts_with("digraph opsbro {"));

@@ -1,0 +1,497 @@
+//! Handlers: tell people when something changes. Each handler has its own worker task and a
+//! bounded queue, fed by the dispatcher that listens on the event bus; sending (SMTP, slack, a
+//! shell command) happens there, with retries and exponential backoff, so a slow SMTP server
+//! delays nothing but its own mails. Every delivery, retry, failure and drop is counted and
+//! visible in `GET /monitoring/handlers`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use opsbro_api::monitoring::HandlerView;
+use opsbro_checks::notify::{NodeInfo, Notification, Renderer};
+use opsbro_packs::{HandlerKind, HandlerSpec, MailSpec, SlackSpec};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::eval::SharedView;
+use crate::events::EventBus;
+
+/// Notifications waiting per handler; more are dropped (and counted).
+const QUEUE: usize = 256;
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Counters of every handler, shared with the API.
+#[derive(Clone, Default)]
+pub struct HandlersHandle {
+    views: Arc<RwLock<BTreeMap<String, HandlerView>>>,
+}
+
+impl HandlersHandle {
+    /// Every handler with its counters.
+    pub fn views(&self) -> Vec<HandlerView> {
+        self.views
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut HandlerView)) {
+        if let Some(v) = self
+            .views
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(name)
+        {
+            f(v);
+        }
+    }
+}
+
+/// Where templates come from: `templates_dir`, then the handler's pack `templates/`, then the
+/// embedded defaults.
+#[derive(Clone, Default)]
+pub struct Templates {
+    /// `templates_dir` from agent.yml.
+    pub dir: Option<PathBuf>,
+    /// Pack name → its templates.
+    pub packs: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl Templates {
+    /// The text of template `name` for a handler of `pack`.
+    pub fn get(&self, pack: &str, name: &str) -> Result<String, String> {
+        if name.contains("..") || name.starts_with('/') {
+            return Err(format!("template name `{name}` must be a plain file name"));
+        }
+        if let Some(dir) = &self.dir
+            && let Ok(text) = std::fs::read_to_string(dir.join(name))
+        {
+            return Ok(text);
+        }
+        if let Some(text) = self.packs.get(pack).and_then(|t| t.get(name)) {
+            return Ok(text.clone());
+        }
+        opsbro_packs::EMBEDDED_TEMPLATES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| (*t).to_owned())
+            .ok_or_else(|| {
+                format!(
+                    "template `{name}` not found (looked in templates_dir, the pack's templates/ and the built-in templates)"
+                )
+            })
+    }
+}
+
+/// What the handlers need.
+pub struct HandlersSetup {
+    /// Every handler of every pack.
+    pub handlers: Vec<HandlerSpec>,
+    /// Check name → the handlers it names.
+    pub check_handlers: HashMap<String, Vec<String>>,
+    /// Template lookup.
+    pub templates: Templates,
+    /// This node (groups are read live from `view`).
+    pub node: NodeInfo,
+    /// This node's groups.
+    pub view: SharedView,
+    /// Events to listen to.
+    pub bus: EventBus,
+    /// Counters for the API.
+    pub handle: HandlersHandle,
+}
+
+/// Start one worker per handler and the dispatcher; all stop with `shutdown`.
+pub fn start(
+    setup: HandlersSetup,
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let HandlersSetup {
+        handlers,
+        check_handlers,
+        templates,
+        node,
+        view,
+        bus,
+        handle,
+    } = setup;
+    let renderer = Arc::new(Renderer::new());
+    let mut queues: Vec<(HandlerSpec, mpsc::Sender<Value>)> = Vec::new();
+    for spec in handlers {
+        let problem = validate(&spec, &templates, &renderer).err();
+        if let Some(p) = &problem {
+            tracing::error!(handler = %spec.name, "handler cannot send: {p}");
+        }
+        handle
+            .views
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                spec.name.clone(),
+                HandlerView {
+                    name: spec.name.clone(),
+                    pack: spec.pack.clone(),
+                    kind: spec.kind.type_name().into(),
+                    enabled: spec.enabled,
+                    severities: spec.severities.iter().map(|s| s.as_str().into()).collect(),
+                    events: spec.events.iter().map(|e| e.as_str().into()).collect(),
+                    sent: 0,
+                    failed: 0,
+                    retried: 0,
+                    dropped: 0,
+                    last_error: problem.clone(),
+                    last_sent_ms: None,
+                },
+            );
+        if !spec.enabled || problem.is_some() {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let worker = Worker {
+            spec: spec.clone(),
+            templates: templates.clone(),
+            renderer: renderer.clone(),
+            handle: handle.clone(),
+            http: None,
+            mailer: None,
+        };
+        tracker.spawn(worker.run(rx, shutdown.child_token()));
+        queues.push((spec, tx));
+    }
+    let mut events = bus.subscribe();
+    tracker.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                e = events.recv() => e,
+            };
+            let event = match event {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "handlers fell behind the event bus");
+                    for (spec, _) in &queues {
+                        handle.update(&spec.name, |v| v.dropped += n);
+                    }
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let mut me = node.clone();
+            me.groups = opsbro_eval::EvalContext::groups(&view);
+            let ctx = event.context(&me, crate::host::unix_ms() / 1000);
+            for (spec, tx) in &queues {
+                if !wants(spec, &check_handlers, &event) {
+                    continue;
+                }
+                if tx.try_send(ctx.clone()).is_err() {
+                    tracing::warn!(handler = %spec.name, "handler queue full: notification dropped");
+                    handle.update(&spec.name, |v| v.dropped += 1);
+                }
+            }
+        }
+    });
+}
+
+/// Whether `spec` is told about `event`: it listens to that kind, and for checks the check
+/// names it and the new state is one of its severities.
+fn wants(
+    spec: &HandlerSpec,
+    check_handlers: &HashMap<String, Vec<String>>,
+    event: &Notification,
+) -> bool {
+    if !spec.events.contains(&event.kind()) {
+        return false;
+    }
+    match event {
+        Notification::Check { name, state, .. } => {
+            spec.severities.contains(state)
+                && check_handlers
+                    .get(name)
+                    .is_some_and(|hs| hs.contains(&spec.name))
+        }
+        _ => true,
+    }
+}
+
+/// Templates exist and compile, addresses parse: found at start, not at the first alert.
+fn validate(spec: &HandlerSpec, templates: &Templates, renderer: &Renderer) -> Result<(), String> {
+    let names: Vec<&str> = match &spec.kind {
+        HandlerKind::Mail(m) => {
+            m.addr_from
+                .parse::<lettre::message::Mailbox>()
+                .map_err(|e| format!("addr_from `{}`: {e}", m.addr_from))?;
+            for c in &m.contacts {
+                c.parse::<lettre::message::Mailbox>()
+                    .map_err(|e| format!("contact `{c}`: {e}"))?;
+            }
+            vec![&m.subject_template, &m.text_template]
+        }
+        HandlerKind::Slack(s) => vec![&s.text_template],
+        HandlerKind::Command { command, .. } => {
+            return renderer.check(command).map_err(|e| format!("command: {e}"));
+        }
+    };
+    for n in names {
+        let text = templates.get(&spec.pack, n)?;
+        renderer.check(&text).map_err(|e| format!("{n}: {e}"))?;
+    }
+    Ok(())
+}
+
+type Mailer = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
+
+struct Worker {
+    spec: HandlerSpec,
+    templates: Templates,
+    renderer: Arc<Renderer>,
+    handle: HandlersHandle,
+    http: Option<reqwest::Client>,
+    mailer: Option<Mailer>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Value>, shutdown: CancellationToken) {
+        let min_interval = match &self.spec.kind {
+            HandlerKind::Command { min_interval, .. } => *min_interval,
+            _ => Duration::ZERO,
+        };
+        let mut last_run: Option<tokio::time::Instant> = None;
+        loop {
+            let mut ctx = tokio::select! {
+                () = shutdown.cancelled() => return,
+                c = rx.recv() => match c { Some(c) => c, None => return },
+            };
+            if let Some(last) = last_run
+                && !min_interval.is_zero()
+            {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(last + min_interval) => {}
+                }
+                // Debounce: what arrived meanwhile is merged into the newest notification.
+                while let Ok(newer) = rx.try_recv() {
+                    self.handle.update(&self.spec.name, |v| v.dropped += 1);
+                    ctx = newer;
+                }
+            }
+            last_run = Some(tokio::time::Instant::now());
+            self.deliver(&ctx, &shutdown).await;
+        }
+    }
+
+    /// One notification, with retries and exponential backoff (1 s, 2 s, 4 s, ... ≤ 60 s).
+    async fn deliver(&mut self, ctx: &Value, shutdown: &CancellationToken) {
+        let name = self.spec.name.clone();
+        let mut backoff = Duration::from_secs(1);
+        for attempt in 0..=self.spec.retries {
+            let result = tokio::time::timeout(self.spec.timeout, self.send(ctx))
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.spec.timeout)));
+            match result {
+                Ok(()) => {
+                    tracing::info!(handler = %name, summary = %ctx["summary"].as_str().unwrap_or_default(), "notification sent");
+                    self.handle.update(&name, |v| {
+                        v.sent += 1;
+                        v.last_sent_ms = Some(crate::host::unix_ms());
+                    });
+                    return;
+                }
+                Err(e) if attempt < self.spec.retries => {
+                    tracing::warn!(handler = %name, error = %e, retry_in = ?backoff, "notification failed; will retry");
+                    self.handle.update(&name, |v| {
+                        v.retried += 1;
+                        v.last_error = Some(e);
+                    });
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::error!(handler = %name, error = %e, "notification failed; giving up");
+                    self.handle.update(&name, |v| {
+                        v.failed += 1;
+                        v.last_error = Some(e);
+                    });
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, ctx: &Value) -> Result<(), String> {
+        match self.spec.kind.clone() {
+            HandlerKind::Mail(m) => self.send_mail(&m, ctx).await,
+            HandlerKind::Slack(s) => self.send_slack(&s, ctx).await,
+            HandlerKind::Command { command, .. } => self.run_command(&command, ctx).await,
+        }
+    }
+
+    fn render(&self, template: &str, ctx: &Value) -> Result<String, String> {
+        let text = self.templates.get(&self.spec.pack, template)?;
+        self.renderer.render_text(&text, ctx)
+    }
+
+    async fn send_mail(&mut self, m: &MailSpec, ctx: &Value) -> Result<(), String> {
+        use lettre::AsyncTransport;
+        let subject = self.render(&m.subject_template, ctx)?;
+        let body = self.render(&m.text_template, ctx)?;
+        let mut builder = lettre::Message::builder()
+            .from(m.addr_from.parse().map_err(|e| format!("addr_from: {e}"))?)
+            .subject(subject.lines().next().unwrap_or_default().trim())
+            .header(lettre::message::header::ContentType::TEXT_PLAIN);
+        for c in &m.contacts {
+            builder = builder.to(c.parse().map_err(|e| format!("contact {c}: {e}"))?);
+        }
+        let message = builder.body(body).map_err(|e| e.to_string())?;
+        if self.mailer.is_none() {
+            self.mailer = Some(mailer(m, self.spec.timeout)?);
+        }
+        let Some(mailer) = &self.mailer else {
+            return Err("no SMTP transport".into());
+        };
+        match mailer.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // A broken pooled connection must not poison the next attempt.
+                self.mailer = None;
+                Err(format!("SMTP {}:{}: {e}", m.smtp_server, m.smtp_port))
+            }
+        }
+    }
+
+    async fn send_slack(&mut self, s: &SlackSpec, ctx: &Value) -> Result<(), String> {
+        let text = self.render(&s.text_template, ctx)?;
+        let node = &ctx["node"];
+        let mut fields = vec![json!({
+            "title": "Node",
+            "value": format!("{} ({})", node["name"].as_str().unwrap_or_default(), node["addr"].as_str().unwrap_or_default()),
+            "short": true,
+        })];
+        let subject = match ctx["event"].as_str() {
+            Some("check") => Some(("Check", ctx["check"]["display_name"].clone())),
+            Some("group") => Some(("Group", ctx["group"].clone())),
+            Some("node") => Some(("Member", ctx["member"]["name"].clone())),
+            _ => None,
+        };
+        if let Some((title, value)) = subject {
+            fields.push(json!({"title": title, "value": value, "short": true}));
+        }
+        let attachment = json!({
+            "fallback": ctx["summary"],
+            "color": ctx["colour"],
+            "text": text,
+            "fields": fields,
+        });
+        if self.http.is_none() {
+            self.http = Some(
+                reqwest::Client::builder()
+                    .timeout(self.spec.timeout)
+                    .build()
+                    .map_err(|e| format!("http client: {e}"))?,
+            );
+        }
+        let Some(http) = &self.http else {
+            return Err("no http client".into());
+        };
+        let request = match (&s.webhook_url, &s.token) {
+            (Some(url), _) => http.post(url).json(&json!({ "attachments": [attachment] })),
+            (None, Some(token)) => http
+                .post(format!("{}/chat.postMessage", s.api_url))
+                .bearer_auth(token)
+                .json(&json!({
+                    "channel": s.channel,
+                    "text": "",
+                    "attachments": [attachment],
+                })),
+            (None, None) => return Err("no token and no webhook url".into()),
+        };
+        let response = request.send().await.map_err(|e| format!("slack: {e}"))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!(
+                "slack answered {status}: {}",
+                body.chars().take(200).collect::<String>()
+            ));
+        }
+        // The Web API answers 200 with `{"ok": false, "error": "..."}` on errors.
+        if s.webhook_url.is_none() {
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if v["ok"] != Value::Bool(true) {
+                return Err(format!(
+                    "slack refused the message: {}",
+                    v["error"].as_str().unwrap_or("unexpected answer")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_command(&self, command: &str, ctx: &Value) -> Result<(), String> {
+        let line = self.renderer.render_command(command, ctx)?;
+        let text = |v: &Value| {
+            v.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string())
+        };
+        let child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&line)
+            .env("OPSBRO_EVENT", text(&ctx["event"]))
+            .env("OPSBRO_STATE", text(&ctx["state"]))
+            .env("OPSBRO_OLD_STATE", text(&ctx["old_state"]))
+            .env("OPSBRO_OUTPUT", text(&ctx["output"]))
+            .env("OPSBRO_NODE", text(&ctx["node"]["name"]))
+            .env("OPSBRO_CHECK", text(&ctx["check"]["name"]))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run /bin/sh: {e}"))?;
+        let pid = child.id();
+        // The caller's timeout drops this future; kill the group then too.
+        let mut guard = crate::host::ProcessGroupGuard::new(pid);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("command: {e}"))?;
+        guard.disarm();
+        if out.status.success() {
+            Ok(())
+        } else {
+            let (err, _) = opsbro_checks::nagios::cap_output(&out.stderr);
+            Err(format!(
+                "command exited with {}: {}",
+                out.status,
+                err.trim()
+            ))
+        }
+    }
+}
+
+fn mailer(m: &MailSpec, timeout: Duration) -> Result<Mailer, String> {
+    use lettre::transport::smtp::authentication::Credentials;
+    let builder = if m.smtps {
+        Mailer::relay(&m.smtp_server).map_err(|e| e.to_string())?
+    } else if m.starttls {
+        Mailer::starttls_relay(&m.smtp_server).map_err(|e| e.to_string())?
+    } else {
+        Mailer::builder_dangerous(&m.smtp_server)
+    };
+    let mut builder = builder.port(m.smtp_port).timeout(Some(timeout));
+    if let (Some(user), Some(pass)) = (&m.smtp_user, &m.smtp_password) {
+        builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
+    }
+    Ok(builder.build())
+}

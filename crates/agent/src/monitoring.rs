@@ -1,0 +1,562 @@
+//! The check loop: runs every active check of the packs on its interval (±10% jitter), turns
+//! results into confirmed states (flap damping in `opsbro_checks::Tracker`), keeps the state and
+//! history for the API, persists states across restarts, gossips a summary in the node record
+//! and publishes each confirmed change on the event bus (handlers notify people).
+//!
+//! Expression checks run on blocking threads (their functions may read files); plugin checks run
+//! as `sh -c` in their own process group, killed as a group at the timeout. Neither can block
+//! the loop, and one check never runs twice at the same time.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use opsbro_api::monitoring::{CheckView, HistoryEntry, PerfData};
+use opsbro_checks::notify::Notification;
+use opsbro_checks::{CheckState, Tracker, nagios};
+use opsbro_eval::{EvalContext, Evaluator};
+use opsbro_packs::{CheckKind, CheckSpec};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::collect::CollectedData;
+use crate::eval::SharedView;
+use crate::events::EventBus;
+use crate::gossip::GossipHandle;
+
+/// State changes kept for `/monitoring/history`.
+const HISTORY: usize = 1000;
+
+/// Shared with the API.
+#[derive(Clone, Default)]
+pub struct MonitoringHandle {
+    inner: Arc<RwLock<Shared>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Active checks by name.
+    checks: BTreeMap<String, CheckView>,
+    history: VecDeque<HistoryEntry>,
+}
+
+impl MonitoringHandle {
+    /// This node's active checks, sorted by name.
+    pub fn checks(&self) -> Vec<CheckView> {
+        let g = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        g.checks.values().cloned().collect()
+    }
+
+    /// The last `limit` state changes, oldest first.
+    pub fn history(&self, limit: usize) -> Vec<HistoryEntry> {
+        let g = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let skip = g.history.len().saturating_sub(limit);
+        g.history.iter().skip(skip).cloned().collect()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Shared)) {
+        f(&mut self.inner.write().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// What the check loop works with.
+pub struct MonitoringSetup {
+    /// Every check of every pack.
+    pub checks: Vec<CheckSpec>,
+    /// Pack name → its parameters (`{{parameters.x}}`).
+    pub parameters: HashMap<String, Value>,
+    /// Evaluates expressions.
+    pub evaluator: Arc<Evaluator>,
+    /// This node's groups (`if_group`).
+    pub view: SharedView,
+    /// Receives the state summary.
+    pub gossip: GossipHandle,
+    /// Collector values.
+    pub collected: CollectedData,
+    /// True once collectors ran.
+    pub collected_once: tokio::sync::watch::Receiver<bool>,
+    /// `$nagiosplugins$`.
+    pub plugins_dir: PathBuf,
+    /// Where confirmed states are kept across restarts.
+    pub state_file: PathBuf,
+    /// Where changes are published.
+    pub bus: EventBus,
+    /// Shared state for the API.
+    pub handle: MonitoringHandle,
+}
+
+/// One run's result.
+struct RunResult {
+    index: usize,
+    state: CheckState,
+    output: String,
+    long_output: String,
+    perfdata: Vec<PerfData>,
+}
+
+impl RunResult {
+    fn unknown(index: usize, output: String) -> RunResult {
+        RunResult {
+            index,
+            state: CheckState::Unknown,
+            output,
+            long_output: String::new(),
+            perfdata: Vec::new(),
+        }
+    }
+}
+
+fn initial_view(spec: &CheckSpec, state: CheckState, tracker: &Tracker) -> CheckView {
+    CheckView {
+        name: spec.name.clone(),
+        display_name: spec.display_name.clone(),
+        pack: spec.pack.clone(),
+        kind: match spec.kind {
+            CheckKind::Expression { .. } => "expression".into(),
+            CheckKind::Script { .. } => "script".into(),
+        },
+        state: state.as_str().into(),
+        state_id: state.state_id(),
+        last_result: CheckState::Pending.as_str().into(),
+        attempts_needed: tracker.attempts_needed(),
+        interval_secs: spec.interval.as_secs_f64(),
+        if_group: spec.if_group.clone(),
+        handlers: spec.handlers.clone(),
+        error: spec.error.clone(),
+        ..CheckView::default()
+    }
+}
+
+/// ±10% of the interval, so checks of many nodes do not run in lockstep.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(rand::random_range(0.9..1.1))
+}
+
+/// Run the checks until `shutdown`.
+pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
+    let MonitoringSetup {
+        checks,
+        parameters,
+        evaluator,
+        view,
+        gossip,
+        collected,
+        mut collected_once,
+        plugins_dir,
+        state_file,
+        bus,
+        handle,
+    } = setup;
+    // Expressions read collector values: wait for the first collection.
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        _ = collected_once.wait_for(|done| *done) => {}
+    }
+    let saved: BTreeMap<String, String> = std::fs::read(&state_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut trackers: Vec<Tracker> = checks
+        .iter()
+        .map(|c| {
+            match saved
+                .get(&c.name)
+                .and_then(|s| CheckState::parse(s))
+                .filter(|s| *s != CheckState::Pending)
+            {
+                Some(state) => Tracker::restore(c.damping, state),
+                None => Tracker::new(c.damping),
+            }
+        })
+        .collect();
+    let checks: Arc<Vec<CheckSpec>> = Arc::new(checks);
+    let parameters = Arc::new(parameters);
+    let plugins_dir = plugins_dir.display().to_string();
+    let start = Instant::now();
+    // Spread the first runs over up to 2 s so an agent start is not a burst.
+    let mut next_run: Vec<Instant> = checks
+        .iter()
+        .map(|c| {
+            start
+                + c.interval
+                    .min(Duration::from_secs(2))
+                    .mul_f64(rand::random::<f64>())
+        })
+        .collect();
+    let mut in_flight = vec![false; checks.len()];
+    let mut active: Vec<bool> = vec![false; checks.len()];
+    let (tx, mut rx) = mpsc::channel::<RunResult>(checks.len().max(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        // `if_group` follows the node's groups as detectors change them.
+        let groups = view.groups();
+        let now_active: Vec<bool> = checks
+            .iter()
+            .map(|c| c.if_group == "*" || groups.contains(&c.if_group))
+            .collect();
+        if now_active != active {
+            active = now_active;
+            handle.update(|s| {
+                s.checks.retain(|name, _| {
+                    checks
+                        .iter()
+                        .zip(&active)
+                        .any(|(c, a)| *a && c.name == *name)
+                });
+                for (i, c) in checks.iter().enumerate() {
+                    if active[i] && !s.checks.contains_key(&c.name) {
+                        s.checks.insert(
+                            c.name.clone(),
+                            initial_view(c, trackers[i].state(), &trackers[i]),
+                        );
+                    }
+                }
+            });
+            publish_summary(&gossip, &handle).await;
+        }
+        let now = Instant::now();
+        for i in 0..checks.len() {
+            if !active[i] || in_flight[i] || next_run[i] > now {
+                continue;
+            }
+            in_flight[i] = true;
+            next_run[i] = now + jittered(checks[i].interval);
+            let (checks, parameters, evaluator, collected, plugins_dir, tx) = (
+                checks.clone(),
+                parameters.clone(),
+                evaluator.clone(),
+                collected.clone(),
+                plugins_dir.clone(),
+                tx.clone(),
+            );
+            tasks.spawn(async move {
+                let spec = &checks[i];
+                let result = match &spec.kind {
+                    _ if spec.error.is_some() => RunResult::unknown(
+                        i,
+                        format!("UNKNOWN: {}", spec.error.clone().unwrap_or_default()),
+                    ),
+                    CheckKind::Expression { .. } => {
+                        let checks2 = checks.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let spec = &checks2[i];
+                            let params = parameters.get(&spec.pack).cloned().unwrap_or(Value::Null);
+                            run_expression(i, spec, &evaluator, &collected, &params)
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            RunResult::unknown(i, format!("UNKNOWN: the check failed: {e}"))
+                        })
+                    }
+                    CheckKind::Script { script } => run_script(i, script, spec, &plugins_dir).await,
+                };
+                let _ = tx.send(result).await;
+            });
+        }
+        let wake = (0..checks.len())
+            .filter(|i| active[*i] && !in_flight[*i])
+            .map(|i| next_run[i])
+            .min()
+            .unwrap_or(now + Duration::from_secs(1))
+            // Look at the groups at least every second.
+            .min(now + Duration::from_secs(1));
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                tasks.abort_all();
+                return;
+            }
+            Some(result) = rx.recv() => {
+                let i = result.index;
+                in_flight[i] = false;
+                if active[i] && apply(&checks[i], &mut trackers[i], result, &handle, &bus) {
+                    publish_summary(&gossip, &handle).await;
+                    save_states(&state_file, &handle);
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+        }
+    }
+}
+
+/// Record a result; true when it confirmed a change of state.
+fn apply(
+    spec: &CheckSpec,
+    tracker: &mut Tracker,
+    result: RunResult,
+    handle: &MonitoringHandle,
+    bus: &EventBus,
+) -> bool {
+    let now_ms = crate::host::unix_ms();
+    let change = tracker.record(result.state);
+    let mut notify = None;
+    handle.update(|s| {
+        let Some(view) = s.checks.get_mut(&spec.name) else {
+            return;
+        };
+        view.runs += 1;
+        view.last_run_ms = Some(now_ms);
+        view.last_result = result.state.as_str().into();
+        view.output = result.output.clone();
+        view.long_output = result.long_output.clone();
+        view.perfdata = result.perfdata;
+        view.attempts = tracker.attempts();
+        view.attempts_needed = tracker.attempts_needed();
+        if let Some(c) = change {
+            view.state = c.new.as_str().into();
+            view.state_id = c.new.state_id();
+            view.last_change_ms = Some(now_ms);
+            tracing::info!(check = %spec.name, old = %c.old, new = %c.new, output = %result.output, "check state changed");
+            s.history.push_back(HistoryEntry {
+                time_ms: now_ms,
+                check: spec.name.clone(),
+                display_name: spec.display_name.clone(),
+                old_state: c.old.as_str().into(),
+                state: c.new.as_str().into(),
+                output: result.output.clone(),
+            });
+            while s.history.len() > HISTORY {
+                s.history.pop_front();
+            }
+            // A first OK after start is not news; a first problem is.
+            if !(c.old == CheckState::Pending && c.new == CheckState::Ok) {
+                notify = Some(Notification::Check {
+                    name: spec.name.clone(),
+                    display_name: spec.display_name.clone(),
+                    pack: spec.pack.clone(),
+                    state: c.new,
+                    old_state: c.old,
+                    output: result.output.clone(),
+                    long_output: result.long_output.clone(),
+                });
+            }
+        }
+    });
+    if let Some(n) = notify {
+        bus.publish(n);
+    }
+    change.is_some()
+}
+
+async fn publish_summary(gossip: &GossipHandle, handle: &MonitoringHandle) {
+    let summary = handle
+        .checks()
+        .into_iter()
+        .map(|c| opsbro_gossip::CheckSummary {
+            state: CheckState::parse(&c.state)
+                .unwrap_or(CheckState::Unknown)
+                .to_wire(),
+            name: c.name,
+        })
+        .collect();
+    let _ = gossip.set_checks(summary).await;
+}
+
+fn save_states(file: &std::path::Path, handle: &MonitoringHandle) {
+    let states: BTreeMap<String, String> = handle
+        .checks()
+        .into_iter()
+        .map(|c| (c.name, c.state))
+        .collect();
+    let bytes = serde_json::to_vec_pretty(&states).unwrap_or_default();
+    if let Err(e) = crate::datadir::write_atomic(file, &bytes) {
+        tracing::warn!(error = %e, file = %file.display(), "cannot save check states");
+    }
+}
+
+/// Placeholders of a check: `collector.`, `parameters.` (its pack's), `configuration.` (its own
+/// keys, e.g. `configuration.thresholds.cpuidle.warning`) and `variables.`.
+fn check_resolver<'a>(
+    spec: &'a CheckSpec,
+    collected: &'a CollectedData,
+    params: &'a Value,
+    vars: &'a serde_json::Map<String, Value>,
+) -> impl Fn(&str) -> Option<Value> + 'a {
+    move |path: &str| {
+        let (root, rest) = path.split_once('.').unwrap_or((path, ""));
+        match root {
+            "collector" => collected.lookup(rest),
+            "parameters" => opsbro_collectors::lookup_in(params, rest).cloned(),
+            "configuration" => opsbro_collectors::lookup_in(&spec.keys, rest).cloned(),
+            "variables" => {
+                let (name, more) = rest.split_once('.').unwrap_or((rest, ""));
+                opsbro_collectors::lookup_in(vars.get(name)?, more).cloned()
+            }
+            _ => None,
+        }
+    }
+}
+
+fn run_expression(
+    index: usize,
+    spec: &CheckSpec,
+    evaluator: &Evaluator,
+    collected: &CollectedData,
+    params: &Value,
+) -> RunResult {
+    let CheckKind::Expression {
+        ok_output,
+        critical_if,
+        critical_output,
+        warning_if,
+        warning_output,
+    } = &spec.kind
+    else {
+        return RunResult::unknown(index, "UNKNOWN: not an expression check".into());
+    };
+    let mut vars = serde_json::Map::new();
+    for (name, expr) in &spec.variables {
+        let result = evaluator.eval(expr, &check_resolver(spec, collected, params, &vars));
+        match result {
+            Ok(v) => {
+                vars.insert(name.clone(), v);
+            }
+            Err(e) => {
+                return RunResult::unknown(index, format!("UNKNOWN: variables.{name}: {e}"));
+            }
+        }
+    }
+    let resolver = check_resolver(spec, collected, params, &vars);
+    let condition = |key: &str, expr: &Option<String>| -> Result<bool, String> {
+        match expr {
+            Some(e) => evaluator
+                .eval_bool(e, &resolver)
+                .map_err(|err| format!("UNKNOWN: {key}: {err}")),
+            None => Ok(false),
+        }
+    };
+    let output = |key: &str, expr: &Option<String>| -> String {
+        match expr {
+            Some(e) => evaluator
+                .eval_string(e, &resolver)
+                .unwrap_or_else(|err| format!("{key}: {err}")),
+            None => String::new(),
+        }
+    };
+    let (state, text) = match condition("critical_if", critical_if) {
+        Err(m) => return RunResult::unknown(index, m),
+        Ok(true) => (
+            CheckState::Critical,
+            output("critical_output", critical_output),
+        ),
+        Ok(false) => match condition("warning_if", warning_if) {
+            Err(m) => return RunResult::unknown(index, m),
+            Ok(true) => (
+                CheckState::Warning,
+                output("warning_output", warning_output),
+            ),
+            Ok(false) => (CheckState::Ok, output("ok_output", ok_output)),
+        },
+    };
+    RunResult {
+        index,
+        state,
+        output: text,
+        long_output: String::new(),
+        perfdata: Vec::new(),
+    }
+}
+
+/// Read everything `r` sends, keeping the first [`nagios::MAX_OUTPUT`] bytes (reading on so the
+/// plugin never blocks on a full pipe).
+async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut cut = false;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, cut),
+            Ok(n) => {
+                let room = nagios::MAX_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+}
+
+async fn run_script(index: usize, script: &str, spec: &CheckSpec, plugins_dir: &str) -> RunResult {
+    let command = match nagios::substitute(script, &spec.keys, plugins_dir) {
+        Ok(c) => c,
+        Err(e) => return RunResult::unknown(index, format!("UNKNOWN: {e}")),
+    };
+    let mut child = match tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return RunResult::unknown(index, format!("UNKNOWN: cannot run /bin/sh: {e}")),
+    };
+    // Dropped with this future (agent shutdown) or at the timeout: the whole group goes.
+    let mut guard = crate::host::ProcessGroupGuard::new(child.id());
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return RunResult::unknown(index, "UNKNOWN: no pipes to the plugin".into());
+    };
+    let finished = tokio::time::timeout(spec.timeout, async {
+        let (out, err, status) =
+            tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
+        (out, err, status)
+    })
+    .await;
+    let Ok(((out, out_cut), (err, _), status)) = finished else {
+        // The whole group: a plugin's own children must not outlive it.
+        guard.kill();
+        let _ = child.wait().await;
+        tracing::warn!(check = %spec.name, timeout = ?spec.timeout, "check timed out; its process group was killed");
+        return RunResult::unknown(
+            index,
+            format!(
+                "UNKNOWN: timeout: the plugin did not finish in {:?} and was killed",
+                spec.timeout
+            ),
+        );
+    };
+    guard.disarm();
+    let code = status.ok().and_then(|s| s.code());
+    let text_bytes = if out.iter().all(u8::is_ascii_whitespace) {
+        err
+    } else {
+        out
+    };
+    let (text, _) = nagios::cap_output(&text_bytes);
+    let parsed = nagios::parse_output(&text);
+    let mut long_output = parsed.long_output;
+    if out_cut {
+        long_output.push_str("\n[output cut at 4 KiB]");
+    }
+    let state = CheckState::from_exit_code(code);
+    let output = if parsed.output.is_empty() && code.is_none() {
+        "UNKNOWN: the plugin was killed by a signal".to_owned()
+    } else {
+        parsed.output
+    };
+    RunResult {
+        index,
+        state,
+        output,
+        long_output,
+        perfdata: parsed
+            .perfdata
+            .into_iter()
+            .map(|p| PerfData {
+                label: p.label,
+                value: p.value,
+                unit: p.unit,
+                warning: p.warning,
+                critical: p.critical,
+                min: p.min,
+                max: p.max,
+            })
+            .collect(),
+    }
+}

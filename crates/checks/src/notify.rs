@@ -1,0 +1,446 @@
+//! What handlers are told, and how their text is rendered.
+//!
+//! A [`Notification`] (a check changed state, a group was added or removed, a member changed
+//! state) becomes a template context ([`Notification::context`]) with the same variables for
+//! every handler: `event`, `node` (this agent), `time`, `state`, `old_state`, `output`, and
+//! `check` / `group` + `modification` / `member` by kind. [`Renderer`] renders mail and slack
+//! text as written, and shell commands with every interpolated value shell-quoted, so a check
+//! output such as `$(rm -rf /)` stays text.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{Value, json};
+
+use crate::CheckState;
+
+/// What a handler can subscribe to (`events:` in a handler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A check changed state.
+    Check,
+    /// A group was added to or removed from this node.
+    Group,
+    /// A cluster member joined, died, left or came back.
+    Node,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 3] = [EventKind::Check, EventKind::Group, EventKind::Node];
+
+    /// The name used in `events:` and templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Check => "check",
+            EventKind::Group => "group",
+            EventKind::Node => "node",
+        }
+    }
+
+    /// Parse a kind name.
+    pub fn parse(text: &str) -> Option<EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == text.trim().to_ascii_lowercase())
+    }
+}
+
+/// This agent, as templates see it (`node`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    /// Node name.
+    pub name: String,
+    /// Display name.
+    pub display_name: String,
+    /// Uuid.
+    pub uuid: String,
+    /// Gossip address.
+    pub addr: String,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+/// Something handlers may be told about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notification {
+    /// A check's confirmed state changed.
+    Check {
+        /// Check name (`<pack>/<file>`).
+        name: String,
+        /// Display name.
+        display_name: String,
+        /// Pack.
+        pack: String,
+        /// New state.
+        state: CheckState,
+        /// Previous state.
+        old_state: CheckState,
+        /// Output of the run that changed it.
+        output: String,
+        /// Long output.
+        long_output: String,
+    },
+    /// A group was added to (`added = true`) or removed from this node.
+    Group {
+        /// The group.
+        group: String,
+        /// Added or removed.
+        added: bool,
+    },
+    /// A member changed state (`alive`, `dead`, `left`).
+    Node {
+        /// Its name.
+        name: String,
+        /// Its uuid.
+        uuid: String,
+        /// Its address.
+        addr: String,
+        /// New state.
+        state: String,
+        /// Previous state (`new` for a member never seen before).
+        old_state: String,
+    },
+}
+
+impl Notification {
+    /// Which subscription it belongs to.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Notification::Check { .. } => EventKind::Check,
+            Notification::Group { .. } => EventKind::Group,
+            Notification::Node { .. } => EventKind::Node,
+        }
+    }
+
+    /// The new check state, for `severities` (None for other kinds).
+    pub fn check_state(&self) -> Option<CheckState> {
+        match self {
+            Notification::Check { state, .. } => Some(*state),
+            _ => None,
+        }
+    }
+
+    /// Slack attachment colour: good (green), warning (yellow), danger (red) or grey.
+    pub fn colour(&self) -> &'static str {
+        match self {
+            Notification::Check { state, .. } => match state {
+                CheckState::Ok => "good",
+                CheckState::Warning => "warning",
+                CheckState::Critical => "danger",
+                CheckState::Unknown | CheckState::Pending => "#808080",
+            },
+            Notification::Group { added, .. } => {
+                if *added {
+                    "good"
+                } else {
+                    "danger"
+                }
+            }
+            Notification::Node { state, .. } => {
+                if state == "alive" {
+                    "good"
+                } else {
+                    "danger"
+                }
+            }
+        }
+    }
+
+    /// One line for logs and slack fallbacks.
+    pub fn summary(&self) -> String {
+        match self {
+            Notification::Check {
+                display_name,
+                state,
+                old_state,
+                ..
+            } => format!(
+                "check {display_name} switched from {} to {}",
+                old_state.as_str().to_uppercase(),
+                state.as_str().to_uppercase()
+            ),
+            Notification::Group { group, added } => format!(
+                "group {group} was {}",
+                if *added { "added" } else { "removed" }
+            ),
+            Notification::Node {
+                name,
+                state,
+                old_state,
+                ..
+            } => format!("node {name} is {state} (was {old_state})"),
+        }
+    }
+
+    /// The template context: `event`, `node`, `time` (`YYYY-MM-DD HH:MM:SS`, UTC),
+    /// `timestamp`, `state`, `old_state`, `output`, `summary`, `colour`, and by kind `check`
+    /// {name, display_name, pack, state, old_state, output, long_output}, `group` +
+    /// `modification` (`add`/`remove`), or `member` {name, uuid, addr, state, old_state}.
+    pub fn context(&self, node: &NodeInfo, unix_secs: u64) -> Value {
+        let mut ctx = json!({
+            "event": self.kind().as_str(),
+            "node": {
+                "name": node.name,
+                "display_name": node.display_name,
+                "uuid": node.uuid,
+                "addr": node.addr,
+                "groups": node.groups,
+            },
+            "time": format_time(unix_secs),
+            "timestamp": unix_secs,
+            "summary": self.summary(),
+            "colour": self.colour(),
+        });
+        let extra = match self {
+            Notification::Check {
+                name,
+                display_name,
+                pack,
+                state,
+                old_state,
+                output,
+                long_output,
+            } => json!({
+                "state": state.as_str(),
+                "old_state": old_state.as_str(),
+                "output": output,
+                "check": {
+                    "name": name,
+                    "display_name": display_name,
+                    "pack": pack,
+                    "state": state.as_str(),
+                    "old_state": old_state.as_str(),
+                    "state_id": state.state_id(),
+                    "output": output,
+                    "long_output": long_output,
+                },
+            }),
+            Notification::Group { group, added } => {
+                let modification = if *added { "add" } else { "remove" };
+                json!({
+                    "state": modification,
+                    "old_state": "",
+                    "output": self.summary(),
+                    "group": group,
+                    "modification": modification,
+                })
+            }
+            Notification::Node {
+                name,
+                uuid,
+                addr,
+                state,
+                old_state,
+            } => json!({
+                "state": state,
+                "old_state": old_state,
+                "output": self.summary(),
+                "member": {
+                    "name": name, "uuid": uuid, "addr": addr,
+                    "state": state, "old_state": old_state,
+                },
+            }),
+        };
+        if let (Some(c), Value::Object(e)) = (ctx.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        ctx
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for seconds since the Unix epoch.
+pub fn format_time(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let rem = unix_secs % 86_400;
+    // Howard Hinnant's days → civil date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Quote `text` for a POSIX shell: one single-quoted word.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Renders handler templates (minijinja, Jinja2 syntax).
+pub struct Renderer {
+    text: Environment<'static>,
+    command: Environment<'static>,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        Renderer::new()
+    }
+}
+
+impl Renderer {
+    /// Environments with the built-in filters; undefined variables (and their attributes) render
+    /// empty, as in opsbro's Jinja2 templates.
+    pub fn new() -> Renderer {
+        let mut text = Environment::new();
+        text.set_undefined_behavior(UndefinedBehavior::Chainable);
+        let mut command = Environment::new();
+        command.set_undefined_behavior(UndefinedBehavior::Chainable);
+        command.set_formatter(|out, _state, value| {
+            let text = if value.is_undefined() || value.is_none() {
+                String::new()
+            } else {
+                value.to_string()
+            };
+            out.write_str(&shell_quote(&text))
+                .map_err(minijinja::Error::from)
+        });
+        Renderer { text, command }
+    }
+
+    /// Check a template's syntax (at load time).
+    pub fn check(&self, source: &str) -> Result<(), String> {
+        self.text
+            .template_from_str(source)
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    /// Render mail or slack text.
+    pub fn render_text(&self, source: &str, ctx: &Value) -> Result<String, String> {
+        self.text.render_str(source, ctx).map_err(|e| describe(&e))
+    }
+
+    /// Render a shell command: each `{{ value }}` becomes one quoted shell word.
+    pub fn render_command(&self, source: &str, ctx: &Value) -> Result<String, String> {
+        self.command
+            .render_str(source, ctx)
+            .map_err(|e| describe(&e))
+    }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    match e.line() {
+        Some(line) => format!(
+            "template error at line {line}: {}",
+            e.detail().unwrap_or(&e.kind().to_string())
+        ),
+        None => format!("template error: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            name: "web-1".into(),
+            display_name: "Web 1".into(),
+            uuid: "u".into(),
+            addr: "10.0.0.1:6768".into(),
+            groups: vec!["linux".into()],
+        }
+    }
+
+    fn check(state: CheckState, output: &str) -> Notification {
+        Notification::Check {
+            name: "linux/cpu".into(),
+            display_name: "cpu".into(),
+            pack: "linux".into(),
+            state,
+            old_state: CheckState::Ok,
+            output: output.into(),
+            long_output: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_original_mail_templates_render() {
+        let r = Renderer::new();
+        let ctx = check(CheckState::Critical, "CPU 99%").context(&node(), 86_400 * 365);
+        assert_eq!(
+            r.render_text(
+                "Check {{check['name']}} switched to {{check['state']}}",
+                &ctx
+            )
+            .expect("render"),
+            "Check linux/cpu switched to critical"
+        );
+        assert_eq!(
+            r.render_text(
+                "The check switch state at {{time}} with the output:\n{{check.output}} on {{node.name}}",
+                &ctx
+            )
+            .expect("render"),
+            "The check switch state at 1971-01-01 00:00:00 with the output:\nCPU 99% on web-1"
+        );
+    }
+
+    #[test]
+    fn commands_quote_every_value() {
+        let r = Renderer::new();
+        let ctx = check(CheckState::Warning, "it's $(rm -rf /)").context(&node(), 0);
+        let cmd = r
+            .render_command(
+                "echo {{check.name}} {{check.state}} {{output}} >> /tmp/x",
+                &ctx,
+            )
+            .expect("render");
+        assert_eq!(
+            cmd,
+            r"echo 'linux/cpu' 'warning' 'it'\''s $(rm -rf /)' >> /tmp/x"
+        );
+    }
+
+    #[test]
+    fn template_errors_are_messages() {
+        let r = Renderer::new();
+        assert!(
+            r.check("{% if %}")
+                .expect_err("bad")
+                .contains("template error")
+        );
+        assert!(r.check("{{ check.name }}").is_ok());
+        assert_eq!(
+            r.render_text("[{{ missing.key }}]", &json!({}))
+                .expect("lenient"),
+            "[]"
+        );
+    }
+
+    #[test]
+    fn group_and_node_contexts() {
+        let ctx = Notification::Group {
+            group: "redis".into(),
+            added: true,
+        }
+        .context(&node(), 0);
+        assert_eq!(ctx["modification"], "add");
+        assert_eq!(ctx["output"], "group redis was added");
+        let n = Notification::Node {
+            name: "db-2".into(),
+            uuid: "x".into(),
+            addr: "a".into(),
+            state: "dead".into(),
+            old_state: "alive".into(),
+        };
+        assert_eq!(n.colour(), "danger");
+        assert_eq!(n.context(&node(), 0)["member"]["state"], "dead");
+    }
+
+    #[test]
+    fn times_are_utc_calendar_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(format_time(1_795_000_000 + 3_723), "2026-11-18 12:08:43");
+    }
+}

@@ -1,0 +1,626 @@
+//! `check:` and `handler:` objects, in the opsbro README's format.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use opsbro_checks::notify::EventKind;
+use opsbro_checks::{CheckState, Damping};
+use serde_yaml::Value as Yaml;
+
+use crate::ExprCheck;
+
+/// What a check runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// opsbro expressions: critical_if → CRITICAL, else warning_if → WARNING, else OK.
+    Expression {
+        /// Text shown when OK (an expression).
+        ok_output: Option<String>,
+        /// Condition for CRITICAL.
+        critical_if: Option<String>,
+        /// Text shown when CRITICAL (an expression).
+        critical_output: Option<String>,
+        /// Condition for WARNING.
+        warning_if: Option<String>,
+        /// Text shown when WARNING (an expression).
+        warning_output: Option<String>,
+    },
+    /// A nagios plugin command line, with `$macro$`s.
+    Script {
+        /// The command line (run with `sh -c`).
+        script: String,
+    },
+}
+
+/// A `check:` object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSpec {
+    /// `<pack>/<file stem>`.
+    pub name: String,
+    /// `display_name`, default the file stem.
+    pub display_name: String,
+    /// Pack name.
+    pub pack: String,
+    /// File it was read from.
+    pub file: String,
+    /// Time between runs (each run is jittered by ±10%).
+    pub interval: Duration,
+    /// Group a node must have for the check to run there (`*` = every node).
+    pub if_group: String,
+    /// Expressions or script.
+    pub kind: CheckKind,
+    /// `variables`: name → expression, evaluated before each run, read as `{{variables.name}}`.
+    pub variables: Vec<(String, String)>,
+    /// Handler names to notify.
+    pub handlers: Vec<String>,
+    /// Longest a run may take (scripts are killed with their process group).
+    pub timeout: Duration,
+    /// Flap damping.
+    pub damping: Damping,
+    /// Every key of the object as JSON: `{{configuration.thresholds.x}}` and `$macro$`s read it.
+    pub keys: serde_json::Value,
+    /// Why the check cannot run (an expression that does not compile): it reports UNKNOWN
+    /// with this message.
+    pub error: Option<String>,
+}
+
+/// SMTP settings of a mail handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailSpec {
+    /// Recipients.
+    pub contacts: Vec<String>,
+    /// Sender.
+    pub addr_from: String,
+    /// SMTP host.
+    pub smtp_server: String,
+    /// SMTP port (from `smtp_server: host:port` or `smtp_port`; default 25, 465 with smtps).
+    pub smtp_port: u16,
+    /// Upgrade with STARTTLS (required when set).
+    pub starttls: bool,
+    /// Implicit TLS (SMTPS).
+    pub smtps: bool,
+    /// Login.
+    pub smtp_user: Option<String>,
+    /// Password.
+    pub smtp_password: Option<String>,
+    /// Template name for the subject.
+    pub subject_template: String,
+    /// Template name for the body.
+    pub text_template: String,
+}
+
+/// Settings of a slack handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlackSpec {
+    /// Web API token (`chat.postMessage`).
+    pub token: Option<String>,
+    /// Channel.
+    pub channel: String,
+    /// Web API base URL (tests point it at a local server).
+    pub api_url: String,
+    /// Incoming-webhook URL (instead of token + channel).
+    pub webhook_url: Option<String>,
+    /// Template name for the text.
+    pub text_template: String,
+}
+
+/// What a handler does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerKind {
+    /// Send a mail.
+    Mail(MailSpec),
+    /// Post to slack.
+    Slack(SlackSpec),
+    /// Run a shell command (values shell-quoted), at most once per `min_interval`.
+    Command {
+        /// The command template.
+        command: String,
+        /// Least time between two runs; notifications in between are merged into the next.
+        min_interval: Duration,
+    },
+}
+
+impl HandlerKind {
+    /// `mail`, `slack` or `command`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            HandlerKind::Mail(_) => "mail",
+            HandlerKind::Slack(_) => "slack",
+            HandlerKind::Command { .. } => "command",
+        }
+    }
+}
+
+/// A `handler:` object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerSpec {
+    /// `id`, or the file stem. Checks name it in `handlers`.
+    pub name: String,
+    /// Pack.
+    pub pack: String,
+    /// File.
+    pub file: String,
+    /// What it does.
+    pub kind: HandlerKind,
+    /// New check states it fires for (default all but pending).
+    pub severities: Vec<CheckState>,
+    /// What it listens to (default checks only).
+    pub events: Vec<EventKind>,
+    /// Attempts after the first failure.
+    pub retries: u32,
+    /// Longest one attempt may take.
+    pub timeout: Duration,
+    /// `enabled: false` keeps it loaded but silent.
+    pub enabled: bool,
+}
+
+/// serde_yaml → serde_json (keys must be strings or numbers).
+pub(crate) fn yaml_to_json(v: &Yaml) -> Result<serde_json::Value, String> {
+    serde_json::to_value(v).map_err(|e| format!("cannot use this value: {e}"))
+}
+
+type Problem = (String, String);
+
+const CHECK_KEYS: &[&str] = &[
+    "interval",
+    "if_group",
+    "display_name",
+    "ok_output",
+    "critical_if",
+    "critical_output",
+    "warning_if",
+    "warning_output",
+    "thresholds",
+    "variables",
+    "handlers",
+    "script",
+    "timeout",
+    "failures_before_critical",
+    "successes_before_ok",
+    "notes",
+    "description",
+];
+
+fn text(v: &Yaml, path: &str) -> Result<String, Problem> {
+    match v {
+        Yaml::String(s) => Ok(s.clone()),
+        Yaml::Number(n) => Ok(n.to_string()),
+        Yaml::Bool(b) => Ok(if *b { "True".into() } else { "False".into() }),
+        _ => Err((path.to_owned(), format!("`{path}` must be text"))),
+    }
+}
+
+fn positive(v: &Yaml, path: &str) -> Result<Duration, Problem> {
+    let d = opsbro_config::parse_duration(v).map_err(|e| (path.to_owned(), e))?;
+    if d.is_zero() {
+        return Err((path.to_owned(), format!("{path} must be more than 0")));
+    }
+    Ok(d)
+}
+
+fn count(v: &Yaml, path: &str) -> Result<u32, Problem> {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| {
+            (
+                path.to_owned(),
+                format!("{path} must be a number from 1 to 1000"),
+            )
+        })
+}
+
+fn names(v: &Yaml, path: &str) -> Result<Vec<String>, Problem> {
+    match v {
+        Yaml::String(s) => Ok(vec![s.clone()]),
+        _ => serde_yaml::from_value::<Vec<String>>(v.clone())
+            .map_err(|_| (path.to_owned(), format!("{path} must be a list of names"))),
+    }
+}
+
+/// Parse a check. Expressions that do not compile do not drop the check: they are returned as
+/// problems and recorded in `error`.
+pub(crate) fn parse_check(
+    body: &Yaml,
+    pack: &str,
+    stem: &str,
+    file: &str,
+    check: ExprCheck<'_>,
+) -> Result<(CheckSpec, Vec<Problem>), Problem> {
+    let map = body
+        .as_mapping()
+        .ok_or_else(|| ("check".to_owned(), "`check` must be a mapping".to_owned()))?;
+    let keys = yaml_to_json(body).map_err(|e| ("check".to_owned(), e))?;
+    let mut spec = CheckSpec {
+        name: format!("{pack}/{stem}"),
+        display_name: stem.to_owned(),
+        pack: pack.to_owned(),
+        file: file.to_owned(),
+        interval: Duration::from_secs(10),
+        if_group: "*".into(),
+        kind: CheckKind::Script {
+            script: String::new(),
+        },
+        variables: Vec::new(),
+        handlers: Vec::new(),
+        timeout: Duration::from_secs(30),
+        damping: Damping::default(),
+        keys,
+        error: None,
+    };
+    let mut exprs: BTreeMap<&str, String> = BTreeMap::new();
+    let mut script = None;
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or_default();
+        let path = format!("check.{key}");
+        match key {
+            "interval" => spec.interval = positive(v, &path)?,
+            "timeout" => spec.timeout = positive(v, &path)?,
+            "if_group" => {
+                let g = text(v, &path)?;
+                if g != "*" {
+                    opsbro_config::check_group(&g).map_err(|e| (path.clone(), e))?;
+                }
+                spec.if_group = g;
+            }
+            "display_name" => spec.display_name = text(v, &path)?,
+            "ok_output" | "critical_if" | "critical_output" | "warning_if" | "warning_output" => {
+                exprs.insert(
+                    CHECK_KEYS
+                        .iter()
+                        .find(|k| **k == key)
+                        .copied()
+                        .unwrap_or(""),
+                    text(v, &path)?,
+                );
+            }
+            "script" => script = Some(text(v, &path)?),
+            "handlers" => spec.handlers = names(v, &path)?,
+            "failures_before_critical" => {
+                spec.damping.failures_before_critical = count(v, &path)?;
+            }
+            "successes_before_ok" => spec.damping.successes_before_ok = count(v, &path)?,
+            "variables" => {
+                let vars = v.as_mapping().ok_or_else(|| {
+                    (
+                        path.clone(),
+                        "variables must map names to expressions".to_owned(),
+                    )
+                })?;
+                for (name, expr) in vars {
+                    let name = name.as_str().unwrap_or_default().to_owned();
+                    let expr = text(expr, &format!("{path}.{name}"))?;
+                    spec.variables.push((name, expr));
+                }
+            }
+            // Free-form: read by expressions and macros.
+            "thresholds" | "notes" | "description" => {}
+            other => {
+                // Other keys serve `$macro$`s and `{{configuration.x}}`; a near miss of a known
+                // key is almost certainly a typo that would silently disable a condition.
+                if let Some(k) = opsbro_config::closest(other, CHECK_KEYS)
+                    && !CHECK_KEYS.contains(&other)
+                {
+                    return Err((path, format!("unknown key `{other}` (did you mean `{k}`?)")));
+                }
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    spec.kind = match (script, exprs.is_empty()) {
+        (Some(_), false) => {
+            return Err((
+                "check.script".into(),
+                "a check has either `script` or expressions (critical_if, warning_if, ok_output), not both".into(),
+            ));
+        }
+        (Some(script), true) => {
+            if script.trim().is_empty() {
+                return Err(("check.script".into(), "script must not be empty".into()));
+            }
+            CheckKind::Script { script }
+        }
+        (None, true) => {
+            return Err((
+                "check".into(),
+                "a check needs `script` (a nagios plugin) or expressions (critical_if, warning_if, ok_output)".into(),
+            ));
+        }
+        (None, false) => {
+            let all = exprs
+                .iter()
+                .map(|(k, e)| (format!("check.{k}"), e.clone()))
+                .chain(
+                    spec.variables
+                        .iter()
+                        .map(|(n, e)| (format!("check.variables.{n}"), e.clone())),
+                );
+            for (path, expr) in all {
+                if let Err(e) = check(&expr) {
+                    let short = path.trim_start_matches("check.").to_owned();
+                    let message = format!("{short}: {e}");
+                    if spec.error.is_none() {
+                        spec.error = Some(message.clone());
+                    }
+                    problems.push((path, message));
+                }
+            }
+            CheckKind::Expression {
+                ok_output: exprs.remove("ok_output"),
+                critical_if: exprs.remove("critical_if"),
+                critical_output: exprs.remove("critical_output"),
+                warning_if: exprs.remove("warning_if"),
+                warning_output: exprs.remove("warning_output"),
+            }
+        }
+    };
+    Ok((spec, problems))
+}
+
+const HANDLER_KEYS: &[&str] = &[
+    "type",
+    "id",
+    "severities",
+    "events",
+    "retries",
+    "timeout",
+    "enabled",
+    "contacts",
+    "addr_from",
+    "smtp_server",
+    "smtp_port",
+    "starttls",
+    "smtps",
+    "smtp_user",
+    "smtp_password",
+    "subject_template",
+    "text_template",
+    "token",
+    "channel",
+    "api_url",
+    "url",
+    "command",
+    "min_interval",
+    "notes",
+];
+
+/// Keys each type uses besides the common ones.
+fn type_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "mail" => &[
+            "contacts",
+            "addr_from",
+            "smtp_server",
+            "smtp_port",
+            "starttls",
+            "smtps",
+            "smtp_user",
+            "smtp_password",
+            "subject_template",
+            "text_template",
+        ],
+        "slack" => &["token", "channel", "api_url", "url", "text_template"],
+        "command" => &["command", "min_interval"],
+        _ => &[],
+    }
+}
+
+pub(crate) fn parse_handler(
+    body: &Yaml,
+    pack: &str,
+    stem: &str,
+    file: &str,
+) -> Result<HandlerSpec, Problem> {
+    let map = body.as_mapping().ok_or_else(|| {
+        (
+            "handler".to_owned(),
+            "`handler` must be a mapping".to_owned(),
+        )
+    })?;
+    let get = |key: &str| map.get(Yaml::String(key.to_owned()));
+    let kind_name = match get("type") {
+        Some(v) => text(v, "handler.type")?,
+        None => {
+            return Err((
+                "handler".into(),
+                "handler needs `type`: mail, slack or command".into(),
+            ));
+        }
+    };
+    let kind_name = if kind_name == "email" {
+        "mail".to_owned()
+    } else {
+        kind_name
+    };
+    if !["mail", "slack", "command"].contains(&kind_name.as_str()) {
+        return Err((
+            "handler.type".into(),
+            format!("unknown handler type `{kind_name}` (use mail, slack or command)"),
+        ));
+    }
+    for (k, _) in map {
+        let key = k.as_str().unwrap_or_default();
+        let common = !type_keys("mail").contains(&key)
+            && !type_keys("slack").contains(&key)
+            && !type_keys("command").contains(&key);
+        if HANDLER_KEYS.contains(&key) && (common || type_keys(&kind_name).contains(&key)) {
+            continue;
+        }
+        let hint = if HANDLER_KEYS.contains(&key) {
+            format!("`{key}` does not apply to a {kind_name} handler")
+        } else {
+            match opsbro_config::closest(key, HANDLER_KEYS) {
+                Some(k) => format!("unknown key `{key}` (did you mean `{k}`?)"),
+                None => format!("unknown key `{key}`"),
+            }
+        };
+        return Err((format!("handler.{key}"), hint));
+    }
+    let opt_text = |key: &str| -> Result<Option<String>, Problem> {
+        get(key)
+            .map(|v| text(v, &format!("handler.{key}")))
+            .transpose()
+    };
+    let flag = |key: &str| -> Result<bool, Problem> {
+        match get(key) {
+            None => Ok(false),
+            Some(Yaml::Bool(b)) => Ok(*b),
+            Some(_) => Err((
+                format!("handler.{key}"),
+                format!("{key} must be true or false"),
+            )),
+        }
+    };
+    let name = opt_text("id")?.unwrap_or_else(|| stem.to_owned());
+    let severities = match get("severities") {
+        None => vec![
+            CheckState::Ok,
+            CheckState::Warning,
+            CheckState::Critical,
+            CheckState::Unknown,
+        ],
+        Some(v) => names(v, "handler.severities")?
+            .iter()
+            .map(|s| {
+                CheckState::parse(s).ok_or_else(|| {
+                    (
+                        "handler.severities".to_owned(),
+                        format!("`{s}` is not a state (ok, warning, critical, unknown)"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let events = match get("events") {
+        None => vec![EventKind::Check],
+        Some(v) => names(v, "handler.events")?
+            .iter()
+            .map(|s| {
+                EventKind::parse(s).ok_or_else(|| {
+                    (
+                        "handler.events".to_owned(),
+                        format!("`{s}` is not an event kind (check, group, node)"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let kind = match kind_name.as_str() {
+        "mail" => {
+            let contacts = match get("contacts") {
+                Some(v) => names(v, "handler.contacts")?,
+                None => Vec::new(),
+            };
+            if contacts.is_empty() {
+                return Err((
+                    "handler.contacts".into(),
+                    "a mail handler needs `contacts` (a list of addresses)".into(),
+                ));
+            }
+            let smtps = flag("smtps")?;
+            let server = opt_text("smtp_server")?.unwrap_or_else(|| "localhost".into());
+            let (host, port_in_server) = match server.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
+                    let port = p.parse::<u16>().map_err(|_| {
+                        (
+                            "handler.smtp_server".to_owned(),
+                            format!("`{server}`: `{p}` is not a port"),
+                        )
+                    })?;
+                    (h.trim_matches(['[', ']']).to_owned(), Some(port))
+                }
+                _ => (server.clone(), None),
+            };
+            let port = match get("smtp_port") {
+                Some(v) => Some(v.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(
+                    || {
+                        (
+                            "handler.smtp_port".to_owned(),
+                            "smtp_port must be a port number".to_owned(),
+                        )
+                    },
+                )?),
+                None => port_in_server,
+            };
+            HandlerKind::Mail(MailSpec {
+                contacts,
+                addr_from: opt_text("addr_from")?.unwrap_or_else(|| "opsbro@localhost".into()),
+                smtp_server: host,
+                smtp_port: port.unwrap_or(if smtps { 465 } else { 25 }),
+                starttls: flag("starttls")?,
+                smtps,
+                smtp_user: opt_text("smtp_user")?,
+                smtp_password: opt_text("smtp_password")?,
+                subject_template: opt_text("subject_template")?
+                    .unwrap_or_else(|| "email.subject.tpl".into()),
+                text_template: opt_text("text_template")?
+                    .unwrap_or_else(|| "email.text.tpl".into()),
+            })
+        }
+        "slack" => {
+            let token = opt_text("token")?.filter(|t| !t.is_empty());
+            let webhook_url = opt_text("url")?.filter(|t| !t.is_empty());
+            if token.is_none() && webhook_url.is_none() {
+                return Err((
+                    "handler".into(),
+                    "a slack handler needs `token` (Web API) or `url` (incoming webhook)".into(),
+                ));
+            }
+            HandlerKind::Slack(SlackSpec {
+                token,
+                channel: opt_text("channel")?.unwrap_or_else(|| "#alerts".into()),
+                api_url: opt_text("api_url")?
+                    .unwrap_or_else(|| "https://slack.com/api".into())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                webhook_url,
+                text_template: opt_text("text_template")?
+                    .unwrap_or_else(|| "slack.text.tpl".into()),
+            })
+        }
+        _ => HandlerKind::Command {
+            command: opt_text("command")?
+                .filter(|c| !c.trim().is_empty())
+                .ok_or_else(|| {
+                    (
+                        "handler".to_owned(),
+                        "a command handler needs `command`".to_owned(),
+                    )
+                })?,
+            min_interval: match get("min_interval") {
+                Some(v) => opsbro_config::parse_duration(v)
+                    .map_err(|e| ("handler.min_interval".to_owned(), e))?,
+                None => Duration::ZERO,
+            },
+        },
+    };
+    Ok(HandlerSpec {
+        name,
+        pack: pack.to_owned(),
+        file: file.to_owned(),
+        kind,
+        severities,
+        events,
+        retries: match get("retries") {
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n <= 20)
+                .ok_or_else(|| {
+                    (
+                        "handler.retries".to_owned(),
+                        "retries must be 0 to 20".to_owned(),
+                    )
+                })?,
+            None => 3,
+        },
+        timeout: match get("timeout") {
+            Some(v) => positive(v, "handler.timeout")?,
+            None => Duration::from_secs(30),
+        },
+        enabled: match get("enabled") {
+            None => true,
+            Some(_) => flag("enabled")?,
+        },
+    })
+}

@@ -1,0 +1,1 @@
+{% if event == "check" %}[opsbro] {{ node.name }}: {{ check.display_name }} is {{ state|upper }}{% elif event == "group" %}[opsbro] {{ node.name }}: group {{ group }} {{ "added" if modification == "add" else "removed" }}{% else %}[opsbro] node {{ member.name }} is {{ member.state }}{% endif %}

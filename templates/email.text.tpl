@@ -1,0 +1,15 @@
+{% if event == "check" -%}
+The check {{ check.name }} on {{ node.name }} ({{ node.addr }}) switched from {{ old_state|upper }} to {{ state|upper }} at {{ time }} UTC with the output:
+
+{{ output }}
+{% if check.long_output %}
+{{ check.long_output }}
+{% endif %}
+{%- elif event == "group" -%}
+The group {{ group }} was {{ "added to" if modification == "add" else "removed from" }} {{ node.name }} ({{ node.addr }}) at {{ time }} UTC.
+{%- else -%}
+The node {{ member.name }} ({{ member.addr }}) is {{ member.state }} (was {{ member.old_state }}), seen by {{ node.name }} at {{ time }} UTC.
+{%- endif %}
+
+-- 
+opsbro on {{ node.name }}

@@ -1,0 +1,1 @@
+{% if event == "check" %}{{ check.display_name }} is {{ state|upper }} (was {{ old_state|upper }}): {{ output }}{% elif event == "group" %}The group {{ group }} was {{ "added" if modification == "add" else "removed" }}{% else %}The node {{ member.name }} is {{ member.state }} (was {{ member.old_state }}){% endif %}
