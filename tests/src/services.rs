@@ -201,7 +201,8 @@ impl Recorded {
     }
 }
 
-/// An HTTP server answering `200 {"ok":true}` to everything, recording the requests.
+/// An HTTP server answering `200 {"ok":true}` (Slack's Web API success) to everything, or
+/// `{"ok":false,"error":"channel_not_found"}` to the first `failures` requests, recording them.
 pub struct HttpRecorder {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -211,14 +212,19 @@ pub struct HttpRecorder {
 impl HttpRecorder {
     /// Start it on a free loopback port (a thread serves one connection at a time).
     pub fn start() -> Result<HttpRecorder> {
+        HttpRecorder::start_failing(0)
+    }
+
+    /// Like [`HttpRecorder::start`], refusing the first `failures` requests the way Slack does.
+    pub fn start_failing(failures: usize) -> Result<HttpRecorder> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
         let store = requests.clone();
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            for (n, stream) in listener.incoming().enumerate() {
                 let Ok(stream) = stream else { continue };
-                if let Ok(r) = serve_one(stream) {
+                if let Ok(r) = serve_one(stream, n < failures) {
                     store.lock().unwrap_or_else(PoisonError::into_inner).push(r);
                 }
             }
@@ -235,7 +241,7 @@ impl HttpRecorder {
     }
 }
 
-fn serve_one(stream: TcpStream) -> Result<Recorded> {
+fn serve_one(stream: TcpStream, fail: bool) -> Result<Recorded> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -264,7 +270,11 @@ fn serve_one(stream: TcpStream) -> Result<Recorded> {
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body)?;
-    let answer = br#"{"ok":true,"channel":"C1","ts":"1.1"}"#;
+    let answer: &[u8] = if fail {
+        br#"{"ok":false,"error":"channel_not_found"}"#
+    } else {
+        br#"{"ok":true,"channel":"C1","ts":"1.1"}"#
+    };
     let mut stream = stream;
     write!(
         stream,

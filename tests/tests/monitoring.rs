@@ -135,6 +135,10 @@ fn default_checks_and_the_readme_cpu_check_are_ok_on_a_healthy_machine() {
         );
         assert_eq!(c["kind"], "expression");
     }
+    let info: Value =
+        serde_json::from_slice(&agent.cli(["agent", "info", "--json"]).stdout).expect("info");
+    assert_eq!(info["checks"]["ok"], 5, "{:#}", info["checks"]);
+    assert!(stdout(&agent.cli(["agent", "info"])).contains("5 ok"));
     let table = stdout(&agent.cli(["monitoring", "state"]));
     assert!(
         table.contains("linux/memory") && table.contains("OK: "),
@@ -256,6 +260,8 @@ fn mail_goes_out_once_per_change_and_never_while_the_state_holds() {
 #[test]
 fn slack_and_command_handlers_get_the_new_state() {
     let slack = HttpRecorder::start().expect("http server");
+    // Refuses the first post like Slack does: the handler retries after a backoff.
+    let flaky = HttpRecorder::start_failing(1).expect("failing http server");
     let dir = tempfile::tempdir().expect("tmp");
     let flag = dir.path().join("flag");
     let out_file = dir.path().join("command.out");
@@ -265,7 +271,14 @@ fn slack_and_command_handlers_get_the_new_state() {
         &[
             (
                 "monitoring/flag.yml",
-                flag_check(&flag, &["slack", "hook", "cmd"]),
+                flag_check(&flag, &["slack", "hook", "cmd", "flaky"]),
+            ),
+            (
+                "handlers/flaky.yml",
+                format!(
+                    "handler:\n  type: slack\n  token: t\n  api_url: http://{}\n  severities: [critical]\n",
+                    flaky.addr
+                ),
             ),
             (
                 "handlers/slack.yml",
@@ -347,6 +360,24 @@ fn slack_and_command_handlers_get_the_new_state() {
         (t == "site/flag critical\nsite/flag ok\n").then_some(())
     })
     .expect("command ran on recovery");
+    let retried = wait_for(
+        "the flaky handler to succeed on its retry",
+        DEADLINE,
+        || {
+            let h = handler(&agent, "flaky");
+            (h["sent"] == 1).then_some(h)
+        },
+    )
+    .expect("retried");
+    assert_eq!(retried["retried"], 1, "{retried:#}");
+    assert_eq!(retried["failed"], 0, "{retried:#}");
+    assert!(
+        retried["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("channel_not_found")),
+        "{retried:#}"
+    );
+    assert_eq!(flaky.requests().len(), 2);
     // The webhook only wants critical.
     wait_runs(&agent, "site/flag", 3);
     assert_eq!(
@@ -633,4 +664,128 @@ fn a_check_with_a_syntax_error_is_unknown_and_the_agent_keeps_running() {
     );
     // The rest of the agent is fine: the default checks still run.
     wait_check(&agent, "linux/memory", "ok");
+}
+
+#[test]
+fn group_and_node_changes_reach_subscribed_handlers_and_min_interval_merges() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = dir.path().join("events.out");
+    let merged = dir.path().join("merged.out");
+    write_pack(
+        dir.path(),
+        "site",
+        &[
+            (
+                "handlers/events.yml",
+                format!(
+                    "handler:\n  type: command\n  events: [group, node]\n  \
+                     command: \"echo {{{{event}}}} {{{{state}}}} {{{{group}}}}{{{{member.name}}}} >> {}\"\n",
+                    events.display()
+                ),
+            ),
+            (
+                "handlers/merged.yml",
+                format!(
+                    "handler:\n  type: command\n  events: [group]\n  min_interval: 10s\n  \
+                     command: \"echo {{{{group}}}} >> {}\"\n",
+                    merged.display()
+                ),
+            ),
+        ],
+    );
+    let a = agent_with_packs("alpha", dir.path());
+    let lines = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let wait_line = |path: &Path, line: &str| {
+        wait_for(&format!("`{line}` in {}", path.display()), DEADLINE, || {
+            lines(path).iter().any(|l| l == line).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}\nlog:\n{}", lines(path), a.log()));
+    };
+    // Wait for the first detector pass, so the groups below are changes.
+    let out = a.cli(["agent", "wait-initialized", "--timeout", "30"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for g in ["g1", "g2", "g3"] {
+        let out = a.cli(["agent", "groups", "add", g]);
+        assert!(out.status.success(), "groups add: {}", stderr(&out));
+    }
+    wait_line(&events, "group add g3");
+    wait_line(&events, "group add g1");
+    // The first notification runs at once; the two that come within min_interval are merged
+    // into one run with the newest.
+    wait_line(&merged, "g3");
+    assert_eq!(lines(&merged), vec!["g1", "g3"]);
+    assert_eq!(handler(&a, "merged")["dropped"], 1);
+
+    let mut b = Agent::start_with(AgentOptions::default().name("bravo")).expect("b");
+    let out = b.cli(["gossip", "join", &a.gossip.to_string()]);
+    assert!(out.status.success(), "join: {}", stderr(&out));
+    wait_line(&events, "node alive bravo");
+    b.signal("KILL").expect("kill -9");
+    let _ = b.wait_exit(DEADLINE);
+    wait_line(&events, "node dead bravo");
+    let out = a.cli(["agent", "groups", "remove", "g2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_line(&events, "group remove g2");
+}
+
+#[test]
+fn check_states_survive_a_restart_without_a_second_notification() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = tempfile::tempdir().expect("data");
+    let flag = dir.path().join("flag");
+    let out_file = dir.path().join("command.out");
+    write_pack(
+        dir.path(),
+        "site",
+        &[
+            ("monitoring/flag.yml", flag_check(&flag, &["cmd"])),
+            (
+                "handlers/cmd.yml",
+                format!(
+                    "handler:\n  type: command\n  command: \"echo {{{{check.state}}}} >> {}\"\n",
+                    out_file.display()
+                ),
+            ),
+        ],
+    );
+    let options = || {
+        AgentOptions::default()
+            .name("restarts")
+            .data_dir(data.path())
+            .config(&format!("packs_dirs: [{}]\n", dir.path().display()))
+    };
+    std::fs::write(&flag, "").expect("raise flag");
+    let mut agent = Agent::start_with(options()).expect("agent");
+    wait_check(&agent, "site/flag", "critical");
+    wait_for("the command", DEADLINE, || {
+        (std::fs::read_to_string(&out_file).ok()? == "critical\n").then_some(())
+    })
+    .expect("notified once");
+    let out = agent.cli(["agent", "stop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    agent.wait_exit(DEADLINE).expect("stopped");
+
+    let agent = Agent::start_with(options()).expect("restarted");
+    // Known CRITICAL from the first listing: no "pending" and no new notification.
+    let c = wait_for("the check to be listed", DEADLINE, || {
+        check(&agent, "site/flag")
+    })
+    .expect("listed");
+    assert_eq!(c["state"], "critical", "{c:#}");
+    wait_runs(&agent, "site/flag", 3);
+    assert_eq!(
+        std::fs::read_to_string(&out_file).expect("file"),
+        "critical\n"
+    );
+    std::fs::remove_file(&flag).expect("lower flag");
+    wait_for("the recovery notification", DEADLINE, || {
+        (std::fs::read_to_string(&out_file).ok()? == "critical\nok\n").then_some(())
+    })
+    .expect("recovery");
 }

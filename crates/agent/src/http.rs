@@ -179,6 +179,13 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
         process: host::process_stats(uptime),
         subsystems: ctx.status.subsystems(),
         gossip,
+        checks: ctx.monitoring.checks().into_iter().fold(
+            std::collections::BTreeMap::new(),
+            |mut m, c| {
+                *m.entry(c.state).or_insert(0) += 1;
+                m
+            },
+        ),
     })
 }
 

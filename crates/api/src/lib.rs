@@ -82,6 +82,9 @@ pub struct AgentInfo {
     pub subsystems: BTreeMap<String, SubsystemStatus>,
     /// Gossip: members by state, encryption, packet counters.
     pub gossip: GossipInfo,
+    /// This node's active checks by state (`ok`, `critical`, ...).
+    #[serde(default)]
+    pub checks: BTreeMap<String, usize>,
 }
 
 /// Gossip part of [`AgentInfo`].

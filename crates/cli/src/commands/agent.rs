@@ -214,6 +214,18 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
                 .join(", "),
         ),
         (
+            "Checks",
+            if info.checks.is_empty() {
+                "(none)".to_owned()
+            } else {
+                info.checks
+                    .iter()
+                    .map(|(state, n)| format!("{n} {}", render::state(state, colour)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
             "Encryption",
             if info.gossip.encrypted {
                 "on (AES-256-GCM)"
