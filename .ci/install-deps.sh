@@ -9,6 +9,7 @@ declare -A NEEDED=(
     [setpriv]=util-linux
     [ip]=iproute2
     [pgrep]=procps
+    [openssl]=openssl
     [python3]=python3
     [/usr/lib/nagios/plugins/check_dummy]=monitoring-plugins-basic
 )

@@ -70,6 +70,48 @@ impl SmtpServer {
             .stderr(Stdio::null())
             .spawn()
             .context("start aiosmtpd")?;
+        SmtpServer::ready(child, addr, maildir)
+    }
+
+    /// An SMTP server that requires STARTTLS (with `cert`/`key`, PEM) and then AUTH with
+    /// `user`/`password` before it takes a mail.
+    pub fn start_tls(cert: &Path, key: &Path, user: &str, password: &str) -> Result<SmtpServer> {
+        const SCRIPT: &str = r#"
+import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult
+host, port, maildir, cert, key, user, password = sys.argv[1:]
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+def check(server, session, envelope, mechanism, data):
+    ok = data.login == user.encode() and data.password == password.encode()
+    # handled=False: aiosmtpd answers 535 itself on failure (the default, True, answers nothing).
+    return AuthResult(success=ok, handled=False)
+c = Controller(Mailbox(maildir), hostname=host, port=int(port), tls_context=ctx,
+               require_starttls=True, authenticator=check, auth_require_tls=True)
+c.start()
+while True:
+    time.sleep(3600)
+"#;
+        let python = python_with_aiosmtpd()?;
+        let maildir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(python)
+            .args(["-c", SCRIPT, "127.0.0.1", &port.to_string()])
+            .arg(maildir.path().join("mail"))
+            .args([cert, key])
+            .args([user, password])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start aiosmtpd with TLS")?;
+        SmtpServer::ready(child, addr, maildir)
+    }
+
+    fn ready(child: Child, addr: SocketAddr, maildir: tempfile::TempDir) -> Result<SmtpServer> {
         let mut server = SmtpServer {
             child,
             addr,

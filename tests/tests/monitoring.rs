@@ -789,3 +789,114 @@ fn check_states_survive_a_restart_without_a_second_notification() {
     })
     .expect("recovery");
 }
+
+#[test]
+fn mail_over_starttls_with_auth_to_a_server_with_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A private CA and a server certificate for 127.0.0.1 signed by it.
+    let p = |name: &str| dir.path().join(name);
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<String>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "1", "-subj", "/CN=opsbro test CA"],
+        ]
+        .concat(),
+        [&["req"][..], &ec, &["-subj", "/CN=127.0.0.1"]].concat(),
+        vec!["x509", "-req", "-days", "1"],
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(str::to_owned).collect())
+    .collect();
+    let files: [&[(&str, &str)]; 3] = [
+        &[("-keyout", "ca.key"), ("-out", "ca.pem")],
+        &[("-keyout", "key.pem"), ("-out", "leaf.csr")],
+        &[
+            ("-in", "leaf.csr"),
+            ("-CA", "ca.pem"),
+            ("-CAkey", "ca.key"),
+            ("-CAcreateserial", ""),
+            ("-extfile", "ext.cnf"),
+            ("-out", "cert.pem"),
+        ],
+    ];
+    for (args, files) in steps.iter().zip(files) {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(args);
+        for (flag, file) in files {
+            cmd.arg(flag);
+            if !file.is_empty() {
+                cmd.arg(p(file));
+            }
+        }
+        let made = cmd
+            .output()
+            .expect("openssl (Debian package openssl) must be installed");
+        assert!(made.status.success(), "openssl {args:?}: {}", stderr(&made));
+    }
+    let (cert, key, ca) = (p("cert.pem"), p("key.pem"), p("ca.pem"));
+    let smtp = SmtpServer::start_tls(&cert, &key, "opsbro", "s3cret").expect("tls smtp");
+    let flag = dir.path().join("flag");
+    let mail_handler = |name: &str, password: &str| {
+        format!(
+            "handler:\n  id: {name}\n  type: mail\n  contacts: [\"ops@example.com\"]\n  \
+             smtp_server: \"{}\"\n  starttls: true\n  ca_file: {}\n  smtp_user: opsbro\n  \
+             smtp_password: {password}\n  retries: 0\n",
+            smtp.addr,
+            ca.display()
+        )
+    };
+    write_pack(
+        dir.path(),
+        "site",
+        &[
+            (
+                "monitoring/flag.yml",
+                flag_check(&flag, &["tls", "wrongpass"]),
+            ),
+            ("handlers/tls.yml", mail_handler("tls", "s3cret")),
+            ("handlers/wrongpass.yml", mail_handler("wrongpass", "nope")),
+        ],
+    );
+    let agent = agent_with_packs("tlsnode", dir.path());
+    wait_check(&agent, "site/flag", "ok");
+    std::fs::write(&flag, "").expect("raise flag");
+    let mails = wait_for("the mail over STARTTLS", DEADLINE, || {
+        let m = smtp.mails();
+        (!m.is_empty()).then_some(m)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:#}", handler_view(&agent)));
+    assert_eq!(
+        mail_header(&mails[0], "Subject").as_deref(),
+        Some("[opsbro] tlsnode: Flag is CRITICAL")
+    );
+    let refused = wait_for("the wrong password to be refused", DEADLINE, || {
+        let h = handler(&agent, "wrongpass");
+        (h["failed"] == 1).then_some(h)
+    })
+    .expect("refused");
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("535") || e.to_lowercase().contains("auth")),
+        "{refused:#}"
+    );
+    assert_eq!(smtp.mails().len(), 1);
+}
+
+fn handler_view(agent: &Agent) -> Value {
+    serde_json::from_slice(&agent.cli(["monitoring", "handlers", "--json"]).stdout)
+        .unwrap_or_default()
+}

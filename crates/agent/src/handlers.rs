@@ -480,16 +480,29 @@ impl Worker {
     }
 }
 
+/// An SMTP transport: plain, STARTTLS (required, not opportunistic) or implicit TLS, verifying
+/// the server against the public roots plus `ca_file`.
 fn mailer(m: &MailSpec, timeout: Duration) -> Result<Mailer, String> {
     use lettre::transport::smtp::authentication::Credentials;
-    let builder = if m.smtps {
-        Mailer::relay(&m.smtp_server).map_err(|e| e.to_string())?
-    } else if m.starttls {
-        Mailer::starttls_relay(&m.smtp_server).map_err(|e| e.to_string())?
-    } else {
-        Mailer::builder_dangerous(&m.smtp_server)
-    };
-    let mut builder = builder.port(m.smtp_port).timeout(Some(timeout));
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    let mut builder = Mailer::builder_dangerous(&m.smtp_server)
+        .port(m.smtp_port)
+        .timeout(Some(timeout));
+    if m.smtps || m.starttls {
+        let mut tls = TlsParameters::builder(m.smtp_server.clone());
+        if let Some(ca) = &m.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            tls = tls.add_root_certificate(cert);
+        }
+        let params = tls.build().map_err(|e| format!("TLS: {e}"))?;
+        builder = builder.tls(if m.smtps {
+            Tls::Wrapper(params)
+        } else {
+            Tls::Required(params)
+        });
+    }
     if let (Some(user), Some(pass)) = (&m.smtp_user, &m.smtp_password) {
         builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
     }

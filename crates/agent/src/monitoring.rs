@@ -191,6 +191,8 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
     let mut active: Vec<bool> = vec![false; checks.len()];
     let (tx, mut rx) = mpsc::channel::<RunResult>(checks.len().max(1));
     let mut tasks = tokio::task::JoinSet::new();
+    // Which check each running task is, to free the check if its task panics.
+    let mut task_checks: HashMap<tokio::task::Id, usize> = HashMap::new();
     loop {
         // `if_group` follows the node's groups as detectors change them.
         let groups = view.groups();
@@ -233,7 +235,7 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                 plugins_dir.clone(),
                 tx.clone(),
             );
-            tasks.spawn(async move {
+            let task = tasks.spawn(async move {
                 let spec = &checks[i];
                 let result = match &spec.kind {
                     _ if spec.error.is_some() => RunResult::unknown(
@@ -256,6 +258,7 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                 };
                 let _ = tx.send(result).await;
             });
+            task_checks.insert(task.id(), i);
         }
         let wake = (0..checks.len())
             .filter(|i| active[*i] && !in_flight[*i])
@@ -277,7 +280,25 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                     save_states(&state_file, &handle);
                 }
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                match joined {
+                    Ok((id, ())) => {
+                        task_checks.remove(&id);
+                    }
+                    Err(e) => {
+                        // A bug, not a check result: report it as UNKNOWN and keep running.
+                        if let Some(i) = task_checks.remove(&e.id()) {
+                            tracing::error!(check = %checks[i].name, error = %e, "check task failed");
+                            in_flight[i] = false;
+                            let failed = RunResult::unknown(i, format!("UNKNOWN: the check task failed: {e}"));
+                            if active[i] && apply(&checks[i], &mut trackers[i], failed, &handle, &bus) {
+                                publish_summary(&gossip, &handle).await;
+                                save_states(&state_file, &handle);
+                            }
+                        }
+                    }
+                }
+            }
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
     }
@@ -343,9 +364,12 @@ fn apply(
 }
 
 async fn publish_summary(gossip: &GossipHandle, handle: &MonitoringHandle) {
+    // Peers refuse records over the wire limits: leave out what cannot travel.
     let summary = handle
         .checks()
         .into_iter()
+        .filter(|c| c.name.len() <= opsbro_gossip::codec::MAX_CHECK_NAME)
+        .take(opsbro_gossip::codec::MAX_CHECKS)
         .map(|c| opsbro_gossip::CheckSummary {
             state: CheckState::parse(&c.state)
                 .unwrap_or(CheckState::Unknown)

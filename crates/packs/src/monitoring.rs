@@ -79,6 +79,8 @@ pub struct MailSpec {
     pub starttls: bool,
     /// Implicit TLS (SMTPS).
     pub smtps: bool,
+    /// PEM file of a CA to trust besides the public roots (a private relay's certificate).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Login.
     pub smtp_user: Option<String>,
     /// Password.
@@ -161,6 +163,9 @@ pub(crate) fn yaml_to_json(v: &Yaml) -> Result<serde_json::Value, String> {
 
 type Problem = (String, String);
 
+/// Longest check name (`<pack>/<file>`): names travel in the gossip record.
+pub const MAX_CHECK_NAME: usize = 128;
+
 const CHECK_KEYS: &[&str] = &[
     "interval",
     "if_group",
@@ -231,8 +236,17 @@ pub(crate) fn parse_check(
         .as_mapping()
         .ok_or_else(|| ("check".to_owned(), "`check` must be a mapping".to_owned()))?;
     let keys = yaml_to_json(body).map_err(|e| ("check".to_owned(), e))?;
+    let name = format!("{pack}/{stem}");
+    if name.len() > MAX_CHECK_NAME {
+        return Err((
+            "check".to_owned(),
+            format!(
+                "the check name `{name}` is over {MAX_CHECK_NAME} bytes (pack/file name): use a shorter file name"
+            ),
+        ));
+    }
     let mut spec = CheckSpec {
-        name: format!("{pack}/{stem}"),
+        name,
         display_name: stem.to_owned(),
         pack: pack.to_owned(),
         file: file.to_owned(),
@@ -373,6 +387,7 @@ const HANDLER_KEYS: &[&str] = &[
     "smtps",
     "smtp_user",
     "smtp_password",
+    "ca_file",
     "subject_template",
     "text_template",
     "token",
@@ -396,6 +411,7 @@ fn type_keys(kind: &str) -> &'static [&'static str] {
             "smtps",
             "smtp_user",
             "smtp_password",
+            "ca_file",
             "subject_template",
             "text_template",
         ],
@@ -549,6 +565,7 @@ pub(crate) fn parse_handler(
                 smtp_port: port.unwrap_or(if smtps { 465 } else { 25 }),
                 starttls: flag("starttls")?,
                 smtps,
+                ca_file: opt_text("ca_file")?.map(std::path::PathBuf::from),
                 smtp_user: opt_text("smtp_user")?,
                 smtp_password: opt_text("smtp_password")?,
                 subject_template: opt_text("subject_template")?
