@@ -14,22 +14,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opsbro_api::gossip::{self as g, Counters, Event, HistoryItem, KeyringOp, Member};
 use opsbro_config::Seed;
-use opsbro_gossip::codec::{self, MAX_DATAGRAM, MAX_PUSH_PULL};
+use opsbro_gossip::codec::{self, MAX_DATAGRAM};
 use opsbro_gossip::{Effect, Gossip, GossipConfig, MemberState, NodeRecord, PushPull, UserEvent};
 use opsbro_transport::{Key, Keyring, OpenError};
 use opsbro_types::{NodeUuid, SubsystemState};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{self, open, read_frame, write_frame};
 use crate::status::Status;
 
-/// Kind byte of a cluster TCP frame carrying a push-pull (other kinds come with the KV store).
+/// Kind byte of a cluster TCP frame carrying a push-pull (2 and 3 are the KV store's).
 const FRAME_PUSH_PULL: u8 = 1;
-/// Largest sealed frame accepted.
-const MAX_FRAME: usize = MAX_PUSH_PULL + 64;
 /// Cluster TCP connections served at once; more are closed at once and counted.
 const MAX_CLUSTER_CONNECTIONS: usize = 64;
 /// Time allowed for a whole push-pull exchange.
@@ -141,6 +139,8 @@ pub struct GossipHandle {
     pub counters: Arc<GossipCounters>,
     /// Whether traffic is encrypted.
     pub encrypted: bool,
+    /// The cluster keyring (the KV store seals its frames with it).
+    pub keyring: cluster::SharedKeyring,
 }
 
 impl GossipHandle {
@@ -246,6 +246,36 @@ pub struct GossipSetup {
     pub view: crate::eval::SharedView,
     /// Where member changes are published.
     pub bus: crate::events::EventBus,
+    /// Cluster TCP connections that speak KV are handed over here (with their first frame,
+    /// opened).
+    pub kv_connections: mpsc::Sender<KvConnection>,
+    /// The live membership, for the KV ring.
+    pub membership: tokio::sync::watch::Sender<Arc<Vec<Peer>>>,
+}
+
+/// A cluster connection whose first frame is a KV request.
+pub struct KvConnection {
+    /// The connection.
+    pub stream: TcpStream,
+    /// Who.
+    pub peer: SocketAddr,
+    /// The first frame, opened.
+    pub first: Vec<u8>,
+}
+
+/// A member as the KV store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Identity.
+    pub uuid: NodeUuid,
+    /// Name.
+    pub name: String,
+    /// Cluster address.
+    pub addr: SocketAddr,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// State.
+    pub state: MemberState,
 }
 
 /// Bound gossip sockets: UDP and TCP on the same port.
@@ -315,6 +345,7 @@ pub fn start(
         tx,
         counters: counters.clone(),
         encrypted,
+        keyring: keyring.clone(),
     };
     let clock = Clock::new();
     let seed = u64::from_le_bytes(setup.me.uuid.as_bytes()[..8].try_into().unwrap_or([0; 8]))
@@ -334,6 +365,7 @@ pub fn start(
         keyring.clone(),
         counters.clone(),
         itx.clone(),
+        setup.kv_connections.clone(),
         tracker.clone(),
         shutdown.clone(),
     ));
@@ -360,6 +392,8 @@ pub fn start(
         port: sockets.local.port(),
         view: setup.view,
         bus: setup.bus,
+        membership: setup.membership,
+        fingerprint: 0,
     };
     status.set(
         "gossip",
@@ -393,6 +427,10 @@ struct Driver {
     view: crate::eval::SharedView,
     /// Member changes go out here.
     bus: crate::events::EventBus,
+    /// The live membership for the KV store.
+    membership: tokio::sync::watch::Sender<Arc<Vec<Peer>>>,
+    /// Digest of (uuid, incarnation, state) of every member when views were last published.
+    fingerprint: u64,
 }
 
 struct Detecting {
@@ -653,6 +691,25 @@ impl Driver {
     }
 
     fn refresh_view(&self) {
+        let peers: Vec<Peer> = self
+            .core
+            .members()
+            .map(|r| Peer {
+                uuid: r.uuid,
+                name: r.name.clone(),
+                addr: r.addr,
+                groups: r.groups.clone(),
+                state: r.state,
+            })
+            .collect();
+        self.membership.send_if_modified(|old| {
+            if **old == peers {
+                false
+            } else {
+                *old = Arc::new(peers);
+                true
+            }
+        });
         let me = self.core.me();
         self.view.set(crate::eval::ClusterView {
             groups: me.groups.clone(),
@@ -668,12 +725,19 @@ impl Driver {
     async fn perform(&mut self) {
         let mut effects = std::mem::take(&mut self.pending);
         self.core.drain_effects_into(&mut effects);
-        if effects.iter().any(|e| {
-            matches!(
-                e,
-                Effect::MemberChanged(_) | Effect::UserEvent(_) | Effect::IncarnationChanged(_)
-            )
-        }) {
+        // Any record change (a member's groups, through its incarnation) or event refreshes the
+        // snapshots; the fingerprint is cheap, the snapshots are not.
+        let fingerprint = self.core.members().fold(0u64, |acc, r| {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&(r.uuid, r.incarnation, r.state as u8), &mut h);
+            acc ^ std::hash::Hasher::finish(&h)
+        });
+        if fingerprint != self.fingerprint
+            || effects
+                .iter()
+                .any(|e| matches!(e, Effect::UserEvent(_) | Effect::IncarnationChanged(_)))
+        {
+            self.fingerprint = fingerprint;
             self.refresh_view();
         }
         for e in effects {
@@ -914,6 +978,7 @@ async fn tcp_server(
     keyring: Arc<RwLock<Keyring>>,
     counters: Arc<GossipCounters>,
     itx: mpsc::Sender<Internal>,
+    kv: mpsc::Sender<KvConnection>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -939,11 +1004,12 @@ async fn tcp_server(
         let keyring = keyring.clone();
         let counters = counters.clone();
         let itx = itx.clone();
+        let kv = kv.clone();
         tracker.spawn(async move {
             let _slot = slot;
             let served = tokio::time::timeout(
                 PUSH_PULL_TIMEOUT,
-                serve_conn(stream, &keyring, &counters, &itx),
+                serve_conn(stream, peer, &keyring, &counters, &itx, &kv),
             )
             .await;
             match served {
@@ -960,15 +1026,28 @@ async fn tcp_server(
 
 async fn serve_conn(
     mut stream: TcpStream,
+    peer: SocketAddr,
     keyring: &RwLock<Keyring>,
     counters: &GossipCounters,
     itx: &mpsc::Sender<Internal>,
+    kv: &mpsc::Sender<KvConnection>,
 ) -> Result<(), String> {
     let frame = read_frame(&mut stream).await?;
     let plain = open(keyring, &frame).map_err(|e| {
         counters.rejected(e);
         e.to_string()
     })?;
+    if plain.first() == Some(&opsbro_kv::wire::KIND_REQUEST) {
+        // A KV peer: the connection is the KV store's from now on (it has its own limits).
+        return kv
+            .send(KvConnection {
+                stream,
+                peer,
+                first: plain,
+            })
+            .await
+            .map_err(|_| "the KV store is not running".to_owned());
+    }
     let (kind, body) = plain.split_first().ok_or("empty frame")?;
     if *kind != FRAME_PUSH_PULL {
         inc(&counters.malformed);
@@ -1006,46 +1085,10 @@ async fn push_pull(
     codec::decode_push_pull(body).map_err(|e| format!("bad answer from {to}: {e}"))
 }
 
-fn open(keyring: &RwLock<Keyring>, frame: &[u8]) -> Result<Vec<u8>, OpenError> {
-    match keyring.read() {
-        Ok(k) => k.open(frame),
-        Err(p) => p.into_inner().open(frame),
-    }
-}
-
 fn frame_bytes(keyring: &RwLock<Keyring>, payload: &PushPull) -> Vec<u8> {
     let mut plain = vec![FRAME_PUSH_PULL];
     plain.extend_from_slice(&codec::encode_push_pull(payload));
-    let rng = opsbro_transport::system_random();
-    match keyring.read() {
-        Ok(k) => k.seal(&rng, &plain),
-        Err(p) => p.into_inner().seal(&rng, &plain),
-    }
-}
-
-async fn read_frame(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
-    let len = stream
-        .read_u32()
-        .await
-        .map_err(|e| format!("reading frame length: {e}"))? as usize;
-    if len > MAX_FRAME {
-        return Err(format!(
-            "frame of {len} bytes is over the {MAX_FRAME}-byte limit"
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    stream
-        .read_exact(&mut buf)
-        .await
-        .map_err(|e| format!("reading frame: {e}"))?;
-    Ok(buf)
-}
-
-async fn write_frame(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
-    let len = u32::try_from(bytes.len()).map_err(|_| "frame too large")?;
-    stream.write_u32(len).await.map_err(|e| e.to_string())?;
-    stream.write_all(bytes).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())
+    cluster::seal(keyring, &plain)
 }
 
 /// Join the seeds at start, retrying with backoff (1 s doubling to 30 s) until one answers; then

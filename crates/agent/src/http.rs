@@ -67,6 +67,8 @@ pub struct ApiContext {
     pub monitoring: crate::monitoring::MonitoringHandle,
     /// Handler counters.
     pub handlers: crate::handlers::HandlersHandle,
+    /// The KV store.
+    pub kv: crate::kv::KvHandle,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -126,6 +128,13 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route(opsbro_api::monitoring::STATE_NODE, get(monitoring_node))
         .route(opsbro_api::monitoring::HISTORY, get(monitoring_history))
         .route(opsbro_api::monitoring::HANDLERS, get(monitoring_handlers))
+        .route(opsbro_api::kv::ROOT, get(crate::http_kv::list))
+        .route(
+            opsbro_api::kv::KEY,
+            get(crate::http_kv::get)
+                .put(crate::http_kv::put)
+                .delete(crate::http_kv::delete),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -186,6 +195,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
                 m
             },
         ),
+        kv: ctx.kv.info(),
     })
 }
 

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod collect;
 pub mod datadir;
 pub mod detectors;
@@ -17,6 +18,8 @@ pub mod gossip;
 pub mod handlers;
 pub mod host;
 pub mod http;
+pub mod http_kv;
+pub mod kv;
 pub mod monitoring;
 pub mod status;
 
@@ -63,6 +66,9 @@ pub enum AgentError {
     /// A second signal asked for an immediate exit.
     #[error("stopped at once by a second signal")]
     Forced,
+    /// The KV store could not start.
+    #[error("kv: {0}")]
+    Kv(String),
 }
 
 fn bind_hint(e: &io::Error) -> &'static str {
@@ -146,6 +152,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         checks: Vec::new(),
     };
     let bus = events::EventBus::default();
+    let (kv_connections, kv_incoming) = tokio::sync::mpsc::channel(64);
+    let (membership, membership_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let view = eval::SharedView::default();
     let view_for_collectors = view.clone();
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
@@ -165,11 +173,54 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             auto_detect: config.auto_detect,
             view: view.clone(),
             bus: bus.clone(),
+            kv_connections,
+            membership,
         },
         sockets,
         status.clone(),
         &tracker,
         shutdown.child_token(),
+    );
+    status.set("kv", SubsystemState::Starting, None);
+    let kv_dir = data_dir.path().join("kv");
+    let store = opsbro_store::SledStore::open(&kv_dir).map_err(|e| {
+        AgentError::Kv(format!(
+            "cannot open the KV store in {}: {e}",
+            kv_dir.display()
+        ))
+    })?;
+    let defaults = kv::KvConfig::default();
+    let kv = kv::KvHandle::start(
+        data_dir.uuid(),
+        Arc::new(store),
+        kv::KvConfig {
+            replication_factor: config
+                .kv
+                .replication_factor
+                .unwrap_or(defaults.replication_factor),
+            write_acks: config
+                .kv
+                .write_acks
+                .as_deref()
+                .and_then(opsbro_kv::WriteAcks::parse)
+                .unwrap_or(defaults.write_acks),
+            tombstone_ttl: config.kv.tombstone_ttl.unwrap_or(defaults.tombstone_ttl),
+            anti_entropy_interval: config
+                .kv
+                .anti_entropy_interval
+                .unwrap_or(defaults.anti_entropy_interval),
+        },
+        gossip.keyring.clone(),
+        membership_rx,
+        kv_incoming,
+        &tracker,
+        shutdown.child_token(),
+    )
+    .map_err(|e| AgentError::Kv(e.message))?;
+    status.set(
+        "kv",
+        SubsystemState::Ok,
+        Some(format!("sled in {}", kv_dir.display())),
     );
     status.set("collectors", SubsystemState::Starting, None);
     let collected = collect::CollectedData::default();
@@ -283,6 +334,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         collected,
         monitoring: monitoring_handle,
         handlers: handlers_handle,
+        kv,
     });
 
     let api_shutdown = shutdown.child_token();

@@ -85,6 +85,30 @@ pub struct AgentInfo {
     /// This node's active checks by state (`ok`, `critical`, ...).
     #[serde(default)]
     pub checks: BTreeMap<String, usize>,
+    /// The KV store on this node.
+    #[serde(default)]
+    pub kv: KvInfo,
+}
+
+/// The KV store in `agent info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvInfo {
+    /// Nodes on the ring.
+    pub ring_nodes: usize,
+    /// Entries held here (tombstones included).
+    pub local_entries: usize,
+    /// Bytes on disk.
+    pub size_on_disk: u64,
+    /// Reads answered.
+    pub reads: u64,
+    /// Writes acknowledged.
+    pub writes: u64,
+    /// Writes refused.
+    pub write_errors: u64,
+    /// Entries taken from other nodes because they were newer (replication, handoff, repair).
+    pub received: u64,
+    /// KV frames or entries refused.
+    pub rejected: u64,
 }
 
 /// Gossip part of [`AgentInfo`].
@@ -675,5 +699,68 @@ pub mod monitoring {
         pub last_error: Option<String>,
         /// Last delivery, ms since the Unix epoch.
         pub last_sent_ms: Option<u64>,
+    }
+}
+
+/// The replicated KV store (`/kv/...`).
+pub mod kv {
+    use std::net::SocketAddr;
+
+    use opsbro_types::NodeUuid;
+    use serde::{Deserialize, Serialize};
+
+    /// `GET /kv/?prefix=P`: live keys under a prefix ([`Entry`] list).
+    pub const ROOT: &str = "/kv/";
+    /// `GET` ([`Entry`]; `?raw` for the bytes; `?index=N&wait=30s` blocks until the key's
+    /// `modify_index` passes N; `?locate` answers [`Location`]), `PUT` (body = value;
+    /// `?cas=INDEX`, `?ttl=30s`; answers [`Written`]), `DELETE` ([`Written`]).
+    pub const KEY: &str = "/kv/{*key}";
+
+    /// A key and its value.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Entry {
+        /// Key.
+        pub key: String,
+        /// Value, base64.
+        pub value: String,
+        /// Version of the last write (pass it as `?cas=`, or `?index=` to wait for the next).
+        pub modify_index: u64,
+        /// Version of the write that created the key.
+        pub create_index: u64,
+        /// When it expires (ms since the Unix epoch), for keys written with `?ttl=`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub expires_ms: Option<u64>,
+    }
+
+    /// Answer of a write.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Written {
+        /// Key.
+        pub key: String,
+        /// Its new version.
+        pub modify_index: u64,
+        /// True for a delete.
+        #[serde(default)]
+        pub deleted: bool,
+    }
+
+    /// One owner of a key.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Owner {
+        /// Uuid.
+        pub uuid: NodeUuid,
+        /// Name.
+        pub name: String,
+        /// Cluster address.
+        pub addr: SocketAddr,
+    }
+
+    /// Where a key lives: its owners, coordinator first.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Location {
+        /// Key.
+        pub key: String,
+        /// Owners, coordinator first.
+        pub owners: Vec<Owner>,
     }
 }

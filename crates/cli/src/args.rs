@@ -61,6 +61,9 @@ pub enum Command {
     /// Detectors: rules that add groups to this node (`linux`, `debian`, `redis`, ...).
     #[command(subcommand)]
     Detectors(DetectorsCommand),
+    /// The replicated key/value store: get, put, delete, list, wait, locate.
+    #[command(subcommand, alias = "kv-store")]
+    Kv(KvCommand),
     /// Checks and handlers: the state of this node's checks (or any node's), history, waits.
     #[command(subcommand)]
     Monitoring(MonitoringCommand),
@@ -418,5 +421,66 @@ pub enum MonitoringCommand {
         /// Seconds to wait.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+    },
+}
+
+/// `opsbro kv ...` (alias `kv-store`).
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print a key's value (exit 2 when the key does not exist).
+    Get {
+        /// The key.
+        key: String,
+        /// Print the bytes as they are (no newline added).
+        #[arg(long)]
+        raw: bool,
+        /// Print JSON (value in base64, modify_index, ...).
+        #[arg(long, conflicts_with = "raw")]
+        json: bool,
+    },
+    /// Set a key (VALUE `-` reads standard input).
+    Put {
+        /// The key.
+        key: String,
+        /// The value, or `-` for standard input.
+        value: String,
+        /// Only if the key's modify_index is this (0: only if the key does not exist).
+        #[arg(long)]
+        cas: Option<u64>,
+        /// Delete the key after this long (e.g. 30s, 10m).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+        /// Only if the key's modify_index is this.
+        #[arg(long)]
+        cas: Option<u64>,
+    },
+    /// List keys (under PREFIX).
+    List {
+        /// Key prefix.
+        prefix: Option<String>,
+        /// Print JSON with the values.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until a key exists (exit 2 when the timeout passes first).
+    WaitExists {
+        /// The key.
+        key: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Show the nodes that hold a key (coordinator first).
+    Locate {
+        /// The key.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }

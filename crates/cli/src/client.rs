@@ -82,6 +82,23 @@ impl Client {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    /// `PUT path` with raw bytes as the body, decoded as `T`.
+    pub async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, CliError> {
+        let bytes = self
+            .send_raw(Method::PUT, path, Some(("application/octet-stream", body)))
+            .await?;
+        self.decode(&bytes)
+    }
+
+    /// `GET path`, the answer's bytes as they are.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CliError> {
+        self.send_raw(Method::GET, path, None).await
+    }
+
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str) -> Result<T, CliError> {
         self.send(method, path, None).await
     }
@@ -92,11 +109,30 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, CliError> {
+        let bytes = self
+            .send_raw(method, path, body.map(|b| ("application/json", b)))
+            .await?;
+        self.decode(&bytes)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CliError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            CliError::Other(anyhow::anyhow!(
+                "the agent at {} sent an answer this CLI does not understand ({e}); are the CLI and agent the same version?",
+                self.addr
+            ))
+        })
+    }
+
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Vec<u8>, CliError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body);
+        if let Some((content_type, body)) = body {
+            request = request.header("content-type", content_type).body(body);
         }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -108,12 +144,7 @@ impl Client {
             .await
             .map_err(|e| self.transport_error(e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                CliError::Other(anyhow::anyhow!(
-                    "the agent at {} sent an answer this CLI does not understand ({e}); are the CLI and agent the same version?",
-                    self.addr
-                ))
-            });
+            return Ok(bytes.to_vec());
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error)

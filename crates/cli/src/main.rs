@@ -9,11 +9,12 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, DetectorsCommand, EvaluatorCommand,
-    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, MonitoringCommand, PacksCommand,
+    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand, MonitoringCommand,
+    PacksCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
-use opsbro_cli::commands::{agent, collectors, detectors, evaluator, gossip, monitoring};
+use opsbro_cli::commands::{agent, collectors, detectors, evaluator, gossip, kv, monitoring};
 use opsbro_cli::error::CliError;
 
 fn main() -> ExitCode {
@@ -103,6 +104,26 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     CollectorsCommand::Show { name, json } => {
                         collectors::show(&client, name, json).await
                     }
+                }
+            })
+        }
+        Command::Kv(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(async {
+                match command {
+                    KvCommand::Get { key, raw, json } => kv::get(&client, &key, raw, json).await,
+                    KvCommand::Put {
+                        key,
+                        value,
+                        cas,
+                        ttl,
+                    } => kv::put(&client, &key, &value, cas, ttl).await,
+                    KvCommand::Delete { key, cas } => kv::delete(&client, &key, cas).await,
+                    KvCommand::List { prefix, json } => kv::list(&client, prefix, json).await,
+                    KvCommand::WaitExists { key, timeout } => {
+                        kv::wait_exists(&client, &key, timeout).await
+                    }
+                    KvCommand::Locate { key, json } => kv::locate(&client, &key, json).await,
                 }
             })
         }

@@ -219,6 +219,21 @@ pub struct Config {
     pub auto_detect: Option<bool>,
     /// `nagios_plugins_dir`.
     pub nagios_plugins_dir: Option<PathBuf>,
+    /// `kv:`.
+    pub kv: KvSettings,
+}
+
+/// `kv:` section (absent = default).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KvSettings {
+    /// `one`, `quorum` or `all` (default quorum: the coordinator and one replica).
+    pub write_acks: Option<String>,
+    /// Copies of each key (default 3).
+    pub replication_factor: Option<usize>,
+    /// How long deletes are remembered (default 24h).
+    pub tombstone_ttl: Option<std::time::Duration>,
+    /// Time between anti-entropy rounds (default 30s).
+    pub anti_entropy_interval: Option<std::time::Duration>,
 }
 
 /// `gossip:` section: protocol timings that override the LAN defaults (absent = default).
@@ -363,6 +378,8 @@ pub struct AgentConfig {
     pub auto_detect: bool,
     /// Where nagios plugins live (`$nagiosplugins$` in check scripts).
     pub nagios_plugins_dir: PathBuf,
+    /// KV store settings.
+    pub kv: KvSettings,
 }
 
 /// Collects errors while validating one source.
@@ -591,8 +608,11 @@ impl Config {
             gossip,
             auto_detect,
             nagios_plugins_dir,
+            kv,
             unknown,
         } = raw;
+        let kv = v.take("kv", kv).unwrap_or_default();
+        let kv = Config::validate_kv(v, kv);
         v.unknown("", unknown, raw::TOP_KEYS);
         let gossip = v.take("gossip", gossip).unwrap_or_default();
         let gossip = Config::validate_gossip(v, gossip);
@@ -683,6 +703,49 @@ impl Config {
                     Err(format!("`{}` must be an absolute path", p.display()))
                 }
             }),
+            kv,
+        }
+    }
+
+    fn validate_kv(v: &mut Validator<'_>, raw: raw::RawKv) -> KvSettings {
+        let raw::RawKv {
+            write_acks,
+            replication_factor,
+            tombstone_ttl,
+            anti_entropy_interval,
+            unknown,
+        } = raw;
+        v.unknown("kv", unknown, raw::KV_KEYS);
+        let positive = |d: serde_yaml::Value| {
+            let d = parse_duration(&d)?;
+            if d.is_zero() {
+                Err("must be more than 0".to_owned())
+            } else {
+                Ok(d)
+            }
+        };
+        KvSettings {
+            write_acks: v.take_with("kv.write_acks", write_acks, |w| {
+                let w = w.trim().to_ascii_lowercase();
+                if ["one", "quorum", "all"].contains(&w.as_str()) {
+                    Ok(w)
+                } else {
+                    Err(format!("`{w}` is not one of one, quorum, all"))
+                }
+            }),
+            replication_factor: v.take_with("kv.replication_factor", replication_factor, |n| {
+                if (1..=7).contains(&n) {
+                    Ok(n as usize)
+                } else {
+                    Err(format!("{n} is outside 1..7"))
+                }
+            }),
+            tombstone_ttl: v.take_with("kv.tombstone_ttl", tombstone_ttl, positive),
+            anti_entropy_interval: v.take_with(
+                "kv.anti_entropy_interval",
+                anti_entropy_interval,
+                positive,
+            ),
         }
     }
 
@@ -819,6 +882,7 @@ impl Config {
             nagios_plugins_dir: self
                 .nagios_plugins_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_NAGIOS_PLUGINS_DIR)),
+            kv: self.kv,
         };
         if errors.is_empty() {
             Ok(config)

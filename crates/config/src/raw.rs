@@ -70,6 +70,7 @@ pub struct RawConfig {
     pub gossip: Field<RawGossip>,
     pub auto_detect: Field<bool>,
     pub nagios_plugins_dir: Field<PathBuf>,
+    pub kv: Field<RawKv>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -143,6 +144,28 @@ pub const TOP_KEYS: &[&str] = &[
     "gossip",
     "auto_detect",
     "nagios_plugins_dir",
+    "kv",
+];
+
+/// Mirror of the `kv:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawKv {
+    pub write_acks: Field<String>,
+    pub replication_factor: Field<u64>,
+    pub tombstone_ttl: Field<serde_yaml::Value>,
+    pub anti_entropy_interval: Field<serde_yaml::Value>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Keys of `kv:`.
+pub const KV_KEYS: &[&str] = &[
+    "write_acks",
+    "replication_factor",
+    "tombstone_ttl",
+    "anti_entropy_interval",
 ];
 
 /// Keys of `api:`.

@@ -1,0 +1,62 @@
+//! Cluster TCP framing, shared by gossip push-pull and the KV store: a frame is
+//! `[u32 length][sealed payload]`, the payload sealed with the cluster keyring (AES-256-GCM when
+//! a key is set) and starting with a kind byte (1 push-pull, 2 KV request, 3 KV response).
+
+use std::sync::{Arc, RwLock};
+
+use opsbro_transport::{Keyring, OpenError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The cluster keyring, shared (rotations apply to every user at once).
+pub type SharedKeyring = Arc<RwLock<Keyring>>;
+
+/// Largest frame read: a full push-pull state, or a KV message with a 512 KiB value and room
+/// for batches.
+pub const MAX_FRAME: usize = opsbro_gossip::codec::MAX_PUSH_PULL + 64;
+
+/// Open (authenticate and decrypt) a frame with the keyring.
+pub fn open(keyring: &RwLock<Keyring>, frame: &[u8]) -> Result<Vec<u8>, OpenError> {
+    match keyring.read() {
+        Ok(k) => k.open(frame),
+        Err(p) => p.into_inner().open(frame),
+    }
+}
+
+/// Seal a plaintext (kind byte first) with the keyring's primary key.
+pub fn seal(keyring: &RwLock<Keyring>, plain: &[u8]) -> Vec<u8> {
+    let rng = opsbro_transport::system_random();
+    match keyring.read() {
+        Ok(k) => k.seal(&rng, plain),
+        Err(p) => p.into_inner().seal(&rng, plain),
+    }
+}
+
+/// Read one frame (bounded by [`MAX_FRAME`]).
+pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, String> {
+    let len = stream
+        .read_u32()
+        .await
+        .map_err(|e| format!("reading frame length: {e}"))? as usize;
+    if len > MAX_FRAME {
+        return Err(format!(
+            "frame of {len} bytes is over the {MAX_FRAME}-byte limit"
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("reading frame: {e}"))?;
+    Ok(buf)
+}
+
+/// Write one frame.
+pub async fn write_frame(
+    stream: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> Result<(), String> {
+    let len = u32::try_from(bytes.len()).map_err(|_| "frame too large")?;
+    stream.write_u32(len).await.map_err(|e| e.to_string())?;
+    stream.write_all(bytes).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())
+}

@@ -1,0 +1,1164 @@
+//! The replicated KV store: any node takes reads and writes; each key lives on its first
+//! `replication_factor` live owners on the SHA1 ring (`opsbro_kv::Ring`) built from the gossip
+//! membership (nodes in group `kv`, or every live node when none is).
+//!
+//! * **Writes** go to the key's coordinator (its first owner that answers), which stamps them
+//!   with its hybrid logical clock, stores them durably (group commit), sends them to the other
+//!   owners and answers once `write_acks` copies are durable.
+//! * **Reads** ask every owner and return the newest copy (so a write acknowledged by any two
+//!   owners is seen even when one of them is gone), repairing stale owners on the way.
+//! * **Handoff and anti-entropy**: when the ring changes (and every `anti_entropy_interval`),
+//!   each node offers the versions it holds to the other owners of those keys, which ask for
+//!   what they miss.
+//! * Deletes are tombstones, garbage-collected after `tombstone_ttl`; TTL keys expire in place.
+//!
+//! Nodes talk over the cluster TCP port with frames sealed by the cluster keyring, on
+//! long-lived multiplexed connections (`Peers`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use opsbro_kv::wire::{self, Frame, Request, Response, WriteOp};
+use opsbro_kv::{Entry, Hlc, Ring, WriteAcks};
+use opsbro_store::GroupCommit;
+use opsbro_types::NodeUuid;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{self, SharedKeyring};
+use crate::gossip::{KvConnection, Peer};
+
+/// How long a node waits for another's answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connecting to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Incoming KV connections served at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Requests served at once on one connection.
+const MAX_IN_FLIGHT: usize = 512;
+/// A connection idle this long is closed.
+const IDLE: Duration = Duration::from_secs(300);
+/// Entries per anti-entropy message.
+const BATCH: usize = 1000;
+/// Bytes of values per replication message.
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// Settings.
+#[derive(Debug, Clone)]
+pub struct KvConfig {
+    /// Copies of each key.
+    pub replication_factor: usize,
+    /// Durable copies before a write is acknowledged.
+    pub write_acks: WriteAcks,
+    /// How long tombstones are kept.
+    pub tombstone_ttl: Duration,
+    /// Time between anti-entropy rounds.
+    pub anti_entropy_interval: Duration,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig {
+            replication_factor: 3,
+            write_acks: WriteAcks::Quorum,
+            tombstone_ttl: Duration::from_secs(24 * 3600),
+            anti_entropy_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why an operation failed, with the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct KvError {
+    /// 400, 404, 409, 413, 500 or 503.
+    pub status: u16,
+    /// What happened.
+    pub message: String,
+}
+
+impl KvError {
+    fn new(status: u16, message: impl Into<String>) -> KvError {
+        KvError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<opsbro_store::StoreError> for KvError {
+    fn from(e: opsbro_store::StoreError) -> Self {
+        KvError::new(500, e.to_string())
+    }
+}
+
+/// Operation counters.
+#[derive(Debug, Default)]
+pub struct KvCounters {
+    /// Reads answered.
+    pub reads: AtomicU64,
+    /// Writes acknowledged.
+    pub writes: AtomicU64,
+    /// Writes refused (CAS, not enough replicas).
+    pub write_errors: AtomicU64,
+    /// Entries taken from other nodes (replication, handoff, repair) because they were newer.
+    pub received: AtomicU64,
+    /// KV frames refused (bad key, malformed).
+    pub rejected_frames: AtomicU64,
+}
+
+struct RingView {
+    ring: Ring,
+    peers: HashMap<NodeUuid, Peer>,
+}
+
+/// The KV store of this node; cheap to clone.
+#[derive(Clone)]
+pub struct KvHandle(Arc<Kv>);
+
+struct Kv {
+    me: NodeUuid,
+    commits: Arc<GroupCommit>,
+    hlc: Mutex<Hlc>,
+    /// Serialises read-merge-write of local entries.
+    merge: Mutex<()>,
+    view: RwLock<RingView>,
+    peers: Peers,
+    /// Bumped after every local change (blocking reads watch it).
+    changes: watch::Sender<u64>,
+    /// (expiry ms, key) of entries with a TTL.
+    expiring: Mutex<BTreeSet<(u64, String)>>,
+    config: KvConfig,
+    counters: KvCounters,
+}
+
+/// A key's owners for the API (`kv locate`).
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// Uuid.
+    pub uuid: NodeUuid,
+    /// Name.
+    pub name: String,
+    /// Cluster address.
+    pub addr: SocketAddr,
+}
+
+fn now_ms() -> u64 {
+    crate::host::unix_ms()
+}
+
+impl KvHandle {
+    /// Open the store and start the KV tasks: incoming connections, ring updates with handoff,
+    /// anti-entropy, TTL expiry and tombstone collection.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        me: NodeUuid,
+        store: Arc<dyn opsbro_store::Store>,
+        config: KvConfig,
+        keyring: SharedKeyring,
+        mut membership: watch::Receiver<Arc<Vec<Peer>>>,
+        mut connections: mpsc::Receiver<KvConnection>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<KvHandle, KvError> {
+        let kv = Arc::new(Kv {
+            me,
+            commits: GroupCommit::new(store),
+            hlc: Mutex::new(Hlc::default()),
+            merge: Mutex::new(()),
+            view: RwLock::new(RingView {
+                ring: Ring::default(),
+                peers: HashMap::new(),
+            }),
+            peers: Peers::new(keyring.clone()),
+            changes: watch::channel(0).0,
+            expiring: Mutex::new(BTreeSet::new()),
+            config,
+            counters: KvCounters::default(),
+        });
+        // Continue the clock above every stamp we hold, and index TTL keys.
+        {
+            let mut hlc = kv.hlc.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut expiring = kv.expiring.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, bytes) in kv.commits.store().scan_prefix("")? {
+                if let Ok(e) = Entry::from_bytes(&bytes) {
+                    hlc.observe(e.index);
+                    if e.expires_ms > 0 && !e.deleted {
+                        expiring.insert((e.expires_ms, key));
+                    }
+                }
+            }
+        }
+        kv.update_ring(&membership.borrow_and_update());
+        let handle = KvHandle(kv.clone());
+
+        // Incoming connections.
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let (k, stop, t) = (kv.clone(), shutdown.clone(), tracker.clone());
+        tracker.spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    () = stop.cancelled() => return,
+                    c = connections.recv() => match c { Some(c) => c, None => return },
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(peer = %conn.peer, "too many KV connections; refused");
+                    continue;
+                };
+                let (k, stop) = (k.clone(), stop.clone());
+                t.spawn(async move {
+                    let _slot = slot;
+                    k.serve(conn, stop).await;
+                });
+            }
+        });
+
+        // Ring changes → handoff (debounced); periodic anti-entropy.
+        let (k, stop) = (kv.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let mut next_sync = tokio::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = membership.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let members = membership.borrow_and_update().clone();
+                        if k.update_ring(&members) {
+                            // Let a burst of changes settle, then hand data off.
+                            next_sync = tokio::time::Instant::now() + Duration::from_millis(500);
+                        }
+                    }
+                    () = tokio::time::sleep_until(next_sync) => {
+                        if let Err(e) = k.anti_entropy().await {
+                            tracing::debug!(error = %e, "anti-entropy round incomplete");
+                        }
+                        next_sync = tokio::time::Instant::now() + k.config.anti_entropy_interval;
+                    }
+                }
+            }
+        });
+
+        // TTL expiry every second, tombstone collection every 10 minutes.
+        let (k, stop) = (kv.clone(), shutdown);
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n: u64 = 0;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                n += 1;
+                let k2 = k.clone();
+                let collect = n.is_multiple_of(600);
+                let _ = tokio::task::spawn_blocking(move || {
+                    k2.expire();
+                    if collect {
+                        k2.collect_tombstones();
+                    }
+                })
+                .await;
+            }
+        });
+        Ok(handle)
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &KvCounters {
+        &self.0.counters
+    }
+
+    /// The store's figures for `agent info`.
+    pub fn info(&self) -> opsbro_api::KvInfo {
+        let c = &self.0.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        opsbro_api::KvInfo {
+            ring_nodes: self.ring_size(),
+            local_entries: self.0.commits.store().len(),
+            size_on_disk: self.0.commits.store().size_on_disk(),
+            reads: g(&c.reads),
+            writes: g(&c.writes),
+            write_errors: g(&c.write_errors),
+            received: g(&c.received),
+            rejected: g(&c.rejected_frames),
+        }
+    }
+
+    /// Nodes on the ring.
+    pub fn ring_size(&self) -> usize {
+        self.0
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ring
+            .nodes()
+            .len()
+    }
+
+    /// The owners of `key`, coordinator first.
+    pub fn locate(&self, key: &str) -> Vec<Owner> {
+        let view = self.0.view.read().unwrap_or_else(PoisonError::into_inner);
+        view.ring
+            .owners(key, self.0.config.replication_factor)
+            .into_iter()
+            .filter_map(|u| {
+                view.peers.get(&u).map(|p| Owner {
+                    uuid: u,
+                    name: p.name.clone(),
+                    addr: p.addr,
+                })
+            })
+            .collect()
+    }
+
+    /// The live value of `key` (newest copy among its owners).
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
+        let e = self.0.read_newest(key).await?;
+        self.0.counters.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(e.filter(|e| e.is_live(now_ms())))
+    }
+
+    /// Write through the key's coordinator; answers the new `modify_index`.
+    pub async fn write(&self, key: &str, op: WriteOp) -> Result<u64, KvError> {
+        let result = self.0.route_write(key, op).await;
+        let c = if result.is_ok() {
+            &self.0.counters.writes
+        } else {
+            &self.0.counters.write_errors
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Live keys under `prefix`, from every node.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, KvError> {
+        self.0.list(prefix).await
+    }
+
+    /// Wait until `key`'s `modify_index` passes `index` (or `timeout`); answers the entry then.
+    pub async fn wait(
+        &self,
+        key: &str,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<Option<Entry>, KvError> {
+        let owners = self.0.owners(key);
+        for owner in owners {
+            if owner == self.0.me {
+                return Ok(self.0.wait_local(key, index, timeout).await);
+            }
+            let Some(addr) = self.0.addr_of(&owner) else {
+                continue;
+            };
+            let req = Request::Wait {
+                key: key.to_owned(),
+                index,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            };
+            match self
+                .0
+                .peers
+                .request(addr, &req, timeout + PEER_TIMEOUT)
+                .await
+            {
+                Ok(Response::Entry(e)) => return Ok(e.filter(|e| e.is_live(now_ms()))),
+                Ok(other) => tracing::debug!(?other, "unexpected answer to wait"),
+                Err(e) => tracing::debug!(%addr, error = %e, "wait: owner unreachable"),
+            }
+        }
+        Err(KvError::new(503, "no owner of the key answered"))
+    }
+}
+
+impl Kv {
+    /// Rebuild the ring from the membership; true when the set of nodes changed.
+    fn update_ring(&self, members: &[Peer]) -> bool {
+        use opsbro_gossip::MemberState;
+        let live: Vec<&Peer> = members
+            .iter()
+            .filter(|p| matches!(p.state, MemberState::Alive | MemberState::Suspect))
+            .collect();
+        let tagged: Vec<&Peer> = live
+            .iter()
+            .copied()
+            .filter(|p| p.groups.iter().any(|g| g == "kv"))
+            .collect();
+        let eligible = if tagged.is_empty() { live } else { tagged };
+        let uuids: Vec<NodeUuid> = eligible.iter().map(|p| p.uuid).collect();
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        view.peers = members.iter().map(|p| (p.uuid, p.clone())).collect();
+        let mut sorted = uuids.clone();
+        sorted.sort();
+        if view.ring.nodes() == sorted.as_slice() {
+            return false;
+        }
+        tracing::info!(nodes = sorted.len(), "KV ring changed");
+        view.ring = Ring::new(&uuids);
+        true
+    }
+
+    fn owners(&self, key: &str) -> Vec<NodeUuid> {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ring
+            .owners(key, self.config.replication_factor)
+    }
+
+    fn addr_of(&self, node: &NodeUuid) -> Option<SocketAddr> {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .peers
+            .get(node)
+            .map(|p| p.addr)
+    }
+
+    fn local_get(&self, key: &str) -> Result<Option<Entry>, KvError> {
+        Ok(self
+            .commits
+            .store()
+            .get(key)?
+            .and_then(|b| Entry::from_bytes(&b).ok()))
+    }
+
+    /// Keep the entries that are newer than ours (not yet durable: see `durable`). Returns
+    /// how many were taken.
+    fn merge_local(&self, entries: &[(String, Entry)]) -> Result<usize, KvError> {
+        let _guard = self.merge.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = 0;
+        for (key, e) in entries {
+            if opsbro_kv::validate_key(key).is_err() {
+                self.counters
+                    .rejected_frames
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let newer = match self.local_get(key)? {
+                Some(old) => e.is_newer_than(&old),
+                None => true,
+            };
+            if newer {
+                self.commits.store().put(key, &e.to_bytes())?;
+                taken += 1;
+                if e.expires_ms > 0 && !e.deleted {
+                    self.expiring
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert((e.expires_ms, key.clone()));
+                }
+            }
+            self.hlc
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(e.index);
+        }
+        if taken > 0 {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        Ok(taken)
+    }
+
+    async fn durable(&self) -> Result<(), KvError> {
+        Ok(self.commits.durable().await?)
+    }
+
+    /// Every owner's copy; the newest wins and stale owners are received in the background.
+    async fn read_newest(self: &Arc<Self>, key: &str) -> Result<Option<Entry>, KvError> {
+        let owners = self.owners(key);
+        if owners.is_empty() {
+            return self.local_get(key);
+        }
+        let asks = owners.iter().map(|o| {
+            let me = self.clone();
+            let (o, key) = (*o, key.to_owned());
+            async move {
+                if o == me.me {
+                    return (o, me.local_get(&key).map_err(|e| e.message));
+                }
+                let Some(addr) = me.addr_of(&o) else {
+                    return (o, Err("no address".to_owned()));
+                };
+                match me
+                    .peers
+                    .request(addr, &Request::Get { key }, PEER_TIMEOUT)
+                    .await
+                {
+                    Ok(Response::Entry(e)) => (o, Ok(e)),
+                    Ok(other) => (o, Err(format!("unexpected answer {other:?}"))),
+                    Err(e) => (o, Err(e)),
+                }
+            }
+        });
+        let answers = futures_join_all(asks).await;
+        let mut newest: Option<Entry> = None;
+        let mut answered = 0;
+        for (_, a) in &answers {
+            if let Ok(e) = a {
+                answered += 1;
+                if let Some(e) = e
+                    && newest.as_ref().is_none_or(|n| e.is_newer_than(n))
+                {
+                    newest = Some(e.clone());
+                }
+            }
+        }
+        if answered == 0 {
+            return Err(KvError::new(503, "no owner of the key answered"));
+        }
+        if let Some(n) = &newest {
+            let stale: Vec<NodeUuid> = answers
+                .iter()
+                .filter(|(_, a)| matches!(a, Ok(e) if e.as_ref() != Some(n)))
+                .map(|(o, _)| *o)
+                .collect();
+            if !stale.is_empty() {
+                let (me, key, n) = (self.clone(), key.to_owned(), n.clone());
+                tokio::spawn(async move {
+                    me.push_to(&stale, vec![(key, n)]).await;
+                });
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Send entries to nodes (repair, handoff); answers how many nodes stored them.
+    async fn push_to(self: &Arc<Self>, nodes: &[NodeUuid], entries: Vec<(String, Entry)>) -> usize {
+        let mut stored = 0;
+        for n in nodes {
+            if *n == self.me {
+                if self.merge_local(&entries).is_ok() && self.durable().await.is_ok() {
+                    stored += 1;
+                }
+                continue;
+            }
+            let Some(addr) = self.addr_of(n) else {
+                continue;
+            };
+            let req = Request::Replicate {
+                entries: entries.clone(),
+            };
+            if let Ok(Response::Stored) = self.peers.request(addr, &req, PEER_TIMEOUT).await {
+                stored += 1;
+            }
+        }
+        stored
+    }
+
+    /// Send the write to the first owner that answers.
+    async fn route_write(self: &Arc<Self>, key: &str, op: WriteOp) -> Result<u64, KvError> {
+        let owners = self.owners(key);
+        if owners.is_empty() {
+            return Err(KvError::new(503, "no node can store keys yet"));
+        }
+        let mut last = String::new();
+        for owner in &owners {
+            if *owner == self.me {
+                return self.coordinate(key, op).await;
+            }
+            let Some(addr) = self.addr_of(owner) else {
+                continue;
+            };
+            let req = Request::Write {
+                key: key.to_owned(),
+                op: op.clone(),
+            };
+            match self.peers.request(addr, &req, PEER_TIMEOUT * 2).await {
+                Ok(Response::Written { index }) => return Ok(index),
+                Ok(Response::Refused { code, message }) => return Err(KvError::new(code, message)),
+                Ok(other) => last = format!("unexpected answer {other:?}"),
+                // Unreachable (dead but not yet noticed): the next owner coordinates.
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "coordinator unreachable; trying the next owner");
+                    last = e;
+                }
+            }
+        }
+        Err(KvError::new(
+            503,
+            format!("no owner of the key could take the write ({last})"),
+        ))
+    }
+
+    /// Coordinate a write: stamp, store durably, replicate, answer after enough copies.
+    async fn coordinate(self: &Arc<Self>, key: &str, op: WriteOp) -> Result<u64, KvError> {
+        let owners = self.owners(key);
+        let cas = match &op {
+            WriteOp::Put { cas, .. } | WriteOp::Delete { cas } => *cas,
+        };
+        // CAS compares with the newest copy anywhere, not just ours.
+        let current = if cas.is_some() {
+            self.read_newest(key).await?
+        } else {
+            self.local_get(key)?
+        }
+        .filter(|e| e.is_live(now_ms()));
+        if let Some(want) = cas {
+            let have = current.as_ref().map_or(0, |e| e.index);
+            if have != want {
+                return Err(KvError::new(
+                    409,
+                    format!("CAS failed: modify_index is {have}, not {want}"),
+                ));
+            }
+        }
+        let index = self
+            .hlc
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stamp(now_ms());
+        let entry = match op {
+            WriteOp::Put { value, ttl_ms, .. } => Entry {
+                value,
+                index,
+                create_index: current.as_ref().map_or(index, |e| e.create_index),
+                deleted: false,
+                expires_ms: if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms },
+            },
+            WriteOp::Delete { .. } => Entry {
+                value: Vec::new(),
+                index,
+                create_index: current.as_ref().map_or(index, |e| e.create_index),
+                deleted: true,
+                expires_ms: 0,
+            },
+        };
+        let batch = vec![(key.to_owned(), entry)];
+        self.merge_local(&batch)?;
+        let needed = self.config.write_acks.needed(owners.len().max(1));
+        // Local durability and the replicas in parallel; answer at `needed` copies.
+        let (tx, mut rx) = mpsc::channel::<bool>(owners.len().max(1));
+        {
+            let me = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(me.durable().await.is_ok()).await;
+            });
+        }
+        for o in owners.iter().filter(|o| **o != self.me) {
+            let (me, tx, batch, o) = (self.clone(), tx.clone(), batch.clone(), *o);
+            tokio::spawn(async move {
+                let ok = match me.addr_of(&o) {
+                    Some(addr) => matches!(
+                        me.peers
+                            .request(addr, &Request::Replicate { entries: batch }, PEER_TIMEOUT)
+                            .await,
+                        Ok(Response::Stored)
+                    ),
+                    None => false,
+                };
+                let _ = tx.send(ok).await;
+            });
+        }
+        drop(tx);
+        let (mut acks, mut answers) = (0, 0);
+        while let Some(ok) = rx.recv().await {
+            answers += 1;
+            if ok {
+                acks += 1;
+            }
+            if acks >= needed {
+                return Ok(index);
+            }
+            if answers == owners.len().max(1) {
+                break;
+            }
+        }
+        Err(KvError::new(
+            503,
+            format!(
+                "not enough replicas: {acks} of {needed} copies are durable (the write may still be visible)"
+            ),
+        ))
+    }
+
+    async fn list(self: &Arc<Self>, prefix: &str) -> Result<Vec<(String, Entry)>, KvError> {
+        let nodes: Vec<NodeUuid> = self
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ring
+            .nodes()
+            .to_vec();
+        let mut merged: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut take = |entries: Vec<(String, Entry)>| {
+            for (k, e) in entries {
+                match merged.get(&k) {
+                    Some(old) if !e.is_newer_than(old) => {}
+                    _ => {
+                        merged.insert(k, e);
+                    }
+                }
+            }
+        };
+        take(self.local_list(prefix)?);
+        let asks = nodes.into_iter().filter(|n| *n != self.me).map(|n| {
+            let (me, prefix) = (self.clone(), prefix.to_owned());
+            async move {
+                let addr = me.addr_of(&n)?;
+                match me
+                    .peers
+                    .request(addr, &Request::List { prefix }, PEER_TIMEOUT)
+                    .await
+                {
+                    Ok(Response::Entries(e)) => Some(e),
+                    _ => None,
+                }
+            }
+        });
+        for e in futures_join_all(asks).await.into_iter().flatten() {
+            take(e);
+        }
+        let now = now_ms();
+        Ok(merged.into_iter().filter(|(_, e)| e.is_live(now)).collect())
+    }
+
+    fn local_list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, KvError> {
+        Ok(self
+            .commits
+            .store()
+            .scan_prefix(prefix)?
+            .into_iter()
+            .filter_map(|(k, b)| Entry::from_bytes(&b).ok().map(|e| (k, e)))
+            .collect())
+    }
+
+    async fn wait_local(&self, key: &str, index: u64, timeout: Duration) -> Option<Entry> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.changes.subscribe();
+        loop {
+            let current = self.local_get(key).ok().flatten();
+            if current.as_ref().is_some_and(|e| e.index > index) {
+                return current.filter(|e| e.is_live(now_ms()));
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    return current.filter(|e| e.is_live(now_ms()));
+                }
+                r = changes.changed() => if r.is_err() {
+                    return current;
+                }
+            }
+        }
+    }
+
+    /// Replace expired entries by tombstones (every replica does the same, with the same
+    /// version, so they agree without talking).
+    fn expire(&self) {
+        let now = now_ms();
+        let due: Vec<(u64, String)> = {
+            let mut set = self.expiring.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut due = Vec::new();
+            while let Some(first) = set.first().cloned() {
+                if first.0 > now {
+                    break;
+                }
+                set.pop_first();
+                due.push(first);
+            }
+            due
+        };
+        for (expires, key) in due {
+            let _guard = self.merge.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Ok(Some(e)) = self.local_get(&key)
+                && !e.deleted
+                && e.expires_ms == expires
+            {
+                let tomb = Entry {
+                    value: Vec::new(),
+                    deleted: true,
+                    expires_ms: 0,
+                    ..e
+                };
+                let _ = self.commits.store().put(&key, &tomb.to_bytes());
+                self.changes.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    /// Forget tombstones older than `tombstone_ttl`.
+    fn collect_tombstones(&self) {
+        let limit = now_ms().saturating_sub(
+            u64::try_from(self.config.tombstone_ttl.as_millis()).unwrap_or(u64::MAX),
+        );
+        let Ok(all) = self.local_list("") else { return };
+        let _guard = self.merge.lock().unwrap_or_else(PoisonError::into_inner);
+        for (k, e) in all {
+            if e.deleted && Hlc::millis(e.index) < limit {
+                let _ = self.commits.store().remove(&k);
+            }
+        }
+        let _ = self.commits.store().flush();
+    }
+
+    /// Offer every local version to the other owners of its key; send what they miss and take
+    /// what they have newer.
+    async fn anti_entropy(self: &Arc<Self>) -> Result<(), String> {
+        let all = self.local_list("").map_err(|e| e.message)?;
+        let (ring, peers) = {
+            let v = self.view.read().unwrap_or_else(PoisonError::into_inner);
+            (v.ring.clone(), v.peers.clone())
+        };
+        let mut per_node: HashMap<NodeUuid, Vec<(String, u64)>> = HashMap::new();
+        for (k, e) in &all {
+            for o in ring.owners(k, self.config.replication_factor) {
+                if o != self.me {
+                    per_node.entry(o).or_default().push((k.clone(), e.index));
+                }
+            }
+        }
+        let by_key: HashMap<&str, &Entry> = all.iter().map(|(k, e)| (k.as_str(), e)).collect();
+        let mut problems = Vec::new();
+        for (node, items) in per_node {
+            let Some(addr) = peers.get(&node).map(|p| p.addr) else {
+                continue;
+            };
+            for chunk in items.chunks(BATCH) {
+                let req = Request::Digest {
+                    items: chunk.to_vec(),
+                };
+                let (need, newer) = match self.peers.request(addr, &req, PEER_TIMEOUT * 2).await {
+                    Ok(Response::Digest { need, newer }) => (need, newer),
+                    Ok(other) => {
+                        problems.push(format!("{addr}: unexpected {other:?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        problems.push(format!("{addr}: {e}"));
+                        break;
+                    }
+                };
+                if !newer.is_empty() {
+                    let n = self.merge_local(&newer).map_err(|e| e.message)?;
+                    self.durable().await.map_err(|e| e.message)?;
+                    self.counters
+                        .received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                for k in need {
+                    if let Some(e) = by_key.get(k.as_str()) {
+                        bytes += e.value.len() + k.len() + 32;
+                        batch.push((k, (*e).clone()));
+                    }
+                    if batch.len() >= BATCH || bytes >= BATCH_BYTES {
+                        self.send_batch(addr, std::mem::take(&mut batch)).await?;
+                        bytes = 0;
+                    }
+                }
+                if !batch.is_empty() {
+                    self.send_batch(addr, batch).await?;
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        addr: SocketAddr,
+        entries: Vec<(String, Entry)>,
+    ) -> Result<(), String> {
+        match self
+            .peers
+            .request(addr, &Request::Replicate { entries }, PEER_TIMEOUT * 2)
+            .await
+        {
+            Ok(Response::Stored) => Ok(()),
+            Ok(other) => Err(format!("{addr}: unexpected {other:?}")),
+            Err(e) => Err(format!("{addr}: {e}")),
+        }
+    }
+
+    /// Answer a request from another node.
+    async fn handle(self: &Arc<Self>, req: Request) -> Response {
+        let refused = |e: KvError| Response::Refused {
+            code: e.status,
+            message: e.message,
+        };
+        match req {
+            Request::Write { key, op } => {
+                if let Err(e) = opsbro_kv::validate_key(&key) {
+                    return refused(KvError::new(400, e.to_string()));
+                }
+                match self.coordinate(&key, op).await {
+                    Ok(index) => Response::Written { index },
+                    Err(e) => refused(e),
+                }
+            }
+            Request::Replicate { entries } => {
+                match self.merge_local(&entries) {
+                    Ok(n) => {
+                        self.counters
+                            .received
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => return refused(e),
+                }
+                match self.durable().await {
+                    Ok(()) => Response::Stored,
+                    Err(e) => refused(e),
+                }
+            }
+            Request::Get { key } => match self.local_get(&key) {
+                Ok(e) => Response::Entry(e),
+                Err(e) => refused(e),
+            },
+            Request::List { prefix } => match self.local_list(&prefix) {
+                Ok(e) => Response::Entries(e),
+                Err(e) => refused(e),
+            },
+            Request::Digest { items } => {
+                let mut need = Vec::new();
+                let mut newer = Vec::new();
+                for (k, index) in items {
+                    match self.local_get(&k) {
+                        Ok(Some(mine)) if mine.index > index => newer.push((k, mine)),
+                        Ok(Some(mine)) if mine.index == index => {}
+                        Ok(_) => need.push(k),
+                        Err(e) => return refused(e),
+                    }
+                }
+                Response::Digest { need, newer }
+            }
+            Request::Wait {
+                key,
+                index,
+                timeout_ms,
+            } => {
+                let timeout = Duration::from_millis(timeout_ms.min(10 * 60 * 1000));
+                Response::Entry(self.wait_local(&key, index, timeout).await)
+            }
+        }
+    }
+
+    /// Serve one incoming multiplexed connection until it closes, idles out or the agent stops.
+    async fn serve(self: Arc<Self>, conn: KvConnection, stop: CancellationToken) {
+        let KvConnection {
+            stream,
+            peer,
+            first,
+        } = conn;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+        let keyring = self.peers.keyring.clone();
+        let writer_task = tokio::spawn(async move {
+            while let Some(plain) = rx.recv().await {
+                let sealed = cluster::seal(&keyring, &plain);
+                if cluster::write_frame(&mut writer, &sealed).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let mut next = Some(first);
+        loop {
+            let plain = match next.take() {
+                Some(p) => p,
+                None => {
+                    let frame = tokio::select! {
+                        () = stop.cancelled() => break,
+                        f = tokio::time::timeout(IDLE, cluster::read_frame(&mut reader)) => f,
+                    };
+                    let Ok(Ok(frame)) = frame else { break };
+                    match cluster::open(&self.peers.keyring, &frame) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.counters
+                                .rejected_frames
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, error = %e, "KV frame refused");
+                            break;
+                        }
+                    }
+                }
+            };
+            let (id, req) = match wire::decode(&plain) {
+                Ok(Frame::Request(id, req)) => (id, req),
+                Ok(Frame::Response(..)) | Err(_) => {
+                    self.counters
+                        .rejected_frames
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "malformed KV frame; closing");
+                    break;
+                }
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let (me, tx) = (self.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let resp = me.handle(req).await;
+                let _ = tx.send(wire::encode_response(id, &resp)).await;
+            });
+        }
+        drop(tx);
+        let _ = writer_task.await;
+    }
+}
+
+/// Run futures concurrently and collect their outputs in order.
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Outgoing connections to other nodes: one long-lived multiplexed connection per peer.
+struct Peers {
+    keyring: SharedKeyring,
+    conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
+    next_id: AtomicU64,
+}
+
+struct Conn {
+    frames: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    closed: AtomicBool,
+}
+
+impl Peers {
+    fn new(keyring: SharedKeyring) -> Peers {
+        Peers {
+            keyring,
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    async fn conn(&self, addr: SocketAddr) -> Result<Arc<Conn>, String> {
+        if let Some(c) = self
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&addr)
+            .filter(|c| !c.closed.load(Ordering::Acquire))
+        {
+            return Ok(c.clone());
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let conn = Arc::new(Conn {
+            frames: tx,
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        });
+        let keyring = self.keyring.clone();
+        let w = conn.clone();
+        tokio::spawn(async move {
+            while let Some(plain) = rx.recv().await {
+                let sealed = cluster::seal(&keyring, &plain);
+                if cluster::write_frame(&mut writer, &sealed).await.is_err() {
+                    break;
+                }
+            }
+            w.close();
+        });
+        let keyring = self.keyring.clone();
+        let r = conn.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(frame) = cluster::read_frame(&mut reader).await else {
+                    break;
+                };
+                let Ok(plain) = cluster::open(&keyring, &frame) else {
+                    break;
+                };
+                match wire::decode(&plain) {
+                    Ok(Frame::Response(id, resp)) => {
+                        let waiter = r
+                            .pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&id);
+                        if let Some(w) = waiter {
+                            let _ = w.send(resp);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            r.close();
+        });
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// One request, answered within `timeout`.
+    async fn request(
+        &self,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let conn = self.conn(addr).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        if conn
+            .frames
+            .send(wire::encode_request(id, req))
+            .await
+            .is_err()
+        {
+            conn.close();
+            return Err(format!("connection to {addr} closed"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(format!("connection to {addr} closed")),
+            Err(_) => {
+                conn.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                Err(format!("no answer from {addr} within {timeout:?}"))
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Mark closed and fail every waiter (their senders are dropped).
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}

@@ -1,0 +1,77 @@
+//! The KV store's core, free of IO: what a key may be ([`key`]), what is stored for it
+//! ([`entry::Entry`], versioned by a hybrid logical clock so that the newest write wins
+//! everywhere), where it lives ([`ring::Ring`]: SHA1 positions with virtual nodes, the first
+//! owner coordinates, the next ones hold replicas), how many copies acknowledge a write
+//! ([`WriteAcks`]) and how nodes talk about it ([`wire`]).
+//!
+//! The agent owns the sockets, the store (sled) and the tasks; everything here is a value or a
+//! pure function so the placement and merge rules are property-tested.
+
+#![forbid(unsafe_code)]
+
+pub mod entry;
+pub mod key;
+pub mod ring;
+pub mod wire;
+
+pub use entry::{Entry, Hlc};
+pub use key::{KeyError, MAX_KEY_BYTES, MAX_VALUE_BYTES, validate_key};
+pub use ring::Ring;
+
+/// How many copies must be durable before a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteAcks {
+    /// The coordinator alone.
+    One,
+    /// A majority of the owners (2 of 3): the coordinator and one replica.
+    #[default]
+    Quorum,
+    /// Every owner.
+    All,
+}
+
+impl WriteAcks {
+    /// Parse `one`, `quorum` or `all`.
+    pub fn parse(text: &str) -> Option<WriteAcks> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "one" => Some(WriteAcks::One),
+            "quorum" => Some(WriteAcks::Quorum),
+            "all" => Some(WriteAcks::All),
+            _ => None,
+        }
+    }
+
+    /// The name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteAcks::One => "one",
+            WriteAcks::Quorum => "quorum",
+            WriteAcks::All => "all",
+        }
+    }
+
+    /// Copies needed when a key has `owners` owners.
+    pub fn needed(self, owners: usize) -> usize {
+        match self {
+            WriteAcks::One => 1,
+            WriteAcks::Quorum => owners / 2 + 1,
+            WriteAcks::All => owners,
+        }
+        .clamp(1, owners.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_needed() {
+        assert_eq!(WriteAcks::Quorum.needed(3), 2);
+        assert_eq!(WriteAcks::Quorum.needed(1), 1);
+        assert_eq!(WriteAcks::Quorum.needed(2), 2);
+        assert_eq!(WriteAcks::One.needed(3), 1);
+        assert_eq!(WriteAcks::All.needed(3), 3);
+        assert_eq!(WriteAcks::parse("QUORUM"), Some(WriteAcks::Quorum));
+    }
+}

@@ -1,0 +1,522 @@
+//! KV messages between nodes over the cluster TCP port (sealed with the cluster key by the
+//! agent). A frame's plaintext is `[kind][id: varint][message]`: kind [`KIND_REQUEST`] or
+//! [`KIND_RESPONSE`]; the id matches a response to its request on a multiplexed connection.
+//! Decoding is bounded and never panics.
+
+use crate::entry::Entry;
+
+/// Frame kind of a KV request (push-pull is 1).
+pub const KIND_REQUEST: u8 = 2;
+/// Frame kind of a KV response.
+pub const KIND_RESPONSE: u8 = 3;
+/// Most items in one message.
+const MAX_ITEMS: u64 = 100_000;
+
+/// Why bytes are not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Ended too early.
+    #[error("truncated KV message")]
+    Truncated,
+    /// Bad tag or value.
+    #[error("invalid KV message: {0}")]
+    Invalid(&'static str),
+    /// Extra bytes.
+    #[error("{0} trailing bytes after a KV message")]
+    Trailing(usize),
+}
+
+/// A client write, as forwarded to the key's coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Set the value.
+    Put {
+        /// The value.
+        value: Vec<u8>,
+        /// Only if the current `modify_index` is this (0: only if absent).
+        cas: Option<u64>,
+        /// Expire after this many ms (0: never).
+        ttl_ms: u64,
+    },
+    /// Delete (leaves a tombstone).
+    Delete {
+        /// Only if the current `modify_index` is this.
+        cas: Option<u64>,
+    },
+}
+
+/// A request to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Coordinate a client write (you are the key's first live owner).
+    Write {
+        /// Key.
+        key: String,
+        /// What to do.
+        op: WriteOp,
+    },
+    /// Keep these versions (replication, handoff, repair) durably, then answer.
+    Replicate {
+        /// (key, entry) pairs.
+        entries: Vec<(String, Entry)>,
+    },
+    /// Your copy of a key.
+    Get {
+        /// Key.
+        key: String,
+    },
+    /// Your entries (tombstones included) under a prefix.
+    List {
+        /// Prefix.
+        prefix: String,
+    },
+    /// Anti-entropy: the sender's versions of keys you own too.
+    Digest {
+        /// (key, version).
+        items: Vec<(String, u64)>,
+    },
+    /// Answer when the key's version passes `index`, or at the timeout.
+    Wait {
+        /// Key.
+        key: String,
+        /// Version to pass.
+        index: u64,
+        /// Longest wait.
+        timeout_ms: u64,
+    },
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// A write was acknowledged with this version.
+    Written {
+        /// Its version (`modify_index`).
+        index: u64,
+    },
+    /// A write or read was refused (HTTP-like code: 400, 404, 409, 503) with a reason.
+    Refused {
+        /// Status.
+        code: u16,
+        /// Why.
+        message: String,
+    },
+    /// Replicated entries are durable here.
+    Stored,
+    /// A key's entry here.
+    Entry(Option<Entry>),
+    /// Entries.
+    Entries(Vec<(String, Entry)>),
+    /// Anti-entropy answer: keys the receiver needs, and its newer entries.
+    Digest {
+        /// Keys to send.
+        need: Vec<String>,
+        /// Entries newer than the sender's.
+        newer: Vec<(String, Entry)>,
+    },
+}
+
+/// Append a LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Append length-prefixed bytes.
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn put_entries(out: &mut Vec<u8>, entries: &[(String, Entry)]) {
+    put_varint(out, entries.len() as u64);
+    for (k, e) in entries {
+        put_bytes(out, k.as_bytes());
+        e.encode(out);
+    }
+}
+
+fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            out.push(1);
+            put_varint(out, v);
+        }
+        None => out.push(0),
+    }
+}
+
+/// Encode a frame's plaintext: `[kind][id][message]`.
+pub fn encode_request(id: u64, r: &Request) -> Vec<u8> {
+    let mut out = vec![KIND_REQUEST];
+    put_varint(&mut out, id);
+    match r {
+        Request::Write { key, op } => {
+            out.push(1);
+            put_bytes(&mut out, key.as_bytes());
+            match op {
+                WriteOp::Put { value, cas, ttl_ms } => {
+                    out.push(1);
+                    put_bytes(&mut out, value);
+                    put_opt(&mut out, *cas);
+                    put_varint(&mut out, *ttl_ms);
+                }
+                WriteOp::Delete { cas } => {
+                    out.push(2);
+                    put_opt(&mut out, *cas);
+                }
+            }
+        }
+        Request::Replicate { entries } => {
+            out.push(2);
+            put_entries(&mut out, entries);
+        }
+        Request::Get { key } => {
+            out.push(3);
+            put_bytes(&mut out, key.as_bytes());
+        }
+        Request::List { prefix } => {
+            out.push(4);
+            put_bytes(&mut out, prefix.as_bytes());
+        }
+        Request::Digest { items } => {
+            out.push(5);
+            put_varint(&mut out, items.len() as u64);
+            for (k, v) in items {
+                put_bytes(&mut out, k.as_bytes());
+                put_varint(&mut out, *v);
+            }
+        }
+        Request::Wait {
+            key,
+            index,
+            timeout_ms,
+        } => {
+            out.push(6);
+            put_bytes(&mut out, key.as_bytes());
+            put_varint(&mut out, *index);
+            put_varint(&mut out, *timeout_ms);
+        }
+    }
+    out
+}
+
+/// Encode a response frame's plaintext.
+pub fn encode_response(id: u64, r: &Response) -> Vec<u8> {
+    let mut out = vec![KIND_RESPONSE];
+    put_varint(&mut out, id);
+    match r {
+        Response::Written { index } => {
+            out.push(1);
+            put_varint(&mut out, *index);
+        }
+        Response::Refused { code, message } => {
+            out.push(2);
+            put_varint(&mut out, u64::from(*code));
+            put_bytes(&mut out, message.as_bytes());
+        }
+        Response::Stored => out.push(3),
+        Response::Entry(e) => {
+            out.push(4);
+            match e {
+                Some(e) => {
+                    out.push(1);
+                    e.encode(&mut out);
+                }
+                None => out.push(0),
+            }
+        }
+        Response::Entries(entries) => {
+            out.push(5);
+            put_entries(&mut out, entries);
+        }
+        Response::Digest { need, newer } => {
+            out.push(6);
+            put_varint(&mut out, need.len() as u64);
+            for k in need {
+                put_bytes(&mut out, k.as_bytes());
+            }
+            put_entries(&mut out, newer);
+        }
+    }
+    out
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A request with its id.
+    Request(u64, Request),
+    /// A response with its id.
+    Response(u64, Response),
+}
+
+/// Decode a frame's plaintext.
+pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
+    let mut r = Reader::new(bytes);
+    let kind = r.u8()?;
+    let id = r.varint()?;
+    let frame = match kind {
+        KIND_REQUEST => Frame::Request(id, r.request()?),
+        KIND_RESPONSE => Frame::Response(id, r.response()?),
+        _ => return Err(WireError::Invalid("frame kind")),
+    };
+    r.finish()?;
+    Ok(frame)
+}
+
+/// Bounded reader.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Read `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, at: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.at.checked_add(n).ok_or(WireError::Truncated)?;
+        let s = self.buf.get(self.at..end).ok_or(WireError::Truncated)?;
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(WireError::Invalid("varint"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.varint()?;
+        let n = usize::try_from(n).map_err(|_| WireError::Truncated)?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, WireError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::Invalid("utf-8"))
+    }
+
+    fn count(&mut self) -> Result<usize, WireError> {
+        let n = self.varint()?;
+        if n > MAX_ITEMS {
+            return Err(WireError::Invalid("too many items"));
+        }
+        Ok(n as usize)
+    }
+
+    fn opt(&mut self) -> Result<Option<u64>, WireError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.varint()?)),
+            _ => Err(WireError::Invalid("option")),
+        }
+    }
+
+    /// One entry.
+    pub fn entry(&mut self) -> Result<Entry, WireError> {
+        let index = self.varint()?;
+        let create_index = self.varint()?;
+        let deleted = match self.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(WireError::Invalid("flag")),
+        };
+        let expires_ms = self.varint()?;
+        let value = self.bytes()?.to_vec();
+        Ok(Entry {
+            value,
+            index,
+            create_index,
+            deleted,
+            expires_ms,
+        })
+    }
+
+    fn entries(&mut self) -> Result<Vec<(String, Entry)>, WireError> {
+        let n = self.count()?;
+        let mut out = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            out.push((self.string()?, self.entry()?));
+        }
+        Ok(out)
+    }
+
+    fn request(&mut self) -> Result<Request, WireError> {
+        Ok(match self.u8()? {
+            1 => {
+                let key = self.string()?;
+                let op = match self.u8()? {
+                    1 => WriteOp::Put {
+                        value: self.bytes()?.to_vec(),
+                        cas: self.opt()?,
+                        ttl_ms: self.varint()?,
+                    },
+                    2 => WriteOp::Delete { cas: self.opt()? },
+                    _ => return Err(WireError::Invalid("write op")),
+                };
+                Request::Write { key, op }
+            }
+            2 => Request::Replicate {
+                entries: self.entries()?,
+            },
+            3 => Request::Get {
+                key: self.string()?,
+            },
+            4 => Request::List {
+                prefix: self.string()?,
+            },
+            5 => {
+                let n = self.count()?;
+                let mut items = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    items.push((self.string()?, self.varint()?));
+                }
+                Request::Digest { items }
+            }
+            6 => Request::Wait {
+                key: self.string()?,
+                index: self.varint()?,
+                timeout_ms: self.varint()?,
+            },
+            _ => return Err(WireError::Invalid("request type")),
+        })
+    }
+
+    fn response(&mut self) -> Result<Response, WireError> {
+        Ok(match self.u8()? {
+            1 => Response::Written {
+                index: self.varint()?,
+            },
+            2 => Response::Refused {
+                code: u16::try_from(self.varint()?).map_err(|_| WireError::Invalid("code"))?,
+                message: self.string()?,
+            },
+            3 => Response::Stored,
+            4 => Response::Entry(match self.u8()? {
+                0 => None,
+                1 => Some(self.entry()?),
+                _ => return Err(WireError::Invalid("option")),
+            }),
+            5 => Response::Entries(self.entries()?),
+            6 => {
+                let n = self.count()?;
+                let mut need = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    need.push(self.string()?);
+                }
+                Response::Digest {
+                    need,
+                    newer: self.entries()?,
+                }
+            }
+            _ => return Err(WireError::Invalid("response type")),
+        })
+    }
+
+    /// Fail on trailing bytes.
+    pub fn finish(&self) -> Result<(), WireError> {
+        match self.buf.len() - self.at {
+            0 => Ok(()),
+            n => Err(WireError::Trailing(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(i: u64) -> Entry {
+        Entry {
+            value: vec![i as u8; (i % 5) as usize],
+            index: i << 16,
+            create_index: i,
+            deleted: i.is_multiple_of(2),
+            expires_ms: i * 3,
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let requests = vec![
+            Request::Write {
+                key: "a/b".into(),
+                op: WriteOp::Put {
+                    value: b"v".to_vec(),
+                    cas: Some(0),
+                    ttl_ms: 5000,
+                },
+            },
+            Request::Write {
+                key: "k".into(),
+                op: WriteOp::Delete { cas: None },
+            },
+            Request::Replicate {
+                entries: vec![("x".into(), entry(3)), ("y".into(), entry(4))],
+            },
+            Request::Get { key: "k".into() },
+            Request::List { prefix: "".into() },
+            Request::Digest {
+                items: vec![("a".into(), 1), ("b".into(), u64::MAX)],
+            },
+            Request::Wait {
+                key: "k".into(),
+                index: 9,
+                timeout_ms: 30_000,
+            },
+        ];
+        for (i, r) in requests.into_iter().enumerate() {
+            let bytes = encode_request(i as u64 * 1000, &r);
+            assert_eq!(decode(&bytes), Ok(Frame::Request(i as u64 * 1000, r)));
+        }
+        let responses = vec![
+            Response::Written { index: 77 },
+            Response::Refused {
+                code: 409,
+                message: "cas".into(),
+            },
+            Response::Stored,
+            Response::Entry(None),
+            Response::Entry(Some(entry(7))),
+            Response::Entries(vec![("k".into(), entry(1))]),
+            Response::Digest {
+                need: vec!["a".into()],
+                newer: vec![("b".into(), entry(2))],
+            },
+        ];
+        for r in responses {
+            let bytes = encode_response(u64::MAX, &r);
+            assert_eq!(decode(&bytes), Ok(Frame::Response(u64::MAX, r)));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+            let _ = Entry::from_bytes(&bytes);
+        }
+    }
+}
