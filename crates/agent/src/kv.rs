@@ -133,9 +133,14 @@ struct Kv {
     changes: watch::Sender<u64>,
     /// (expiry ms, key) of entries with a TTL.
     expiring: Mutex<BTreeSet<(u64, String)>>,
+    /// Replication queue per peer (see `replicate`).
+    batchers: Mutex<HashMap<SocketAddr, ReplicationQueue>>,
     config: KvConfig,
     counters: KvCounters,
 }
+
+/// Entries waiting to be replicated to one peer, each with where to report the outcome.
+type ReplicationQueue = mpsc::Sender<((String, Entry), mpsc::Sender<bool>)>;
 
 /// A key's owners for the API (`kv locate`).
 #[derive(Debug, Clone)]
@@ -178,6 +183,7 @@ impl KvHandle {
             peers: Peers::new(keyring.clone()),
             changes: watch::channel(0).0,
             expiring: Mutex::new(BTreeSet::new()),
+            batchers: Mutex::new(HashMap::new()),
             config,
             counters: KvCounters::default(),
         });
@@ -288,6 +294,7 @@ impl KvHandle {
             write_errors: g(&c.write_errors),
             received: g(&c.received),
             rejected: g(&c.rejected_frames),
+            flushes: self.0.commits.flushes(),
         }
     }
 
@@ -643,19 +650,12 @@ impl Kv {
             });
         }
         for o in owners.iter().filter(|o| **o != self.me) {
-            let (me, tx, batch, o) = (self.clone(), tx.clone(), batch.clone(), *o);
-            tokio::spawn(async move {
-                let ok = match me.addr_of(&o) {
-                    Some(addr) => matches!(
-                        me.peers
-                            .request(addr, &Request::Replicate { entries: batch }, PEER_TIMEOUT)
-                            .await,
-                        Ok(Response::Stored)
-                    ),
-                    None => false,
-                };
-                let _ = tx.send(ok).await;
-            });
+            match self.addr_of(o) {
+                Some(addr) => self.replicate(addr, batch[0].clone(), tx.clone()).await,
+                None => {
+                    let _ = tx.send(false).await;
+                }
+            }
         }
         drop(tx);
         let (mut acks, mut answers) = (0, 0);
@@ -677,6 +677,67 @@ impl Kv {
                 "not enough replicas: {acks} of {needed} copies are durable (the write may still be visible)"
             ),
         ))
+    }
+
+    /// Queue one entry for `addr`'s replication batch; the result (stored durably there or
+    /// not) arrives on `done`. Writes that are waiting together travel in one message, and the
+    /// replica makes them durable with one flush.
+    async fn replicate(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        entry: (String, Entry),
+        done: mpsc::Sender<bool>,
+    ) {
+        let queue = {
+            let mut batchers = self.batchers.lock().unwrap_or_else(PoisonError::into_inner);
+            match batchers.get(&addr).filter(|q| !q.is_closed()) {
+                Some(q) => q.clone(),
+                None => {
+                    let (tx, rx) = mpsc::channel(4096);
+                    tokio::spawn(self.clone().run_batcher(addr, rx));
+                    batchers.insert(addr, tx.clone());
+                    tx
+                }
+            }
+        };
+        if let Err(mpsc::error::SendError((_, done))) = queue.send((entry, done)).await {
+            let _ = done.send(false).await;
+        }
+    }
+
+    /// One per peer: drains the queue into `Replicate` messages (up to [`BATCH`] entries or
+    /// [`BATCH_BYTES`]), several in flight at once.
+    async fn run_batcher(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        mut rx: mpsc::Receiver<((String, Entry), mpsc::Sender<bool>)>,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let mut bytes = first.0.1.value.len();
+            let mut batch = vec![first];
+            while batch.len() < BATCH && bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        bytes += next.0.1.value.len();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let ok = matches!(
+                    me.peers
+                        .request(addr, &Request::Replicate { entries }, PEER_TIMEOUT)
+                        .await,
+                    Ok(Response::Stored)
+                );
+                for w in waiters {
+                    let _ = w.send(ok).await;
+                }
+            });
+        }
     }
 
     async fn list(self: &Arc<Self>, prefix: &str) -> Result<Vec<(String, Entry)>, KvError> {
@@ -952,17 +1013,14 @@ impl Kv {
             first,
         } = conn;
         let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-        let keyring = self.peers.keyring.clone();
-        let writer_task = tokio::spawn(async move {
-            while let Some(plain) = rx.recv().await {
-                let sealed = cluster::seal(&keyring, &plain);
-                if cluster::write_frame(&mut writer, &sealed).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let (reader, writer) = stream.into_split();
+        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+        let writer_task = tokio::spawn(cluster::frame_writer(
+            writer,
+            rx,
+            self.peers.keyring.clone(),
+        ));
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let mut next = Some(first);
         loop {
@@ -1064,22 +1122,17 @@ impl Peers {
             .map_err(|_| format!("connecting to {addr} timed out"))?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let (reader, writer) = stream.into_split();
+        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
         let conn = Arc::new(Conn {
             frames: tx,
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         });
-        let keyring = self.keyring.clone();
-        let w = conn.clone();
+        let (keyring, w) = (self.keyring.clone(), conn.clone());
         tokio::spawn(async move {
-            while let Some(plain) = rx.recv().await {
-                let sealed = cluster::seal(&keyring, &plain);
-                if cluster::write_frame(&mut writer, &sealed).await.is_err() {
-                    break;
-                }
-            }
+            cluster::frame_writer(writer, rx, keyring).await;
             w.close();
         });
         let keyring = self.keyring.clone();

@@ -109,6 +109,8 @@ pub struct KvInfo {
     pub received: u64,
     /// KV frames or entries refused.
     pub rejected: u64,
+    /// Flushes to disk (each makes every write waiting durable).
+    pub flushes: u64,
 }
 
 /// Gossip part of [`AgentInfo`].

@@ -161,6 +161,11 @@ impl Store for MemStore {
     }
 }
 
+/// How long a flush that follows another waits for more writers (PostgreSQL's `commit_delay`):
+/// a little latency under load for much larger batches (fewer, cheaper flushes). A flush after
+/// a quiet period starts at once.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
 #[derive(Default)]
 struct Tickets {
     /// Tickets handed out (writes waiting to be durable).
@@ -177,6 +182,8 @@ pub struct GroupCommit {
     tickets: Mutex<Tickets>,
     /// (highest durable ticket, error of the last flush).
     done: tokio::sync::watch::Sender<(u64, Option<StoreError>)>,
+    /// Flushes so far.
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 impl GroupCommit {
@@ -186,7 +193,13 @@ impl GroupCommit {
             store,
             tickets: Mutex::new(Tickets::default()),
             done: tokio::sync::watch::channel((0, None)).0,
+            flushes: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Flushes done so far (each made many writes durable).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store.
@@ -226,7 +239,14 @@ impl GroupCommit {
     }
 
     async fn flush_loop(self: Arc<Self>) {
+        let mut first = true;
         loop {
+            if !first {
+                // Writers arrived while the last flush ran: there are more on their way (the
+                // tasks that are ready to run). Let them join this flush instead of the next.
+                tokio::time::sleep(COMMIT_DELAY).await;
+            }
+            first = false;
             let target = {
                 let mut t = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
                 if t.durable >= t.issued {
@@ -236,6 +256,8 @@ impl GroupCommit {
                 t.issued
             };
             let store = self.store.clone();
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result = tokio::task::spawn_blocking(move || store.flush())
                 .await
                 .unwrap_or_else(|e| Err(StoreError(format!("flush task failed: {e}"))));
