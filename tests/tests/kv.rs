@@ -84,6 +84,13 @@ fn three_agents_share_keys_with_cas_ttl_blocking_reads_and_limits() {
         "three distinct owners"
     );
     assert!(stdout(&c.cli(["kv", "locate", "app/config"])).contains("coordinator"));
+    let alias = b.cli(["kv-store", "get", "app/config"]);
+    assert_eq!(
+        stdout(&alias),
+        "hello world\n",
+        "kv-store is an alias of kv"
+    );
+    assert!(stdout(&a.cli(["agent", "info"])).contains("ring of 3 nodes"));
 
     // CAS: a stale index is refused with 409, the current one wins.
     let entry: Value = serde_json::from_slice(&b.cli(["kv", "get", "app/config", "--json"]).stdout)

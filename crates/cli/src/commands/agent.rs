@@ -226,6 +226,15 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
             },
         ),
         (
+            "KV store",
+            format!(
+                "ring of {} nodes, {} entries here, {:.1} MB on disk",
+                info.kv.ring_nodes,
+                info.kv.local_entries,
+                info.kv.size_on_disk as f64 / 1e6
+            ),
+        ),
+        (
             "Encryption",
             if info.gossip.encrypted {
                 "on (AES-256-GCM)"
