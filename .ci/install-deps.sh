@@ -10,6 +10,8 @@ declare -A NEEDED=(
     [ip]=iproute2
     [pgrep]=procps
     [openssl]=openssl
+    [dig]=bind9-dnsutils
+    [dnsmasq]=dnsmasq-base
     [python3]=python3
     [/usr/lib/nagios/plugins/check_dummy]=monitoring-plugins-basic
 )

@@ -78,6 +78,8 @@ pub struct Agent {
     pub api: SocketAddr,
     /// Its gossip address (UDP and cluster TCP).
     pub gossip: SocketAddr,
+    /// Its DNS server address (UDP and TCP), when it runs.
+    pub dns: Option<SocketAddr>,
     /// Its pid.
     pub pid: u32,
     _tmp: Option<tempfile::TempDir>,
@@ -98,6 +100,9 @@ pub struct AgentOptions {
     pub name: Option<String>,
     /// Gossip port (default 0: any free port).
     pub port: Option<u16>,
+    /// Gossip bind address (default 127.0.0.1; another loopback address gives the node its own
+    /// IP, e.g. in DNS answers).
+    pub bind: Option<String>,
 }
 
 impl AgentOptions {
@@ -116,6 +121,12 @@ impl AgentOptions {
     /// Set the gossip port.
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// Bind gossip (and advertise) on this address.
+    pub fn bind(mut self, ip: &str) -> Self {
+        self.bind = Some(ip.to_owned());
         self
     }
 
@@ -176,8 +187,10 @@ pub fn spawn_agent(options: &AgentOptions) -> Result<(Child, tempfile::TempDir, 
         .arg("0")
         .arg("--port")
         .arg(options.port.unwrap_or(0).to_string())
+        .arg("--dns-port")
+        .arg("0")
         .arg("--bind")
-        .arg("127.0.0.1")
+        .arg(options.bind.as_deref().unwrap_or("127.0.0.1"))
         .arg("--node-name")
         .arg(
             options
@@ -223,6 +236,7 @@ impl Agent {
             gossip: runtime
                 .gossip_addr
                 .ok_or_else(|| anyhow!("runtime file without gossip address"))?,
+            dns: runtime.dns_addr,
             pid,
             _tmp: Some(tmp),
         })

@@ -276,6 +276,10 @@ pub struct Peer {
     pub groups: Vec<String>,
     /// State.
     pub state: MemberState,
+    /// Zone.
+    pub zone: String,
+    /// One of its checks is CRITICAL (as it gossips them).
+    pub critical: bool,
 }
 
 /// Bound gossip sockets: UDP and TCP on the same port.
@@ -700,6 +704,11 @@ impl Driver {
                 addr: r.addr,
                 groups: r.groups.clone(),
                 state: r.state,
+                zone: r.zone.clone(),
+                critical: r
+                    .checks
+                    .iter()
+                    .any(|c| c.state == opsbro_checks::CheckState::Critical.to_wire()),
             })
             .collect();
         self.membership.send_if_modified(|old| {

@@ -69,6 +69,11 @@ pub struct ApiContext {
     pub handlers: crate::handlers::HandlersHandle,
     /// The KV store.
     pub kv: crate::kv::KvHandle,
+    /// The DNS server's address and counters.
+    pub dns: (
+        Option<std::net::SocketAddr>,
+        Arc<opsbro_dns::server::Counters>,
+    ),
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -196,6 +201,20 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
             },
         ),
         kv: ctx.kv.info(),
+        dns: {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = &ctx.dns.1;
+            opsbro_api::DnsInfo {
+                addr: ctx.dns.0,
+                queries: c.queries.load(Relaxed),
+                noerror: c.noerror.load(Relaxed),
+                nxdomain: c.nxdomain.load(Relaxed),
+                refused: c.refused.load(Relaxed),
+                servfail: c.servfail.load(Relaxed),
+                formerr: c.formerr.load(Relaxed),
+                forwarded: c.forwarded.load(Relaxed),
+            }
+        },
     })
 }
 

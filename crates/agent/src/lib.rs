@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod collect;
 pub mod datadir;
 pub mod detectors;
+pub mod dns;
 pub mod eval;
 pub mod events;
 pub mod gossip;
@@ -154,6 +155,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let bus = events::EventBus::default();
     let (kv_connections, kv_incoming) = tokio::sync::mpsc::channel(64);
     let (membership, membership_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let kv_membership = membership_rx.clone();
     let view = eval::SharedView::default();
     let view_for_collectors = view.clone();
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
@@ -211,7 +213,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 .unwrap_or(defaults.anti_entropy_interval),
         },
         gossip.keyring.clone(),
-        membership_rx,
+        membership_rx.clone(),
         kv_incoming,
         &tracker,
         shutdown.child_token(),
@@ -222,6 +224,36 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         SubsystemState::Ok,
         Some(format!("sled in {}", kv_dir.display())),
     );
+    let dns_counters = Arc::new(opsbro_dns::server::Counters::default());
+    let dns_addr = if config.dns.enabled {
+        status.set("dns", SubsystemState::Starting, None);
+        match dns::start(
+            &config.dns,
+            kv_membership.clone(),
+            dns_counters.clone(),
+            &tracker,
+            shutdown.child_token(),
+        )
+        .await
+        {
+            Ok(addr) => {
+                status.set(
+                    "dns",
+                    SubsystemState::Ok,
+                    Some(format!("udp+tcp {addr}, domain {}", config.dns.domain)),
+                );
+                Some(addr)
+            }
+            Err(e) => {
+                // DNS is a convenience; the agent runs on without it, loudly.
+                tracing::error!("{e}");
+                status.set("dns", SubsystemState::Error, Some(e));
+                None
+            }
+        }
+    } else {
+        None
+    };
     status.set("collectors", SubsystemState::Starting, None);
     let collected = collect::CollectedData::default();
     let (first_collection, collected_once) = tokio::sync::watch::channel(false);
@@ -335,6 +367,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         monitoring: monitoring_handle,
         handlers: handlers_handle,
         kv,
+        dns: (dns_addr, dns_counters),
     });
 
     let api_shutdown = shutdown.child_token();
@@ -363,6 +396,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         api_addr,
         uuid: data_dir.uuid(),
         gossip_addr: Some(gossip_addr),
+        dns_addr,
     };
     if let Err(e) = serde_json::to_vec_pretty(&runtime)
         .map_err(io::Error::other)

@@ -88,6 +88,9 @@ pub struct AgentInfo {
     /// The KV store on this node.
     #[serde(default)]
     pub kv: KvInfo,
+    /// The DNS server.
+    #[serde(default)]
+    pub dns: DnsInfo,
 }
 
 /// The KV store in `agent info`.
@@ -111,6 +114,27 @@ pub struct KvInfo {
     pub rejected: u64,
     /// Flushes to disk (each makes every write waiting durable).
     pub flushes: u64,
+}
+
+/// The DNS server in `agent info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsInfo {
+    /// Where it listens (UDP and TCP), when it runs.
+    pub addr: Option<SocketAddr>,
+    /// Queries.
+    pub queries: u64,
+    /// Answers by response code.
+    pub noerror: u64,
+    /// NXDOMAIN answers.
+    pub nxdomain: u64,
+    /// REFUSED answers (outside the domain, no recursor).
+    pub refused: u64,
+    /// SERVFAIL answers.
+    pub servfail: u64,
+    /// FORMERR / NOTIMP answers.
+    pub formerr: u64,
+    /// Queries forwarded to a recursor.
+    pub forwarded: u64,
 }
 
 /// Gossip part of [`AgentInfo`].
@@ -182,6 +206,9 @@ pub struct RuntimeFile {
     /// Gossip address (UDP and cluster TCP), once bound.
     #[serde(default)]
     pub gossip_addr: Option<SocketAddr>,
+    /// DNS server address (UDP and TCP), when it runs.
+    #[serde(default)]
+    pub dns_addr: Option<SocketAddr>,
 }
 
 /// Name of the runtime file inside the data dir.

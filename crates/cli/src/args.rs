@@ -149,6 +149,9 @@ pub struct StartArgs {
     /// Port of the local API [default: 6770]; 0 picks a free port (see <data-dir>/agent.runtime.json).
     #[arg(long, env = "OPSBRO_API_PORT", value_name = "PORT")]
     pub api_port: Option<u16>,
+    /// Port of the DNS server, UDP and TCP [default: 6766]; 0 picks a free port.
+    #[arg(long, env = "OPSBRO_DNS_PORT", value_name = "PORT")]
+    pub dns_port: Option<u16>,
     /// Name of this node [default: the host name].
     #[arg(long, env = "OPSBRO_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,

@@ -28,6 +28,8 @@ use raw::{Field, RawApi, RawConfig, RawEncryption, RawGossip, Unknown};
 pub const DEFAULT_GOSSIP_PORT: u16 = 6768;
 /// Default port of the local HTTP API.
 pub const DEFAULT_API_PORT: u16 = 6770;
+/// Default port of the DNS server (UDP and TCP).
+pub const DEFAULT_DNS_PORT: u16 = 6766;
 /// Default zone of a node, as in the original opsbro.
 pub const DEFAULT_ZONE: &str = "internet";
 /// Where Debian's `monitoring-plugins` install the nagios plugins.
@@ -221,6 +223,44 @@ pub struct Config {
     pub nagios_plugins_dir: Option<PathBuf>,
     /// `kv:`.
     pub kv: KvSettings,
+    /// `dns:`.
+    pub dns: DnsSettings,
+}
+
+/// The DNS server's settings (`dns:`), defaults filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSettings {
+    /// Serve DNS at all (default true, on loopback).
+    pub enabled: bool,
+    /// Bind address (default 127.0.0.1).
+    pub bind: IpAddr,
+    /// Port, UDP and TCP (default 6766; 0 = any free port, see the runtime file).
+    pub port: u16,
+    /// Domain (default `opsbro`).
+    pub domain: String,
+    /// TTL of answers (default 30 s).
+    pub ttl: u32,
+    /// TTL of negative answers (default 30 s).
+    pub negative_ttl: u32,
+    /// Hide nodes with a critical check.
+    pub only_passing: bool,
+    /// Where names outside the domain are forwarded (none: REFUSED).
+    pub recursors: Vec<std::net::SocketAddr>,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            enabled: true,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: DEFAULT_DNS_PORT,
+            domain: "opsbro".into(),
+            ttl: 30,
+            negative_ttl: 30,
+            only_passing: false,
+            recursors: Vec::new(),
+        }
+    }
 }
 
 /// `kv:` section (absent = default).
@@ -316,6 +356,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--auto-detect`.
     pub auto_detect: bool,
+    /// `--dns-port` / `OPSBRO_DNS_PORT`.
+    pub dns_port: Option<u16>,
 }
 
 /// Facts about the host that defaults depend on; the binary reads them, tests make them up.
@@ -380,6 +422,8 @@ pub struct AgentConfig {
     pub nagios_plugins_dir: PathBuf,
     /// KV store settings.
     pub kv: KvSettings,
+    /// DNS server settings.
+    pub dns: DnsSettings,
 }
 
 /// Collects errors while validating one source.
@@ -609,8 +653,11 @@ impl Config {
             auto_detect,
             nagios_plugins_dir,
             kv,
+            dns,
             unknown,
         } = raw;
+        let dns = v.take("dns", dns).unwrap_or_default();
+        let dns = Config::validate_dns(v, dns);
         let kv = v.take("kv", kv).unwrap_or_default();
         let kv = Config::validate_kv(v, kv);
         v.unknown("", unknown, raw::TOP_KEYS);
@@ -704,6 +751,69 @@ impl Config {
                 }
             }),
             kv,
+            dns,
+        }
+    }
+
+    fn validate_dns(v: &mut Validator<'_>, raw: raw::RawDns) -> DnsSettings {
+        let raw::RawDns {
+            enabled,
+            bind,
+            port,
+            domain,
+            ttl,
+            negative_ttl,
+            only_passing,
+            recursors,
+            unknown,
+        } = raw;
+        v.unknown("dns", unknown, raw::DNS_KEYS);
+        let d = DnsSettings::default();
+        let recursors = v
+            .take("dns.recursors", recursors)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                v.take_with(&format!("dns.recursors[{i}]"), Field::Set(r), |r| {
+                    let r = r.trim().to_owned();
+                    r.parse::<std::net::SocketAddr>()
+                        .or_else(|_| r.parse::<IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+                        .map_err(|_| format!("`{r}` is not an IP address with an optional port (e.g. 127.0.0.1:53)"))
+                })
+            })
+            .collect();
+        DnsSettings {
+            enabled: v.take("dns.enabled", enabled).unwrap_or(d.enabled),
+            bind: v.take_with("dns.bind", bind, parse_ip).unwrap_or(d.bind),
+            port: v.take("dns.port", port).unwrap_or(d.port),
+            domain: v
+                .take_with("dns.domain", domain, |dom| {
+                    let dom = dom.trim().trim_end_matches('.').to_ascii_lowercase();
+                    let ok = !dom.is_empty()
+                        && dom.len() <= 200
+                        && dom.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        });
+                    if ok {
+                        Ok(dom)
+                    } else {
+                        Err(format!(
+                            "`{dom}` is not a domain name (letters, digits, `-`, dots)"
+                        ))
+                    }
+                })
+                .unwrap_or(d.domain),
+            ttl: v.take("dns.ttl", ttl).unwrap_or(d.ttl),
+            negative_ttl: v
+                .take("dns.negative_ttl", negative_ttl)
+                .unwrap_or(d.negative_ttl),
+            only_passing: v
+                .take("dns.only_passing", only_passing)
+                .unwrap_or(d.only_passing),
+            recursors,
         }
     }
 
@@ -883,6 +993,10 @@ impl Config {
                 .nagios_plugins_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_NAGIOS_PLUGINS_DIR)),
             kv: self.kv,
+            dns: DnsSettings {
+                port: overrides.dns_port.unwrap_or(self.dns.port),
+                ..self.dns
+            },
         };
         if errors.is_empty() {
             Ok(config)

@@ -71,6 +71,7 @@ pub struct RawConfig {
     pub auto_detect: Field<bool>,
     pub nagios_plugins_dir: Field<PathBuf>,
     pub kv: Field<RawKv>,
+    pub dns: Field<RawDns>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -145,6 +146,36 @@ pub const TOP_KEYS: &[&str] = &[
     "auto_detect",
     "nagios_plugins_dir",
     "kv",
+    "dns",
+];
+
+/// Mirror of the `dns:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawDns {
+    pub enabled: Field<bool>,
+    pub bind: Field<String>,
+    pub port: Field<u16>,
+    pub domain: Field<String>,
+    pub ttl: Field<u32>,
+    pub negative_ttl: Field<u32>,
+    pub only_passing: Field<bool>,
+    pub recursors: Field<Vec<String>>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Keys of `dns:`.
+pub const DNS_KEYS: &[&str] = &[
+    "enabled",
+    "bind",
+    "port",
+    "domain",
+    "ttl",
+    "negative_ttl",
+    "only_passing",
+    "recursors",
 ];
 
 /// Mirror of the `kv:` section.

@@ -86,6 +86,7 @@ pub fn load_config(
         seeds,
         log_level,
         auto_detect: args.auto_detect,
+        dns_port: args.dns_port,
     };
     let resolved = file.resolve(overrides, &host_facts());
     match resolved {

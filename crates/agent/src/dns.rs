@@ -1,0 +1,87 @@
+//! The DNS server of the agent: binds UDP and TCP on the same port, keeps the directory of
+//! nodes up to date from the gossip membership, and serves `opsbro_dns` answers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use opsbro_config::DnsSettings;
+use opsbro_dns::Node;
+use opsbro_dns::server::{Counters, DnsHandler};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::gossip::Peer;
+
+/// Bind UDP and TCP on one port (port 0: a free port for both).
+async fn bind(
+    addr: SocketAddr,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut last = None;
+    for _ in 0..10 {
+        let udp = tokio::net::UdpSocket::bind(addr).await?;
+        let port = udp.local_addr()?.port();
+        match tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // A free UDP port whose TCP twin is taken: try another (only with port 0).
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
+fn directory(peers: &[Peer]) -> Vec<Node> {
+    use opsbro_gossip::MemberState;
+    peers
+        .iter()
+        .map(|p| Node {
+            name: p.name.clone(),
+            zone: p.zone.clone(),
+            addr: p.addr.ip(),
+            groups: p.groups.clone(),
+            alive: matches!(p.state, MemberState::Alive | MemberState::Suspect),
+            critical: p.critical,
+        })
+        .collect()
+}
+
+/// Start the DNS server; answers the bound address.
+pub async fn start(
+    settings: &DnsSettings,
+    mut membership: watch::Receiver<Arc<Vec<Peer>>>,
+    counters: Arc<Counters>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, String> {
+    let answer_settings = opsbro_dns::Settings::new(
+        &settings.domain,
+        settings.ttl,
+        settings.negative_ttl,
+        settings.only_passing,
+    )?;
+    let addr = SocketAddr::new(settings.bind, settings.port);
+    let (udp, tcp) = bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for DNS on {addr}: {e}"))?;
+    let bound = udp.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = watch::channel(Arc::new(directory(&membership.borrow_and_update())));
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = membership.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let nodes = directory(&membership.borrow_and_update());
+                    tx.send_replace(Arc::new(nodes));
+                }
+            }
+        }
+    });
+    let handler = DnsHandler::new(answer_settings, rx, settings.recursors.clone(), counters);
+    tracker.spawn(opsbro_dns::server::serve(handler, udp, tcp, shutdown));
+    Ok(bound)
+}
