@@ -82,6 +82,7 @@ pub async fn start(
         }
     });
     let handler = DnsHandler::new(answer_settings, rx, settings.recursors.clone(), counters);
-    tracker.spawn(opsbro_dns::server::serve(handler, udp, tcp, shutdown));
+    // Two UDP threads: the machine's cores are the limit, not the threads.
+    tracker.spawn(opsbro_dns::server::serve(handler, udp, tcp, 2, shutdown));
     Ok(bound)
 }

@@ -140,12 +140,16 @@ pub fn answer(
     let nx = || Answer::NxDomain {
         soa: settings.soa(serial),
     };
-    let name = Name::from(qname.clone());
-    let labels: Vec<String> = name
-        .iter()
-        .take(name.num_labels() as usize - settings.domain.num_labels() as usize)
-        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-        .collect();
+    // Labels before the domain, as bytes (no allocation: this runs for every query).
+    let extra = (qname.num_labels() - domain.num_labels()) as usize;
+    let mut labels = [&[][..]; 3];
+    if extra > labels.len() {
+        return nx();
+    }
+    for (slot, label) in labels.iter_mut().zip(qname.iter()) {
+        *slot = label;
+    }
+    let labels = &labels[..extra];
     // The domain itself: SOA, or an empty answer.
     if labels.is_empty() {
         return match qtype {
@@ -160,29 +164,33 @@ pub fn answer(
         };
     }
     // <what>.<kind>[.<zone>]
-    let (what, kind, zone) = match labels.as_slice() {
-        [what, kind] => (what, kind, None),
-        [what, kind, zone] => (what, kind, Some(zone)),
+    let (what, kind, zone) = match labels {
+        [what, kind] => (*what, *kind, None),
+        [what, kind, zone] => (*what, *kind, Some(*zone)),
         _ => return nx(),
     };
+    let text_eq = |a: &str, b: &[u8]| a.as_bytes().eq_ignore_ascii_case(b);
     let usable = |n: &&Node| {
         n.alive
             && !(settings.only_passing && n.critical)
-            && zone.is_none_or(|z| n.zone.eq_ignore_ascii_case(z))
+            && zone.is_none_or(|z| text_eq(&n.zone, z))
     };
-    let mut matched: Vec<&Node> = match kind.as_str() {
-        "group" => nodes
+    let mut matched: Vec<&Node> = if kind.eq_ignore_ascii_case(b"group") {
+        nodes
             .iter()
             .filter(usable)
-            .filter(|n| n.groups.iter().any(|g| g.eq_ignore_ascii_case(what)))
-            .collect(),
-        "name" | "node" => nodes
+            .filter(|n| n.groups.iter().any(|g| text_eq(g, what)))
+            .collect()
+    } else if kind.eq_ignore_ascii_case(b"name") || kind.eq_ignore_ascii_case(b"node") {
+        nodes
             .iter()
             .filter(usable)
-            .filter(|n| n.name.eq_ignore_ascii_case(what))
-            .collect(),
-        _ => return nx(),
+            .filter(|n| text_eq(&n.name, what))
+            .collect()
+    } else {
+        return nx();
     };
+    let name = Name::from(qname.clone());
     if matched.is_empty() {
         return nx();
     }

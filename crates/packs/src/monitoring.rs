@@ -371,7 +371,8 @@ pub(crate) fn parse_check(
     Ok((spec, problems))
 }
 
-const HANDLER_KEYS: &[&str] = &[
+/// Keys every handler may have.
+const COMMON_HANDLER_KEYS: &[&str] = &[
     "type",
     "id",
     "severities",
@@ -379,6 +380,9 @@ const HANDLER_KEYS: &[&str] = &[
     "retries",
     "timeout",
     "enabled",
+    "notes",
+];
+const MAIL_KEYS: &[&str] = &[
     "contacts",
     "addr_from",
     "smtp_server",
@@ -390,33 +394,16 @@ const HANDLER_KEYS: &[&str] = &[
     "ca_file",
     "subject_template",
     "text_template",
-    "token",
-    "channel",
-    "api_url",
-    "url",
-    "command",
-    "min_interval",
-    "notes",
 ];
+const SLACK_KEYS: &[&str] = &["token", "channel", "api_url", "url", "text_template"];
+const COMMAND_KEYS: &[&str] = &["command", "min_interval"];
 
 /// Keys each type uses besides the common ones.
 fn type_keys(kind: &str) -> &'static [&'static str] {
     match kind {
-        "mail" => &[
-            "contacts",
-            "addr_from",
-            "smtp_server",
-            "smtp_port",
-            "starttls",
-            "smtps",
-            "smtp_user",
-            "smtp_password",
-            "ca_file",
-            "subject_template",
-            "text_template",
-        ],
-        "slack" => &["token", "channel", "api_url", "url", "text_template"],
-        "command" => &["command", "min_interval"],
+        "mail" => MAIL_KEYS,
+        "slack" => SLACK_KEYS,
+        "command" => COMMAND_KEYS,
         _ => &[],
     }
 }
@@ -454,18 +441,16 @@ pub(crate) fn parse_handler(
             format!("unknown handler type `{kind_name}` (use mail, slack or command)"),
         ));
     }
+    let all_keys: Vec<&str> = [COMMON_HANDLER_KEYS, MAIL_KEYS, SLACK_KEYS, COMMAND_KEYS].concat();
     for (k, _) in map {
         let key = k.as_str().unwrap_or_default();
-        let common = !type_keys("mail").contains(&key)
-            && !type_keys("slack").contains(&key)
-            && !type_keys("command").contains(&key);
-        if HANDLER_KEYS.contains(&key) && (common || type_keys(&kind_name).contains(&key)) {
+        if COMMON_HANDLER_KEYS.contains(&key) || type_keys(&kind_name).contains(&key) {
             continue;
         }
-        let hint = if HANDLER_KEYS.contains(&key) {
+        let hint = if all_keys.contains(&key) {
             format!("`{key}` does not apply to a {kind_name} handler")
         } else {
-            match opsbro_config::closest(key, HANDLER_KEYS) {
+            match opsbro_config::closest(key, &all_keys) {
                 Some(k) => format!("unknown key `{key}` (did you mean `{k}`?)"),
                 None => format!("unknown key `{key}`"),
             }
