@@ -410,3 +410,37 @@ fn a_deleted_key_does_not_come_back_with_a_node_that_missed_the_delete() {
     let listed = stdout(&agents[2].cli(["kv", "list", "gone/"]));
     assert!(listed.is_empty(), "{listed}");
 }
+
+#[test]
+fn a_write_that_cannot_reach_enough_replicas_is_refused_with_503() {
+    // Every copy must be durable, and failures are noticed slowly (10 s probes): a frozen owner
+    // stays on the ring while writes wait for it.
+    let config = "kv:\n  write_acks: all\ngossip:\n  probe_interval: 10s\n  probe_timeout: 5s\n";
+    let agents: Vec<Agent> = ["alpha", "bravo", "charlie"]
+        .iter()
+        .map(|n| Agent::start_with(AgentOptions::default().name(n).config(config)).expect("agent"))
+        .collect();
+    for a in &agents[1..] {
+        let out = a.cli(["gossip", "join", &agents[0].gossip.to_string()]);
+        assert!(out.status.success(), "join: {}", stderr(&out));
+    }
+    let refs: Vec<&Agent> = agents.iter().collect();
+    wait_ring(&refs, 3);
+    assert_eq!(put(&agents[0], "all/three", b"ok"), 200);
+
+    agents[2].signal("STOP").expect("freeze charlie");
+    let answer = http(agents[0].api, "PUT", "/kv/all/three", &[], b"frozen").expect("http");
+    agents[2].signal("CONT").expect("thaw charlie");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer.body.contains("not enough replicas"),
+        "{}",
+        answer.body
+    );
+    // Once it answers again, writes are acknowledged again.
+    wait_for("writes to succeed again", DEADLINE, || {
+        (put(&agents[0], "all/three", b"thawed") == 200).then_some(())
+    })
+    .expect("thawed");
+    assert_eq!(get_raw(&agents[1], "all/three").as_deref(), Some("thawed"));
+}
