@@ -41,6 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 256;
 /// Requests served at once on one connection.
 const MAX_IN_FLIGHT: usize = 512;
+/// Blocking reads parked at once on one connection.
+const MAX_WAITING: usize = 8192;
 /// A connection idle this long is closed.
 const IDLE: Duration = Duration::from_secs(300);
 /// Entries per anti-entropy message.
@@ -1022,6 +1024,9 @@ impl Kv {
             self.peers.keyring.clone(),
         ));
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        // Blocking reads park for minutes: they get their own budget, so that many of them
+        // never hold up the writes and reads sharing the connection.
+        let waiting = Arc::new(tokio::sync::Semaphore::new(MAX_WAITING));
         let mut next = Some(first);
         loop {
             let plain = match next.take() {
@@ -1054,7 +1059,12 @@ impl Kv {
                     break;
                 }
             };
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            let budget = if matches!(req, Request::Wait { .. }) {
+                &waiting
+            } else {
+                &in_flight
+            };
+            let Ok(permit) = budget.clone().acquire_owned().await else {
                 break;
             };
             let (me, tx) = (self.clone(), tx.clone());
