@@ -264,8 +264,18 @@ impl KvHandle {
                     _ = tick.tick() => {}
                 }
                 n += 1;
-                let k2 = k.clone();
                 let collect = n.is_multiple_of(600);
+                let due = k
+                    .expiring
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .first()
+                    .is_some_and(|(t, _)| *t <= now_ms());
+                // Nothing to do most seconds: no blocking-pool hand-off then.
+                if !due && !collect {
+                    continue;
+                }
+                let k2 = k.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     k2.expire();
                     if collect {

@@ -334,9 +334,11 @@ fn serve_udp(
     while !stop.load(Ordering::Relaxed) {
         let (n, src) = match socket.recv_from(&mut buf) {
             Ok(v) => v,
-            // The read timeout: look at `stop` again.
             Err(_) => continue,
         };
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let request = match Request::from_bytes(buf[..n].to_vec(), src, Protocol::Udp) {
             // Never answer answers (no reflection loops) nor garbage.
             Ok(r) if r.metadata.message_type == MessageType::Query => r,
@@ -382,12 +384,24 @@ pub async fn serve(
     let handler = Arc::new(handler);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut joins = Vec::new();
+    // Blocking receives with no timeout: an idle server never wakes up. At shutdown each
+    // thread is woken by an empty datagram.
+    let mut wake_addr = None;
     match udp.into_std().and_then(|s| {
         s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(Duration::from_millis(200)))?;
         Ok(s)
     }) {
         Ok(socket) => {
+            wake_addr = socket.local_addr().ok().map(|mut a| {
+                if a.ip().is_unspecified() {
+                    a.set_ip(if a.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                a
+            });
             for i in 0..threads.max(1) {
                 let Ok(socket) = socket.try_clone() else {
                     break;
@@ -410,7 +424,18 @@ pub async fn serve(
     shutdown.cancelled().await;
     stop.store(true, Ordering::Relaxed);
     let _ = server.shutdown_gracefully().await;
-    // The threads notice `stop` within their read timeout.
+    if let Some(addr) = wake_addr {
+        let bind: SocketAddr = if addr.is_ipv4() {
+            ([127, 0, 0, 1], 0).into()
+        } else {
+            (std::net::Ipv6Addr::LOCALHOST, 0).into()
+        };
+        if let Ok(s) = std::net::UdpSocket::bind(bind) {
+            for _ in 0..joins.len() {
+                let _ = s.send_to(&[], addr);
+            }
+        }
+    }
     let _ = tokio::task::spawn_blocking(move || {
         for j in joins {
             let _ = j.join();
