@@ -150,11 +150,6 @@ while True:
             .filter_map(|(_, p)| std::fs::read_to_string(p).ok())
             .collect()
     }
-
-    /// The maildir (for messages).
-    pub fn maildir(&self) -> &Path {
-        self.maildir.path()
-    }
 }
 
 impl Drop for SmtpServer {

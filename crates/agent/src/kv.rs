@@ -288,11 +288,6 @@ impl KvHandle {
         Ok(handle)
     }
 
-    /// Counters.
-    pub fn counters(&self) -> &KvCounters {
-        &self.0.counters
-    }
-
     /// The store's figures for `agent info`.
     pub fn info(&self) -> opsbro_api::KvInfo {
         let c = &self.0.counters;

@@ -51,6 +51,16 @@ impl MonitoringHandle {
         g.checks.values().cloned().collect()
     }
 
+    /// (name, confirmed state) of every active check, sorted by name (without cloning the
+    /// outputs the full views carry).
+    fn states(&self) -> Vec<(String, String)> {
+        let g = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        g.checks
+            .values()
+            .map(|c| (c.name.clone(), c.state.clone()))
+            .collect()
+    }
+
     /// The last `limit` state changes, oldest first.
     pub fn history(&self, limit: usize) -> Vec<HistoryEntry> {
         let g = self.inner.read().unwrap_or_else(PoisonError::into_inner);
@@ -366,26 +376,22 @@ fn apply(
 async fn publish_summary(gossip: &GossipHandle, handle: &MonitoringHandle) {
     // Peers refuse records over the wire limits: leave out what cannot travel.
     let summary = handle
-        .checks()
+        .states()
         .into_iter()
-        .filter(|c| c.name.len() <= opsbro_gossip::codec::MAX_CHECK_NAME)
+        .filter(|(name, _)| name.len() <= opsbro_gossip::codec::MAX_CHECK_NAME)
         .take(opsbro_gossip::codec::MAX_CHECKS)
-        .map(|c| opsbro_gossip::CheckSummary {
-            state: CheckState::parse(&c.state)
+        .map(|(name, state)| opsbro_gossip::CheckSummary {
+            state: CheckState::parse(&state)
                 .unwrap_or(CheckState::Unknown)
                 .to_wire(),
-            name: c.name,
+            name,
         })
         .collect();
     let _ = gossip.set_checks(summary).await;
 }
 
 fn save_states(file: &std::path::Path, handle: &MonitoringHandle) {
-    let states: BTreeMap<String, String> = handle
-        .checks()
-        .into_iter()
-        .map(|c| (c.name, c.state))
-        .collect();
+    let states: BTreeMap<String, String> = handle.states().into_iter().collect();
     let bytes = serde_json::to_vec_pretty(&states).unwrap_or_default();
     if let Err(e) = crate::datadir::write_atomic(file, &bytes) {
         tracing::warn!(error = %e, file = %file.display(), "cannot save check states");
