@@ -14,6 +14,8 @@ declare -A NEEDED=(
     [dnsmasq]=dnsmasq-base
     [python3]=python3
     [/usr/lib/nagios/plugins/check_dummy]=monitoring-plugins-basic
+    [carbon-cache]=graphite-carbon
+    [whisper-fetch]=python3-whisper
 )
 
 missing=()

@@ -80,6 +80,10 @@ pub struct Agent {
     pub gossip: SocketAddr,
     /// Its DNS server address (UDP and TCP), when it runs.
     pub dns: Option<SocketAddr>,
+    /// statsd listener (UDP), when enabled.
+    pub statsd: Option<SocketAddr>,
+    /// graphite listener (TCP/UDP), when enabled.
+    pub graphite: Option<SocketAddr>,
     /// Its pid.
     pub pid: u32,
     _tmp: Option<tempfile::TempDir>,
@@ -237,6 +241,8 @@ impl Agent {
                 .gossip_addr
                 .ok_or_else(|| anyhow!("runtime file without gossip address"))?,
             dns: runtime.dns_addr,
+            statsd: runtime.statsd_addr,
+            graphite: runtime.graphite_addr,
             pid,
             _tmp: Some(tmp),
         })

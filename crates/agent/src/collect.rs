@@ -53,6 +53,7 @@ pub async fn run(
     view: SharedView,
     zone: String,
     status: Status,
+    metrics: crate::metrics::MetricsHandle,
     first_run: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
@@ -79,11 +80,15 @@ pub async fn run(
         collectors = Some(c);
         let now = crate::host::unix_ms();
         let mut errors = 0;
+        let mut points = Vec::new();
         {
             let mut map = data.0.write().unwrap_or_else(PoisonError::into_inner);
             for (name, outcome) in outcomes {
                 let (state, value, message) = match outcome {
-                    Outcome::Ok(v) => ("ok", v, None),
+                    Outcome::Ok(v) => {
+                        points.extend(crate::metrics::collector_points(name, &v, now / 1000));
+                        ("ok", v, None)
+                    }
                     Outcome::NotEligible(m) => ("not-eligible", serde_json::Value::Null, Some(m)),
                     Outcome::Error(m) => {
                         errors += 1;
@@ -117,6 +122,7 @@ pub async fn run(
                 },
             );
         }
+        metrics.ingest(&points);
         if !*first_run.borrow() {
             first_run.send_replace(true);
             status.set(

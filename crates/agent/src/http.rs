@@ -74,6 +74,8 @@ pub struct ApiContext {
         Option<std::net::SocketAddr>,
         Arc<opsbro_dns::server::Counters>,
     ),
+    /// The time-series store and the statsd/graphite listeners.
+    pub metrics: crate::metrics::MetricsHandle,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -140,6 +142,15 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
                 .put(crate::http_kv::put)
                 .delete(crate::http_kv::delete),
         )
+        .route(
+            opsbro_api::metrics::RENDER,
+            get(crate::http_metrics::render_get).post(crate::http_metrics::render_post),
+        )
+        .route(
+            opsbro_api::metrics::FIND,
+            get(crate::http_metrics::find_get).post(crate::http_metrics::find_post),
+        )
+        .route(opsbro_api::metrics::INDEX, get(crate::http_metrics::index))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -215,6 +226,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
                 forwarded: c.forwarded.load(Relaxed),
             }
         },
+        metrics: ctx.metrics.info(),
     })
 }
 

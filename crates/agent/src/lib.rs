@@ -20,7 +20,9 @@ pub mod handlers;
 pub mod host;
 pub mod http;
 pub mod http_kv;
+pub mod http_metrics;
 pub mod kv;
+pub mod metrics;
 pub mod monitoring;
 pub mod status;
 
@@ -191,6 +193,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             kv_dir.display()
         ))
     })?;
+    let ts_store = store.open_tree("ts").map_err(|e| {
+        AgentError::Kv(format!(
+            "cannot open the metrics store in {}: {e}",
+            kv_dir.display()
+        ))
+    })?;
     let defaults = kv::KvConfig::default();
     let kv = kv::KvHandle::start(
         data_dir.uuid(),
@@ -254,6 +262,38 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     } else {
         None
     };
+    status.set("metrics", SubsystemState::Starting, None);
+    let (metrics, metric_problems) = metrics::start(
+        metrics::MetricsSetup {
+            store: Arc::new(ts_store),
+            statsd: config.statsd.clone(),
+            graphite: config.graphite.clone(),
+        },
+        &tracker,
+        shutdown.child_token(),
+    )
+    .await
+    .map_err(|e| AgentError::Kv(format!("cannot open the metrics store: {e}")))?;
+    if metric_problems.is_empty() {
+        let mut parts = vec!["store".to_owned()];
+        if let Some(a) = metrics.statsd_addr() {
+            parts.push(format!("statsd udp {a}"));
+        }
+        if let Some(a) = metrics.graphite_addr() {
+            parts.push(format!("graphite {a}"));
+        }
+        status.set("metrics", SubsystemState::Ok, Some(parts.join(", ")));
+    } else {
+        for p in &metric_problems {
+            tracing::error!("{p}");
+        }
+        // Listeners are a convenience; the agent runs on without them, loudly.
+        status.set(
+            "metrics",
+            SubsystemState::Error,
+            Some(metric_problems.join("; ")),
+        );
+    }
     status.set("collectors", SubsystemState::Starting, None);
     let collected = collect::CollectedData::default();
     let (first_collection, collected_once) = tokio::sync::watch::channel(false);
@@ -263,6 +303,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         view_for_collectors,
         config.zone.clone(),
         status.clone(),
+        metrics.clone(),
         first_collection,
         shutdown.child_token(),
     ));
@@ -303,6 +344,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             state_file: data_dir.path().join("check-states.json"),
             bus: bus.clone(),
             handle: monitoring_handle.clone(),
+            metrics: metrics.clone(),
         },
         shutdown.child_token(),
     ));
@@ -368,6 +410,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         handlers: handlers_handle,
         kv,
         dns: (dns_addr, dns_counters),
+        metrics: metrics.clone(),
     });
 
     let api_shutdown = shutdown.child_token();
@@ -397,6 +440,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         uuid: data_dir.uuid(),
         gossip_addr: Some(gossip_addr),
         dns_addr,
+        statsd_addr: metrics.statsd_addr(),
+        graphite_addr: metrics.graphite_addr(),
     };
     if let Err(e) = serde_json::to_vec_pretty(&runtime)
         .map_err(io::Error::other)

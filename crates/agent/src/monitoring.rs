@@ -97,6 +97,8 @@ pub struct MonitoringSetup {
     pub bus: EventBus,
     /// Shared state for the API.
     pub handle: MonitoringHandle,
+    /// Where perfdata goes (`check.<name>.<label>` series).
+    pub metrics: crate::metrics::MetricsHandle,
 }
 
 /// One run's result.
@@ -160,6 +162,7 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
         state_file,
         bus,
         handle,
+        metrics,
     } = setup;
     // Expressions read collector values: wait for the first collection.
     tokio::select! {
@@ -285,6 +288,13 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
             Some(result) = rx.recv() => {
                 let i = result.index;
                 in_flight[i] = false;
+                if !result.perfdata.is_empty() {
+                    metrics.ingest(&crate::metrics::perfdata_points(
+                        &checks[i].name,
+                        result.perfdata.iter().map(|p| (p.label.as_str(), p.value)),
+                        crate::host::unix_ms() / 1000,
+                    ));
+                }
                 if active[i] && apply(&checks[i], &mut trackers[i], result, &handle, &bus) {
                     publish_summary(&gossip, &handle).await;
                     save_states(&state_file, &handle);

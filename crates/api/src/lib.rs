@@ -91,6 +91,9 @@ pub struct AgentInfo {
     /// The DNS server.
     #[serde(default)]
     pub dns: DnsInfo,
+    /// statsd, graphite and the time-series store.
+    #[serde(default)]
+    pub metrics: metrics::MetricsInfo,
 }
 
 /// The KV store in `agent info`.
@@ -135,6 +138,102 @@ pub struct DnsInfo {
     pub formerr: u64,
     /// Queries forwarded to a recursor.
     pub forwarded: u64,
+}
+
+/// The metrics side of the API: graphite-web's `/render` and `/metrics/find` (what Grafana's
+/// Graphite data source calls) and the counters shown by `agent info`.
+pub mod metrics {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Serialize};
+
+    /// `GET` or `POST` (form): `target` (repeatable), `from`, `until`, `format=json`,
+    /// `maxDataPoints`; answers a [`RenderSeries`] list.
+    pub const RENDER: &str = "/render";
+    /// `GET` or `POST` (form): `query`; answers a [`FindNode`] list.
+    pub const FIND: &str = "/metrics/find";
+    /// `GET`: every series name, sorted (graphite-web's `/metrics/index.json`).
+    pub const INDEX: &str = "/metrics/index.json";
+
+    /// One series of a `/render` answer, in graphite-web's JSON shape.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct RenderSeries {
+        /// Name of the series (or the function call that made it).
+        pub target: String,
+        /// Graphite 1.1 tags: `name` is the path.
+        #[serde(default)]
+        pub tags: BTreeMap<String, String>,
+        /// `[value or null, unix seconds]`, oldest first.
+        pub datapoints: Vec<(Option<f64>, u64)>,
+    }
+
+    /// One node of a `/metrics/find` answer (graphite-web's `treejson`).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct FindNode {
+        /// Last path component.
+        pub text: String,
+        /// Full path.
+        pub id: String,
+        /// 1 for a series.
+        pub leaf: u8,
+        /// 1 for a branch.
+        pub expandable: u8,
+        /// 1 for a branch.
+        #[serde(rename = "allowChildren")]
+        pub allow_children: u8,
+        /// Always empty.
+        #[serde(default)]
+        pub context: BTreeMap<String, String>,
+    }
+
+    /// The metrics subsystems in `agent info`.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct MetricsInfo {
+        /// statsd listener, when it runs.
+        pub statsd_addr: Option<SocketAddr>,
+        /// statsd datagrams received.
+        pub statsd_packets: u64,
+        /// statsd lines aggregated.
+        pub statsd_lines: u64,
+        /// statsd lines refused.
+        pub statsd_bad_lines: u64,
+        /// The last refused statsd line and why.
+        pub statsd_last_error: Option<String>,
+        /// graphite listener, when it runs.
+        pub graphite_addr: Option<SocketAddr>,
+        /// graphite lines stored.
+        pub graphite_lines: u64,
+        /// graphite lines refused.
+        pub graphite_bad_lines: u64,
+        /// The last refused graphite line and why.
+        pub graphite_last_error: Option<String>,
+        /// Series in the store.
+        pub series: usize,
+        /// Points stored since start.
+        pub points: u64,
+        /// Points refused by the store (too old, in the future, too many series).
+        pub points_rejected: u64,
+        /// Forwarding to an external carbon, when configured.
+        pub forward: Option<ForwardInfo>,
+    }
+
+    /// Forwarding to carbon in `agent info`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ForwardInfo {
+        /// `host:port` of the carbon.
+        pub address: String,
+        /// Whether a connection is up.
+        pub connected: bool,
+        /// Lines written.
+        pub sent: u64,
+        /// Lines dropped because the buffer was full.
+        pub dropped: u64,
+        /// Lines waiting.
+        pub queued: usize,
+        /// The last connection error.
+        pub last_error: Option<String>,
+    }
 }
 
 /// Gossip part of [`AgentInfo`].
@@ -209,6 +308,12 @@ pub struct RuntimeFile {
     /// DNS server address (UDP and TCP), when it runs.
     #[serde(default)]
     pub dns_addr: Option<SocketAddr>,
+    /// statsd listener (UDP), when it runs.
+    #[serde(default)]
+    pub statsd_addr: Option<SocketAddr>,
+    /// graphite listener (TCP and/or UDP on one port), when it runs.
+    #[serde(default)]
+    pub graphite_addr: Option<SocketAddr>,
 }
 
 /// Name of the runtime file inside the data dir.

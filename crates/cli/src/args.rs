@@ -67,6 +67,9 @@ pub enum Command {
     /// Checks and handlers: the state of this node's checks (or any node's), history, waits.
     #[command(subcommand)]
     Monitoring(MonitoringCommand),
+    /// Time series (statsd, graphite, collectors, check perfdata): find series, show values.
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
     /// Packs: the detectors, checks and handlers the agent loaded.
     #[command(subcommand)]
     Packs(PacksCommand),
@@ -483,6 +486,42 @@ pub enum KvCommand {
         /// The key.
         key: String,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `opsbro metrics ...`
+#[derive(Debug, Subcommand)]
+pub enum MetricsCommand {
+    /// List the series and branches one level below PATTERN (graphite wildcards: `*`, `?`,
+    /// `[a-z]`, `{a,b}`), e.g. `opsbro metrics find 'stats.timers.*'`.
+    Find {
+        /// Pattern, one component per level (default `*`: the top level).
+        #[arg(default_value = "*")]
+        pattern: String,
+        /// Every series under PATTERN, at any depth.
+        #[arg(long, short)]
+        recursive: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the values of a target (a path with wildcards, or a graphite function such as
+    /// `sumSeries(stats.counters.*.count)`).
+    Show {
+        /// The target.
+        target: String,
+        /// Start: -30s, -15min, -1h, -2d, -1w or unix seconds.
+        #[arg(long, default_value = "-1h", allow_hyphen_values = true)]
+        from: String,
+        /// End (default now).
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        until: String,
+        /// Also print the empty slots.
+        #[arg(long)]
+        all: bool,
+        /// Print graphite-web JSON.
         #[arg(long)]
         json: bool,
     },

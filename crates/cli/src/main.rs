@@ -9,12 +9,14 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, DetectorsCommand, EvaluatorCommand,
-    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand, MonitoringCommand,
-    PacksCommand,
+    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand, MetricsCommand,
+    MonitoringCommand, PacksCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
-use opsbro_cli::commands::{agent, collectors, detectors, evaluator, gossip, kv, monitoring};
+use opsbro_cli::commands::{
+    agent, collectors, detectors, evaluator, gossip, kv, metrics, monitoring,
+};
 use opsbro_cli::error::CliError;
 
 fn main() -> ExitCode {
@@ -124,6 +126,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         kv::wait_exists(&client, &key, timeout).await
                     }
                     KvCommand::Locate { key, json } => kv::locate(&client, &key, json).await,
+                }
+            })
+        }
+        Command::Metrics(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(async {
+                match command {
+                    MetricsCommand::Find {
+                        pattern,
+                        recursive,
+                        json,
+                    } => metrics::find(&client, &pattern, recursive, json).await,
+                    MetricsCommand::Show {
+                        target,
+                        from,
+                        until,
+                        all,
+                        json,
+                    } => metrics::show(&client, &target, &from, &until, all, json).await,
                 }
             })
         }

@@ -225,6 +225,67 @@ pub struct Config {
     pub kv: KvSettings,
     /// `dns:`.
     pub dns: DnsSettings,
+    /// `statsd:`.
+    pub statsd: StatsdSettings,
+    /// `graphite:`.
+    pub graphite: GraphiteSettings,
+}
+
+/// The statsd listener's settings (`statsd:`), defaults filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsdSettings {
+    /// Listen at all (default false).
+    pub enabled: bool,
+    /// Bind address (default 127.0.0.1).
+    pub bind: IpAddr,
+    /// UDP port (default 8125; 0 = any free port, see the runtime file).
+    pub port: u16,
+    /// Flush interval (default 10 s).
+    pub interval: std::time::Duration,
+}
+
+impl Default for StatsdSettings {
+    fn default() -> Self {
+        StatsdSettings {
+            enabled: false,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8125,
+            interval: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// The graphite listener's settings (`graphite:`), defaults filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphiteSettings {
+    /// Listen at all (default false).
+    pub enabled: bool,
+    /// Bind address (default 127.0.0.1).
+    pub bind: IpAddr,
+    /// TCP and UDP port (default 2003; 0 = any free port, see the runtime file).
+    pub port: u16,
+    /// Listen on UDP (default true).
+    pub udp: bool,
+    /// Listen on TCP (default true).
+    pub tcp: bool,
+    /// `host:port` of a carbon to forward every stored point to.
+    pub forward: Option<String>,
+    /// Lines kept while the carbon is unreachable (default 100000); older ones are dropped.
+    pub forward_buffer: usize,
+}
+
+impl Default for GraphiteSettings {
+    fn default() -> Self {
+        GraphiteSettings {
+            enabled: false,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 2003,
+            udp: true,
+            tcp: true,
+            forward: None,
+            forward_buffer: 100_000,
+        }
+    }
 }
 
 /// The DNS server's settings (`dns:`), defaults filled.
@@ -424,6 +485,10 @@ pub struct AgentConfig {
     pub kv: KvSettings,
     /// DNS server settings.
     pub dns: DnsSettings,
+    /// statsd listener settings.
+    pub statsd: StatsdSettings,
+    /// graphite listener and forwarding settings.
+    pub graphite: GraphiteSettings,
 }
 
 /// Collects errors while validating one source.
@@ -654,8 +719,14 @@ impl Config {
             nagios_plugins_dir,
             kv,
             dns,
+            statsd,
+            graphite,
             unknown,
         } = raw;
+        let statsd = v.take("statsd", statsd).unwrap_or_default();
+        let statsd = Config::validate_statsd(v, statsd);
+        let graphite = v.take("graphite", graphite).unwrap_or_default();
+        let graphite = Config::validate_graphite(v, graphite);
         let dns = v.take("dns", dns).unwrap_or_default();
         let dns = Config::validate_dns(v, dns);
         let kv = v.take("kv", kv).unwrap_or_default();
@@ -752,6 +823,82 @@ impl Config {
             }),
             kv,
             dns,
+            statsd,
+            graphite,
+        }
+    }
+
+    fn validate_statsd(v: &mut Validator<'_>, raw: raw::RawStatsd) -> StatsdSettings {
+        let raw::RawStatsd {
+            enabled,
+            bind,
+            port,
+            interval,
+            unknown,
+        } = raw;
+        v.unknown("statsd", unknown, raw::STATSD_KEYS);
+        let d = StatsdSettings::default();
+        StatsdSettings {
+            enabled: v.take("statsd.enabled", enabled).unwrap_or(d.enabled),
+            bind: v.take_with("statsd.bind", bind, parse_ip).unwrap_or(d.bind),
+            port: v.take("statsd.port", port).unwrap_or(d.port),
+            interval: v
+                .take_with("statsd.interval", interval, |i| {
+                    let i = parse_duration(&i)?;
+                    if i < std::time::Duration::from_secs(1)
+                        || i > std::time::Duration::from_secs(3600)
+                    {
+                        Err(format!("{i:?} is outside 1s..1h"))
+                    } else {
+                        Ok(i)
+                    }
+                })
+                .unwrap_or(d.interval),
+        }
+    }
+
+    fn validate_graphite(v: &mut Validator<'_>, raw: raw::RawGraphite) -> GraphiteSettings {
+        let raw::RawGraphite {
+            enabled,
+            bind,
+            port,
+            udp,
+            tcp,
+            forward,
+            forward_buffer,
+            unknown,
+        } = raw;
+        v.unknown("graphite", unknown, raw::GRAPHITE_KEYS);
+        let d = GraphiteSettings::default();
+        GraphiteSettings {
+            enabled: v.take("graphite.enabled", enabled).unwrap_or(d.enabled),
+            bind: v
+                .take_with("graphite.bind", bind, parse_ip)
+                .unwrap_or(d.bind),
+            port: v.take("graphite.port", port).unwrap_or(d.port),
+            udp: v.take("graphite.udp", udp).unwrap_or(d.udp),
+            tcp: v.take("graphite.tcp", tcp).unwrap_or(d.tcp),
+            forward: v.take_with("graphite.forward", forward, |f| {
+                let f = f.trim().to_owned();
+                match f.rsplit_once(':') {
+                    Some((host, port))
+                        if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+                    {
+                        Ok(f)
+                    }
+                    _ => Err(format!(
+                        "`{f}` is not host:port (e.g. graphite.example.com:2003)"
+                    )),
+                }
+            }),
+            forward_buffer: v
+                .take_with("graphite.forward_buffer", forward_buffer, |n| {
+                    usize::try_from(n)
+                        .ok()
+                        .filter(|n| (1..=10_000_000).contains(n))
+                        .ok_or_else(|| format!("{n} is outside 1..10000000"))
+                })
+                .unwrap_or(d.forward_buffer),
         }
     }
 
@@ -997,6 +1144,8 @@ impl Config {
                 port: overrides.dns_port.unwrap_or(self.dns.port),
                 ..self.dns
             },
+            statsd: self.statsd,
+            graphite: self.graphite,
         };
         if errors.is_empty() {
             Ok(config)

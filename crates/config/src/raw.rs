@@ -72,6 +72,8 @@ pub struct RawConfig {
     pub nagios_plugins_dir: Field<PathBuf>,
     pub kv: Field<RawKv>,
     pub dns: Field<RawDns>,
+    pub statsd: Field<RawStatsd>,
+    pub graphite: Field<RawGraphite>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -147,6 +149,51 @@ pub const TOP_KEYS: &[&str] = &[
     "nagios_plugins_dir",
     "kv",
     "dns",
+    "statsd",
+    "graphite",
+];
+
+/// Mirror of the `statsd:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawStatsd {
+    pub enabled: Field<bool>,
+    pub bind: Field<String>,
+    pub port: Field<u16>,
+    pub interval: Field<serde_yaml::Value>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Keys of `statsd:`.
+pub const STATSD_KEYS: &[&str] = &["enabled", "bind", "port", "interval"];
+
+/// Mirror of the `graphite:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawGraphite {
+    pub enabled: Field<bool>,
+    pub bind: Field<String>,
+    pub port: Field<u16>,
+    pub udp: Field<bool>,
+    pub tcp: Field<bool>,
+    pub forward: Field<String>,
+    pub forward_buffer: Field<u64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Keys of `graphite:`.
+pub const GRAPHITE_KEYS: &[&str] = &[
+    "enabled",
+    "bind",
+    "port",
+    "udp",
+    "tcp",
+    "forward",
+    "forward_buffer",
 ];
 
 /// Mirror of the `dns:` section.

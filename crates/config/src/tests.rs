@@ -144,6 +144,12 @@ fn every_documented_key_is_known() {
     for key in raw::ENCRYPTION_KEYS {
         Config::from_yaml(&format!("encryption:\n  {key}: null\n"), "f.yml").expect("enc key");
     }
+    for key in raw::STATSD_KEYS {
+        Config::from_yaml(&format!("statsd:\n  {key}: null\n"), "f.yml").expect("statsd key");
+    }
+    for key in raw::GRAPHITE_KEYS {
+        Config::from_yaml(&format!("graphite:\n  {key}: null\n"), "f.yml").expect("graphite key");
+    }
 }
 
 #[test]
@@ -296,4 +302,41 @@ fn gossip_tuning_accepts_durations_and_rejects_nonsense() {
     assert!(keys.contains(&"gossip.tombstone_ttl"), "{errs}");
     assert!(keys.contains(&"gossip.probes"), "{errs}");
     assert!(keys.contains(&"gossip.probe_timeout"), "{errs}");
+}
+
+#[test]
+fn statsd_and_graphite_sections() {
+    let c = Config::from_yaml(
+        "statsd:\n  enabled: true\n  port: 0\n  interval: 2s\ngraphite:\n  enabled: true\n  udp: false\n  forward: carbon.example.com:2003\n  forward_buffer: 10\n",
+        "f.yml",
+    )
+    .expect("valid");
+    assert!(c.statsd.enabled);
+    assert_eq!(c.statsd.port, 0);
+    assert_eq!(c.statsd.interval, std::time::Duration::from_secs(2));
+    assert!(c.graphite.enabled && !c.graphite.udp && c.graphite.tcp);
+    assert_eq!(c.graphite.port, 2003);
+    assert_eq!(
+        c.graphite.forward.as_deref(),
+        Some("carbon.example.com:2003")
+    );
+    assert_eq!(c.graphite.forward_buffer, 10);
+    let d = Config::default();
+    assert!(!d.statsd.enabled && !d.graphite.enabled);
+    assert_eq!((d.statsd.port, d.graphite.port), (8125, 2003));
+    let errs = Config::from_yaml(
+        "statsd:\n  interval: 0s\n  flush: 1\ngraphite:\n  forward: nowhere\n  forward_buffer: 0\n  bind: everywhere\n",
+        "f.yml",
+    )
+    .expect_err("invalid");
+    let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
+    for k in [
+        "statsd.interval",
+        "statsd.flush",
+        "graphite.forward",
+        "graphite.forward_buffer",
+        "graphite.bind",
+    ] {
+        assert!(keys.contains(&k), "{k} in {errs}");
+    }
 }

@@ -32,6 +32,8 @@ pub trait Store: Send + Sync + 'static {
     fn remove(&self, key: &str) -> Result<(), StoreError>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Every (key, value) with `start <= key < end`, in key order.
+    fn scan_range(&self, start: &str, end: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Make every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes used on disk (0 for memory).
@@ -61,6 +63,15 @@ impl SledStore {
         let tree = db.open_tree("kv")?;
         Ok(SledStore { db, tree })
     }
+
+    /// Another tree of the same database (one sled instance, one flush for all): the time-series
+    /// store lives beside the KV store this way.
+    pub fn open_tree(&self, name: &str) -> Result<SledStore, StoreError> {
+        Ok(SledStore {
+            db: self.db.clone(),
+            tree: self.db.open_tree(name)?,
+        })
+    }
 }
 
 impl Store for SledStore {
@@ -81,6 +92,19 @@ impl Store for SledStore {
     fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.tree
             .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn scan_range(&self, start: &str, end: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.tree
+            .range(start.as_bytes()..end.as_bytes())
             .map(|kv| {
                 let (k, v) = kv?;
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
@@ -141,6 +165,19 @@ impl Store for MemStore {
             .unwrap_or_else(PoisonError::into_inner)
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn scan_range(&self, start: &str, end: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .range(start.to_owned()..end.to_owned())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
@@ -310,6 +347,30 @@ mod tests {
         assert_eq!(s.get("k").expect("get"), Some(b"v".to_vec()));
     }
 
+    #[test]
+    fn scan_range_is_half_open_in_both_stores_and_trees_are_separate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sled = SledStore::open(dir.path()).expect("open");
+        let other = sled.open_tree("ts").expect("tree");
+        let mem = MemStore::default();
+        for s in [&sled as &dyn Store, &mem as &dyn Store] {
+            for k in ["a", "b1", "b2", "b3", "c"] {
+                s.put(k, k.as_bytes()).expect("put");
+            }
+            let keys: Vec<String> = s
+                .scan_range("b1", "b3")
+                .expect("range")
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(keys, ["b1", "b2"]);
+            assert!(s.scan_range("c", "a").expect("empty").is_empty());
+        }
+        assert!(other.is_empty(), "a new tree does not see the kv tree");
+        other.put("x", b"1").expect("put");
+        assert_eq!(sled.get("x").expect("get"), None);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn group_commit_serves_many_writers_with_few_flushes() {
         struct Counting(MemStore, std::sync::atomic::AtomicU64);
@@ -325,6 +386,9 @@ mod tests {
             }
             fn scan_prefix(&self, p: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
                 self.0.scan_prefix(p)
+            }
+            fn scan_range(&self, a: &str, b: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+                self.0.scan_range(a, b)
             }
             fn flush(&self) -> Result<(), StoreError> {
                 std::thread::sleep(std::time::Duration::from_millis(5));

@@ -6,6 +6,7 @@ pub mod detectors;
 pub mod evaluator;
 pub mod gossip;
 pub mod kv;
+pub mod metrics;
 pub mod monitoring;
 
 use std::time::Duration;
