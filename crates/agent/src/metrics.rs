@@ -316,29 +316,7 @@ fn start_statsd(
     let thread_agg = agg.clone();
     let spawned = std::thread::Builder::new()
         .name("statsd".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            loop {
-                match socket.recv(&mut buf) {
-                    Ok(n) => {
-                        if thread_stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        if n > 0 {
-                            lock(&thread_agg).handle_packet(&buf[..n]);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        if thread_stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        tracing::warn!(error = %e, "statsd receive failed");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        });
+        .spawn(move || receive_statsd(&socket, &thread_agg, &thread_stop));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the statsd thread");
         return;
@@ -356,6 +334,9 @@ fn start_statsd(
             let points = taken.points(now_secs(), interval.as_secs_f64());
             h.ingest_and_forward(&points);
             if stopping {
+                // The last interval must reach the disk even if the store task flushed first.
+                let h = h.clone();
+                let _ = tokio::task::spawn_blocking(move || h.flush_store()).await;
                 break;
             }
         }
@@ -380,6 +361,57 @@ fn start_statsd(
             let _ = s.send_to(&[], target);
         }
     });
+}
+
+/// Datagrams taken per `recvmmsg` call.
+const RECV_BATCH: usize = 32;
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// The statsd receive loop: up to [`RECV_BATCH`] datagrams per system call (`recvmmsg`, waiting
+/// for the first one only), aggregated under one lock. Returns when `stop` is set and the socket
+/// is woken.
+fn receive_statsd(socket: &UdpSocket, agg: &Mutex<Aggregator>, stop: &AtomicBool) {
+    use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    // Zeroed pages cost no memory until a datagram that big arrives.
+    let mut bufs = vec![0u8; RECV_BATCH * MAX_DATAGRAM];
+    let mut headers = MultiHeaders::<()>::preallocate(RECV_BATCH, None);
+    loop {
+        let received: nix::Result<Vec<usize>> = {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                .chunks_mut(MAX_DATAGRAM)
+                .map(|b| [IoSliceMut::new(b)])
+                .collect();
+            recvmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            )
+            .map(|r| r.map(|m| m.bytes).collect())
+        };
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match received {
+            Ok(lens) => {
+                let mut agg = lock(agg);
+                for (i, n) in lens.into_iter().enumerate() {
+                    if n > 0 {
+                        agg.handle_packet(&bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + n]);
+                    }
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "statsd receive failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 struct GraphiteSockets {
@@ -778,15 +810,15 @@ mod tests {
         );
         let perf = opsbro_checks::nagios::parse_perfdata("'used space'=5GB;8;9 time=0.2s").0;
         let points = perfdata_points(
-            "linux/disks /var",
+            "linux/disk space",
             perf.iter().map(|p| (p.label.as_str(), p.value)),
             7,
         );
         assert_eq!(
             points.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             [
-                "check.linux.disks__var.used_space",
-                "check.linux.disks__var.time"
+                "check.linux.disk_space.used_space",
+                "check.linux.disk_space.time"
             ]
         );
     }
