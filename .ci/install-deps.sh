@@ -16,6 +16,7 @@ declare -A NEEDED=(
     [/usr/lib/nagios/plugins/check_dummy]=monitoring-plugins-basic
     [carbon-cache]=graphite-carbon
     [whisper-fetch]=python3-whisper
+    [promtool]=prometheus
 )
 
 missing=()

@@ -84,6 +84,8 @@ pub struct Agent {
     pub statsd: Option<SocketAddr>,
     /// graphite listener (TCP/UDP), when enabled.
     pub graphite: Option<SocketAddr>,
+    /// websocket event stream, when enabled.
+    pub websocket: Option<SocketAddr>,
     /// Its pid.
     pub pid: u32,
     _tmp: Option<tempfile::TempDir>,
@@ -243,6 +245,7 @@ impl Agent {
             dns: runtime.dns_addr,
             statsd: runtime.statsd_addr,
             graphite: runtime.graphite_addr,
+            websocket: runtime.websocket_addr,
             pid,
             _tmp: Some(tmp),
         })

@@ -218,10 +218,13 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
                 tracing::info!(?added, ?removed, "groups changed");
                 for (list, added) in [(added, true), (removed, false)] {
                     for g in list {
-                        bus.publish(opsbro_checks::notify::Notification::Group {
-                            group: g.clone(),
-                            added,
-                        });
+                        bus.notify(
+                            opsbro_checks::notify::Notification::Group {
+                                group: g.clone(),
+                                added,
+                            },
+                            true,
+                        );
                     }
                 }
             } else {

@@ -1,36 +1,106 @@
-//! The agent's event bus: member changes (gossip), group changes (detectors) and check state
-//! changes (monitoring) go to every subscriber (the handlers today; the websocket stream later).
-//! Publishing never waits: a subscriber that falls behind loses the oldest events and counts
-//! them.
+//! The agent's event bus: one stream of everything that happens, on named channels — `node`
+//! (a member joined, became suspect, died, left, came back), `group` (detectors added or removed a
+//! group), `check` (a check changed state), `kv` (a key changed in this node's copy of the
+//! store) and `event` (user events). Subscribers are the handlers (which only look at events that
+//! carry a [`Notification`]) and the websocket clients (which get every channel they asked for).
+//! Publishing never waits: a subscriber that falls behind loses the oldest events, and the loss
+//! is counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use opsbro_checks::notify::Notification;
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 /// Events kept for a subscriber that is behind.
-const CAPACITY: usize = 1024;
+const CAPACITY: usize = 4096;
+
+/// Every channel, in the order `opsbro events watch --help` lists them.
+pub const CHANNELS: [&str; 5] = ["node", "group", "check", "kv", "event"];
+
+/// One event.
+#[derive(Debug)]
+pub struct Event {
+    /// One of [`CHANNELS`].
+    pub channel: &'static str,
+    /// What happened, as sent to websocket clients.
+    pub payload: Value,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    /// What handlers are told, for the events they may act on (a member becoming suspect, or a
+    /// check's first OK after start, is not news for a mail).
+    pub notification: Option<Notification>,
+}
+
+/// Bus counters.
+#[derive(Debug, Default)]
+pub struct BusCounters {
+    /// Events published.
+    pub published: AtomicU64,
+    /// Events a subscriber missed because it was behind.
+    pub dropped: AtomicU64,
+}
 
 /// Cheap to clone; every clone publishes to the same subscribers.
 #[derive(Clone)]
 pub struct EventBus {
-    tx: broadcast::Sender<Notification>,
+    tx: broadcast::Sender<Arc<Event>>,
+    counters: Arc<BusCounters>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             tx: broadcast::channel(CAPACITY).0,
+            counters: Arc::default(),
         }
     }
 }
 
 impl EventBus {
-    /// Publish (nobody listening is fine).
-    pub fn publish(&self, event: Notification) {
-        let _ = self.tx.send(event);
+    /// Publish an event (nobody listening is fine).
+    pub fn publish(
+        &self,
+        channel: &'static str,
+        payload: Value,
+        notification: Option<Notification>,
+    ) {
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Arc::new(Event {
+            channel,
+            payload,
+            time_ms: crate::host::unix_ms(),
+            notification,
+        }));
+    }
+
+    /// Publish a notification on its channel (`check`, `group`, `node`); handlers see it when
+    /// `for_handlers`, websocket clients always.
+    pub fn notify(&self, n: Notification, for_handlers: bool) {
+        // EventKind names are the channel names.
+        let channel = n.kind().as_str();
+        let payload = n.payload();
+        self.publish(channel, payload, for_handlers.then_some(n));
     }
 
     /// Receive every event published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
+    }
+
+    /// A subscriber missed `n` events.
+    pub fn record_dropped(&self, n: u64) {
+        self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Current subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &BusCounters {
+        &self.counters
     }
 }

@@ -251,6 +251,8 @@ pub struct GossipSetup {
     pub kv_connections: mpsc::Sender<KvConnection>,
     /// The live membership, for the KV ring.
     pub membership: tokio::sync::watch::Sender<Arc<Vec<Peer>>>,
+    /// Probe round-trip times and suspicions for `/metrics`.
+    pub telemetry: crate::telemetry::SharedTelemetry,
 }
 
 /// A cluster connection whose first frame is a KV request.
@@ -396,6 +398,7 @@ pub fn start(
         port: sockets.local.port(),
         view: setup.view,
         bus: setup.bus,
+        telemetry: setup.telemetry,
         membership: setup.membership,
         fingerprint: 0,
     };
@@ -409,6 +412,7 @@ pub fn start(
 }
 
 struct Driver {
+    telemetry: crate::telemetry::SharedTelemetry,
     core: Gossip,
     clock: Clock,
     udp: Arc<UdpSocket>,
@@ -543,7 +547,9 @@ impl Driver {
             }
             Command::AddEvent(kind, payload, tx) => {
                 let event = self.core.add_event(now, kind, payload, now);
-                let _ = tx.send(event_view(&event));
+                let view = event_view(&event);
+                self.publish_user_event(&view);
+                let _ = tx.send(view);
             }
             Command::Incarnation(tx) => {
                 let _ = tx.send(self.core.me().incarnation);
@@ -774,6 +780,11 @@ impl Driver {
                             tracing::info!(node = %c.name, uuid = %c.uuid, %old, new = %c.new, "member state changed")
                         }
                     }
+                    if c.new == MemberState::Suspect {
+                        self.telemetry
+                            .suspicions
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     self.publish_member_change(&c);
                 }
                 Effect::UserEvent(e) if e.kind == KEYRING_EVENT => {
@@ -783,6 +794,11 @@ impl Driver {
                 }
                 Effect::UserEvent(e) => {
                     tracing::info!(event = %e.kind, origin = %e.origin, "user event received");
+                    self.publish_user_event(&event_view(&e));
+                }
+                Effect::ProbeAcked { rtt_ms } => {
+                    #[allow(clippy::cast_precision_loss)]
+                    self.telemetry.probe_rtt.observe(rtt_ms as f64 / 1000.0);
                 }
                 Effect::Detected { id, record } => {
                     if let Some(d) = self.detects.get_mut(&id)
@@ -808,29 +824,44 @@ impl Driver {
         }
     }
 
-    /// Tell the event bus about joins, deaths, departures and returns (a suspicion that is
-    /// refuted is not news).
+    /// Tell the event bus about every member change; handlers hear about joins, deaths,
+    /// departures and returns (a suspicion, or a refuted one, is not news for them).
     fn publish_member_change(&self, c: &opsbro_gossip::MemberChange) {
         use opsbro_gossip::MemberState as S;
-        if c.uuid == self.core.me().uuid
-            || c.new == S::Suspect
-            || (c.old == Some(S::Suspect) && c.new == S::Alive)
-        {
+        if c.uuid == self.core.me().uuid {
             return;
         }
+        let news = !(c.new == S::Suspect || (c.old == Some(S::Suspect) && c.new == S::Alive));
         let addr = self
             .core
             .members()
             .find(|r| r.uuid == c.uuid)
             .map(|r| r.addr.to_string())
             .unwrap_or_default();
-        self.bus.publish(opsbro_checks::notify::Notification::Node {
-            name: c.name.clone(),
-            uuid: c.uuid.to_string(),
-            addr,
-            state: c.new.as_str().to_owned(),
-            old_state: c.old.map_or("new", |o| o.as_str()).to_owned(),
-        });
+        self.bus.notify(
+            opsbro_checks::notify::Notification::Node {
+                name: c.name.clone(),
+                uuid: c.uuid.to_string(),
+                addr,
+                state: c.new.as_str().to_owned(),
+                old_state: c.old.map_or("new", |o| o.as_str()).to_owned(),
+            },
+            news,
+        );
+    }
+
+    fn publish_user_event(&self, e: &Event) {
+        self.bus.publish(
+            "event",
+            serde_json::json!({
+                "id": e.id,
+                "type": e.kind,
+                "payload": e.payload,
+                "origin": e.origin.to_string(),
+                "created_ms": e.created_ms,
+            }),
+            None,
+        );
     }
 
     fn seal(&self, bytes: &[u8]) -> Vec<u8> {

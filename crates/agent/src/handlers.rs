@@ -177,6 +177,7 @@ pub fn start(
                 Ok(e) => e,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "handlers fell behind the event bus");
+                    bus.record_dropped(n);
                     for (spec, _) in &queues {
                         handle.update(&spec.name, |v| v.dropped += n);
                     }
@@ -184,11 +185,14 @@ pub fn start(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
+            let Some(event) = &event.notification else {
+                continue;
+            };
             let mut me = node.clone();
             me.groups = opsbro_eval::EvalContext::groups(&view);
             let ctx = event.context(&me, crate::host::unix_ms() / 1000);
             for (spec, tx) in &queues {
-                if !wants(spec, &check_handlers, &event) {
+                if !wants(spec, &check_handlers, event) {
                     continue;
                 }
                 if tx.try_send(ctx.clone()).is_err() {

@@ -76,6 +76,14 @@ pub struct ApiContext {
     ),
     /// The time-series store and the statsd/graphite listeners.
     pub metrics: crate::metrics::MetricsHandle,
+    /// The event bus (for its counters).
+    pub bus: crate::events::EventBus,
+    /// Histograms and counts for `/metrics`.
+    pub telemetry: crate::telemetry::SharedTelemetry,
+    /// The websocket stream: its address (when it runs) and counters.
+    pub websocket: Arc<crate::websocket::WsCounters>,
+    /// Where the websocket stream listens, when it runs.
+    pub websocket_addr: Option<std::net::SocketAddr>,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -151,12 +159,68 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
             get(crate::http_metrics::find_get).post(crate::http_metrics::find_post),
         )
         .route(opsbro_api::metrics::INDEX, get(crate::http_metrics::index))
+        .route(opsbro_api::routes::METRICS, get(prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(limit_body))
+        .layer(middleware::from_fn_with_state(ctx.clone(), time_kv))
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token))
         .with_state(ctx)
+}
+
+/// `GET /metrics`: OpenMetrics text when the scraper asks for it (Prometheus does), the classic
+/// Prometheus text format otherwise.
+async fn prometheus(
+    State(ctx): State<Arc<ApiContext>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    match crate::telemetry::render(&ctx).await {
+        Ok(text) if openmetrics => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::telemetry::to_prometheus_text(&text),
+        )
+            .into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Time local KV requests for `/metrics` (blocking reads wait on purpose: not timed).
+async fn time_kv(State(ctx): State<Arc<ApiContext>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let blocking = request.uri().query().is_some_and(|q| q.contains("wait="));
+    if !path.starts_with("/kv/") || blocking {
+        return next.run(request).await;
+    }
+    let op = match *request.method() {
+        Method::GET if path == "/kv/" => "list",
+        Method::GET => "get",
+        Method::PUT => "put",
+        Method::DELETE => "delete",
+        _ => return next.run(request).await,
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    ctx.telemetry
+        .kv_duration
+        .get_or_create(&vec![("op", op.to_owned())])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn agent_state(State(ctx): State<Arc<ApiContext>>) -> Json<AgentState> {
@@ -227,6 +291,22 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
             }
         },
         metrics: ctx.metrics.info(),
+        websocket: opsbro_api::WebsocketInfo {
+            addr: ctx.websocket_addr,
+            clients: ctx.websocket.clients(),
+            accepted: ctx
+                .websocket
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            sent: ctx
+                .websocket
+                .sent
+                .load(std::sync::atomic::Ordering::Relaxed),
+            slow_dropped: ctx
+                .websocket
+                .slow_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+        },
     })
 }
 
@@ -689,7 +769,7 @@ async fn require_token(
 }
 
 /// Compare without an early exit so the time taken does not reveal how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -125,6 +125,7 @@ pub struct KvHandle(Arc<Kv>);
 
 struct Kv {
     me: NodeUuid,
+    bus: crate::events::EventBus,
     commits: Arc<GroupCommit>,
     hlc: Mutex<Hlc>,
     /// Serialises read-merge-write of local entries.
@@ -170,11 +171,13 @@ impl KvHandle {
         keyring: SharedKeyring,
         mut membership: watch::Receiver<Arc<Vec<Peer>>>,
         mut connections: mpsc::Receiver<KvConnection>,
+        bus: crate::events::EventBus,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<KvHandle, KvError> {
         let kv = Arc::new(Kv {
             me,
+            bus,
             commits: GroupCommit::new(store),
             hlc: Mutex::new(Hlc::default()),
             merge: Mutex::new(()),
@@ -462,6 +465,15 @@ impl Kv {
             if newer {
                 self.commits.store().put(key, &e.to_bytes())?;
                 taken += 1;
+                self.bus.publish(
+                    "kv",
+                    serde_json::json!({
+                        "key": key,
+                        "action": if e.deleted { "delete" } else { "put" },
+                        "modify_index": e.index,
+                    }),
+                    None,
+                );
                 if e.expires_ms > 0 && !e.deleted {
                     self.expiring
                         .lock()

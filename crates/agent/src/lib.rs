@@ -25,6 +25,8 @@ pub mod kv;
 pub mod metrics;
 pub mod monitoring;
 pub mod status;
+pub mod telemetry;
+pub mod websocket;
 
 use std::io;
 use std::net::SocketAddr;
@@ -155,6 +157,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         checks: Vec::new(),
     };
     let bus = events::EventBus::default();
+    let telemetry = Arc::new(telemetry::Telemetry::default());
     let (kv_connections, kv_incoming) = tokio::sync::mpsc::channel(64);
     let (membership, membership_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let kv_membership = membership_rx.clone();
@@ -179,6 +182,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             bus: bus.clone(),
             kv_connections,
             membership,
+            telemetry: telemetry.clone(),
         },
         sockets,
         status.clone(),
@@ -223,6 +227,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         gossip.keyring.clone(),
         membership_rx.clone(),
         kv_incoming,
+        bus.clone(),
         &tracker,
         shutdown.child_token(),
     )
@@ -294,6 +299,36 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             Some(metric_problems.join("; ")),
         );
     }
+    let ws_counters = Arc::new(websocket::WsCounters::default());
+    let websocket_addr = if config.websocket.enabled {
+        status.set("websocket", SubsystemState::Starting, None);
+        match websocket::start(
+            &config.websocket,
+            config.api_token.clone(),
+            bus.clone(),
+            ws_counters.clone(),
+            &tracker,
+            shutdown.child_token(),
+        )
+        .await
+        {
+            Ok(addr) => {
+                status.set(
+                    "websocket",
+                    SubsystemState::Ok,
+                    Some(format!("ws://{addr}/")),
+                );
+                Some(addr)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                status.set("websocket", SubsystemState::Error, Some(e));
+                None
+            }
+        }
+    } else {
+        None
+    };
     status.set("collectors", SubsystemState::Starting, None);
     let collected = collect::CollectedData::default();
     let (first_collection, collected_once) = tokio::sync::watch::channel(false);
@@ -372,7 +407,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 groups: Vec::new(),
             },
             view,
-            bus,
+            bus: bus.clone(),
             handle: handlers_handle.clone(),
         },
         &tracker,
@@ -411,6 +446,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         kv,
         dns: (dns_addr, dns_counters),
         metrics: metrics.clone(),
+        bus,
+        telemetry,
+        websocket: ws_counters,
+        websocket_addr,
     });
 
     let api_shutdown = shutdown.child_token();
@@ -442,6 +481,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         dns_addr,
         statsd_addr: metrics.statsd_addr(),
         graphite_addr: metrics.graphite_addr(),
+        websocket_addr,
     };
     if let Err(e) = serde_json::to_vec_pretty(&runtime)
         .map_err(io::Error::other)

@@ -363,9 +363,10 @@ fn apply(
             while s.history.len() > HISTORY {
                 s.history.pop_front();
             }
-            // A first OK after start is not news; a first problem is.
-            if !(c.old == CheckState::Pending && c.new == CheckState::Ok) {
-                notify = Some(Notification::Check {
+            // A first OK after start is not news for handlers; a first problem is.
+            let news = !(c.old == CheckState::Pending && c.new == CheckState::Ok);
+            {
+                notify = Some((news, Notification::Check {
                     name: spec.name.clone(),
                     display_name: spec.display_name.clone(),
                     pack: spec.pack.clone(),
@@ -373,12 +374,12 @@ fn apply(
                     old_state: c.old,
                     output: result.output.clone(),
                     long_output: result.long_output.clone(),
-                });
+                }));
             }
         }
     });
-    if let Some(n) = notify {
-        bus.publish(n);
+    if let Some((news, n)) = notify {
+        bus.notify(n, news);
     }
     change.is_some()
 }

@@ -21,6 +21,8 @@ pub mod routes {
     pub const AGENT_STOP: &str = "/agent/stop";
     /// `PUT` adds, `DELETE` removes a static group (live, persisted); answers the static groups.
     pub const AGENT_GROUP: &str = "/agent/groups/{group}";
+    /// `GET`: the agent's metrics in Prometheus (OpenMetrics) text format.
+    pub const METRICS: &str = "/metrics";
 }
 
 /// Largest request body the API accepts (bigger bodies get 413).
@@ -94,6 +96,24 @@ pub struct AgentInfo {
     /// statsd, graphite and the time-series store.
     #[serde(default)]
     pub metrics: metrics::MetricsInfo,
+    /// The websocket event stream.
+    #[serde(default)]
+    pub websocket: WebsocketInfo,
+}
+
+/// The websocket event stream in `agent info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebsocketInfo {
+    /// Where it listens, when it runs.
+    pub addr: Option<SocketAddr>,
+    /// Clients connected now.
+    pub clients: usize,
+    /// Clients accepted since start.
+    pub accepted: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Clients disconnected because they did not keep up.
+    pub slow_dropped: u64,
 }
 
 /// The KV store in `agent info`.
@@ -314,6 +334,9 @@ pub struct RuntimeFile {
     /// graphite listener (TCP and/or UDP on one port), when it runs.
     #[serde(default)]
     pub graphite_addr: Option<SocketAddr>,
+    /// websocket event stream, when it runs.
+    #[serde(default)]
+    pub websocket_addr: Option<SocketAddr>,
 }
 
 /// Name of the runtime file inside the data dir.

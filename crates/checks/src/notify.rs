@@ -102,6 +102,47 @@ pub enum Notification {
 }
 
 impl Notification {
+    /// The event itself as JSON: the websocket payload, and `check` / `member` in templates.
+    pub fn payload(&self) -> Value {
+        match self {
+            Notification::Check {
+                name,
+                display_name,
+                pack,
+                state,
+                old_state,
+                output,
+                long_output,
+            } => json!({
+                "name": name,
+                "display_name": display_name,
+                "pack": pack,
+                "state": state.as_str(),
+                "old_state": old_state.as_str(),
+                "state_id": state.state_id(),
+                "output": output,
+                "long_output": long_output,
+            }),
+            Notification::Group { group, added } => json!({
+                "group": group,
+                "action": if *added { "add" } else { "remove" },
+            }),
+            Notification::Node {
+                name,
+                uuid,
+                addr,
+                state,
+                old_state,
+            } => json!({
+                "name": name,
+                "uuid": uuid,
+                "addr": addr,
+                "state": state,
+                "old_state": old_state,
+            }),
+        }
+    }
+
     /// Which subscription it belongs to.
     pub fn kind(&self) -> EventKind {
         match self {
@@ -192,27 +233,15 @@ impl Notification {
         });
         let extra = match self {
             Notification::Check {
-                name,
-                display_name,
-                pack,
                 state,
                 old_state,
                 output,
-                long_output,
+                ..
             } => json!({
                 "state": state.as_str(),
                 "old_state": old_state.as_str(),
                 "output": output,
-                "check": {
-                    "name": name,
-                    "display_name": display_name,
-                    "pack": pack,
-                    "state": state.as_str(),
-                    "old_state": old_state.as_str(),
-                    "state_id": state.state_id(),
-                    "output": output,
-                    "long_output": long_output,
-                },
+                "check": self.payload(),
             }),
             Notification::Group { group, added } => {
                 let modification = if *added { "add" } else { "remove" };
@@ -225,19 +254,12 @@ impl Notification {
                 })
             }
             Notification::Node {
-                name,
-                uuid,
-                addr,
-                state,
-                old_state,
+                state, old_state, ..
             } => json!({
                 "state": state,
                 "old_state": old_state,
                 "output": self.summary(),
-                "member": {
-                    "name": name, "uuid": uuid, "addr": addr,
-                    "state": state, "old_state": old_state,
-                },
+                "member": self.payload(),
             }),
         };
         if let (Some(c), Value::Object(e)) = (ctx.as_object_mut(), extra) {

@@ -70,6 +70,9 @@ pub enum Command {
     /// Time series (statsd, graphite, collectors, check perfdata): find series, show values.
     #[command(subcommand)]
     Metrics(MetricsCommand),
+    /// The live event stream (websocket): members, groups, checks, KV keys, user events.
+    #[command(subcommand)]
+    Events(LiveEventsCommand),
     /// Packs: the detectors, checks and handlers the agent loaded.
     #[command(subcommand)]
     Packs(PacksCommand),
@@ -524,5 +527,25 @@ pub enum MetricsCommand {
         /// Print graphite-web JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `opsbro events ...`
+#[derive(Debug, Subcommand)]
+pub enum LiveEventsCommand {
+    /// Follow the agent's event stream until interrupted (needs `websocket.enabled: true`).
+    Watch {
+        /// Only these channels (repeatable): node, group, check, kv, event.
+        #[arg(long = "channel", value_name = "CHANNEL")]
+        channels: Vec<String>,
+        /// Print each event as its JSON frame.
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Websocket URL [default: the agent's, from `agent info`].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
 }

@@ -9,13 +9,13 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, DetectorsCommand, EvaluatorCommand,
-    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand, MetricsCommand,
-    MonitoringCommand, PacksCommand,
+    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand,
+    MetricsCommand, MonitoringCommand, PacksCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
 use opsbro_cli::commands::{
-    agent, collectors, detectors, evaluator, gossip, kv, metrics, monitoring,
+    agent, collectors, detectors, evaluator, events, gossip, kv, metrics, monitoring,
 };
 use opsbro_cli::error::CliError;
 
@@ -128,6 +128,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     KvCommand::Locate { key, json } => kv::locate(&client, &key, json).await,
                 }
             })
+        }
+        Command::Events(LiveEventsCommand::Watch {
+            channels,
+            json,
+            count,
+            url,
+        }) => {
+            let client = Client::new(&cli.api, cli.token.clone())?;
+            client_runtime()?.block_on(events::watch(
+                &client, cli.token, url, channels, json, count,
+            ))
         }
         Command::Metrics(command) => {
             let client = Client::new(&cli.api, cli.token)?;

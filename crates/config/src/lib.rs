@@ -229,6 +229,29 @@ pub struct Config {
     pub statsd: StatsdSettings,
     /// `graphite:`.
     pub graphite: GraphiteSettings,
+    /// `websocket:`.
+    pub websocket: WebsocketSettings,
+}
+
+/// The websocket event stream's settings (`websocket:`), defaults filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebsocketSettings {
+    /// Serve it at all (default false).
+    pub enabled: bool,
+    /// Bind address (default 127.0.0.1; elsewhere needs `api.token`).
+    pub bind: IpAddr,
+    /// TCP port (default 6769; 0 = any free port, see the runtime file).
+    pub port: u16,
+}
+
+impl Default for WebsocketSettings {
+    fn default() -> Self {
+        WebsocketSettings {
+            enabled: false,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 6769,
+        }
+    }
 }
 
 /// The statsd listener's settings (`statsd:`), defaults filled.
@@ -489,6 +512,8 @@ pub struct AgentConfig {
     pub statsd: StatsdSettings,
     /// graphite listener and forwarding settings.
     pub graphite: GraphiteSettings,
+    /// websocket event stream settings.
+    pub websocket: WebsocketSettings,
 }
 
 /// Collects errors while validating one source.
@@ -721,8 +746,27 @@ impl Config {
             dns,
             statsd,
             graphite,
+            websocket,
             unknown,
         } = raw;
+        let websocket = v.take("websocket", websocket).unwrap_or_default();
+        let raw::RawWebsocket {
+            enabled: ws_enabled,
+            bind: ws_bind,
+            port: ws_port,
+            unknown: ws_unknown,
+        } = websocket;
+        v.unknown("websocket", ws_unknown, raw::WEBSOCKET_KEYS);
+        let ws_default = WebsocketSettings::default();
+        let websocket = WebsocketSettings {
+            enabled: v
+                .take("websocket.enabled", ws_enabled)
+                .unwrap_or(ws_default.enabled),
+            bind: v
+                .take_with("websocket.bind", ws_bind, parse_ip)
+                .unwrap_or(ws_default.bind),
+            port: v.take("websocket.port", ws_port).unwrap_or(ws_default.port),
+        };
         let statsd = v.take("statsd", statsd).unwrap_or_default();
         let statsd = Config::validate_statsd(v, statsd);
         let graphite = v.take("graphite", graphite).unwrap_or_default();
@@ -825,6 +869,7 @@ impl Config {
             dns,
             statsd,
             graphite,
+            websocket,
         }
     }
 
@@ -1103,6 +1148,16 @@ impl Config {
                 ),
             );
         }
+        if self.websocket.enabled && !self.websocket.bind.is_loopback() && api_token.is_none() {
+            cross(
+                "websocket.bind",
+                format!(
+                    "refusing to serve the event stream on non-loopback address {} without a token: \
+                     set api.token (or OPSBRO_API_TOKEN), or bind it to 127.0.0.1",
+                    self.websocket.bind
+                ),
+            );
+        }
         let mut seeds = self.seeds;
         seeds.extend(overrides.seeds);
         let config = AgentConfig {
@@ -1146,6 +1201,7 @@ impl Config {
             },
             statsd: self.statsd,
             graphite: self.graphite,
+            websocket: self.websocket,
         };
         if errors.is_empty() {
             Ok(config)

@@ -74,6 +74,7 @@ pub struct RawConfig {
     pub dns: Field<RawDns>,
     pub statsd: Field<RawStatsd>,
     pub graphite: Field<RawGraphite>,
+    pub websocket: Field<RawWebsocket>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -151,7 +152,23 @@ pub const TOP_KEYS: &[&str] = &[
     "dns",
     "statsd",
     "graphite",
+    "websocket",
 ];
+
+/// Mirror of the `websocket:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawWebsocket {
+    pub enabled: Field<bool>,
+    pub bind: Field<String>,
+    pub port: Field<u16>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Keys of `websocket:`.
+pub const WEBSOCKET_KEYS: &[&str] = &["enabled", "bind", "port"];
 
 /// Mirror of the `statsd:` section.
 #[derive(Debug, Default, Deserialize)]

@@ -147,6 +147,9 @@ fn every_documented_key_is_known() {
     for key in raw::STATSD_KEYS {
         Config::from_yaml(&format!("statsd:\n  {key}: null\n"), "f.yml").expect("statsd key");
     }
+    for key in raw::WEBSOCKET_KEYS {
+        Config::from_yaml(&format!("websocket:\n  {key}: null\n"), "f.yml").expect("ws key");
+    }
     for key in raw::GRAPHITE_KEYS {
         Config::from_yaml(&format!("graphite:\n  {key}: null\n"), "f.yml").expect("graphite key");
     }
@@ -339,4 +342,24 @@ fn statsd_and_graphite_sections() {
     ] {
         assert!(keys.contains(&k), "{k} in {errs}");
     }
+}
+
+#[test]
+fn websocket_section_and_its_bind_rule() {
+    let c = Config::from_yaml("websocket:\n  enabled: true\n  port: 0\n", "f.yml").expect("ok");
+    assert!(c.websocket.enabled);
+    assert_eq!(c.websocket.port, 0);
+    assert_eq!(Config::default().websocket.port, 6769);
+    let open = Config::from_yaml("websocket:\n  enabled: true\n  bind: 0.0.0.0\n", "f.yml")
+        .expect("parses")
+        .resolve(Overrides::default(), &host(0))
+        .expect_err("non-loopback without token");
+    assert!(open.to_string().contains("websocket.bind"), "{open}");
+    Config::from_yaml(
+        "websocket:\n  enabled: true\n  bind: 0.0.0.0\napi:\n  token: s3cret\n",
+        "f.yml",
+    )
+    .expect("parses")
+    .resolve(Overrides::default(), &host(0))
+    .expect("allowed with a token");
 }

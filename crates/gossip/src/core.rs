@@ -60,6 +60,11 @@ pub enum Effect {
         /// The node that answered.
         record: NodeRecord,
     },
+    /// The member probed this round answered directly after `rtt_ms` (for RTT statistics).
+    ProbeAcked {
+        /// Round-trip time.
+        rtt_ms: u64,
+    },
     /// Answer to [`Gossip::ping`]: the node acked after `rtt_ms`, or did not (`None`) in time.
     PingResult {
         /// The sequence number [`Gossip::ping`] returned.
@@ -119,6 +124,7 @@ struct Suspicion {
 struct Probe {
     target: NodeUuid,
     seq: u32,
+    sent: Time,
     direct_deadline: Time,
     end: Time,
     indirect_sent: bool,
@@ -494,6 +500,13 @@ impl Gossip {
                 if let Some(p) = &self.probe
                     && p.seq == seq
                 {
+                    // Acks relayed through other nodes arrive with the same seq: only a direct
+                    // answer before the direct deadline is a round-trip time.
+                    if now <= p.direct_deadline {
+                        self.effects.push(Effect::ProbeAcked {
+                            rtt_ms: now.saturating_sub(p.sent),
+                        });
+                    }
                     self.probe = None;
                     self.local_health = self.local_health.saturating_sub(1);
                 }
@@ -774,6 +787,7 @@ impl Gossip {
                     self.probe = Some(Probe {
                         target,
                         seq,
+                        sent: now,
                         direct_deadline: now + timeout,
                         // Leave room for the indirect round inside the probe interval.
                         end: now + interval.max(timeout * 2),

@@ -429,6 +429,7 @@ impl Sim {
                 Effect::UserEvent(_)
                 | Effect::IncarnationChanged(_)
                 | Effect::PingResult { .. }
+                | Effect::ProbeAcked { .. }
                 | Effect::Detected { .. } => {}
             }
         }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod collectors;
 pub mod detectors;
 pub mod evaluator;
+pub mod events;
 pub mod gossip;
 pub mod kv;
 pub mod metrics;

@@ -1,0 +1,262 @@
+//! The websocket event stream (`websocket:` section, 127.0.0.1:6769): every event of the bus as
+//! one text frame `{"channel": "...", "time_ms": N, "payload": {...}}`, optionally filtered with
+//! `?channels=node,check`. Read-only: frames from clients other than pongs are ignored.
+//!
+//! A client never slows the agent: publishing does not wait for anyone, each client has its own
+//! task, and a client that does not keep up — its socket stays full for [`SEND_TIMEOUT`], or it
+//! falls more than the bus capacity behind — is disconnected and counted. Pings every
+//! [`PING_INTERVAL`] find dead peers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use opsbro_config::WebsocketSettings;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::{CHANNELS, Event, EventBus};
+
+/// Longest a frame may wait for a client's socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time between pings.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// A client silent (no pong, no frame) for this long is gone.
+const PONG_TIMEOUT: Duration = Duration::from_secs(45);
+/// Kernel send buffer per client: a client that stops reading is noticed after this much, not
+/// after megabytes of automatic buffer growth.
+const CLIENT_SEND_BUFFER: usize = 64 * 1024;
+/// Most clients at once.
+const MAX_CLIENTS: usize = 256;
+
+/// Websocket counters.
+#[derive(Debug, Default)]
+pub struct WsCounters {
+    clients: AtomicUsize,
+    /// Clients accepted since start.
+    pub accepted: AtomicU64,
+    /// Messages sent.
+    pub sent: AtomicU64,
+    /// Clients disconnected because they did not keep up.
+    pub slow_dropped: AtomicU64,
+}
+
+impl WsCounters {
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct WsState {
+    bus: EventBus,
+    token: Option<String>,
+    counters: Arc<WsCounters>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+#[derive(serde::Deserialize)]
+struct WsQuery {
+    channels: Option<String>,
+    token: Option<String>,
+}
+
+/// Bind and serve; answers the bound address.
+pub async fn start(
+    settings: &WebsocketSettings,
+    token: Option<String>,
+    bus: EventBus,
+    counters: Arc<WsCounters>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, String> {
+    use axum::serve::ListenerExt;
+    let addr = SocketAddr::new(settings.bind, settings.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for websocket clients on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let state = WsState {
+        bus,
+        token,
+        counters,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    };
+    let app = Router::new()
+        .route("/", get(upgrade))
+        .route("/ws", get(upgrade))
+        .with_state(state);
+    let listener = listener.tap_io(|tcp| {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&*tcp, CLIENT_SEND_BUFFER);
+        let _ = tcp.set_nodelay(true);
+    });
+    tracker.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "websocket server failed");
+        }
+    });
+    Ok(bound)
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(opsbro_api::ErrorBody {
+            error: message.to_owned(),
+            status: status.as_u16(),
+        }),
+    )
+        .into_response()
+}
+
+async fn upgrade(
+    State(state): State<WsState>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(expected) = &state.token {
+        let bearer = headers
+            .get(opsbro_api::AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = bearer.or(query.token.as_deref());
+        if given.is_none_or(|g| !crate::http::constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <api.token>",
+            );
+        }
+    }
+    let filter: Option<Vec<&'static str>> = match &query.channels {
+        None => None,
+        Some(list) => {
+            let mut wanted = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                match CHANNELS.iter().find(|c| **c == name) {
+                    Some(c) => wanted.push(*c),
+                    None => {
+                        return refuse(
+                            StatusCode::BAD_REQUEST,
+                            &format!(
+                                "unknown channel `{name}` (channels: {})",
+                                CHANNELS.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            Some(wanted)
+        }
+    };
+    if state.counters.clients() >= MAX_CLIENTS {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many websocket clients",
+        );
+    }
+    // Subscribe before the handshake completes: nothing published after the 101 is missed.
+    let events = state.bus.subscribe();
+    let tracker = state.tracker.clone();
+    ws.on_upgrade(move |socket| async move {
+        tracker.spawn(client(socket, events, filter, state));
+    })
+}
+
+fn frame(event: &Event) -> String {
+    serde_json::json!({
+        "channel": event.channel,
+        "time_ms": event.time_ms,
+        "payload": event.payload,
+    })
+    .to_string()
+}
+
+/// Why a client's stream ended.
+enum End {
+    Gone,
+    Slow,
+    Shutdown,
+}
+
+async fn client(
+    socket: WebSocket,
+    mut events: broadcast::Receiver<Arc<Event>>,
+    filter: Option<Vec<&'static str>>,
+    state: WsState,
+) {
+    let counters = &state.counters;
+    counters.clients.fetch_add(1, Ordering::Relaxed);
+    counters.accepted.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut stream) = socket.split();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
+    let end = loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => break End::Shutdown,
+            e = events.recv() => match e {
+                Ok(event) => {
+                    if filter.as_ref().is_some_and(|f| !f.contains(&event.channel)) {
+                        continue;
+                    }
+                    let send = sink.send(Message::Text(frame(&event).into()));
+                    match tokio::time::timeout(SEND_TIMEOUT, send).await {
+                        Ok(Ok(())) => {
+                            counters.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(_)) => break End::Gone,
+                        Err(_) => break End::Slow,
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    state.bus.record_dropped(n);
+                    break End::Slow;
+                }
+                Err(broadcast::error::RecvError::Closed) => break End::Shutdown,
+            },
+            m = stream.next() => match m {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
+                // Pongs, and anything else a client sends, only show it is alive.
+                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > PONG_TIMEOUT {
+                    break End::Gone;
+                }
+                let send = sink.send(Message::Ping(Vec::new().into()));
+                if !matches!(tokio::time::timeout(SEND_TIMEOUT, send).await, Ok(Ok(()))) {
+                    break End::Slow;
+                }
+            }
+        }
+    };
+    match end {
+        End::Slow => {
+            counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("websocket client too slow: disconnected");
+        }
+        End::Shutdown => {
+            let close = sink.send(Message::Close(None));
+            let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+        }
+        End::Gone => {}
+    }
+    counters.clients.fetch_sub(1, Ordering::Relaxed);
+}
