@@ -25,6 +25,20 @@ pub fn interface_addrs() -> Vec<IpAddr> {
     addrs
 }
 
+/// `sh -c command` with piped output, in a process group of its own (so that a timeout can kill
+/// its children too, see [`ProcessGroupGuard`]), killed if dropped.
+pub fn shell(command: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    c
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch (for timestamps shown to people).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -84,6 +84,8 @@ pub struct ApiContext {
     pub websocket: Arc<crate::websocket::WsCounters>,
     /// Where the websocket stream listens, when it runs.
     pub websocket_addr: Option<std::net::SocketAddr>,
+    /// Generator states and history.
+    pub generators: crate::generators::GeneratorsHandle,
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.
@@ -160,6 +162,14 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         )
         .route(opsbro_api::metrics::INDEX, get(crate::http_metrics::index))
         .route(opsbro_api::routes::METRICS, get(prometheus))
+        .route(
+            opsbro_api::generators::STATE,
+            get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.generators.views()) }),
+        )
+        .route(
+            opsbro_api::generators::HISTORY,
+            get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.generators.history()) }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -15,6 +15,7 @@ pub mod detectors;
 pub mod dns;
 pub mod eval;
 pub mod events;
+pub mod generators;
 pub mod gossip;
 pub mod handlers;
 pub mod host;
@@ -383,6 +384,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         },
         shutdown.child_token(),
     ));
+    let generators_handle = generators::GeneratorsHandle::default();
+    tracker.spawn(generators::run(
+        generators::GeneratorsSetup {
+            specs: packs.generators().cloned().collect(),
+            templates: packs
+                .packs
+                .values()
+                .map(|p| (p.name.clone(), p.templates.clone()))
+                .collect(),
+            evaluator: evaluator.clone(),
+            collected: collected.clone(),
+            membership: kv_membership.clone(),
+            me: data_dir.uuid(),
+            kv: kv.clone(),
+            bus: bus.clone(),
+            handle: generators_handle.clone(),
+        },
+        shutdown.child_token(),
+    ));
     let handlers_handle = handlers::HandlersHandle::default();
     handlers::start(
         handlers::HandlersSetup {
@@ -450,6 +470,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         telemetry,
         websocket: ws_counters,
         websocket_addr,
+        generators: generators_handle,
     });
 
     let api_shutdown = shutdown.child_token();

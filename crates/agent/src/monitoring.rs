@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -504,7 +503,7 @@ fn run_expression(
 
 /// Read everything `r` sends, keeping the first [`nagios::MAX_OUTPUT`] bytes (reading on so the
 /// plugin never blocks on a full pipe).
-async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin) -> (Vec<u8>, bool) {
+pub(crate) async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut buf = [0u8; 4096];
     let mut cut = false;
@@ -525,16 +524,7 @@ async fn run_script(index: usize, script: &str, spec: &CheckSpec, plugins_dir: &
         Ok(c) => c,
         Err(e) => return RunResult::unknown(index, format!("UNKNOWN: {e}")),
     };
-    let mut child = match tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
+    let mut child = match crate::host::shell(&command).spawn() {
         Ok(c) => c,
         Err(e) => return RunResult::unknown(index, format!("UNKNOWN: cannot run /bin/sh: {e}")),
     };

@@ -256,6 +256,59 @@ pub mod metrics {
     }
 }
 
+/// Generators: files rendered from cluster state.
+pub mod generators {
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: every generator ([`GeneratorView`] list).
+    pub const STATE: &str = "/generators/state";
+    /// `GET`: state changes and file changes ([`HistoryEntry`] list, oldest first).
+    pub const HISTORY: &str = "/generators/history";
+
+    /// A generator.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GeneratorView {
+        /// `<pack>/<file>`.
+        pub name: String,
+        /// Pack.
+        pub pack: String,
+        /// The file it writes.
+        pub path: String,
+        /// `pending`, `not-eligible` (generate_if is false), `compliant` (the file is as
+        /// rendered) or `error`.
+        pub state: String,
+        /// What went wrong, or what happened last.
+        pub message: Option<String>,
+        /// Last render, ms since the Unix epoch.
+        pub last_run_ms: Option<u64>,
+        /// Last time the file was written, ms since the Unix epoch.
+        pub last_change_ms: Option<u64>,
+        /// Lines removed (`-`) and added (`+`) by the last write.
+        pub diff: Option<String>,
+        /// Output of the last `command` (or failed `validate_command`).
+        pub command_output: Option<String>,
+        /// Renders since start.
+        pub runs: u64,
+        /// Writes since start.
+        pub writes: u64,
+    }
+
+    /// A state change or a write.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HistoryEntry {
+        /// Generator.
+        pub name: String,
+        /// ms since the Unix epoch.
+        pub time_ms: u64,
+        /// Previous state.
+        pub old_state: String,
+        /// New state.
+        pub state: String,
+        /// What happened.
+        pub message: String,
+    }
+}
+
 /// Gossip part of [`AgentInfo`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipInfo {

@@ -70,6 +70,9 @@ pub enum Command {
     /// Time series (statsd, graphite, collectors, check perfdata): find series, show values.
     #[command(subcommand)]
     Metrics(MetricsCommand),
+    /// Generators: configuration files rendered from cluster state.
+    #[command(subcommand)]
+    Generators(GeneratorsCommand),
     /// The live event stream (websocket): members, groups, checks, KV keys, user events.
     #[command(subcommand)]
     Events(LiveEventsCommand),
@@ -547,5 +550,33 @@ pub enum LiveEventsCommand {
         /// Websocket URL [default: the agent's, from `agent info`].
         #[arg(long, value_name = "URL")]
         url: Option<String>,
+    },
+}
+
+/// `opsbro generators ...`
+#[derive(Debug, Subcommand)]
+pub enum GeneratorsCommand {
+    /// Each generator's state (compliant, not-eligible, error, pending), file and last change.
+    State {
+        /// Also print what the last write changed.
+        #[arg(long)]
+        show_diff: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// State changes, oldest first.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until a generator is compliant (exit 2 on timeout).
+    WaitCompliant {
+        /// Generator name (`<pack>/<file>`, or just `<file>`).
+        name: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
     },
 }

@@ -9,13 +9,13 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, DetectorsCommand, EvaluatorCommand,
-    EventsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand,
-    MetricsCommand, MonitoringCommand, PacksCommand,
+    EventsCommand, GeneratorsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand,
+    LiveEventsCommand, MetricsCommand, MonitoringCommand, PacksCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
 use opsbro_cli::commands::{
-    agent, collectors, detectors, evaluator, events, gossip, kv, metrics, monitoring,
+    agent, collectors, detectors, evaluator, events, generators, gossip, kv, metrics, monitoring,
 };
 use opsbro_cli::error::CliError;
 
@@ -139,6 +139,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
             client_runtime()?.block_on(events::watch(
                 &client, cli.token, url, channels, json, count,
             ))
+        }
+        Command::Generators(command) => {
+            let client = Client::new(&cli.api, cli.token)?;
+            client_runtime()?.block_on(async {
+                match command {
+                    GeneratorsCommand::State { show_diff, json } => {
+                        generators::state(&client, show_diff, json).await
+                    }
+                    GeneratorsCommand::History { json } => generators::history(&client, json).await,
+                    GeneratorsCommand::WaitCompliant { name, timeout } => {
+                        generators::wait_compliant(&client, &name, timeout).await
+                    }
+                }
+            })
         }
         Command::Metrics(command) => {
             let client = Client::new(&cli.api, cli.token)?;

@@ -13,7 +13,7 @@ pub fn state(word: &str, colour: bool) -> String {
         return word.to_owned();
     }
     let code = match word {
-        "ok" | "alive" => "32",
+        "ok" | "alive" | "compliant" => "32",
         "initializing" | "starting" | "suspect" | "warning" | "stopping" | "pending" => "33",
         "error" | "dead" | "critical" => "31",
         "left" => "2",

@@ -18,8 +18,10 @@ use std::time::Duration;
 
 use opsbro_config::LineIndex;
 
+mod generators;
 mod monitoring;
 
+pub use generators::GeneratorSpec;
 pub use monitoring::{CheckKind, CheckSpec, HandlerKind, HandlerSpec, MailSpec, SlackSpec};
 
 include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
@@ -74,6 +76,8 @@ pub struct Pack {
     pub checks: Vec<CheckSpec>,
     /// Its handlers.
     pub handlers: Vec<HandlerSpec>,
+    /// Its generators.
+    pub generators: Vec<GeneratorSpec>,
     /// `parameters/*.yml`, merged (a JSON object).
     pub parameters: serde_json::Value,
     /// `templates/<name>` → contents.
@@ -123,6 +127,11 @@ impl PackSet {
     /// Every handler of every pack.
     pub fn handlers(&self) -> impl Iterator<Item = &HandlerSpec> {
         self.packs.values().flat_map(|p| p.handlers.iter())
+    }
+
+    /// Every generator of every pack.
+    pub fn generators(&self) -> impl Iterator<Item = &GeneratorSpec> {
+        self.packs.values().flat_map(|p| p.generators.iter())
     }
 }
 
@@ -234,6 +243,7 @@ fn load_pack(
         detectors: Vec::new(),
         checks: Vec::new(),
         handlers: Vec::new(),
+        generators: Vec::new(),
         parameters: serde_json::Value::Object(serde_json::Map::new()),
         templates: BTreeMap::new(),
     };
@@ -290,6 +300,25 @@ fn load_pack(
             &mut set.diagnostics,
         );
     }
+    // A generator's template must be in the pack (templates load with the other files).
+    let templates = &pack.templates;
+    let (ok, missing): (Vec<GeneratorSpec>, Vec<GeneratorSpec>) =
+        std::mem::take(&mut pack.generators)
+            .into_iter()
+            .partition(|g| templates.contains_key(&g.template));
+    for g in missing {
+        set.diagnostics.push(Diagnostic {
+            file: format!("{name}/generators"),
+            line: None,
+            message: format!(
+                "generator {}: template `{}` is not in the pack's templates/ (have: {})",
+                g.name,
+                g.template,
+                templates.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    pack.generators = ok;
     // A pack from a directory replaces an embedded one of the same name, wholesale.
     set.packs.insert(name.to_owned(), pack);
 }
@@ -379,7 +408,11 @@ fn parse_object(
                 Ok(h) => pack.handlers.push(h),
                 Err((key, message)) => diags.push(diag(&key, message)),
             },
-            // Generators and compliance arrive with their subsystems.
+            "generator" => match generators::parse_generator(body, &pack.name, stem, check) {
+                Ok(g) => pack.generators.push(g),
+                Err((key, message)) => diags.push(diag(&key, message)),
+            },
+            // Compliance arrives with its subsystem.
             _ => {}
         }
     }

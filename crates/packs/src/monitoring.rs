@@ -161,7 +161,7 @@ pub(crate) fn yaml_to_json(v: &Yaml) -> Result<serde_json::Value, String> {
     serde_json::to_value(v).map_err(|e| format!("cannot use this value: {e}"))
 }
 
-type Problem = (String, String);
+pub(crate) type Problem = (String, String);
 
 /// Longest check name (`<pack>/<file>`): names travel in the gossip record.
 pub const MAX_CHECK_NAME: usize = 128;
@@ -186,7 +186,7 @@ const CHECK_KEYS: &[&str] = &[
     "description",
 ];
 
-fn text(v: &Yaml, path: &str) -> Result<String, Problem> {
+pub(crate) fn text(v: &Yaml, path: &str) -> Result<String, Problem> {
     match v {
         Yaml::String(s) => Ok(s.clone()),
         Yaml::Number(n) => Ok(n.to_string()),
@@ -195,7 +195,7 @@ fn text(v: &Yaml, path: &str) -> Result<String, Problem> {
     }
 }
 
-fn positive(v: &Yaml, path: &str) -> Result<Duration, Problem> {
+pub(crate) fn positive(v: &Yaml, path: &str) -> Result<Duration, Problem> {
     let d = opsbro_config::parse_duration(v).map_err(|e| (path.to_owned(), e))?;
     if d.is_zero() {
         return Err((path.to_owned(), format!("{path} must be more than 0")));

@@ -5,6 +5,7 @@ pub mod collectors;
 pub mod detectors;
 pub mod evaluator;
 pub mod events;
+pub mod generators;
 pub mod gossip;
 pub mod kv;
 pub mod metrics;
