@@ -46,6 +46,8 @@ pub struct BusCounters {
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
+    /// Only the events handlers act on: a burst of KV changes cannot push an alert out.
+    notify_tx: broadcast::Sender<Arc<Event>>,
     counters: Arc<BusCounters>,
 }
 
@@ -53,6 +55,7 @@ impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             tx: broadcast::channel(CAPACITY).0,
+            notify_tx: broadcast::channel(CAPACITY).0,
             counters: Arc::default(),
         }
     }
@@ -67,12 +70,16 @@ impl EventBus {
         notification: Option<Notification>,
     ) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(Arc::new(Event {
+        let event = Arc::new(Event {
             channel,
             payload,
             time_ms: crate::host::unix_ms(),
             notification,
-        }));
+        });
+        if event.notification.is_some() {
+            let _ = self.notify_tx.send(event.clone());
+        }
+        let _ = self.tx.send(event);
     }
 
     /// Publish a notification on its channel (`check`, `group`, `node`); handlers see it when
@@ -82,6 +89,11 @@ impl EventBus {
         let channel = n.kind().as_str();
         let payload = n.payload();
         self.publish(channel, payload, for_handlers.then_some(n));
+    }
+
+    /// Receive the events that carry a notification (handlers), on their own channel.
+    pub fn subscribe_notifications(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.notify_tx.subscribe()
     }
 
     /// Receive every event published from now on.
@@ -96,7 +108,7 @@ impl EventBus {
 
     /// Current subscribers.
     pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
+        self.tx.receiver_count() + self.notify_tx.receiver_count()
     }
 
     /// Counters.

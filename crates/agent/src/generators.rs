@@ -199,8 +199,14 @@ fn render(
 }
 
 /// The new file in partial mode: `block` between the markers, the rest of `existing` kept; the
-/// markers and block are appended when the file has none.
-pub fn apply_partial(existing: &str, start: &str, end: &str, block: &str) -> String {
+/// markers and block are appended when the file has none. A start marker without its end is
+/// refused: guessing where the block ends could delete the user's lines.
+pub fn apply_partial(
+    existing: &str,
+    start: &str,
+    end: &str,
+    block: &str,
+) -> Result<String, String> {
     let mut block = block.to_owned();
     if !block.is_empty() && !block.ends_with('\n') {
         block.push('\n');
@@ -219,15 +225,19 @@ pub fn apply_partial(existing: &str, start: &str, end: &str, block: &str) -> Str
             let mut out: String = lines[..s].concat();
             out.push_str(&wrapped);
             out.push_str(&lines[e + 1..].concat());
-            out
+            Ok(out)
         }
+        (Some(_), None) => Err(format!(
+            "the file has the start marker `{start}` but not the end marker `{end}` after it: \
+             fix the file by hand (nothing was changed)"
+        )),
         _ => {
             let mut out = existing.to_owned();
             if !out.is_empty() && !out.ends_with('\n') {
                 out.push('\n');
             }
             out.push_str(&wrapped);
-            out
+            Ok(out)
         }
     }
 }
@@ -300,40 +310,79 @@ async fn run_shell(command: &str) -> (Option<i32>, String) {
     (status.ok().and_then(|s| s.code()), text.trim().to_owned())
 }
 
-/// Write `content` to `path` atomically, with `like`'s mode and owner when it exists, else
-/// `mode`.
+/// A new file in `dir` that nobody else prepared: exclusive creation (an existing name, even a
+/// symlink planted by another user of a shared directory, is never opened), random name.
+fn create_private(dir: &Path, stem: &str) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for _ in 0..8 {
+        let tmp = dir.join(format!(".{stem}.opsbro-{:016x}", rand::random::<u64>()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+/// Write `content` to a new private file in `dir` with `like`'s mode and owner when given, else
+/// `mode`; returns its path. Owner and permissions are set on the open file, never by name.
+fn write_private(
+    dir: &Path,
+    stem: &str,
+    content: &str,
+    like: Option<&std::fs::Metadata>,
+    mode: u32,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (tmp, mut file) = create_private(dir, stem)?;
+    let result = (|| {
+        file.write_all(content.as_bytes())?;
+        if let Some(m) = like {
+            // Only root can give a file away; otherwise it stays ours.
+            let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+        }
+        let perms = match like {
+            Some(m) => m.permissions(),
+            None => std::fs::Permissions::from_mode(mode),
+        };
+        file.set_permissions(perms)?;
+        file.sync_all()
+    })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Write `content` to `path` atomically (a private temporary file renamed over it), with
+/// `like`'s mode and owner when it exists, else `mode`.
 fn write_atomic(
     path: &Path,
     content: &str,
     like: Option<&std::fs::Metadata>,
     mode: u32,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
-    let file_name = path
+    let stem = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.opsbro-{}", std::process::id()));
-    let result = (|| {
-        std::fs::write(&tmp, content)?;
-        let perms = match like {
-            Some(m) => m.permissions(),
-            None => std::fs::Permissions::from_mode(mode),
-        };
-        std::fs::set_permissions(&tmp, perms)?;
-        if let Some(m) = like {
-            // Only root can give a file away; otherwise it stays ours.
-            let _ = std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()));
-        }
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
+    let tmp = write_private(dir, &stem, content, like, mode)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    })
 }
 
 /// What one pass of one generator did.
@@ -427,7 +476,17 @@ async fn apply(g: &mut Generator, setup: &GeneratorsSetup, peers: Arc<Vec<Peer>>
     let old = std::fs::read_to_string(&spec.path).ok();
     let meta = std::fs::metadata(&spec.path).ok();
     let new = match &spec.partial {
-        Some((start, end)) => apply_partial(old.as_deref().unwrap_or(""), start, end, &rendered),
+        Some((start, end)) => {
+            match apply_partial(old.as_deref().unwrap_or(""), start, end, &rendered) {
+                Ok(n) => n,
+                Err(message) => {
+                    return Outcome::Failed {
+                        message,
+                        output: None,
+                    };
+                }
+            }
+        }
         None => rendered,
     };
     if old.as_deref() == Some(new.as_str()) {
@@ -435,19 +494,22 @@ async fn apply(g: &mut Generator, setup: &GeneratorsSetup, peers: Arc<Vec<Peer>>
     }
     if let Some(validate) = &spec.validate_command {
         let dir = spec.path.parent().unwrap_or(Path::new("/"));
-        let candidate = dir.join(format!(
-            ".{}.opsbro-candidate",
-            spec.path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        if let Err(e) = write_atomic(&candidate, &new, meta.as_ref(), spec.mode) {
-            return Outcome::Failed {
-                message: format!("cannot write the candidate {}: {e}", candidate.display()),
-                output: None,
-            };
-        }
+        let stem = spec
+            .path
+            .file_name()
+            .map(|n| format!("{}.candidate", n.to_string_lossy()))
+            .unwrap_or_default();
+        let candidate = match std::fs::create_dir_all(dir)
+            .and_then(|()| write_private(dir, &stem, &new, meta.as_ref(), spec.mode))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::Failed {
+                    message: format!("cannot write the candidate in {}: {e}", dir.display()),
+                    output: None,
+                };
+            }
+        };
         let line = validate
             .replace("{{path}}", &candidate.to_string_lossy())
             .replace("{{ path }}", &candidate.to_string_lossy());
@@ -556,7 +618,10 @@ pub async fn run(mut setup: GeneratorsSetup, shutdown: CancellationToken) {
             }
             due[i] = false;
             g.next_run = tokio::time::Instant::now() + g.spec.interval;
-            let outcome = apply(g, &setup, peers.clone()).await;
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return,
+                o = apply(g, &setup, peers.clone()) => o,
+            };
             let now = crate::host::unix_ms();
             setup.handle.update(&g.spec.name, |v| {
                 v.runs += 1;
@@ -644,8 +709,9 @@ mod tests {
     #[test]
     fn partial_blocks_replace_or_append_and_keep_the_rest() {
         let file = "ssh-rsa AAA admin\n# BEGIN opsbro\nold key\n# END opsbro\nssh-rsa BBB backup\n";
+        let p = |f: &str, s: &str, e: &str, b: &str| apply_partial(f, s, e, b).expect("partial");
         assert_eq!(
-            apply_partial(
+            p(
                 file,
                 "# BEGIN opsbro",
                 "# END opsbro",
@@ -654,16 +720,15 @@ mod tests {
             "ssh-rsa AAA admin\n# BEGIN opsbro\nnew key 1\nnew key 2\n# END opsbro\nssh-rsa BBB backup\n"
         );
         assert_eq!(
-            apply_partial("line\nno newline", "#B", "#E", "x\n"),
+            p("line\nno newline", "#B", "#E", "x\n"),
             "line\nno newline\n#B\nx\n#E\n"
         );
-        assert_eq!(apply_partial("", "#B", "#E", ""), "#B\n#E\n");
+        assert_eq!(p("", "#B", "#E", ""), "#B\n#E\n");
         // Idempotent.
-        let once = apply_partial(file, "# BEGIN opsbro", "# END opsbro", "k\n");
-        assert_eq!(
-            apply_partial(&once, "# BEGIN opsbro", "# END opsbro", "k\n"),
-            once
-        );
+        let once = p(file, "# BEGIN opsbro", "# END opsbro", "k\n");
+        assert_eq!(p(&once, "# BEGIN opsbro", "# END opsbro", "k\n"), once);
+        // A start marker without its end: refused, the user's lines are safe.
+        assert!(apply_partial("a\n#B\nmine\n", "#B", "#E", "x").is_err());
     }
 
     #[test]

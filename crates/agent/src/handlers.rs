@@ -166,7 +166,7 @@ pub fn start(
         tracker.spawn(worker.run(rx, shutdown.child_token()));
         queues.push((spec, tx));
     }
-    let mut events = bus.subscribe();
+    let mut events = bus.subscribe_notifications();
     tracker.spawn(async move {
         loop {
             let event = tokio::select! {

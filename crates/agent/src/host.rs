@@ -99,12 +99,14 @@ pub fn process_stats(uptime: Duration) -> ProcessStats {
         Ok(ProcessStats {
             rss_bytes: stat.rss * procfs::page_size(),
             cpu_percent: (cpu_percent * 100.0).round() / 100.0,
+            cpu_seconds: cpu_secs,
             threads: u64::try_from(stat.num_threads).unwrap_or(0),
         })
     };
     read().unwrap_or(ProcessStats {
         rss_bytes: 0,
         cpu_percent: 0.0,
+        cpu_seconds: 0.0,
         threads: 0,
     })
 }

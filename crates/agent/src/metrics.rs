@@ -68,6 +68,8 @@ pub struct MetricsHandle(Arc<Inner>);
 
 struct Inner {
     db: Mutex<TsDb>,
+    /// Serialises store writes and expiry, which run without holding `db`.
+    writer: Mutex<()>,
     statsd: Option<(SocketAddr, Arc<Mutex<Aggregator>>)>,
     graphite_addr: Mutex<Option<SocketAddr>>,
     graphite: GraphiteCounters,
@@ -165,11 +167,37 @@ impl MetricsHandle {
         *lock(&self.0.graphite_addr)
     }
 
-    /// Write buffered points to the store (blocking: sled IO).
+    /// Write buffered points to the store (blocking: sled IO, done without holding the lock
+    /// that adds and queries take).
     fn flush_store(&self) {
-        let result = lock(&self.0.db).flush();
+        let _writing = lock(&self.0.writer);
+        let (pending, store) = {
+            let mut db = lock(&self.0.db);
+            (db.take_pending(), db.store())
+        };
+        if pending.is_empty() {
+            return;
+        }
+        match TsDb::write(&*store, pending) {
+            Ok(n) => lock(&self.0.db).note_written(n),
+            Err(e) => tracing::warn!(error = %e, "cannot write metrics to the store"),
+        }
+    }
+
+    /// Remove records past their retention (blocking, without holding the lock).
+    fn expire(&self) {
+        let _writing = lock(&self.0.writer);
+        let (names, store) = {
+            let db = lock(&self.0.db);
+            (
+                db.names().map(str::to_owned).collect::<Vec<_>>(),
+                db.store(),
+            )
+        };
+        let result = TsDb::expire_series(&*store, &names, now_secs())
+            .and_then(|(removed, empty)| lock(&self.0.db).forget(&empty, removed));
         if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot write metrics to the store");
+            tracing::warn!(error = %e, "cannot expire old metrics");
         }
     }
 }
@@ -239,6 +267,7 @@ pub async fn start(
         .map(|address| Arc::new(Forwarder::new(address, setup.graphite.forward_buffer)));
     let handle = MetricsHandle(Arc::new(Inner {
         db: Mutex::new(db),
+        writer: Mutex::new(()),
         statsd: statsd.as_ref().map(|(a, _, agg)| (*a, agg.clone())),
         graphite_addr: Mutex::new(graphite.as_ref().map(|g| g.addr)),
         graphite: GraphiteCounters::default(),
@@ -285,13 +314,7 @@ pub async fn start(
                 }
                 _ = expiry.tick() => {
                     let h = h.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let result = lock(&h.0.db).expire(now_secs());
-                        if let Err(e) = result {
-                            tracing::warn!(error = %e, "cannot expire old metrics");
-                        }
-                    })
-                    .await;
+                    let _ = tokio::task::spawn_blocking(move || h.expire()).await;
                 }
             }
         }
@@ -331,7 +354,11 @@ fn start_statsd(
                 _ = tick.tick() => false,
             };
             let taken = lock(&agg).take_interval();
-            let points = taken.points(now_secs(), interval.as_secs_f64());
+            // Percentiles sort every timer's samples: not on the runtime's threads.
+            let secs = interval.as_secs_f64();
+            let points = tokio::task::spawn_blocking(move || taken.points(now_secs(), secs))
+                .await
+                .unwrap_or_default();
             h.ingest_and_forward(&points);
             if stopping {
                 // The last interval must reach the disk even if the store task flushed first.
@@ -706,7 +733,14 @@ impl Forwarder {
                 }
             }
             let bytes = batch.concat();
-            if let Err(e) = stream.write_all(bytes.as_bytes()).await {
+            // A carbon that stops reading must neither block shutdown nor hold lines forever.
+            let written = tokio::select! {
+                () = shutdown.cancelled() => Err(std::io::Error::other("stopping")),
+                r = tokio::time::timeout(Duration::from_secs(10), stream.write_all(bytes.as_bytes())) => {
+                    r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "carbon stopped reading for 10 s")))
+                }
+            };
+            if let Err(e) = written {
                 let mut q = lock(&self.queue);
                 for line in batch.into_iter().rev() {
                     if q.len() < self.capacity {

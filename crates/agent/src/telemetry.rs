@@ -89,7 +89,7 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
         i64::try_from(p.rss_bytes).unwrap_or(i64::MAX),
     );
     let cpu: Counter<f64, AtomicU64> = Counter::default();
-    cpu.inc_by(p.cpu_percent / 100.0 * ctx.started.elapsed().as_secs_f64());
+    cpu.inc_by(p.cpu_seconds);
     root.register(
         "process_cpu_seconds",
         "User and system CPU time spent, in seconds",

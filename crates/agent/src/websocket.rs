@@ -130,6 +130,14 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // Browsers let any web page open a websocket to 127.0.0.1 (no same-origin rule): without a
+    // token, a request from a page (it carries Origin) is refused.
+    if state.token.is_none() && headers.contains_key(axum::http::header::ORIGIN) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "requests from web pages (with an Origin header) need api.token: set it and pass ?token=",
+        );
+    }
     if let Some(expected) = &state.token {
         let bearer = headers
             .get(opsbro_api::AUTH_HEADER)

@@ -351,6 +351,9 @@ pub struct ProcessStats {
     pub rss_bytes: u64,
     /// CPU use since start, in percent of one core.
     pub cpu_percent: f64,
+    /// CPU time used since start, in seconds (user + system).
+    #[serde(default)]
+    pub cpu_seconds: f64,
     /// Number of OS threads.
     pub threads: u64,
 }

@@ -224,8 +224,19 @@ pub struct Range {
     pub now: u64,
 }
 
+/// Most values one query may build (series × slots), so that a wide pattern over a long range
+/// cannot exhaust memory.
+pub const MAX_POINTS: u64 = 5_000_000;
+
 /// Evaluate every target.
 pub fn render(db: &TsDb, targets: &[String], range: Range) -> Result<Vec<Series>, RenderError> {
+    // Nothing is stored more than a day ahead.
+    let until = range.until.min(range.now.saturating_add(86_400));
+    let range = Range {
+        from: range.from.min(until),
+        until,
+        now: range.now,
+    };
     let mut out = Vec::new();
     for t in targets {
         let expr = parse_target(t)?;
@@ -249,6 +260,17 @@ fn fetch_path(
     } else {
         db.names().filter(|n| pattern.matches(n)).collect()
     };
+    let res = crate::tsdb::Resolution::for_range(range.from, range.now);
+    let slots = ((range.until - range.from) / res.step() + 1).min(crate::tsdb::MAX_SLOTS);
+    if names.len() as u64 * slots > MAX_POINTS {
+        return Err(RenderError::Target {
+            target: target.to_owned(),
+            message: format!(
+                "{} series × {slots} points is more than {MAX_POINTS}: narrow the pattern or the time range",
+                names.len()
+            ),
+        });
+    }
     names
         .into_iter()
         .map(|name| {
@@ -613,6 +635,24 @@ mod tests {
             Err(RenderError::Target { .. })
         ));
         assert!(render(&db, &["sumSeries(servers.*.load".into()], range()).is_err());
+    }
+
+    #[test]
+    fn absurd_ranges_are_bounded_not_fatal() {
+        let db = db();
+        let far = Range {
+            from: NOW - 60,
+            until: u64::MAX,
+            now: NOW,
+        };
+        let r = render(&db, &["servers.web1.load".into()], far).expect("clamped");
+        assert!(r[0].values.len() <= 1442);
+        let inverted = Range {
+            from: u64::MAX,
+            until: u64::MAX,
+            now: NOW,
+        };
+        assert!(render(&db, &["servers.*.load".into()], inverted).is_ok());
     }
 
     #[test]

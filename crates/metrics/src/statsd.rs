@@ -250,15 +250,21 @@ fn entry<'m, V>(
     max: usize,
     make: impl FnOnce(String) -> V,
 ) -> Result<&'m mut V, LineError> {
-    // Two lookups on a miss only: the hit path (nearly every line) allocates nothing.
+    // Keyed by the sanitized name, so `a/b` and `a-b` aggregate together like the reference.
+    // A clean name is its own key: the hit path (nearly every line) allocates nothing.
     if map.contains_key(raw) {
         return map.get_mut(raw).ok_or(LineError::BadName);
+    }
+    let name = name::sanitize(raw).ok_or(LineError::BadName)?;
+    if name.as_bytes() != raw && map.contains_key(name.as_bytes()) {
+        return map.get_mut(name.as_bytes()).ok_or(LineError::BadName);
     }
     if map.len() >= max {
         return Err(LineError::TooManyNames);
     }
-    let name = name::sanitize(raw).ok_or(LineError::BadName)?;
-    Ok(map.entry(raw.into()).or_insert_with(|| make(name)))
+    Ok(map
+        .entry(name.as_bytes().into())
+        .or_insert_with(|| make(name)))
 }
 
 impl Aggregator {
@@ -638,6 +644,14 @@ mod tests {
         assert_eq!((s.lines, s.bad_lines, s.packets), (2, 6, 1));
         assert_eq!(points(&mut a)["stats.counters.ok.count"], 2.0);
         assert!(a.last_error.is_some());
+    }
+
+    #[test]
+    fn names_that_sanitize_alike_aggregate_together() {
+        let mut a = Aggregator::default();
+        a.handle_packet(b"api/login:1|c\napi-login:2|c\napi/login:4|c");
+        let p = points(&mut a);
+        assert_eq!(p["stats.counters.api-login.count"], 7.0);
     }
 
     #[test]

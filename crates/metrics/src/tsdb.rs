@@ -207,6 +207,16 @@ pub struct Fetched {
     pub recs: Vec<Option<Rec>>,
 }
 
+/// Points taken out of the buffer by [`TsDb::take_pending`].
+pub struct Pending(HashMap<String, BTreeMap<u64, Rec>>);
+
+impl Pending {
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Longest answer of one fetch, in slots.
 pub const MAX_SLOTS: u64 = 100_000;
 
@@ -315,9 +325,32 @@ impl TsDb {
 
     /// Fold the buffer into the store's minute, hour and day records.
     pub fn flush(&mut self) -> Result<u64, StoreError> {
-        let pending = std::mem::take(&mut self.pending);
+        let pending = self.take_pending();
+        let written = TsDb::write(&*self.store, pending)?;
+        self.note_written(written);
+        Ok(written)
+    }
+
+    /// Take the buffer out, to [`TsDb::write`] it without holding up adds and queries (until it
+    /// is written those points are in neither place; callers never run two writes at once).
+    pub fn take_pending(&mut self) -> Pending {
+        Pending(std::mem::take(&mut self.pending))
+    }
+
+    /// The store (for [`TsDb::write`] and [`TsDb::expire_series`]).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Count records written by [`TsDb::write`].
+    pub fn note_written(&mut self, n: u64) {
+        self.stats.records_written += n;
+    }
+
+    /// Fold taken points into the store's records (read-modify-write: one at a time).
+    pub fn write(store: &dyn Store, pending: Pending) -> Result<u64, StoreError> {
         let mut written = 0;
-        for (name, minutes) in pending {
+        for (name, minutes) in pending.0 {
             for res in Resolution::ALL {
                 let mut by_slot: BTreeMap<u64, Rec> = BTreeMap::new();
                 for (minute, rec) in &minutes {
@@ -329,15 +362,14 @@ impl TsDb {
                 }
                 for (slot, mut rec) in by_slot {
                     let k = key(res, &name, slot);
-                    if let Some(old) = self.store.get(&k)?.as_deref().and_then(Rec::decode) {
+                    if let Some(old) = store.get(&k)?.as_deref().and_then(Rec::decode) {
                         rec.merge(&old);
                     }
-                    self.store.put(&k, &rec.encode())?;
+                    store.put(&k, &rec.encode())?;
                     written += 1;
                 }
             }
         }
-        self.stats.records_written += written;
         Ok(written)
     }
 
@@ -372,7 +404,7 @@ impl TsDb {
                 }
             }
             if let Some(minutes) = self.pending.get(name) {
-                for (minute, rec) in minutes.range(start..end + step) {
+                for (minute, rec) in minutes.range(start..=end.saturating_add(step - 1)) {
                     let i = usize::try_from((minute - start) / step).unwrap_or(usize::MAX);
                     if let Some(r) = recs.get_mut(i) {
                         match r {
@@ -388,31 +420,47 @@ impl TsDb {
 
     /// Remove records past their retention, and series with nothing left.
     pub fn expire(&mut self, now: u64) -> Result<u64, StoreError> {
+        let names: Vec<String> = self.names.iter().cloned().collect();
+        let (removed, empty) = TsDb::expire_series(&*self.store, &names, now)?;
+        self.forget(&empty, removed)?;
+        Ok(removed)
+    }
+
+    /// Remove the records of `names` past their retention (only the store is touched, so no
+    /// lock on the `TsDb` is needed); answers how many, and the series left with no record.
+    pub fn expire_series(
+        store: &dyn Store,
+        names: &[String],
+        now: u64,
+    ) -> Result<(u64, Vec<String>), StoreError> {
         let mut removed = 0;
-        let mut gone = Vec::new();
-        for name in &self.names {
+        let mut empty = Vec::new();
+        for name in names {
             for res in Resolution::ALL {
                 let cutoff = now.saturating_sub(res.retention());
-                for (k, _) in self
-                    .store
-                    .scan_range(&key(res, name, 0), &key(res, name, cutoff))?
-                {
-                    self.store.remove(&k)?;
+                for (k, _) in store.scan_range(&key(res, name, 0), &key(res, name, cutoff))? {
+                    store.remove(&k)?;
                     removed += 1;
                 }
             }
-            if !self.pending.contains_key(name)
-                && self.store.scan_prefix(&format!("d:{name} "))?.is_empty()
-            {
-                gone.push(name.clone());
+            if store.scan_prefix(&format!("d:{name} "))?.is_empty() {
+                empty.push(name.clone());
             }
         }
-        for name in gone {
+        Ok((removed, empty))
+    }
+
+    /// Forget the series [`TsDb::expire_series`] found empty (unless points arrived since).
+    pub fn forget(&mut self, empty: &[String], removed: u64) -> Result<(), StoreError> {
+        for name in empty {
+            if self.pending.contains_key(name) {
+                continue;
+            }
             self.store.remove(&format!("n:{name}"))?;
-            self.names.remove(&name);
+            self.names.remove(name);
         }
         self.stats.records_expired += removed;
-        Ok(removed)
+        Ok(())
     }
 }
 
