@@ -35,6 +35,10 @@ use crate::gossip::{KvConnection, Peer};
 
 /// How long a node waits for another's answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node waits for the coordinator it forwarded a write to.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
+/// Clock difference tolerated between nodes for forwarded-write deadlines.
+const CLOCK_SLACK: Duration = Duration::from_secs(2);
 /// Connecting to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Incoming KV connections served at once.
@@ -595,8 +599,11 @@ impl Kv {
             let req = Request::Write {
                 key: key.to_owned(),
                 op: op.clone(),
+                // Our wait, plus room for clocks a little apart.
+                deadline_ms: crate::host::unix_ms()
+                    + (FORWARD_TIMEOUT + CLOCK_SLACK).as_millis() as u64,
             };
-            match self.peers.request(addr, &req, PEER_TIMEOUT * 2).await {
+            match self.peers.request(addr, &req, FORWARD_TIMEOUT).await {
                 Ok(Response::Written { index }) => return Ok(index),
                 Ok(Response::Refused { code, message }) => return Err(KvError::new(code, message)),
                 Ok(other) => last = format!("unexpected answer {other:?}"),
@@ -969,9 +976,21 @@ impl Kv {
             message: e.message,
         };
         match req {
-            Request::Write { key, op } => {
+            Request::Write {
+                key,
+                op,
+                deadline_ms,
+            } => {
                 if let Err(e) = opsbro_kv::validate_key(&key) {
                     return refused(KvError::new(400, e.to_string()));
+                }
+                if deadline_ms != 0 && crate::host::unix_ms() > deadline_ms {
+                    // The sender gave up (and told its client so) long ago: applying it now could
+                    // override writes acknowledged since.
+                    return refused(KvError::new(
+                        503,
+                        "the forwarded write arrived after its sender gave up (frozen node, or clocks more than 2 s apart)",
+                    ));
                 }
                 match self.coordinate(&key, op).await {
                     Ok(index) => Response::Written { index },

@@ -54,6 +54,10 @@ pub enum Request {
         key: String,
         /// What to do.
         op: WriteOp,
+        /// Wall-clock ms after which the sender has given up (0: none): a coordinator that
+        /// reads the request later (it was frozen, the socket held it) must not apply a write
+        /// its client was told had failed.
+        deadline_ms: u64,
     },
     /// Keep these versions (replication, handoff, repair) durably, then answer.
     Replicate {
@@ -158,7 +162,11 @@ pub fn encode_request(id: u64, r: &Request) -> Vec<u8> {
     let mut out = vec![KIND_REQUEST];
     put_varint(&mut out, id);
     match r {
-        Request::Write { key, op } => {
+        Request::Write {
+            key,
+            op,
+            deadline_ms,
+        } => {
             out.push(1);
             put_bytes(&mut out, key.as_bytes());
             match op {
@@ -173,6 +181,7 @@ pub fn encode_request(id: u64, r: &Request) -> Vec<u8> {
                     put_opt(&mut out, *cas);
                 }
             }
+            put_varint(&mut out, *deadline_ms);
         }
         Request::Replicate { entries } => {
             out.push(2);
@@ -375,7 +384,11 @@ impl<'a> Reader<'a> {
                     2 => WriteOp::Delete { cas: self.opt()? },
                     _ => return Err(WireError::Invalid("write op")),
                 };
-                Request::Write { key, op }
+                Request::Write {
+                    key,
+                    op,
+                    deadline_ms: self.varint()?,
+                }
             }
             2 => Request::Replicate {
                 entries: self.entries()?,
@@ -468,10 +481,12 @@ mod tests {
                     cas: Some(0),
                     ttl_ms: 5000,
                 },
+                deadline_ms: 0,
             },
             Request::Write {
                 key: "k".into(),
                 op: WriteOp::Delete { cas: None },
+                deadline_ms: 1_700_000_000_000,
             },
             Request::Replicate {
                 entries: vec![("x".into(), entry(3)), ("y".into(), entry(4))],
