@@ -13,24 +13,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::gossip::Peer;
 
-/// Bind UDP and TCP on one port (port 0: a free port for both).
-async fn bind(
-    addr: SocketAddr,
-) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
-    let mut last = None;
-    for _ in 0..10 {
-        let udp = tokio::net::UdpSocket::bind(addr).await?;
-        let port = udp.local_addr()?.port();
-        match tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            // A free UDP port whose TCP twin is taken: try another (only with port 0).
-            Err(e) if addr.port() == 0 => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
-}
-
 fn directory(peers: &[Peer]) -> Vec<Node> {
     use opsbro_gossip::MemberState;
     peers
@@ -61,7 +43,7 @@ pub async fn start(
         settings.only_passing,
     )?;
     let addr = SocketAddr::new(settings.bind, settings.port);
-    let (udp, tcp) = bind(addr)
+    let (udp, tcp) = crate::host::bind_udp_tcp(addr)
         .await
         .map_err(|e| format!("cannot listen for DNS on {addr}: {e}"))?;
     let bound = udp.local_addr().map_err(|e| e.to_string())?;

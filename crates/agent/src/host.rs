@@ -39,6 +39,25 @@ pub fn shell(command: &str) -> tokio::process::Command {
     c
 }
 
+/// Bind UDP and TCP on the same port (port 0: a free port for both), for listeners that
+/// speak both (DNS, graphite).
+pub async fn bind_udp_tcp(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut last = None;
+    for _ in 0..10 {
+        let udp = tokio::net::UdpSocket::bind(addr).await?;
+        let port = udp.local_addr()?.port();
+        match tokio::net::TcpListener::bind(std::net::SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // A free UDP port whose TCP twin is taken: try another (only with port 0).
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch (for timestamps shown to people).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -241,30 +241,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let dns_counters = Arc::new(opsbro_dns::server::Counters::default());
     let dns_addr = if config.dns.enabled {
         status.set("dns", SubsystemState::Starting, None);
-        match dns::start(
+        let started = dns::start(
             &config.dns,
             kv_membership.clone(),
             dns_counters.clone(),
             &tracker,
             shutdown.child_token(),
         )
-        .await
-        {
-            Ok(addr) => {
-                status.set(
-                    "dns",
-                    SubsystemState::Ok,
-                    Some(format!("udp+tcp {addr}, domain {}", config.dns.domain)),
-                );
-                Some(addr)
-            }
-            Err(e) => {
-                // DNS is a convenience; the agent runs on without it, loudly.
-                tracing::error!("{e}");
-                status.set("dns", SubsystemState::Error, Some(e));
-                None
-            }
-        }
+        .await;
+        optional_listener(&status, "dns", started, |addr| {
+            format!("udp+tcp {addr}, domain {}", config.dns.domain)
+        })
     } else {
         None
     };
@@ -303,7 +290,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let ws_counters = Arc::new(websocket::WsCounters::default());
     let websocket_addr = if config.websocket.enabled {
         status.set("websocket", SubsystemState::Starting, None);
-        match websocket::start(
+        let started = websocket::start(
             &config.websocket,
             config.api_token.clone(),
             bus.clone(),
@@ -311,22 +298,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             &tracker,
             shutdown.child_token(),
         )
-        .await
-        {
-            Ok(addr) => {
-                status.set(
-                    "websocket",
-                    SubsystemState::Ok,
-                    Some(format!("ws://{addr}/")),
-                );
-                Some(addr)
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                status.set("websocket", SubsystemState::Error, Some(e));
-                None
-            }
-        }
+        .await;
+        optional_listener(&status, "websocket", started, |addr| {
+            format!("ws://{addr}/")
+        })
     } else {
         None
     };
@@ -538,6 +513,27 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tracing::info!("agent stopped");
     }
     result
+}
+
+/// Record how an optional listener (DNS, websocket) started: its address, or the error — the
+/// agent runs on without it, loudly.
+fn optional_listener(
+    status: &Status,
+    name: &str,
+    started: Result<SocketAddr, String>,
+    describe: impl FnOnce(SocketAddr) -> String,
+) -> Option<SocketAddr> {
+    match started {
+        Ok(addr) => {
+            status.set(name, SubsystemState::Ok, Some(describe(addr)));
+            Some(addr)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            status.set(name, SubsystemState::Error, Some(e));
+            None
+        }
+    }
 }
 
 /// TLS (slack over HTTPS, SMTP with STARTTLS/SMTPS) uses rustls with ring, never OpenSSL or

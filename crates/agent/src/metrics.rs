@@ -212,12 +212,17 @@ pub struct MetricsSetup {
     pub graphite: GraphiteSettings,
 }
 
-/// Bind an UDP socket with a large receive buffer (forced past `rmem_max` when allowed).
+/// Ask for a large receive buffer (forced past `rmem_max` when allowed).
+fn set_big_receive_buffer(socket: &impl std::os::fd::AsFd) {
+    if rustix::net::sockopt::set_socket_recv_buffer_size_force(socket, UDP_RECV_BUFFER).is_err() {
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, UDP_RECV_BUFFER);
+    }
+}
+
+/// Bind an UDP socket with a large receive buffer.
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)?;
-    if rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, UDP_RECV_BUFFER).is_err() {
-        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, UDP_RECV_BUFFER);
-    }
+    set_big_receive_buffer(&socket);
     Ok(socket)
 }
 
@@ -449,43 +454,24 @@ struct GraphiteSockets {
 
 /// Bind TCP and/or UDP on one port (port 0: a free port for both).
 async fn bind_graphite(addr: SocketAddr, tcp: bool, udp: bool) -> std::io::Result<GraphiteSockets> {
-    let mut last = None;
-    for _ in 0..10 {
-        let listener = if tcp {
-            Some(tokio::net::TcpListener::bind(addr).await?)
-        } else {
-            None
-        };
-        let port = match &listener {
-            Some(l) => l.local_addr()?.port(),
-            None => addr.port(),
-        };
-        let bound = SocketAddr::new(addr.ip(), port);
-        if !udp {
-            return Ok(GraphiteSockets {
-                addr: bound,
-                tcp: listener,
-                udp: None,
-            });
+    let (tcp, udp) = match (tcp, udp) {
+        (true, true) => {
+            let (u, t) = crate::host::bind_udp_tcp(addr).await?;
+            (Some(t), Some(u))
         }
-        match bind_udp(bound).and_then(|s| {
-            s.set_nonblocking(true)?;
-            tokio::net::UdpSocket::from_std(s)
-        }) {
-            Ok(u) => {
-                let addr = u.local_addr()?;
-                return Ok(GraphiteSockets {
-                    addr,
-                    tcp: listener,
-                    udp: Some(u),
-                });
-            }
-            // The UDP twin of a free TCP port is taken: try another (only with port 0).
-            Err(e) if addr.port() == 0 && tcp => last = Some(e),
-            Err(e) => return Err(e),
-        }
+        (true, false) => (Some(tokio::net::TcpListener::bind(addr).await?), None),
+        (false, true) => (None, Some(tokio::net::UdpSocket::bind(addr).await?)),
+        (false, false) => (None, None),
+    };
+    if let Some(u) = &udp {
+        set_big_receive_buffer(u);
     }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+    let addr = match (&tcp, &udp) {
+        (Some(t), _) => t.local_addr()?,
+        (None, Some(u)) => u.local_addr()?,
+        (None, None) => addr,
+    };
+    Ok(GraphiteSockets { addr, tcp, udp })
 }
 
 /// Parse the complete lines of `data` into points; bad lines are counted.
