@@ -243,3 +243,126 @@ fn garbage_datagrams_never_break_the_server() {
     assert_eq!(short(dns, "ok.group.opsbro", "A"), ["127.0.0.31"]);
     assert!(a.cli(["agent", "state"]).status.success());
 }
+
+/// A query by hand: `id`, one question, EDNS0 (1232 bytes) when asked.
+fn wire_query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    if edns {
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    }
+    q
+}
+
+/// Past a (possibly compressed) name at `at`.
+fn skip_name(m: &[u8], mut at: usize) -> usize {
+    loop {
+        let len = m[at];
+        if len & 0xc0 == 0xc0 {
+            return at + 2;
+        }
+        at += 1 + usize::from(len);
+        if len == 0 {
+            return at;
+        }
+    }
+}
+
+/// What an answer says: (rcode, answers, authorities, additionals, the first A record).
+fn read_answer(m: &[u8]) -> (u8, u16, u16, u16, Option<[u8; 4]>) {
+    let count = |at: usize| u16::from_be_bytes([m[at], m[at + 1]]);
+    let (an, ns, ar) = (count(6), count(8), count(10));
+    let mut first = None;
+    if an > 0 {
+        let at = skip_name(m, 12) + 4;
+        let at = skip_name(m, at);
+        if count(at) == 1 && count(at + 8) == 4 {
+            first = Some([m[at + 10], m[at + 11], m[at + 12], m[at + 13]]);
+        }
+    }
+    (m[3] & 0x0f, an, ns, ar, first)
+}
+
+/// Bursts of 250 datagrams at once (so that receives come back full and the helper thread
+/// joins in): plain questions (the fast path) mixed with NXDOMAIN, NODATA, REFUSED, a
+/// mixed-case name with EDNS0 and garbage — every query gets its own right answer, the garbage
+/// none, and the counters add up.
+#[test]
+fn bursts_of_mixed_queries_each_get_their_own_answer() {
+    let a = node("busy", "127.0.0.32", "groups: [ok]\n");
+    let dns = a.dns.expect("dns");
+    assert_eq!(short(dns, "ok.group.opsbro", "A"), ["127.0.0.32"]);
+    let before: serde_json::Value =
+        serde_json::from_slice(&a.cli(["agent", "info", "--json"]).stdout).expect("info");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let (mut sent, mut garbage) = (0u64, 0u64);
+    let mut answered = std::collections::HashMap::new();
+    for wave in 0..8u16 {
+        let mut expected = std::collections::HashMap::new();
+        for i in 0..250u16 {
+            let id = wave * 250 + i;
+            let (query, want) = match id % 6 {
+                0 => (wire_query(id, "ok.group.opsbro", 1, false), (0, 1, 0, 0)),
+                1 => (wire_query(id, "Ok.GROUP.opsbro", 1, true), (0, 1, 0, 1)),
+                2 => (wire_query(id, "nope.group.opsbro", 1, false), (3, 0, 1, 0)),
+                3 => (wire_query(id, "busy.name.opsbro", 16, true), (0, 0, 1, 1)),
+                4 => (wire_query(id, "example.com", 1, false), (5, 0, 0, 0)),
+                _ => {
+                    // A header that says "response", then noise.
+                    let mut g = id.to_be_bytes().to_vec();
+                    g.extend_from_slice(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 9, 9, 9]);
+                    sock.send_to(&g, dns).expect("send");
+                    garbage += 1;
+                    continue;
+                }
+            };
+            sock.send_to(&query, dns).expect("send");
+            expected.insert(id, want);
+            sent += 1;
+        }
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut buf = [0u8; 4096];
+        let mut got = 0;
+        while got < expected.len() && std::time::Instant::now() < deadline {
+            let Ok(n) = sock.recv(&mut buf) else {
+                continue;
+            };
+            let m = &buf[..n];
+            let id = u16::from_be_bytes([m[0], m[1]]);
+            let (rcode, an, ns, ar, first) = read_answer(m);
+            let want = expected
+                .get(&id)
+                .unwrap_or_else(|| panic!("an answer to {id}, which was not asked or garbage"));
+            assert_eq!((rcode, an, ns, ar), *want, "answer to query {id}");
+            if an == 1 {
+                assert_eq!(first, Some([127, 0, 0, 32]), "answer to query {id}");
+            }
+            assert!(answered.insert(id, ()).is_none(), "two answers to {id}");
+            got += 1;
+        }
+        assert_eq!(got, expected.len(), "answers in wave {wave}");
+    }
+    let after: serde_json::Value =
+        serde_json::from_slice(&a.cli(["agent", "info", "--json"]).stdout).expect("info");
+    let delta = |k: &str| after["dns"][k].as_u64().expect(k) - before["dns"][k].as_u64().expect(k);
+    assert_eq!(delta("queries"), sent);
+    assert_eq!(delta("malformed"), garbage);
+    assert_eq!(delta("nxdomain"), sent / 5);
+    assert_eq!(delta("refused"), sent / 5);
+    let human = a.cli(["agent", "info"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout)
+            .contains(&format!("{garbage} malformed datagrams dropped")),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
+}

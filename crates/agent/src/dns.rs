@@ -64,7 +64,12 @@ pub async fn start(
         }
     });
     let handler = DnsHandler::new(answer_settings, rx, settings.recursors.clone(), counters);
-    // Two UDP threads: the machine's cores are the limit, not the threads.
-    tracker.spawn(opsbro_dns::server::serve(handler, udp, tcp, 2, shutdown));
+    let options = opsbro_dns::server::UdpOptions {
+        helpers: settings.udp_threads.saturating_sub(1),
+        coalesce: settings.coalesce,
+    };
+    tracker.spawn(opsbro_dns::server::serve(
+        handler, udp, tcp, options, shutdown,
+    ));
     Ok(bound)
 }

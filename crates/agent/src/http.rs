@@ -298,6 +298,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
                 servfail: c.servfail.load(Relaxed),
                 formerr: c.formerr.load(Relaxed),
                 forwarded: c.forwarded.load(Relaxed),
+                malformed: c.malformed.load(Relaxed),
             }
         },
         metrics: ctx.metrics.info(),

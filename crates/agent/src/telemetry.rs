@@ -279,6 +279,12 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
         "DNS queries forwarded to a recursor",
         dns.forwarded.load(Relaxed),
     );
+    counter(
+        r,
+        "dns_malformed",
+        "DNS datagrams that were not queries, dropped without an answer",
+        dns.malformed.load(Relaxed),
+    );
 
     let m = ctx.metrics.info();
     counter(

@@ -158,6 +158,9 @@ pub struct DnsInfo {
     pub formerr: u64,
     /// Queries forwarded to a recursor.
     pub forwarded: u64,
+    /// Datagrams that were not DNS queries, dropped without an answer.
+    #[serde(default)]
+    pub malformed: u64,
 }
 
 /// The metrics side of the API: graphite-web's `/render` and `/metrics/find` (what Grafana's

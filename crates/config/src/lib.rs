@@ -330,6 +330,12 @@ pub struct DnsSettings {
     pub only_passing: bool,
     /// Where names outside the domain are forwarded (none: REFUSED).
     pub recursors: Vec<std::net::SocketAddr>,
+    /// Threads taking UDP queries (default 2): one receives, the others join it only while a
+    /// backlog lasts.
+    pub udp_threads: usize,
+    /// Above 10,000 queries/s, wait this long after each batch of answers so that the next
+    /// receive takes several queries (default 100µs; 0 = never).
+    pub coalesce: std::time::Duration,
 }
 
 impl Default for DnsSettings {
@@ -343,6 +349,8 @@ impl Default for DnsSettings {
             negative_ttl: 30,
             only_passing: false,
             recursors: Vec::new(),
+            udp_threads: 2,
+            coalesce: std::time::Duration::from_micros(100),
         }
     }
 }
@@ -377,7 +385,8 @@ pub struct GossipTuning {
     pub tombstone_ttl: Option<std::time::Duration>,
 }
 
-/// Parse a duration: a number of seconds, or a number with a unit (`500ms`, `10s`, `5m`, `24h`, `7d`).
+/// Parse a duration: a number of seconds, or a number with a unit (`100us`, `500ms`, `10s`,
+/// `5m`, `24h`, `7d`).
 pub fn parse_duration(value: &serde_yaml::Value) -> Result<std::time::Duration, String> {
     use std::time::Duration;
     let text = match value {
@@ -404,13 +413,14 @@ pub fn parse_duration(value: &serde_yaml::Value) -> Result<std::time::Duration, 
         .map_err(|_| format!("`{text}` is not a duration (use e.g. 10s, 500ms, 5m, 24h)"))?;
     let secs = match unit.trim() {
         "" | "s" => n,
+        "us" | "µs" => n / 1_000_000.0,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
         u => {
             return Err(format!(
-                "unknown unit `{u}` in `{text}` (use ms, s, m, h or d)"
+                "unknown unit `{u}` in `{text}` (use us, ms, s, m, h or d)"
             ));
         }
     };
@@ -957,6 +967,8 @@ impl Config {
             negative_ttl,
             only_passing,
             recursors,
+            udp_threads,
+            coalesce,
             unknown,
         } = raw;
         v.unknown("dns", unknown, raw::DNS_KEYS);
@@ -1006,6 +1018,25 @@ impl Config {
                 .take("dns.only_passing", only_passing)
                 .unwrap_or(d.only_passing),
             recursors,
+            udp_threads: v
+                .take_with("dns.udp_threads", udp_threads, |n| {
+                    if (1..=64).contains(&n) {
+                        Ok(n)
+                    } else {
+                        Err(format!("{n} is outside 1..64"))
+                    }
+                })
+                .unwrap_or(d.udp_threads),
+            coalesce: v
+                .take_with("dns.coalesce", coalesce, |c| {
+                    let c = parse_duration(&c)?;
+                    if c > std::time::Duration::from_millis(1) {
+                        Err("at most 1ms (it is added to answers' latency under load)".to_owned())
+                    } else {
+                        Ok(c)
+                    }
+                })
+                .unwrap_or(d.coalesce),
         }
     }
 

@@ -226,6 +226,8 @@ pub struct RawDns {
     pub negative_ttl: Field<u32>,
     pub only_passing: Field<bool>,
     pub recursors: Field<Vec<String>>,
+    pub udp_threads: Field<usize>,
+    pub coalesce: Field<serde_yaml::Value>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -240,6 +242,8 @@ pub const DNS_KEYS: &[&str] = &[
     "negative_ttl",
     "only_passing",
     "recursors",
+    "udp_threads",
+    "coalesce",
 ];
 
 /// Mirror of the `kv:` section.

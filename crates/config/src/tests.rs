@@ -363,3 +363,26 @@ fn websocket_section_and_its_bind_rule() {
     .resolve(Overrides::default(), &host(0))
     .expect("allowed with a token");
 }
+
+#[test]
+fn dns_threads_and_coalescing() {
+    let c =
+        Config::from_yaml("dns:\n  udp_threads: 1\n  coalesce: 250us\n", "f.yml").expect("valid");
+    assert_eq!(c.dns.udp_threads, 1);
+    assert_eq!(c.dns.coalesce, std::time::Duration::from_micros(250));
+    let off = Config::from_yaml("dns:\n  coalesce: 0\n", "f.yml").expect("valid");
+    assert!(off.dns.coalesce.is_zero());
+    let d = Config::default();
+    assert_eq!(
+        (d.dns.udp_threads, d.dns.coalesce),
+        (2, std::time::Duration::from_micros(100))
+    );
+    let errs = Config::from_yaml("dns:\n  udp_threads: 0\n  coalesce: 5ms\n", "f.yml")
+        .expect_err("invalid");
+    let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
+    assert!(
+        keys.contains(&"dns.udp_threads") && keys.contains(&"dns.coalesce"),
+        "{errs}"
+    );
+    assert!(errs.to_string().contains("at most 1ms"), "{errs}");
+}

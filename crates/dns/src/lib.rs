@@ -19,6 +19,7 @@ use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use rand::seq::SliceRandom;
 
+pub mod fast;
 pub mod server;
 
 /// A node as DNS sees it.
@@ -214,21 +215,25 @@ pub fn answer(
     Answer::Records { records, soa: None }
 }
 
+/// An alive node of zone `dc1` (tests).
+#[cfg(test)]
+pub(crate) fn test_node(name: &str, addr: &str, groups: &[&str]) -> Node {
+    Node {
+        name: name.into(),
+        zone: "dc1".into(),
+        addr: addr.parse().expect("ip"),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        alive: true,
+        critical: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn node(name: &str, addr: &str, groups: &[&str]) -> Node {
-        Node {
-            name: name.into(),
-            zone: "dc1".into(),
-            addr: addr.parse().expect("ip"),
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            alive: true,
-            critical: false,
-        }
-    }
+    use crate::test_node as node;
 
     fn ask(settings: &Settings, nodes: &[Node], q: &str, t: RecordType) -> Answer {
         let name = LowerName::from(Name::from_ascii(q).expect("name"));

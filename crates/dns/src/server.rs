@@ -22,6 +22,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::sync::watch;
 
+use crate::fast::FastPath;
 use crate::{Answer, Node, Settings, answer};
 
 /// How long a recursor may take.
@@ -319,73 +320,337 @@ fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
     }
 }
 
-/// Answer UDP queries on `socket` until `stop` (one per thread, on clones of one socket): a
-/// blocking receive wakes exactly this thread, the answer is computed and sent inline. Queries
-/// for a recursor are handed to the async runtime.
-fn serve_udp(
+/// Datagrams taken (and answers sent) per system call.
+const BATCH: usize = 32;
+/// Largest query taken over UDP (a longer one arrives cut and is dropped as malformed).
+const MAX_QUERY: usize = 4096;
+/// The window over which the UDP thread measures its query rate.
+const RATE_WINDOW: Duration = Duration::from_millis(10);
+/// Queries per [`RATE_WINDOW`] above which receives are coalesced (10,000 queries/s).
+const COALESCE_ABOVE: usize = 100;
+
+/// How UDP queries are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// Threads that join the receiving thread while a backlog lasts (parked otherwise).
+    pub helpers: usize,
+    /// Under load (over 10,000 queries/s), wait this long after each batch of answers so the
+    /// next receive takes several queries at once: fewer wake-ups per query, at the price of
+    /// up to this much more latency. Zero: never.
+    pub coalesce: Duration,
+}
+
+impl Default for UdpOptions {
+    fn default() -> Self {
+        UdpOptions {
+            helpers: 1,
+            coalesce: Duration::from_micros(100),
+        }
+    }
+}
+
+fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+}
+
+/// One UDP thread's state: buffers for a batch of queries and their answers, and its own
+/// [`FastPath`] cache.
+struct UdpWorker {
     handler: Arc<DnsHandler>,
     socket: std::net::UdpSocket,
     runtime: tokio::runtime::Handle,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use hickory_server::net::runtime::TokioTime;
-    use hickory_server::net::xfer::Protocol;
-    let mut buf = vec![0u8; 4096];
-    while !stop.load(Ordering::Relaxed) {
-        let (n, src) = match socket.recv_from(&mut buf) {
-            Ok(v) => v,
-            Err(_) => continue,
-        };
-        if stop.load(Ordering::Relaxed) {
-            return;
+    directory: watch::Receiver<Arc<Vec<Node>>>,
+    fast: FastPath,
+    bufs: Vec<u8>,
+    received: Vec<(usize, Option<nix::sys::socket::SockaddrStorage>)>,
+    recv_headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+    send_headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+    answers: Vec<Vec<u8>>,
+    to: Vec<Option<nix::sys::socket::SockaddrStorage>>,
+}
+
+impl UdpWorker {
+    fn new(
+        handler: Arc<DnsHandler>,
+        socket: std::net::UdpSocket,
+        runtime: tokio::runtime::Handle,
+    ) -> UdpWorker {
+        use nix::sys::socket::MultiHeaders;
+        UdpWorker {
+            directory: handler.directory.clone(),
+            handler,
+            socket,
+            runtime,
+            fast: FastPath::default(),
+            bufs: vec![0u8; BATCH * MAX_QUERY],
+            received: Vec::with_capacity(BATCH),
+            recv_headers: MultiHeaders::preallocate(BATCH, None),
+            send_headers: MultiHeaders::preallocate(BATCH, None),
+            answers: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
+            to: Vec::with_capacity(BATCH),
         }
-        let request = match Request::from_bytes(buf[..n].to_vec(), src, Protocol::Udp) {
-            // Never answer answers (no reflection loops) nor garbage.
-            Ok(r) if r.metadata.message_type == MessageType::Query => r,
-            _ => {
-                handler.counters.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Take up to [`BATCH`] queries (`wait`: block for the first one); how many arrived.
+    fn receive(&mut self, wait: bool) -> nix::Result<usize> {
+        use nix::sys::socket::{MsgFlags, recvmmsg};
+        use std::io::IoSliceMut;
+        use std::os::fd::AsRawFd;
+        self.received.clear();
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
+            .bufs
+            .chunks_mut(MAX_QUERY)
+            .map(|b| [IoSliceMut::new(b)])
+            .collect();
+        let flags = if wait {
+            MsgFlags::MSG_WAITFORONE
+        } else {
+            MsgFlags::MSG_DONTWAIT
+        };
+        let msgs = recvmmsg(
+            self.socket.as_raw_fd(),
+            &mut self.recv_headers,
+            iovs.iter_mut(),
+            flags,
+            None,
+        )?;
+        self.received.extend(msgs.map(|m| {
+            // A query longer than the buffer arrives cut: dropped as malformed.
+            let cut = m.flags.contains(MsgFlags::MSG_TRUNC);
+            (if cut { 0 } else { m.bytes }, m.address)
+        }));
+        Ok(self.received.len())
+    }
+
+    /// Answer the queries taken by [`UdpWorker::receive`], and send the answers.
+    fn answer(&mut self) {
+        use hickory_server::net::runtime::TokioTime;
+        use hickory_server::net::xfer::Protocol;
+        let handler = &self.handler;
+        let nodes = self.directory.borrow_and_update().clone();
+        let recursion = !handler.recursors.is_empty();
+        let mut rng = rand::rng();
+        self.to.clear();
+        for (i, (len, from)) in self.received.iter().enumerate() {
+            let (query, Some(from)) = (&self.bufs[i * MAX_QUERY..i * MAX_QUERY + len], from) else {
+                continue;
+            };
+            let out = &mut self.answers[self.to.len()];
+            if self
+                .fast
+                .answer(&handler.settings, &nodes, recursion, query, &mut rng, out)
+            {
+                handler.counters.queries.fetch_add(1, Ordering::Relaxed);
+                handler.counters.noerror.fetch_add(1, Ordering::Relaxed);
+                self.to.push(Some(*from));
                 continue;
             }
-        };
-        let out = Encoded::default();
-        if handler.needs_forward(&request) {
-            let (handler, socket) = (handler.clone(), socket.try_clone());
-            runtime.spawn(async move {
-                handler
-                    .handle_request::<_, TokioTime>(&request, out.clone())
-                    .await;
-                if let (Some(bytes), Ok(socket)) = (out.take(), socket) {
-                    let _ = socket.send_to(&bytes, src);
+            let Some(src) = socket_addr(from) else {
+                continue;
+            };
+            let request = match Request::from_bytes(query.to_vec(), src, Protocol::Udp) {
+                // Never answer answers (no reflection loops) nor garbage.
+                Ok(r) if r.metadata.message_type == MessageType::Query => r,
+                _ => {
+                    handler.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-            });
-            continue;
-        }
-        let answered = ready_now(handler.handle_request::<_, TokioTime>(&request, out.clone()));
-        match (answered, out.take()) {
-            (Some(_), Some(bytes)) => {
-                let _ = socket.send_to(&bytes, src);
+            };
+            let encoded = Encoded::default();
+            if handler.needs_forward(&request) {
+                let (handler, socket) = (handler.clone(), self.socket.try_clone());
+                self.runtime.spawn(async move {
+                    handler
+                        .handle_request::<_, TokioTime>(&request, encoded.clone())
+                        .await;
+                    if let (Some(bytes), Ok(socket)) = (encoded.take(), socket) {
+                        let _ = socket.send_to(&bytes, src);
+                    }
+                });
+                continue;
             }
-            _ => {
-                handler.counters.servfail.fetch_add(1, Ordering::Relaxed);
+            let answered =
+                ready_now(handler.handle_request::<_, TokioTime>(&request, encoded.clone()));
+            match (answered, encoded.take()) {
+                (Some(_), Some(bytes)) => {
+                    *out = bytes;
+                    self.to.push(Some(*from));
+                }
+                _ => {
+                    handler.counters.servfail.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.send();
+    }
+
+    /// Send the answers; one that cannot be sent (its client is gone) is skipped, the others
+    /// still go.
+    fn send(&mut self) {
+        use nix::sys::socket::{MsgFlags, sendmmsg};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let mut sent = 0;
+        while sent < self.to.len() {
+            let iovs: Vec<[IoSlice<'_>; 1]> = self.answers[sent..self.to.len()]
+                .iter()
+                .map(|a| [IoSlice::new(a)])
+                .collect();
+            match sendmmsg(
+                self.socket.as_raw_fd(),
+                &mut self.send_headers,
+                &iovs,
+                &self.to[sent..],
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(done) => sent += done.count().max(1),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot send a DNS answer");
+                    self.handler
+                        .counters
+                        .servfail
+                        .fetch_add(1, Ordering::Relaxed);
+                    sent += 1;
+                }
             }
         }
     }
 }
 
-/// Serve on the bound sockets until `shutdown`: UDP on `threads` threads, TCP with hickory's
-/// server (whole answers, 5 s idle timeout).
+/// Threads that help the receiving thread through a backlog.
+struct Helpers {
+    threads: Vec<std::thread::Thread>,
+    /// Whether they are working (so the receiving thread does not wake them again).
+    busy: std::sync::atomic::AtomicBool,
+}
+
+/// The receiving thread: blocks for queries (an idle server never wakes up), answers them in
+/// batches, wakes the helpers when a batch comes back full (a backlog), and under load
+/// coalesces receives (see [`UdpOptions::coalesce`]). Returns at `stop` (woken by a datagram).
+fn receive_udp(
+    mut worker: UdpWorker,
+    coalesce: Duration,
+    helpers: Arc<Helpers>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut pace = Coalescer::new(std::time::Instant::now());
+    loop {
+        if !coalesce.is_zero() && pace.wait() {
+            std::thread::sleep(coalesce);
+        }
+        let taken = match worker.receive(true) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS receive failed");
+                std::thread::sleep(Duration::from_millis(100));
+                0
+            }
+        };
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if taken == BATCH
+            && !helpers.threads.is_empty()
+            && !helpers.busy.swap(true, Ordering::AcqRel)
+        {
+            helpers.threads.iter().for_each(std::thread::Thread::unpark);
+        }
+        worker.answer();
+        if !coalesce.is_zero() {
+            pace.batch(taken, std::time::Instant::now());
+        }
+    }
+}
+
+/// Whether the receiving thread waits before its next receive (see [`UdpOptions::coalesce`]):
+/// when the last [`RATE_WINDOW`] saw over 10,000 queries/s and the last batch was less than
+/// half full. Below that rate a wait would only add latency; with fuller batches queries
+/// already arrive faster than they are answered, and a wait would slow the clients down.
+#[derive(Debug)]
+struct Coalescer {
+    window: std::time::Instant,
+    in_window: usize,
+    busy: bool,
+    last: usize,
+}
+
+impl Coalescer {
+    fn new(now: std::time::Instant) -> Coalescer {
+        Coalescer {
+            window: now,
+            in_window: 0,
+            busy: false,
+            last: 0,
+        }
+    }
+
+    /// A batch of `taken` queries was answered at `now`.
+    fn batch(&mut self, taken: usize, now: std::time::Instant) {
+        self.last = taken;
+        self.in_window += taken;
+        let elapsed = now.saturating_duration_since(self.window);
+        if elapsed >= RATE_WINDOW {
+            // The rate over the window, scaled to one RATE_WINDOW: after an idle gap the
+            // window is long and the rate low.
+            let per_window =
+                self.in_window as u128 * RATE_WINDOW.as_nanos() / elapsed.as_nanos().max(1);
+            self.busy = per_window > COALESCE_ABOVE as u128;
+            self.window = now;
+            self.in_window = 0;
+        }
+    }
+
+    fn wait(&self) -> bool {
+        self.busy && self.last < BATCH / 2
+    }
+}
+
+/// A helper thread: parked until the receiving thread sees a backlog, then answers until the
+/// socket is empty.
+fn help_udp(
+    mut worker: UdpWorker,
+    helpers: Arc<Helpers>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        std::thread::park();
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        while let Ok(n) = worker.receive(false) {
+            if n == 0 || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            worker.answer();
+        }
+        helpers.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Serve on the bound sockets until `shutdown`: UDP on a receiving thread (and helpers, see
+/// [`UdpOptions`]), TCP with hickory's server (whole answers, 5 s idle timeout).
 pub async fn serve(
     handler: DnsHandler,
     udp: tokio::net::UdpSocket,
     tcp: tokio::net::TcpListener,
-    threads: usize,
+    options: UdpOptions,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let handler = Arc::new(handler);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut joins = Vec::new();
-    // Blocking receives with no timeout: an idle server never wakes up. At shutdown each
-    // thread is woken by an empty datagram.
+    let mut helper_threads = Vec::new();
+    let mut helper_handles = Vec::new();
+    let mut receiver = None;
+    // Blocking receives with no timeout: an idle server never wakes up. At shutdown the
+    // receiving thread is woken by an empty datagram, the helpers by an unpark.
     let mut wake_addr = None;
     match udp.into_std().and_then(|s| {
         s.set_nonblocking(false)?;
@@ -402,19 +667,48 @@ pub async fn serve(
                 }
                 a
             });
-            for i in 0..threads.max(1) {
+            let runtime = tokio::runtime::Handle::current();
+            for i in 0..options.helpers {
                 let Ok(socket) = socket.try_clone() else {
                     break;
                 };
-                let (handler, stop) = (handler.clone(), stop.clone());
-                let runtime = tokio::runtime::Handle::current();
+                let (handler, runtime, stop) = (handler.clone(), runtime.clone(), stop.clone());
+                // The helper gets the shared state once it exists.
+                let (tx, rx) = std::sync::mpsc::channel::<Arc<Helpers>>();
                 let spawned = std::thread::Builder::new()
-                    .name(format!("opsbro-dns-{i}"))
-                    .spawn(move || serve_udp(handler, socket, runtime, stop));
+                    .name(format!("opsbro-dns-help-{i}"))
+                    .spawn(move || {
+                        if let Ok(helpers) = rx.recv() {
+                            help_udp(UdpWorker::new(handler, socket, runtime), helpers, stop);
+                        }
+                    });
                 match spawned {
-                    Ok(j) => joins.push(j),
+                    Ok(j) => {
+                        helper_threads.push((j.thread().clone(), tx));
+                        joins.push(j);
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot start a DNS thread"),
                 }
+            }
+            let helpers = Arc::new(Helpers {
+                threads: helper_threads.iter().map(|(t, _)| t.clone()).collect(),
+                busy: std::sync::atomic::AtomicBool::new(false),
+            });
+            for (_, tx) in helper_threads.drain(..) {
+                let _ = tx.send(helpers.clone());
+            }
+            helper_handles.clone_from(&helpers.threads);
+            let (handler, coalesce, stop) = (handler.clone(), options.coalesce, stop.clone());
+            // The buffers are made on the thread that uses them (they hold raw pointers).
+            let spawned = std::thread::Builder::new()
+                .name("opsbro-dns".into())
+                .spawn(move || {
+                    let worker = UdpWorker::new(handler, socket, runtime);
+                    receive_udp(worker, coalesce, helpers, stop);
+                });
+            match spawned {
+                Ok(j) => receiver = Some(j),
+                Err(e) => tracing::error!(error = %e, "cannot start the DNS thread"),
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot use the DNS UDP socket"),
@@ -424,22 +718,166 @@ pub async fn serve(
     shutdown.cancelled().await;
     stop.store(true, Ordering::Relaxed);
     let _ = server.shutdown_gracefully().await;
-    if let Some(addr) = wake_addr {
-        let bind: SocketAddr = if addr.is_ipv4() {
-            ([127, 0, 0, 1], 0).into()
-        } else {
-            (std::net::Ipv6Addr::LOCALHOST, 0).into()
-        };
-        if let Ok(s) = std::net::UdpSocket::bind(bind) {
-            for _ in 0..joins.len() {
-                let _ = s.send_to(&[], addr);
+    helper_handles.iter().for_each(std::thread::Thread::unpark);
+    let _ = tokio::task::spawn_blocking(move || {
+        // Wake the receiving thread with empty datagrams until it has seen `stop` (a helper
+        // still draining may take one); a bounded wait, so shutdown never hangs here.
+        if let (Some(addr), Some(receiver)) = (wake_addr, receiver) {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                ([127, 0, 0, 1], 0).into()
+            } else {
+                (std::net::Ipv6Addr::LOCALHOST, 0).into()
+            };
+            if let Ok(s) = std::net::UdpSocket::bind(bind) {
+                for _ in 0..200 {
+                    if receiver.is_finished() {
+                        break;
+                    }
+                    let _ = s.send_to(&[], addr);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            if receiver.is_finished() {
+                let _ = receiver.join();
             }
         }
-    }
-    let _ = tokio::task::spawn_blocking(move || {
         for j in joins {
             let _ = j.join();
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+
+    use crate::test_node as node;
+
+    /// Feed `batches` of `size` queries `every` apart; whether the thread would wait then.
+    fn pace(size: usize, every: Duration, batches: u32) -> bool {
+        let start = std::time::Instant::now();
+        let mut c = Coalescer::new(start);
+        for i in 1..=batches {
+            c.batch(size, start + every * i);
+        }
+        c.wait()
+    }
+
+    #[test]
+    fn receives_are_coalesced_only_under_load_and_not_when_batches_fill() {
+        // 5,000 queries/s: answered as they come.
+        assert!(!pace(1, Duration::from_micros(200), 200));
+        // 20,000 queries/s in small batches: wait between them.
+        assert!(pace(2, Duration::from_micros(100), 400));
+        // Batches half full or more: they fill by themselves.
+        assert!(!pace(BATCH / 2, Duration::from_micros(100), 400));
+        // Load, then a second of silence, then one query: answered at once again.
+        let start = std::time::Instant::now();
+        let mut c = Coalescer::new(start);
+        for i in 1..=400 {
+            c.batch(2, start + Duration::from_micros(100) * i);
+        }
+        assert!(c.wait());
+        c.batch(1, start + Duration::from_secs(2));
+        assert!(!c.wait());
+    }
+
+    /// The fast path and hickory's full path give the same answer to every query the fast
+    /// path takes: header, question, records (as a set: both shuffle), EDNS.
+    #[test]
+    fn the_fast_path_answers_like_the_full_path() {
+        let mut nodes: Vec<Node> = (1..=12)
+            .map(|i| node(&format!("n{i}"), &format!("10.0.0.{i}"), &["redis", "web"]))
+            .collect();
+        nodes.push(node("v6", "fd00::1", &["redis"]));
+        let directory = Arc::new(nodes);
+        let (_keep, rx) = watch::channel(directory.clone());
+        for recursors in [vec![], vec![SocketAddr::from(([127, 0, 0, 1], 53))]] {
+            let settings = Settings::new("opsbro", 45, 60, false).expect("settings");
+            let handler = DnsHandler::new(
+                settings.clone(),
+                rx.clone(),
+                recursors.clone(),
+                Arc::default(),
+            );
+            let mut fast = FastPath::default();
+            let mut taken = 0;
+            for (name, qtype, edns, rd, cd) in [
+                ("redis.group.opsbro", RecordType::A, None, true, false),
+                ("Redis.Group.OPSBRO", RecordType::A, Some(1232), false, true),
+                (
+                    "redis.group.dc1.opsbro",
+                    RecordType::AAAA,
+                    Some(256),
+                    true,
+                    true,
+                ),
+                ("n7.name.opsbro", RecordType::A, None, false, false),
+                ("web.group.opsbro", RecordType::A, Some(4096), true, false),
+                ("nope.group.opsbro", RecordType::A, None, true, false),
+            ] {
+                let mut m = Message::query();
+                m.metadata.id = 4242;
+                m.metadata.recursion_desired = rd;
+                m.metadata.checking_disabled = cd;
+                m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+                if let Some(size) = edns {
+                    let mut e = Edns::new();
+                    e.set_max_payload(size);
+                    m.edns = Some(e);
+                }
+                let bytes = m.to_vec().expect("encode");
+                let mut out = Vec::new();
+                let took = fast.answer(
+                    &settings,
+                    &directory,
+                    !recursors.is_empty(),
+                    &bytes,
+                    &mut rand::rng(),
+                    &mut out,
+                );
+                let request = Request::from_bytes(
+                    bytes.clone(),
+                    SocketAddr::from(([127, 0, 0, 1], 9)),
+                    Protocol::Udp,
+                )
+                .expect("request");
+                let encoded = Encoded::default();
+                ready_now(handler.handle_request::<_, TokioTime>(&request, encoded.clone()))
+                    .expect("answered at once");
+                let full = Message::from_vec(&encoded.take().expect("bytes")).expect("decode");
+                if !took {
+                    assert_eq!(name, "nope.group.opsbro", "declined {name}");
+                    continue;
+                }
+                taken += 1;
+                let quick = Message::from_vec(&out).expect("decode");
+                assert_eq!(quick.metadata, full.metadata, "{name}");
+                assert_eq!(quick.queries, full.queries, "{name}");
+                let set = |m: &Message| {
+                    let mut v: Vec<String> = m
+                        .answers
+                        .iter()
+                        .map(|r| format!("{} {} {}", r.name.to_lowercase(), r.ttl, r.data))
+                        .collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(set(&quick), set(&full), "{name}");
+                assert!(!quick.answers.is_empty());
+                assert_eq!(quick.authorities, full.authorities, "{name}");
+                assert_eq!(
+                    quick.edns.as_ref().map(|e| e.max_payload()),
+                    full.edns.as_ref().map(|e| e.max_payload()),
+                    "{name}"
+                );
+            }
+            assert_eq!(taken, 5);
+        }
+    }
 }

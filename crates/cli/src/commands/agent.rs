@@ -236,6 +236,26 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
             ),
         ),
         (
+            "DNS",
+            match info.dns.addr {
+                None => "off".to_owned(),
+                Some(addr) => {
+                    let d = &info.dns;
+                    format!(
+                        "{addr}, {} queries ({} noerror, {} nxdomain, {} refused, {} servfail, {} formerr; {} forwarded), {} malformed datagrams dropped",
+                        d.queries,
+                        d.noerror,
+                        d.nxdomain,
+                        d.refused,
+                        d.servfail,
+                        d.formerr,
+                        d.forwarded,
+                        d.malformed
+                    )
+                }
+            },
+        ),
+        (
             "Encryption",
             if info.gossip.encrypted {
                 "on (AES-256-GCM)"
