@@ -334,7 +334,8 @@ pub struct DnsSettings {
     /// backlog lasts.
     pub udp_threads: usize,
     /// Above 10,000 queries/s, wait this long after each batch of answers so that the next
-    /// receive takes several queries (default 100µs; 0 = never).
+    /// receive takes several queries (default 100µs; 0 = never). Adds about that much (plus the
+    /// kernel's 50 µs timer slack) to answers' latency under load.
     pub coalesce: std::time::Duration,
 }
 

@@ -22,7 +22,7 @@ const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
-/// Names remembered per directory version (a flood of distinct names only refills it).
+/// Names remembered per directory version (only names that have addresses are kept).
 const MAX_ENTRIES: usize = 4096;
 /// UDP answers without EDNS0 (RFC 1035).
 const PLAIN_UDP: usize = 512;
@@ -32,8 +32,10 @@ const PLAIN_UDP: usize = 512;
 pub struct FastPath {
     /// The directory the cache was computed from.
     directory: Option<Arc<Vec<Node>>>,
-    /// Lower-cased wire name + query type → the addresses' bytes (`None`: not for the fast path).
-    cache: HashMap<Vec<u8>, Option<Cached>>,
+    /// Lower-cased wire name + query type → the addresses' bytes. Only names with addresses:
+    /// others (NXDOMAIN, outside the domain) are asked of [`answer`] again each time, so random
+    /// names cannot push the popular ones out.
+    cache: HashMap<Vec<u8>, Cached>,
     /// Scratch: the key being looked up.
     key: Vec<u8>,
     /// Scratch: the answer order.
@@ -103,6 +105,14 @@ fn parse(query: &[u8], key: &mut Vec<u8>) -> Option<Question> {
         }
         let rdlen = usize::from(be16(opt, 9)?);
         if end + 11 + rdlen != query.len() {
+            return None;
+        }
+        // Options (code, length, data) must fill the record exactly, as hickory requires.
+        let mut at = end + 11;
+        while at < query.len() {
+            at += 4 + usize::from(be16(query, at + 2)?);
+        }
+        if at != query.len() {
             return None;
         }
         Some(be16(opt, 3)?)
@@ -187,13 +197,15 @@ impl FastPath {
             self.directory = Some(directory.clone());
         }
         if !self.cache.contains_key(self.key.as_slice()) {
+            let Some(computed) = compute(settings, directory, &self.key, q.qtype, rng) else {
+                return false;
+            };
             if self.cache.len() >= MAX_ENTRIES {
                 self.cache.clear();
             }
-            let computed = compute(settings, directory, &self.key, q.qtype, rng);
             self.cache.insert(self.key.clone(), computed);
         }
-        let Some(Some(cached)) = self.cache.get(self.key.as_slice()) else {
+        let Some(cached) = self.cache.get(self.key.as_slice()) else {
             return false;
         };
         let count = cached.rdata.len() / cached.len;
@@ -394,6 +406,27 @@ mod tests {
             assert!(fast(&mut path, &dir, &bad, 1).is_none());
         }
         assert!(fast(&mut path, &dir, &good, 1).is_some());
+        // EDNS options: a well-formed one (a cookie) is fine, one whose length overruns the
+        // record is refused like hickory refuses it.
+        let with_option = |code_len: [u8; 4], data: &[u8]| {
+            let mut q = query("redis.group.opsbro", RecordType::A, Some(1232));
+            let rdlen_at = q.len() - 2;
+            let rdlen = (4 + data.len()) as u16;
+            q[rdlen_at..].copy_from_slice(&rdlen.to_be_bytes());
+            q.extend_from_slice(&code_len);
+            q.extend_from_slice(data);
+            q
+        };
+        let cookie = with_option([0, 10, 0, 8], &[7; 8]);
+        assert!(fast(&mut path, &dir, &cookie, 1).is_some());
+        let overrun = with_option([0, 10, 0, 12], &[7; 8]);
+        assert!(fast(&mut path, &dir, &overrun, 1).is_none());
+        // Names without addresses are not remembered: random names cannot fill the cache.
+        for i in 0..100 {
+            let q = query(&format!("x{i}.group.opsbro"), RecordType::A, None);
+            assert!(fast(&mut path, &dir, &q, 1).is_none());
+        }
+        assert_eq!(path.cache.len(), 1);
     }
 
     #[test]

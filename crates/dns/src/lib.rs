@@ -4,8 +4,11 @@
 //!   `<node>.name[.<zone>].<domain>` (or `.node.`) → one node, A or AAAA by address family,
 //!   shuffled; an unknown name in the domain is NXDOMAIN with the SOA (negative TTL); a name
 //!   outside it is REFUSED (or forwarded when recursors are set, by the server).
-//! * [`server`]: the hickory-server 0.26 request handler (UDP and TCP, truncation and EDNS0 by
-//!   hickory's encoder), forwarding to recursors, counters.
+//! * [`fast`]: plain `A`/`AAAA` questions answered from a cache of [`answer`]'s results, without
+//!   a full decode (UDP).
+//! * [`server`]: the hickory-server 0.26 request handler (TCP, and UDP queries the fast path
+//!   declines: truncation and EDNS0 by hickory's encoder), the UDP threads, forwarding to
+//!   recursors, counters.
 //!
 //! Everything the answer depends on is passed in: the directory of nodes, the settings and an
 //! RNG, so the logic is unit-tested without sockets.

@@ -1,10 +1,12 @@
 //! The DNS server: a hickory-server 0.26 [`RequestHandler`] answering from the directory, and
 //! forwarding names outside the domain to recursors when some are configured.
 //!
-//! TCP goes through hickory's `Server`. UDP, where the load is, goes through `serve_udp`: a
-//! loop per core that decodes with hickory (`Request::from_bytes`), answers inline with the same
-//! handler, and encodes with hickory's encoder within the client's UDP size (512 bytes, or its
-//! EDNS0 buffer), setting TC when the answer does not fit. hickory's own UDP server hands every
+//! TCP goes through hickory's `Server`. UDP, where the load is, goes through std threads (see
+//! [`serve`]): batches of up to 32 queries per `recvmmsg`, each answered inline — by the
+//! [`FastPath`] for a plain `A`/`AAAA` question, otherwise decoded by hickory
+//! (`Request::from_bytes`), answered by the same handler and encoded by hickory's encoder within
+//! the client's UDP size (512 bytes, or its EDNS0 buffer), setting TC when the answer does not
+//! fit — and the batch's answers sent with one `sendmmsg`. hickory's own UDP server hands every
 //! query to a new task and every answer to a channel: three task hops for a 10 µs answer.
 //! Forwarded queries (which wait for a recursor) still get their own task.
 
@@ -336,7 +338,8 @@ pub struct UdpOptions {
     pub helpers: usize,
     /// Under load (over 10,000 queries/s), wait this long after each batch of answers so the
     /// next receive takes several queries at once: fewer wake-ups per query, at the price of
-    /// up to this much more latency. Zero: never.
+    /// about this much more latency (plus the kernel's timer slack, 50 µs by default).
+    /// Zero: never.
     pub coalesce: Duration,
 }
 
@@ -511,11 +514,8 @@ impl UdpWorker {
                 Ok(done) => sent += done.count().max(1),
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
+                    // Already counted under its answer's code; the client will retry.
                     tracing::debug!(error = %e, "cannot send a DNS answer");
-                    self.handler
-                        .counters
-                        .servfail
-                        .fetch_add(1, Ordering::Relaxed);
                     sent += 1;
                 }
             }
