@@ -343,15 +343,6 @@ pub struct UdpOptions {
     pub coalesce: Duration,
 }
 
-impl Default for UdpOptions {
-    fn default() -> Self {
-        UdpOptions {
-            helpers: 1,
-            coalesce: Duration::from_micros(100),
-        }
-    }
-}
-
 fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(SocketAddr::from((v4.ip(), v4.port())));
@@ -527,7 +518,7 @@ impl UdpWorker {
 struct Helpers {
     threads: Vec<std::thread::Thread>,
     /// Whether they are working (so the receiving thread does not wake them again).
-    busy: std::sync::atomic::AtomicBool,
+    busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The receiving thread: blocks for queries (an idle server never wakes up), answers them in
@@ -616,8 +607,8 @@ impl Coalescer {
 /// socket is empty.
 fn help_udp(
     mut worker: UdpWorker,
-    helpers: Arc<Helpers>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    busy: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
 ) {
     loop {
         std::thread::park();
@@ -630,7 +621,7 @@ fn help_udp(
             }
             worker.answer();
         }
-        helpers.busy.store(false, Ordering::Release);
+        busy.store(false, Ordering::Release);
     }
 }
 
@@ -647,7 +638,7 @@ pub async fn serve(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut joins = Vec::new();
     let mut helper_threads = Vec::new();
-    let mut helper_handles = Vec::new();
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut receiver = None;
     // Blocking receives with no timeout: an idle server never wakes up. At shutdown the
     // receiving thread is woken by an empty datagram, the helpers by an unpark.
@@ -672,34 +663,27 @@ pub async fn serve(
                 let Ok(socket) = socket.try_clone() else {
                     break;
                 };
-                let (handler, runtime, stop) = (handler.clone(), runtime.clone(), stop.clone());
-                // The helper gets the shared state once it exists.
-                let (tx, rx) = std::sync::mpsc::channel::<Arc<Helpers>>();
+                let (handler, runtime) = (handler.clone(), runtime.clone());
+                let (busy, stop) = (busy.clone(), stop.clone());
+                // The buffers are made on the thread that uses them (they hold raw pointers).
                 let spawned = std::thread::Builder::new()
                     .name(format!("opsbro-dns-help-{i}"))
                     .spawn(move || {
-                        if let Ok(helpers) = rx.recv() {
-                            help_udp(UdpWorker::new(handler, socket, runtime), helpers, stop);
-                        }
+                        help_udp(UdpWorker::new(handler, socket, runtime), &busy, &stop);
                     });
                 match spawned {
                     Ok(j) => {
-                        helper_threads.push((j.thread().clone(), tx));
+                        helper_threads.push(j.thread().clone());
                         joins.push(j);
                     }
                     Err(e) => tracing::error!(error = %e, "cannot start a DNS thread"),
                 }
             }
             let helpers = Arc::new(Helpers {
-                threads: helper_threads.iter().map(|(t, _)| t.clone()).collect(),
-                busy: std::sync::atomic::AtomicBool::new(false),
+                threads: helper_threads.clone(),
+                busy: busy.clone(),
             });
-            for (_, tx) in helper_threads.drain(..) {
-                let _ = tx.send(helpers.clone());
-            }
-            helper_handles.clone_from(&helpers.threads);
             let (handler, coalesce, stop) = (handler.clone(), options.coalesce, stop.clone());
-            // The buffers are made on the thread that uses them (they hold raw pointers).
             let spawned = std::thread::Builder::new()
                 .name("opsbro-dns".into())
                 .spawn(move || {
@@ -718,7 +702,7 @@ pub async fn serve(
     shutdown.cancelled().await;
     stop.store(true, Ordering::Relaxed);
     let _ = server.shutdown_gracefully().await;
-    helper_handles.iter().for_each(std::thread::Thread::unpark);
+    helper_threads.iter().for_each(std::thread::Thread::unpark);
     let _ = tokio::task::spawn_blocking(move || {
         // Wake the receiving thread with empty datagrams until it has seen `stop` (a helper
         // still draining may take one); a bounded wait, so shutdown never hangs here.
