@@ -333,8 +333,9 @@ pub struct DnsSettings {
     /// Threads taking UDP queries (default 2): one receives, the others join it only while a
     /// backlog lasts.
     pub udp_threads: usize,
-    /// Above 10,000 queries/s, wait this long after each batch of answers so that the next
-    /// receive takes several queries (default 100µs; 0 = never). Adds about that much (plus the
+    /// Above 10,000 queries/s, wait after each batch of answers so that the next receive takes
+    /// several queries: as long as half a batch (16 queries) takes to arrive at the current
+    /// rate, at most this long (default 200µs; 0 = never). Adds up to that much (plus the
     /// kernel's 50 µs timer slack) to answers' latency under load.
     pub coalesce: std::time::Duration,
 }
@@ -351,7 +352,7 @@ impl Default for DnsSettings {
             only_passing: false,
             recursors: Vec::new(),
             udp_threads: 2,
-            coalesce: std::time::Duration::from_micros(100),
+            coalesce: std::time::Duration::from_micros(200),
         }
     }
 }

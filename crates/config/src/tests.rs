@@ -375,7 +375,7 @@ fn dns_threads_and_coalescing() {
     let d = Config::default();
     assert_eq!(
         (d.dns.udp_threads, d.dns.coalesce),
-        (2, std::time::Duration::from_micros(100))
+        (2, std::time::Duration::from_micros(200))
     );
     let errs = Config::from_yaml("dns:\n  udp_threads: 0\n  coalesce: 5ms\n", "f.yml")
         .expect_err("invalid");

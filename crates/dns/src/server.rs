@@ -336,10 +336,10 @@ const COALESCE_ABOVE: usize = 100;
 pub struct UdpOptions {
     /// Threads that join the receiving thread while a backlog lasts (parked otherwise).
     pub helpers: usize,
-    /// Under load (over 10,000 queries/s), wait this long after each batch of answers so the
-    /// next receive takes several queries at once: fewer wake-ups per query, at the price of
-    /// about this much more latency (plus the kernel's timer slack, 50 µs by default).
-    /// Zero: never.
+    /// Under load (over 10,000 queries/s), wait after each batch of answers so the next
+    /// receive takes several queries at once: fewer wake-ups per query, at the price of
+    /// latency. The wait is as long as half a batch takes to arrive, at most this long (plus
+    /// the kernel's timer slack, 50 µs by default; see [`Coalescer`]). Zero: never.
     pub coalesce: Duration,
 }
 
@@ -522,18 +522,18 @@ struct Helpers {
 }
 
 /// The receiving thread: blocks for queries (an idle server never wakes up), answers them in
-/// batches, wakes the helpers when a batch comes back full (a backlog), and under load
-/// coalesces receives (see [`UdpOptions::coalesce`]). Returns at `stop` (woken by a datagram).
+/// batches, wakes the helpers when a batch comes back full (a backlog), and under load without
+/// a backlog coalesces receives (see [`Coalescer`]). Returns at `stop` (woken by a datagram).
 fn receive_udp(
     mut worker: UdpWorker,
     coalesce: Duration,
     helpers: Arc<Helpers>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut pace = Coalescer::new(std::time::Instant::now());
+    let mut pace = Coalescer::new(std::time::Instant::now(), coalesce);
     loop {
-        if !coalesce.is_zero() && pace.wait() {
-            std::thread::sleep(coalesce);
+        if let Some(wait) = pace.wait() {
+            std::thread::sleep(wait);
         }
         let taken = match worker.receive(true) {
             Ok(n) => n,
@@ -560,25 +560,35 @@ fn receive_udp(
     }
 }
 
-/// Whether the receiving thread waits before its next receive (see [`UdpOptions::coalesce`]):
-/// when the last [`RATE_WINDOW`] saw over 10,000 queries/s and the last batch was less than
-/// half full. Below that rate a wait would only add latency; with fuller batches queries
-/// already arrive faster than they are answered, and a wait would slow the clients down.
+/// Whether, and how long, the receiving thread waits before its next receive (see
+/// [`UdpOptions::coalesce`]): when the last [`RATE_WINDOW`] saw over 10,000 queries/s, the last
+/// batch was less than half full and no batch came back full in this window or the last, it
+/// waits as long as half a batch takes to arrive at that rate, at most `coalesce`. Below that
+/// rate a wait would only add latency. Full batches mean a backlog: queries already arrive
+/// faster than they are answered, and a wait would only hold back clients that wait for their
+/// answers before they ask again. The faster queries come, the shorter the wait that gathers
+/// a batch.
 #[derive(Debug)]
 struct Coalescer {
+    longest: Duration,
     window: std::time::Instant,
     in_window: usize,
-    busy: bool,
+    /// Queries in the last whole window (scaled to one [`RATE_WINDOW`]).
+    per_window: u128,
     last: usize,
+    /// A full batch in this window, in the last one.
+    full: (bool, bool),
 }
 
 impl Coalescer {
-    fn new(now: std::time::Instant) -> Coalescer {
+    fn new(now: std::time::Instant, longest: Duration) -> Coalescer {
         Coalescer {
+            longest,
             window: now,
             in_window: 0,
-            busy: false,
+            per_window: 0,
             last: 0,
+            full: (false, false),
         }
     }
 
@@ -586,20 +596,31 @@ impl Coalescer {
     fn batch(&mut self, taken: usize, now: std::time::Instant) {
         self.last = taken;
         self.in_window += taken;
+        self.full.0 |= taken == BATCH;
         let elapsed = now.saturating_duration_since(self.window);
         if elapsed >= RATE_WINDOW {
             // The rate over the window, scaled to one RATE_WINDOW: after an idle gap the
             // window is long and the rate low.
-            let per_window =
+            self.per_window =
                 self.in_window as u128 * RATE_WINDOW.as_nanos() / elapsed.as_nanos().max(1);
-            self.busy = per_window > COALESCE_ABOVE as u128;
             self.window = now;
             self.in_window = 0;
+            self.full = (false, self.full.0);
         }
     }
 
-    fn wait(&self) -> bool {
-        self.busy && self.last < BATCH / 2
+    fn wait(&self) -> Option<Duration> {
+        if self.longest.is_zero()
+            || self.per_window <= COALESCE_ABOVE as u128
+            || self.last >= BATCH / 2
+            || self.full.0
+            || self.full.1
+        {
+            return None;
+        }
+        // per_window > 100: at most 1.6 ms.
+        let half_batch = RATE_WINDOW.as_nanos() * (BATCH / 2) as u128 / self.per_window;
+        Some(self.longest.min(Duration::from_nanos(half_batch as u64)))
     }
 }
 
@@ -742,10 +763,12 @@ mod tests {
 
     use crate::test_node as node;
 
-    /// Feed `batches` of `size` queries `every` apart; whether the thread would wait then.
-    fn pace(size: usize, every: Duration, batches: u32) -> bool {
+    const LONGEST: Duration = Duration::from_micros(200);
+
+    /// Feed `batches` of `size` queries `every` apart; how long the thread would wait then.
+    fn pace(size: usize, every: Duration, batches: u32) -> Option<Duration> {
         let start = std::time::Instant::now();
-        let mut c = Coalescer::new(start);
+        let mut c = Coalescer::new(start, LONGEST);
         for i in 1..=batches {
             c.batch(size, start + every * i);
         }
@@ -754,21 +777,53 @@ mod tests {
 
     #[test]
     fn receives_are_coalesced_only_under_load_and_not_when_batches_fill() {
+        let us = Duration::from_micros;
         // 5,000 queries/s: answered as they come.
-        assert!(!pace(1, Duration::from_micros(200), 200));
-        // 20,000 queries/s in small batches: wait between them.
-        assert!(pace(2, Duration::from_micros(100), 400));
+        assert_eq!(pace(1, us(200), 200), None);
+        // 20,000 queries/s in small batches: half a batch takes 800 us to arrive; wait the
+        // longest allowed.
+        assert_eq!(pace(2, us(100), 400), Some(LONGEST));
+        // 160,000 queries/s in small batches: half a batch arrives in 100 us.
+        assert_eq!(pace(4, us(25), 1600), Some(us(100)));
         // Batches half full or more: they fill by themselves.
-        assert!(!pace(BATCH / 2, Duration::from_micros(100), 400));
-        // Load, then a second of silence, then one query: answered at once again.
+        assert_eq!(pace(BATCH / 2, us(100), 400), None);
+        // A full batch (a backlog, as when clients wait for their answers before they ask
+        // again) stops the waits for the rest of that window and the next one.
         let start = std::time::Instant::now();
-        let mut c = Coalescer::new(start);
+        let mut c = Coalescer::new(start, LONGEST);
+        let mut at = start;
+        let mut feed = |c: &mut Coalescer, size: usize, batches: u32| {
+            for _ in 0..batches {
+                at += us(100);
+                c.batch(size, at);
+            }
+        };
+        feed(&mut c, 2, 400);
+        assert_eq!(c.wait(), Some(LONGEST));
+        feed(&mut c, BATCH, 1);
+        feed(&mut c, 2, 1);
+        assert_eq!(c.wait(), None);
+        feed(&mut c, 2, 150);
+        assert_eq!(
+            c.wait(),
+            None,
+            "the next window still remembers the backlog"
+        );
+        feed(&mut c, 2, 100);
+        assert_eq!(c.wait(), Some(LONGEST), "two windows later it waits again");
+        // Never, when coalescing is off.
+        let start = std::time::Instant::now();
+        let mut off = Coalescer::new(start, Duration::ZERO);
+        (1..=400).for_each(|i| off.batch(2, start + us(100) * i));
+        assert_eq!(off.wait(), None);
+        // Load, then a second of silence, then one query: answered at once again.
+        let mut c = Coalescer::new(start, LONGEST);
         for i in 1..=400 {
-            c.batch(2, start + Duration::from_micros(100) * i);
+            c.batch(2, start + us(100) * i);
         }
-        assert!(c.wait());
+        assert!(c.wait().is_some());
         c.batch(1, start + Duration::from_secs(2));
-        assert!(!c.wait());
+        assert_eq!(c.wait(), None);
     }
 
     /// The fast path and hickory's full path give the same answer to every query the fast
