@@ -338,7 +338,7 @@ pub struct UdpOptions {
     pub helpers: usize,
     /// Under load (over 10,000 queries/s), wait after each batch of answers so the next
     /// receive takes several queries at once: fewer wake-ups per query, at the price of
-    /// latency. The wait is as long as half a batch takes to arrive, at most this long (plus
+    /// latency. The wait is as long as 8 queries take to arrive, at most this long (plus
     /// the kernel's timer slack, 50 µs by default; see [`Coalescer`]). Zero: never.
     pub coalesce: Duration,
 }
@@ -554,7 +554,8 @@ fn receive_udp(
             helpers.threads.iter().for_each(std::thread::Thread::unpark);
         }
         worker.answer();
-        if !coalesce.is_zero() {
+        // (A failed or interrupted receive is no batch.)
+        if !coalesce.is_zero() && taken > 0 {
             pace.batch(taken, std::time::Instant::now());
         }
     }
@@ -563,11 +564,13 @@ fn receive_udp(
 /// Whether, and how long, the receiving thread waits before its next receive (see
 /// [`UdpOptions::coalesce`]): when the last [`RATE_WINDOW`] saw over 10,000 queries/s, the last
 /// batch was less than half full and no batch came back full in this window or the last, it
-/// waits as long as half a batch takes to arrive at that rate, at most `coalesce`. Below that
-/// rate a wait would only add latency. Full batches mean a backlog: queries already arrive
-/// faster than they are answered, and a wait would only hold back clients that wait for their
-/// answers before they ask again. The faster queries come, the shorter the wait that gathers
-/// a batch.
+/// waits as long as a quarter batch (8 queries) takes to arrive at that rate, at most
+/// `coalesce`. Below that rate a wait would only add latency. Full batches mean a backlog:
+/// queries already arrive faster than they are answered, and a wait would only hold back
+/// clients that wait for their answers before they ask again. The faster queries come, the
+/// shorter the wait that gathers a batch; a quarter batch, so that the batch after a wait
+/// stays under half full and the waits go on (sized to half a batch, every other wait would
+/// be skipped).
 #[derive(Debug)]
 struct Coalescer {
     longest: Duration,
@@ -618,9 +621,9 @@ impl Coalescer {
         {
             return None;
         }
-        // per_window > 100: at most 1.6 ms.
-        let half_batch = RATE_WINDOW.as_nanos() * (BATCH / 2) as u128 / self.per_window;
-        Some(self.longest.min(Duration::from_nanos(half_batch as u64)))
+        // per_window > 100: under 1 ms.
+        let quarter = RATE_WINDOW.as_nanos() * (BATCH / 4) as u128 / self.per_window;
+        Some(self.longest.min(Duration::from_nanos(quarter as u64)))
     }
 }
 
@@ -780,11 +783,11 @@ mod tests {
         let us = Duration::from_micros;
         // 5,000 queries/s: answered as they come.
         assert_eq!(pace(1, us(200), 200), None);
-        // 20,000 queries/s in small batches: half a batch takes 800 us to arrive; wait the
+        // 20,000 queries/s in small batches: a quarter batch takes 400 us to arrive; wait the
         // longest allowed.
         assert_eq!(pace(2, us(100), 400), Some(LONGEST));
-        // 160,000 queries/s in small batches: half a batch arrives in 100 us.
-        assert_eq!(pace(4, us(25), 1600), Some(us(100)));
+        // 160,000 queries/s in small batches: a quarter batch arrives in 50 us.
+        assert_eq!(pace(4, us(25), 1600), Some(us(50)));
         // Batches half full or more: they fill by themselves.
         assert_eq!(pace(BATCH / 2, us(100), 400), None);
         // A full batch (a backlog, as when clients wait for their answers before they ask
