@@ -254,22 +254,15 @@ impl FastPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::op::{Message, MessageType, OpCode};
     use rand::SeedableRng;
 
     use crate::test_node as node;
 
     fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
-        let mut m = Message::query();
-        m.metadata.id = 0x1234;
-        m.metadata.recursion_desired = true;
-        m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
-        if let Some(size) = edns {
-            let mut e = Edns::new();
-            e.set_max_payload(size);
-            m.edns = Some(e);
-        }
-        m.to_vec().expect("encode")
+        crate::test_query(name, qtype, edns)
+            .to_vec()
+            .expect("encode")
     }
 
     fn directory() -> Arc<Vec<Node>> {

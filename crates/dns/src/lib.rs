@@ -231,6 +231,27 @@ pub(crate) fn test_node(name: &str, addr: &str, groups: &[&str]) -> Node {
     }
 }
 
+/// A query for `name` with RD set and id 0x1234, with an EDNS0 OPT announcing `edns` bytes
+/// if given (tests).
+#[cfg(test)]
+pub(crate) fn test_query(
+    name: &str,
+    qtype: RecordType,
+    edns: Option<u16>,
+) -> hickory_proto::op::Message {
+    use hickory_proto::op::{Edns, Message, Query};
+    let mut m = Message::query();
+    m.metadata.id = 0x1234;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.edns = Some(e);
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -759,8 +759,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::{Edns, Query};
-    use hickory_proto::rr::{Name, RecordType};
+    use hickory_proto::rr::RecordType;
     use hickory_server::net::runtime::TokioTime;
     use hickory_server::net::xfer::Protocol;
 
@@ -863,16 +862,10 @@ mod tests {
                 ("web.group.opsbro", RecordType::A, Some(4096), true, false),
                 ("nope.group.opsbro", RecordType::A, None, true, false),
             ] {
-                let mut m = Message::query();
+                let mut m = crate::test_query(name, qtype, edns);
                 m.metadata.id = 4242;
                 m.metadata.recursion_desired = rd;
                 m.metadata.checking_disabled = cd;
-                m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
-                if let Some(size) = edns {
-                    let mut e = Edns::new();
-                    e.set_max_payload(size);
-                    m.edns = Some(e);
-                }
                 let bytes = m.to_vec().expect("encode");
                 let mut out = Vec::new();
                 let took = fast.answer(
