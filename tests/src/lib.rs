@@ -261,6 +261,19 @@ impl Agent {
             .expect("run opsbro CLI")
     }
 
+    /// The agent's API token (from `<data_dir>/api.token`).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("api.token"))
+            .expect("the agent's api.token")
+            .trim()
+            .to_owned()
+    }
+
+    /// The header line that carries the agent's API token (for [`http`]).
+    pub fn auth(&self) -> String {
+        format!("Authorization: Bearer {}", self.token())
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -399,6 +412,15 @@ fn dechunk(mut body: &str) -> String {
         body = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A new cluster key from `opsbro agent keygen`.
+pub fn keygen() -> String {
+    let out = opsbro_command()
+        .args(["agent", "keygen"])
+        .output()
+        .expect("run opsbro agent keygen");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// stdout of a command as text.

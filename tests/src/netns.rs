@@ -91,6 +91,9 @@ pub struct Lan {
     bridge_ns: String,
     /// The hosts, in order.
     pub hosts: Vec<Host>,
+    /// The cluster key agents get when their configuration names none (an agent without a key
+    /// listens on loopback only).
+    pub key: String,
     tmp: tempfile::TempDir,
 }
 
@@ -106,6 +109,7 @@ impl Lan {
         let mut lan = Lan {
             bridge_ns: bridge_ns.clone(),
             hosts: Vec::new(),
+            key: crate::keygen(),
             tmp,
         };
         ip(&["netns", "add", &bridge_ns])?;
@@ -150,8 +154,17 @@ impl Lan {
     }
 
     /// Start an agent on host `i` (node name `host<i>`, default ports, `config` as agent.yml,
-    /// extra `args`), and wait until its API is up.
+    /// extra `args`), and wait until its API is up. A configuration that sets no
+    /// `encryption_key` (and does not ask for `insecure_plaintext_gossip`) gets the LAN's key.
     pub fn start_agent(&mut self, i: usize, config: &str, args: &[&str]) -> Result<()> {
+        let config = if config.contains("encryption_key")
+            || config.contains("insecure_plaintext_gossip")
+            || args.contains(&"--insecure-plaintext-gossip")
+        {
+            config.to_owned()
+        } else {
+            format!("encryption_key: \"{}\"\n{config}", self.key)
+        };
         let host = &mut self.hosts[i];
         let config_path = host.data_dir.with_file_name("agent.yml");
         std::fs::write(&config_path, config)?;

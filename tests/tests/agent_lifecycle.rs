@@ -166,7 +166,7 @@ fn non_loopback_api_bind_without_a_token_is_refused() {
 }
 
 #[test]
-fn with_a_token_every_request_must_carry_it() {
+fn with_the_api_off_loopback_every_request_must_carry_the_token() {
     let token = "t0k3n-for-tests";
     let agent = Agent::start_with(
         AgentOptions::default()
@@ -201,17 +201,31 @@ fn with_a_token_every_request_must_carry_it() {
     let ok = http(api, "GET", "/agent/state", &[&auth], b"").expect("http");
     assert_eq!(ok.status, 200, "{}", ok.body);
 
-    // The CLI without the token explains what to do; with it, it works.
+    // The CLI finds the token itself when it may read the agent's token file (root here)...
     let out = opsbro_command()
-        .args(["--api", &api.to_string(), "agent", "info"])
+        .args(["--api", &api.to_string(), "agent", "info", "--json"])
         .output()
         .expect("cli");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("OPSBRO_API_TOKEN"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // ...and a user who may not is told what to do.
+    if std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+    {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(opsbro_tests::opsbro_bin())
+            .args(["--api", &api.to_string(), "agent", "info"])
+            .env_remove("OPSBRO_API_TOKEN")
+            .output()
+            .expect("cli as nobody");
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("OPSBRO_API_TOKEN") && stderr(&out).contains("api.token"),
+            "{}",
+            stderr(&out)
+        );
+    }
     let out = opsbro_command()
         .args(["--api", &api.to_string(), "agent", "info", "--json"])
         .env("OPSBRO_API_TOKEN", token)
@@ -223,17 +237,21 @@ fn with_a_token_every_request_must_carry_it() {
 #[test]
 fn api_errors_are_json_with_the_right_status() {
     let agent = Agent::start().expect("agent");
-    let missing = http(agent.api, "GET", "/no/such/route", &[], b"").expect("http");
+    // Without the token, a route that is not a public read is refused before routing.
+    let anonymous = http(agent.api, "GET", "/no/such/route", &[], b"").expect("http");
+    assert_eq!(anonymous.status, 401);
+    let missing = http(agent.api, "GET", "/no/such/route", &[&agent.auth()], b"").expect("http");
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"], "no such route: GET /no/such/route");
     assert_eq!(missing.header("content-type"), Some("application/json"));
 
-    let wrong_method = http(agent.api, "DELETE", "/agent/info", &[], b"").expect("http");
+    let wrong_method =
+        http(agent.api, "DELETE", "/agent/info", &[&agent.auth()], b"").expect("http");
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.json()["status"], 405);
 
     let big = vec![b'x'; 2 * 1024 * 1024];
-    let too_big = http(agent.api, "POST", "/agent/stop", &[], &big);
+    let too_big = http(agent.api, "POST", "/agent/stop", &[&agent.auth()], &big);
     // The agent answers 413 before reading the body; the connection may be closed while the
     // client is still writing, which is also a refusal. It must not have stopped.
     if let Ok(answer) = too_big {
@@ -388,7 +406,14 @@ fn zero_config_as_a_non_root_user_uses_the_xdg_data_dir() {
             "created by the unprivileged user"
         );
     }
-    let answer = http(rt.api_addr, "POST", "/agent/stop", &[], b"").expect("stop");
+    let token = std::fs::read_to_string(data_dir.join("api.token")).expect("api.token");
+    let mode = std::fs::metadata(data_dir.join("api.token"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the token file is private");
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let answer = http(rt.api_addr, "POST", "/agent/stop", &[&auth], b"").expect("stop");
     assert_eq!(answer.status, 200);
     let status = wait_for("exit", DEADLINE, || child.try_wait().ok().flatten()).expect("exits");
     assert_eq!(status.code(), Some(0));

@@ -166,11 +166,11 @@ fn websocket_streams_members_checks_kv_and_user_events_and_drops_a_stuck_client(
     let pad = "x".repeat(200);
     let writers: Vec<_> = (0..4)
         .map(|t| {
-            let (api, pad) = (a.api, pad.clone());
+            let (api, pad, auth) = (a.api, pad.clone(), a.auth());
             std::thread::spawn(move || {
                 for i in 0..500 {
                     let path = format!("/kv/flood/{t}-{i:04}-{pad}");
-                    let r = http(api, "PUT", &path, &[], b"v").expect("put");
+                    let r = http(api, "PUT", &path, &[&auth], b"v").expect("put");
                     assert_eq!(r.status, 200, "{}", r.body);
                 }
             })

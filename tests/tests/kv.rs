@@ -46,13 +46,26 @@ fn cluster(names: &[&str]) -> Vec<Agent> {
 }
 
 fn put(agent: &Agent, key: &str, value: &[u8]) -> u16 {
-    http(agent.api, "PUT", &format!("/kv/{key}"), &[], value)
-        .map(|a| a.status)
-        .unwrap_or(0)
+    http(
+        agent.api,
+        "PUT",
+        &format!("/kv/{key}"),
+        &[&agent.auth()],
+        value,
+    )
+    .map(|a| a.status)
+    .unwrap_or(0)
 }
 
 fn get_raw(agent: &Agent, key: &str) -> Option<String> {
-    let a = http(agent.api, "GET", &format!("/kv/{key}?raw"), &[], b"").ok()?;
+    let a = http(
+        agent.api,
+        "GET",
+        &format!("/kv/{key}?raw"),
+        &[&agent.auth()],
+        b"",
+    )
+    .ok()?;
     (a.status == 200).then_some(a.body)
 }
 
@@ -113,7 +126,8 @@ fn three_agents_share_keys_with_cas_ttl_blocking_reads_and_limits() {
     let fresh = c.cli(["kv", "put", "app/config", "v2", "--cas", &index.to_string()]);
     assert!(fresh.status.success(), "{}", stderr(&fresh));
     assert_eq!(get_raw(a, "app/config").as_deref(), Some("v2"));
-    let create_only = http(a.api, "PUT", "/kv/app/config?cas=0", &[], b"v3").expect("http");
+    let create_only =
+        http(a.api, "PUT", "/kv/app/config?cas=0", &[&a.auth()], b"v3").expect("http");
     assert_eq!(create_only.status, 409, "{}", create_only.body);
 
     // Raw bytes and stdin.
@@ -178,7 +192,7 @@ fn three_agents_share_keys_with_cas_ttl_blocking_reads_and_limits() {
 
     // Limits and bad keys.
     let big = vec![b'x'; 600 * 1024];
-    let answer = http(a.api, "PUT", "/kv/too/big", &[], &big).expect("http");
+    let answer = http(a.api, "PUT", "/kv/too/big", &[&a.auth()], &big).expect("http");
     assert_eq!(answer.status, 413, "{}", answer.body);
     assert!(answer.body.contains("512 KiB"), "{}", answer.body);
     for (path, why) in [
@@ -186,7 +200,7 @@ fn three_agents_share_keys_with_cas_ttl_blocking_reads_and_limits() {
         ("/kv/a//b", "empty segment"),
         ("/kv/bad%0Akey", "control character"),
     ] {
-        let answer = http(a.api, "PUT", path, &[], b"v").expect("http");
+        let answer = http(a.api, "PUT", path, &[&a.auth()], b"v").expect("http");
         assert_eq!(answer.status, 400, "{path}: {}", answer.body);
         assert!(answer.body.contains(why), "{path}: {}", answer.body);
     }
@@ -214,7 +228,7 @@ fn acknowledged_writes_survive_kill_9_of_an_owner_and_come_back_after_restart() 
             agents[0].api,
             "GET",
             &format!("/kv/{}?locate", key(i)),
-            &[],
+            &[&agents[0].auth()],
             b"",
         )
         .expect("locate");
@@ -241,6 +255,7 @@ fn acknowledged_writes_survive_kill_9_of_an_owner_and_come_back_after_restart() 
     let done = Arc::new(AtomicUsize::new(0));
     let writer = {
         let (api, acked, done) = (agents[0].api, acked.clone(), done.clone());
+        let auth = agents[0].auth();
         std::thread::spawn(move || {
             for i in 0..writes {
                 let value = format!("value-{i}");
@@ -248,7 +263,7 @@ fn acknowledged_writes_survive_kill_9_of_an_owner_and_come_back_after_restart() 
                     api,
                     "PUT",
                     &format!("/kv/load/k{i:04}"),
-                    &[],
+                    &[&auth],
                     value.as_bytes(),
                 )
                 .is_ok_and(|a| a.status == 200);
@@ -319,7 +334,7 @@ fn acknowledged_writes_survive_kill_9_of_an_owner_and_come_back_after_restart() 
                 agents[0].api,
                 "GET",
                 &format!("/kv/{}?locate", key(**i)),
-                &[],
+                &[&agents[0].auth()],
                 b"",
             )
             .expect("locate");
@@ -429,7 +444,14 @@ fn a_write_that_cannot_reach_enough_replicas_is_refused_with_503() {
     assert_eq!(put(&agents[0], "all/three", b"ok"), 200);
 
     agents[2].signal("STOP").expect("freeze charlie");
-    let answer = http(agents[0].api, "PUT", "/kv/all/three", &[], b"frozen").expect("http");
+    let answer = http(
+        agents[0].api,
+        "PUT",
+        "/kv/all/three",
+        &[&agents[0].auth()],
+        b"frozen",
+    )
+    .expect("http");
     agents[2].signal("CONT").expect("thaw charlie");
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(

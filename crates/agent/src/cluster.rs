@@ -17,8 +17,8 @@ pub const MAX_FRAME: usize = opsbro_gossip::codec::MAX_PUSH_PULL + 64;
 /// Open (authenticate and decrypt) a frame with the keyring.
 pub fn open(keyring: &RwLock<Keyring>, frame: &[u8]) -> Result<Vec<u8>, OpenError> {
     match keyring.read() {
-        Ok(k) => k.open(frame),
-        Err(p) => p.into_inner().open(frame),
+        Ok(k) => k.open(frame, crate::host::unix_ms()),
+        Err(p) => p.into_inner().open(frame, crate::host::unix_ms()),
     }
 }
 
@@ -26,8 +26,8 @@ pub fn open(keyring: &RwLock<Keyring>, frame: &[u8]) -> Result<Vec<u8>, OpenErro
 pub fn seal(keyring: &RwLock<Keyring>, plain: &[u8]) -> Vec<u8> {
     let rng = opsbro_transport::system_random();
     match keyring.read() {
-        Ok(k) => k.seal(&rng, plain),
-        Err(p) => p.into_inner().seal(&rng, plain),
+        Ok(k) => k.seal(&rng, plain, crate::host::unix_ms()),
+        Err(p) => p.into_inner().seal(&rng, plain, crate::host::unix_ms()),
     }
 }
 

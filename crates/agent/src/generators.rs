@@ -277,9 +277,18 @@ pub fn line_diff(old: &str, new: &str) -> String {
     out
 }
 
+/// A generator's `command` / `validate_command` for the file at `path`: `{{path}}` (and any
+/// other template expression) reaches the shell as a positional argument, never as text.
+fn command_for(template: &str, path: &Path) -> Result<opsbro_checks::ShellCommand, String> {
+    opsbro_checks::notify::Renderer::new().render_command(
+        template,
+        &serde_json::json!({ "path": path.to_string_lossy() }),
+    )
+}
+
 /// Run `sh -c command` in its own process group, killed at the timeout; exit code and output
 /// (stdout then stderr, capped).
-async fn run_shell(command: &str) -> (Option<i32>, String) {
+async fn run_shell(command: &opsbro_checks::ShellCommand) -> (Option<i32>, String) {
     let mut child = match crate::host::shell(command).spawn() {
         Ok(c) => c,
         Err(e) => return (None, format!("cannot run /bin/sh: {e}")),
@@ -510,9 +519,16 @@ async fn apply(g: &mut Generator, setup: &GeneratorsSetup, peers: Arc<Vec<Peer>>
                 };
             }
         };
-        let line = validate
-            .replace("{{path}}", &candidate.to_string_lossy())
-            .replace("{{ path }}", &candidate.to_string_lossy());
+        let line = match command_for(validate, &candidate) {
+            Ok(line) => line,
+            Err(message) => {
+                let _ = std::fs::remove_file(&candidate);
+                return Outcome::Failed {
+                    message: format!("validate_command: {message}"),
+                    output: None,
+                };
+            }
+        };
         let (code, output) = run_shell(&line).await;
         let _ = std::fs::remove_file(&candidate);
         if code != Some(0) {
@@ -539,7 +555,10 @@ async fn apply(g: &mut Generator, setup: &GeneratorsSetup, peers: Arc<Vec<Peer>>
             output: String::new(),
         };
     };
-    let (code, output) = run_shell(command).await;
+    let (code, output) = match command_for(command, &spec.path) {
+        Ok(line) => run_shell(&line).await,
+        Err(message) => (None, format!("command: {message}")),
+    };
     if code == Some(0) {
         return Outcome::Written { diff, output };
     }

@@ -57,6 +57,11 @@ pub struct GossipCounters {
     push_pull_errors: AtomicU64,
     overloaded: AtomicU64,
     connections_refused: AtomicU64,
+    incarnations_refused: AtomicU64,
+    members_refused: AtomicU64,
+    replies_capped: AtomicU64,
+    /// The keyring, for its replay counters.
+    keyring: std::sync::OnceLock<Arc<RwLock<Keyring>>>,
 }
 
 fn inc(c: &AtomicU64) {
@@ -70,12 +75,23 @@ impl GossipCounters {
             OpenError::NoKey => inc(&self.rejected_no_key),
             OpenError::UnknownKey => inc(&self.rejected_unknown_key),
             OpenError::Tampered => inc(&self.rejected_tampered),
+            // Counted by the keyring's replay guard (it sees the KV path too).
+            OpenError::Replayed | OpenError::Stale => {}
         }
     }
 
     /// A snapshot for the API.
     pub fn snapshot(&self) -> Counters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (replayed, stale, _) = self
+            .keyring
+            .get()
+            .map(|k| {
+                k.read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .replay_stats()
+            })
+            .unwrap_or_default();
         Counters {
             udp_in: g(&self.udp_in),
             udp_out: g(&self.udp_out),
@@ -91,6 +107,11 @@ impl GossipCounters {
             push_pull_errors: g(&self.push_pull_errors),
             overloaded: g(&self.overloaded),
             connections_refused: g(&self.connections_refused),
+            rejected_replayed: replayed,
+            rejected_stale: stale,
+            incarnations_refused: g(&self.incarnations_refused),
+            members_refused: g(&self.members_refused),
+            replies_capped: g(&self.replies_capped),
         }
     }
 }
@@ -117,8 +138,12 @@ enum Command {
 /// Inputs from the connection tasks.
 enum Internal {
     Datagram(SocketAddr, Vec<u8>),
-    PushPullRequest(PushPull, oneshot::Sender<PushPull>),
-    PushPullReply(PushPull, Option<oneshot::Sender<Result<usize, String>>>),
+    PushPullRequest(SocketAddr, PushPull, oneshot::Sender<PushPull>),
+    PushPullReply(
+        SocketAddr,
+        PushPull,
+        Option<oneshot::Sender<Result<usize, String>>>,
+    ),
     PushPullFailed(
         SocketAddr,
         String,
@@ -346,6 +371,7 @@ pub fn start(
     let (itx, irx) = mpsc::channel(1024);
     let counters = Arc::new(GossipCounters::default());
     let keyring = Arc::new(RwLock::new(setup.keyring));
+    let _ = counters.keyring.set(keyring.clone());
     let encrypted = keyring.read().map(|k| k.is_enabled()).unwrap_or(true);
     let handle = GossipHandle {
         tx,
@@ -599,8 +625,7 @@ impl Driver {
                     Some((op, key)) => self.change_keyring(op, &key).map(|()| {
                         // Spread it: the event is sealed like all gossip, so the key only
                         // travels encrypted, to nodes that already hold a cluster key.
-                        let mut payload = vec![op_byte(op)];
-                        payload.extend_from_slice(&key.raw());
+                        let payload = format!("{} {}", op_word(op), key.to_base64()).into_bytes();
                         self.core
                             .add_event(now, KEYRING_EVENT.to_owned(), payload, now);
                     }),
@@ -675,13 +700,13 @@ impl Driver {
                     inc(&self.counters.malformed);
                 }
             }
-            Internal::PushPullRequest(request, reply) => {
+            Internal::PushPullRequest(from, request, reply) => {
                 inc(&self.counters.push_pulls);
-                let _ = reply.send(self.core.handle_push_pull(now, request));
+                let _ = reply.send(self.core.handle_push_pull(now, from, request));
             }
-            Internal::PushPullReply(reply, waiter) => {
+            Internal::PushPullReply(from, reply, waiter) => {
                 inc(&self.counters.push_pulls);
-                self.core.handle_push_pull_reply(now, reply);
+                self.core.handle_push_pull_reply(now, from, reply);
                 if let Some(w) = waiter {
                     let _ = w.send(Ok(self
                         .core
@@ -740,6 +765,14 @@ impl Driver {
     async fn perform(&mut self) {
         let mut effects = std::mem::take(&mut self.pending);
         self.core.drain_effects_into(&mut effects);
+        let stats = self.core.stats();
+        let c = &self.counters;
+        c.incarnations_refused
+            .store(stats.incarnations_refused, Ordering::Relaxed);
+        c.members_refused
+            .store(stats.members_refused, Ordering::Relaxed);
+        c.replies_capped
+            .store(stats.replies_capped, Ordering::Relaxed);
         // Any record change (a member's groups, through its incarnation) or event refreshes the
         // snapshots; the fingerprint is cheap, the snapshots are not.
         let fingerprint = self.core.members().fold(0u64, |acc, r| {
@@ -866,8 +899,10 @@ impl Driver {
 
     fn seal(&self, bytes: &[u8]) -> Vec<u8> {
         match self.keyring.read() {
-            Ok(k) => k.seal(&self.rng, bytes),
-            Err(p) => p.into_inner().seal(&self.rng, bytes),
+            Ok(k) => k.seal(&self.rng, bytes, crate::host::unix_ms()),
+            Err(p) => p
+                .into_inner()
+                .seal(&self.rng, bytes, crate::host::unix_ms()),
         }
     }
 
@@ -883,7 +918,7 @@ impl Driver {
             let result =
                 tokio::time::timeout(PUSH_PULL_TIMEOUT, push_pull(to, &payload, &keyring)).await;
             let msg = match result {
-                Ok(Ok(reply)) => Internal::PushPullReply(reply, waiter),
+                Ok(Ok(reply)) => Internal::PushPullReply(to, reply, waiter),
                 Ok(Err(e)) => Internal::PushPullFailed(to, e, waiter),
                 Err(_) => Internal::PushPullFailed(
                     to,
@@ -896,33 +931,34 @@ impl Driver {
     }
 }
 
-/// Internal event carrying a keyring change (`[op][32-byte key]`); never listed by the API.
+/// Internal event carrying a keyring change (`install|use|remove <base64 key>`); never listed
+/// by the API.
 pub const KEYRING_EVENT: &str = "_keyring";
 
-fn op_byte(op: KeyringOp) -> u8 {
+fn op_word(op: KeyringOp) -> &'static str {
     match op {
-        KeyringOp::Install => 1,
-        KeyringOp::Use => 2,
-        KeyringOp::Remove => 3,
+        KeyringOp::Install => "install",
+        KeyringOp::Use => "use",
+        KeyringOp::Remove => "remove",
     }
 }
 
 impl Driver {
     fn apply_remote_keyring(&self, payload: &[u8]) {
-        let (op, raw) = match payload.split_first() {
-            Some((1, k)) => (KeyringOp::Install, k),
-            Some((2, k)) => (KeyringOp::Use, k),
-            Some((3, k)) => (KeyringOp::Remove, k),
+        let text = String::from_utf8_lossy(payload);
+        let (op, key) = match text.split_once(' ') {
+            Some(("install", k)) => (KeyringOp::Install, k),
+            Some(("use", k)) => (KeyringOp::Use, k),
+            Some(("remove", k)) => (KeyringOp::Remove, k),
             _ => {
                 tracing::warn!("ignoring a malformed keyring change");
                 return;
             }
         };
-        let Ok(raw) = <[u8; 32]>::try_from(raw) else {
+        let Ok(key) = Key::from_base64(key) else {
             tracing::warn!("ignoring a keyring change with a bad key");
             return;
         };
-        let key = Key::new(raw);
         match self.change_keyring(op, &key) {
             Ok(()) => tracing::info!(?op, key = %key.id_hex(), "keyring changed by the cluster"),
             Err(e) => {
@@ -995,8 +1031,8 @@ async fn udp_reader(
             continue;
         }
         let opened = match keyring.read() {
-            Ok(k) => k.open(&buf[..n]),
-            Err(p) => p.into_inner().open(&buf[..n]),
+            Ok(k) => k.open(&buf[..n], crate::host::unix_ms()),
+            Err(p) => p.into_inner().open(&buf[..n], crate::host::unix_ms()),
         };
         match opened {
             Ok(plain) => {
@@ -1098,7 +1134,7 @@ async fn serve_conn(
         e.to_string()
     })?;
     let (tx, rx) = oneshot::channel();
-    itx.send(Internal::PushPullRequest(request, tx))
+    itx.send(Internal::PushPullRequest(peer, request, tx))
         .await
         .map_err(|_| "gossip stopped")?;
     let reply = rx.await.map_err(|_| "gossip stopped")?;

@@ -448,8 +448,7 @@ impl Worker {
                 .unwrap_or_else(|| v.to_string())
         };
         let child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&line)
+            .args(line.argv())
             .env("OPSBRO_EVENT", text(&ctx["event"]))
             .env("OPSBRO_STATE", text(&ctx["state"]))
             .env("OPSBRO_OLD_STATE", text(&ctx["old_state"]))

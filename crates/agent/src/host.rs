@@ -25,12 +25,12 @@ pub fn interface_addrs() -> Vec<IpAddr> {
     addrs
 }
 
-/// `sh -c command` with piped output, in a process group of its own (so that a timeout can kill
-/// its children too, see [`ProcessGroupGuard`]), killed if dropped.
-pub fn shell(command: &str) -> tokio::process::Command {
+/// `sh -c SCRIPT opsbro ARGS...` with piped output, in a process group of its own (so that a
+/// timeout can kill its children too, see [`ProcessGroupGuard`]), killed if dropped. Values
+/// reach the script only as its positional arguments (see [`opsbro_checks::shell`]).
+pub fn shell(command: &opsbro_checks::ShellCommand) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("/bin/sh");
-    c.arg("-c")
-        .arg(command)
+    c.args(command.argv())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

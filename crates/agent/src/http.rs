@@ -51,8 +51,8 @@ pub struct ApiContext {
     pub shutdown: CancellationToken,
     /// Grace period announced by `/agent/stop`.
     pub grace_period_secs: u64,
-    /// Bearer token required on every request, when set.
-    pub token: Option<String>,
+    /// Who may use which route (token, anonymous reads, Host and Origin rules).
+    pub access: crate::access::Access,
     /// The gossip subsystem.
     pub gossip: GossipHandle,
     /// The expression evaluator.
@@ -119,6 +119,15 @@ impl IntoResponse for ApiError {
 pub fn router(ctx: Arc<ApiContext>) -> Router {
     Router::new()
         .route(routes::AGENT_STATE, get(agent_state))
+        .route(
+            routes::AGENT_AUTH,
+            get(|State(ctx): State<Arc<ApiContext>>| async move {
+                Json(opsbro_api::AuthInfo {
+                    token_file: ctx.access.token_file.clone(),
+                    anonymous_reads: ctx.access.anonymous_reads,
+                })
+            }),
+        )
         .route(routes::AGENT_INFO, get(agent_info))
         .route(routes::AGENT_STOP, post(agent_stop))
         .route(
@@ -259,6 +268,13 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
             .map(|m| m.incarnation)
             .unwrap_or(0),
         encrypted: ctx.gossip.encrypted,
+        security: if ctx.gossip.encrypted {
+            opsbro_api::ClusterSecurity::Encrypted
+        } else if ctx.addresses.bind.is_loopback() {
+            opsbro_api::ClusterSecurity::LoopbackOnly
+        } else {
+            opsbro_api::ClusterSecurity::InsecurePlaintext
+        },
         counters: ctx.gossip.counters.snapshot(),
     };
     Json(AgentInfo {
@@ -681,10 +697,12 @@ async fn add_event(
     body: Result<Json<g::NewEvent>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<g::Event>, ApiError> {
     let Json(event) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    if event.kind.is_empty() || event.kind.len() > 128 || event.kind.chars().any(char::is_control) {
+    opsbro_types::names::event_type(&event.kind)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.0))?;
+    if event.kind.starts_with('_') {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "event type must be 1 to 128 printable characters",
+            "event types starting with `_` are the agent's own",
         ));
     }
     if event.payload.len() > opsbro_gossip::codec::MAX_EVENT_PAYLOAD {
@@ -696,6 +714,8 @@ async fn add_event(
             ),
         ));
     }
+    opsbro_types::names::event_payload(event.payload.as_bytes())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.0))?;
     Ok(Json(
         ctx.gossip
             .add_event(event.kind, event.payload.into_bytes())
@@ -746,30 +766,22 @@ async fn limit_body(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// Host, Origin and token rules ([`crate::access`]) before any route runs.
 async fn require_token(
     State(ctx): State<Arc<ApiContext>>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = ctx.token.as_deref() else {
-        return next.run(request).await;
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            next.run(request).await
+    match ctx
+        .access
+        .check(request.method(), request.uri().path(), &headers)
+    {
+        Ok(()) => next.run(request).await,
+        Err(crate::access::Refusal::Forbidden(why)) => {
+            ApiError::new(StatusCode::FORBIDDEN, why).into_response()
         }
-        _ => {
-            let why = if given.is_some() {
-                "invalid API token"
-            } else {
-                "this agent requires an API token: send `Authorization: Bearer <token>` (the CLI reads OPSBRO_API_TOKEN or --token)"
-            };
+        Err(crate::access::Refusal::Unauthorized(why)) => {
             let mut response = ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
             response
                 .headers_mut()

@@ -163,7 +163,14 @@ pub async fn put(
                     "ttl must be more than 0",
                 ));
             }
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            if ms > opsbro_kv::MAX_TTL_MS {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("ttl `{t}` is over the longest allowed, 365d"),
+                ));
+            }
+            ms
         }
         None => 0,
     };

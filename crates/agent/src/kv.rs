@@ -114,8 +114,28 @@ pub struct KvCounters {
     pub write_errors: AtomicU64,
     /// Entries taken from other nodes (replication, handoff, repair) because they were newer.
     pub received: AtomicU64,
-    /// KV frames refused (bad key, malformed).
+    /// KV frames and entries refused (bad key, malformed, a version far ahead of our clock).
     pub rejected_frames: AtomicU64,
+}
+
+/// What became of one copy of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copy {
+    /// Durable on that owner.
+    Durable,
+    /// That owner holds a newer version: the write did not take effect there.
+    Superseded,
+    /// No answer, or an error.
+    Failed,
+}
+
+/// What [`Kv::merge_local`] did with a batch of entries.
+#[derive(Debug, Default)]
+struct Merged {
+    /// Entries taken (they were newer than ours).
+    taken: usize,
+    /// Keys for which we hold a strictly newer version than the one offered (with ours).
+    superseded: Vec<(String, Entry)>,
 }
 
 struct RingView {
@@ -147,7 +167,7 @@ struct Kv {
 }
 
 /// Entries waiting to be replicated to one peer, each with where to report the outcome.
-type ReplicationQueue = mpsc::Sender<((String, Entry), mpsc::Sender<bool>)>;
+type ReplicationQueue = mpsc::Sender<((String, Entry), mpsc::Sender<Copy>)>;
 
 /// A key's owners for the API (`kv locate`).
 #[derive(Debug, Clone)]
@@ -202,7 +222,7 @@ impl KvHandle {
             let mut expiring = kv.expiring.lock().unwrap_or_else(PoisonError::into_inner);
             for (key, bytes) in kv.commits.store().scan_prefix("")? {
                 if let Ok(e) = Entry::from_bytes(&bytes) {
-                    hlc.observe(e.index);
+                    hlc.observe(e.index, now_ms());
                     if e.expires_ms > 0 && !e.deleted {
                         expiring.insert((e.expires_ms, key));
                     }
@@ -450,25 +470,31 @@ impl Kv {
             .and_then(|b| Entry::from_bytes(&b).ok()))
     }
 
-    /// Keep the entries that are newer than ours (not yet durable: see `durable`). Returns
-    /// how many were taken.
-    fn merge_local(&self, entries: &[(String, Entry)]) -> Result<usize, KvError> {
+    /// Keep the entries that are newer than ours (not yet durable: see `durable`). Entries
+    /// with a bad key or a version far ahead of our clock are refused and counted; keys for
+    /// which we hold a newer version are reported in `superseded`.
+    fn merge_local(&self, entries: &[(String, Entry)]) -> Result<Merged, KvError> {
         let _guard = self.merge.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut taken = 0;
+        let mut merged = Merged::default();
+        let now = now_ms();
         for (key, e) in entries {
-            if opsbro_kv::validate_key(key).is_err() {
+            if opsbro_kv::validate_key(key).is_err() || !e.is_plausible(now) {
                 self.counters
                     .rejected_frames
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let newer = match self.local_get(key)? {
+                Some(old) if old.is_newer_than(e) => {
+                    merged.superseded.push((key.clone(), old));
+                    false
+                }
                 Some(old) => e.is_newer_than(&old),
                 None => true,
             };
             if newer {
                 self.commits.store().put(key, &e.to_bytes())?;
-                taken += 1;
+                merged.taken += 1;
                 self.bus.publish(
                     "kv",
                     serde_json::json!({
@@ -488,12 +514,12 @@ impl Kv {
             self.hlc
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .observe(e.index);
+                .observe(e.index, now);
         }
-        if taken > 0 {
+        if merged.taken > 0 {
             self.changes.send_modify(|n| *n += 1);
         }
-        Ok(taken)
+        Ok(merged)
     }
 
     async fn durable(&self) -> Result<(), KvError> {
@@ -575,7 +601,9 @@ impl Kv {
             let req = Request::Replicate {
                 entries: entries.clone(),
             };
-            if let Ok(Response::Stored) = self.peers.request(addr, &req, PEER_TIMEOUT).await {
+            if let Ok(Response::Stored | Response::Superseded(_)) =
+                self.peers.request(addr, &req, PEER_TIMEOUT).await
+            {
                 stored += 1;
             }
         }
@@ -642,6 +670,11 @@ impl Kv {
                 ));
             }
         }
+        if let WriteOp::Put { ttl_ms, .. } = &op
+            && *ttl_ms > opsbro_kv::MAX_TTL_MS
+        {
+            return Err(KvError::new(400, "ttl is over a year"));
+        }
         let index = self
             .hlc
             .lock()
@@ -653,7 +686,11 @@ impl Kv {
                 index,
                 create_index: current.as_ref().map_or(index, |e| e.create_index),
                 deleted: false,
-                expires_ms: if ttl_ms == 0 { 0 } else { now_ms() + ttl_ms },
+                expires_ms: if ttl_ms == 0 {
+                    0
+                } else {
+                    now_ms().saturating_add(ttl_ms)
+                },
             },
             WriteOp::Delete { .. } => Entry {
                 value: Vec::new(),
@@ -664,31 +701,49 @@ impl Kv {
             },
         };
         let batch = vec![(key.to_owned(), entry)];
-        self.merge_local(&batch)?;
+        let merged = self.merge_local(&batch)?;
+        if merged.taken == 0 {
+            // Our own copy is newer than a stamp we just made (our clock was pushed behind a
+            // version we cannot write above): never acknowledge a write that did nothing.
+            let have = merged.superseded.first().map_or(0, |(_, e)| e.index);
+            return Err(KvError::new(
+                409,
+                format!(
+                    "the write was not applied: this node holds a newer version of the key (modify_index {have})"
+                ),
+            ));
+        }
         let needed = self.config.write_acks.needed(owners.len().max(1));
         // Local durability and the replicas in parallel; answer at `needed` copies.
-        let (tx, mut rx) = mpsc::channel::<bool>(owners.len().max(1));
+        let (tx, mut rx) = mpsc::channel::<Copy>(owners.len().max(1));
         {
             let me = self.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let _ = tx.send(me.durable().await.is_ok()).await;
+                let copy = if me.durable().await.is_ok() {
+                    Copy::Durable
+                } else {
+                    Copy::Failed
+                };
+                let _ = tx.send(copy).await;
             });
         }
         for o in owners.iter().filter(|o| **o != self.me) {
             match self.addr_of(o) {
                 Some(addr) => self.replicate(addr, batch[0].clone(), tx.clone()).await,
                 None => {
-                    let _ = tx.send(false).await;
+                    let _ = tx.send(Copy::Failed).await;
                 }
             }
         }
         drop(tx);
-        let (mut acks, mut answers) = (0, 0);
-        while let Some(ok) = rx.recv().await {
+        let (mut acks, mut answers, mut superseded) = (0, 0, 0);
+        while let Some(copy) = rx.recv().await {
             answers += 1;
-            if ok {
-                acks += 1;
+            match copy {
+                Copy::Durable => acks += 1,
+                Copy::Superseded => superseded += 1,
+                Copy::Failed => {}
             }
             if acks >= needed {
                 return Ok(index);
@@ -696,6 +751,14 @@ impl Kv {
             if answers == owners.len().max(1) {
                 break;
             }
+        }
+        if superseded > 0 {
+            return Err(KvError::new(
+                409,
+                format!(
+                    "the write was not applied on {superseded} owner(s): they hold a newer version of the key"
+                ),
+            ));
         }
         Err(KvError::new(
             503,
@@ -712,7 +775,7 @@ impl Kv {
         self: &Arc<Self>,
         addr: SocketAddr,
         entry: (String, Entry),
-        done: mpsc::Sender<bool>,
+        done: mpsc::Sender<Copy>,
     ) {
         let queue = {
             let mut batchers = self.batchers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -727,7 +790,7 @@ impl Kv {
             }
         };
         if let Err(mpsc::error::SendError((_, done))) = queue.send((entry, done)).await {
-            let _ = done.send(false).await;
+            let _ = done.send(Copy::Failed).await;
         }
     }
 
@@ -736,7 +799,7 @@ impl Kv {
     async fn run_batcher(
         self: Arc<Self>,
         addr: SocketAddr,
-        mut rx: mpsc::Receiver<((String, Entry), mpsc::Sender<bool>)>,
+        mut rx: mpsc::Receiver<((String, Entry), mpsc::Sender<Copy>)>,
     ) {
         while let Some(first) = rx.recv().await {
             let mut bytes = first.0.1.value.len();
@@ -753,14 +816,31 @@ impl Kv {
             let me = self.clone();
             tokio::spawn(async move {
                 let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let ok = matches!(
-                    me.peers
-                        .request(addr, &Request::Replicate { entries }, PEER_TIMEOUT)
-                        .await,
-                    Ok(Response::Stored)
-                );
-                for w in waiters {
-                    let _ = w.send(ok).await;
+                let versions: Vec<(String, u64)> =
+                    entries.iter().map(|(k, e)| (k.clone(), e.index)).collect();
+                let answer = me
+                    .peers
+                    .request(addr, &Request::Replicate { entries }, PEER_TIMEOUT)
+                    .await;
+                // The replica's version of each key it did not take (it holds a newer one).
+                let held: HashMap<String, u64> = match &answer {
+                    Ok(Response::Superseded(newer)) => {
+                        newer.iter().map(|(k, e)| (k.clone(), e.index)).collect()
+                    }
+                    _ => HashMap::new(),
+                };
+                for ((key, index), w) in versions.into_iter().zip(waiters) {
+                    let copy = match &answer {
+                        Ok(Response::Stored) => Copy::Durable,
+                        Ok(Response::Superseded(_))
+                            if held.get(&key).is_some_and(|h| *h > index) =>
+                        {
+                            Copy::Superseded
+                        }
+                        Ok(Response::Superseded(_)) => Copy::Durable,
+                        _ => Copy::Failed,
+                    };
+                    let _ = w.send(copy).await;
                 }
             });
         }
@@ -786,25 +866,88 @@ impl Kv {
             }
         };
         take(self.local_list(prefix)?);
-        let asks = nodes.into_iter().filter(|n| *n != self.me).map(|n| {
-            let (me, prefix) = (self.clone(), prefix.to_owned());
-            async move {
-                let addr = me.addr_of(&n)?;
-                match me
-                    .peers
-                    .request(addr, &Request::List { prefix }, PEER_TIMEOUT)
-                    .await
-                {
-                    Ok(Response::Entries(e)) => Some(e),
-                    _ => None,
-                }
-            }
+        let mut answered = vec![self.me];
+        let asks = nodes.iter().filter(|n| **n != self.me).map(|n| {
+            let (me, prefix, n) = (self.clone(), prefix.to_owned(), *n);
+            async move { (n, me.list_from(n, prefix).await) }
         });
-        for e in futures_join_all(asks).await.into_iter().flatten() {
-            take(e);
+        let mut failures = Vec::new();
+        for (node, result) in futures_join_all(asks).await {
+            match result {
+                Ok(entries) => {
+                    answered.push(node);
+                    take(entries);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        // A silent node is fine as long as every key has another owner that answered; an
+        // incomplete list is an error, never a short answer.
+        let complete = self
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ring
+            .covered_by(&answered, self.config.replication_factor);
+        if !complete {
+            return Err(KvError::new(
+                503,
+                format!(
+                    "incomplete list: {} of {} nodes did not answer and some keys have no other copy ({}); try again",
+                    failures.len(),
+                    nodes.len(),
+                    failures.join("; ")
+                ),
+            ));
         }
         let now = now_ms();
         Ok(merged.into_iter().filter(|(_, e)| e.is_live(now)).collect())
+    }
+
+    /// Every entry a node holds under `prefix`, page by page.
+    async fn list_from(
+        self: &Arc<Self>,
+        node: NodeUuid,
+        prefix: String,
+    ) -> Result<Vec<(String, Entry)>, String> {
+        let addr = self
+            .addr_of(&node)
+            .ok_or_else(|| format!("{node}: no address"))?;
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let req = Request::List {
+                prefix: prefix.clone(),
+                after: after.clone(),
+            };
+            match self.peers.request(addr, &req, PEER_TIMEOUT).await {
+                Ok(Response::Entries { entries, more }) => {
+                    let last = entries.last().map(|(k, _)| k.clone());
+                    all.extend(entries);
+                    match (more, last) {
+                        (true, Some(last)) if last > after => after = last,
+                        (true, _) => return Err(format!("{addr}: a page that does not advance")),
+                        (false, _) => return Ok(all),
+                    }
+                }
+                Ok(Response::Refused { message, .. }) => return Err(format!("{addr}: {message}")),
+                Ok(other) => return Err(format!("{addr}: unexpected {other:?}")),
+                Err(e) => return Err(format!("{addr}: {e}")),
+            }
+        }
+    }
+
+    /// One page of this node's entries under `prefix` after `after`.
+    fn local_page(&self, prefix: &str, after: &str) -> Result<Response, KvError> {
+        let (items, more) = self
+            .commits
+            .store()
+            .scan_page(prefix, after, wire::PAGE_BYTES)?;
+        let entries = items
+            .into_iter()
+            .filter_map(|(k, b)| Entry::from_bytes(&b).ok().map(|e| (k, e)))
+            .collect();
+        Ok(Response::Entries { entries, more })
     }
 
     fn local_list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, KvError> {
@@ -907,42 +1050,43 @@ impl Kv {
             let Some(addr) = peers.get(&node).map(|p| p.addr) else {
                 continue;
             };
-            for chunk in items.chunks(BATCH) {
-                let req = Request::Digest {
-                    items: chunk.to_vec(),
-                };
-                let (need, newer) = match self.peers.request(addr, &req, PEER_TIMEOUT * 2).await {
-                    Ok(Response::Digest { need, newer }) => (need, newer),
-                    Ok(other) => {
-                        problems.push(format!("{addr}: unexpected {other:?}"));
+            'node: for chunk in items.chunks(wire::DIGEST_ITEMS) {
+                let mut chunk = chunk.to_vec();
+                // Ask again while the peer sends newer entries (its answer is paged by size).
+                for round in 0..64 {
+                    let req = Request::Digest {
+                        items: chunk.clone(),
+                    };
+                    let (need, newer) = match self.peers.request(addr, &req, PEER_TIMEOUT * 2).await
+                    {
+                        Ok(Response::Digest { need, newer }) => (need, newer),
+                        Ok(other) => {
+                            problems.push(format!("{addr}: unexpected {other:?}"));
+                            break 'node;
+                        }
+                        Err(e) => {
+                            problems.push(format!("{addr}: {e}"));
+                            break 'node;
+                        }
+                    };
+                    if round == 0 {
+                        self.send_needed(addr, need, &by_key).await?;
+                    }
+                    if newer.is_empty() {
                         break;
                     }
-                    Err(e) => {
-                        problems.push(format!("{addr}: {e}"));
-                        break;
-                    }
-                };
-                if !newer.is_empty() {
-                    let n = self.merge_local(&newer).map_err(|e| e.message)?;
+                    let m = self.merge_local(&newer).map_err(|e| e.message)?;
                     self.durable().await.map_err(|e| e.message)?;
                     self.counters
                         .received
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                }
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                for k in need {
-                    if let Some(e) = by_key.get(k.as_str()) {
-                        bytes += e.value.len() + k.len() + 32;
-                        batch.push((k, (*e).clone()));
+                        .fetch_add(m.taken as u64, Ordering::Relaxed);
+                    let got: HashMap<&str, u64> =
+                        newer.iter().map(|(k, e)| (k.as_str(), e.index)).collect();
+                    for (k, index) in &mut chunk {
+                        if let Some(i) = got.get(k.as_str()) {
+                            *index = (*index).max(*i);
+                        }
                     }
-                    if batch.len() >= BATCH || bytes >= BATCH_BYTES {
-                        self.send_batch(addr, std::mem::take(&mut batch)).await?;
-                        bytes = 0;
-                    }
-                }
-                if !batch.is_empty() {
-                    self.send_batch(addr, batch).await?;
                 }
             }
         }
@@ -951,6 +1095,31 @@ impl Kv {
         } else {
             Err(problems.join("; "))
         }
+    }
+
+    /// Send a peer the entries it asked for in a digest answer, in bounded batches.
+    async fn send_needed(
+        &self,
+        addr: SocketAddr,
+        need: Vec<String>,
+        by_key: &HashMap<&str, &Entry>,
+    ) -> Result<(), String> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for k in need {
+            if let Some(e) = by_key.get(k.as_str()) {
+                bytes += e.value.len() + k.len() + 32;
+                batch.push((k, (*e).clone()));
+            }
+            if batch.len() >= BATCH || bytes >= BATCH_BYTES {
+                self.send_batch(addr, std::mem::take(&mut batch)).await?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.send_batch(addr, batch).await?;
+        }
+        Ok(())
     }
 
     async fn send_batch(
@@ -963,7 +1132,8 @@ impl Kv {
             .request(addr, &Request::Replicate { entries }, PEER_TIMEOUT * 2)
             .await
         {
-            Ok(Response::Stored) => Ok(()),
+            // Newer versions there are fine for a handoff: the newest wins everywhere.
+            Ok(Response::Stored | Response::Superseded(_)) => Ok(()),
             Ok(other) => Err(format!("{addr}: unexpected {other:?}")),
             Err(e) => Err(format!("{addr}: {e}")),
         }
@@ -998,16 +1168,18 @@ impl Kv {
                 }
             }
             Request::Replicate { entries } => {
-                match self.merge_local(&entries) {
-                    Ok(n) => {
+                let merged = match self.merge_local(&entries) {
+                    Ok(m) => {
                         self.counters
                             .received
-                            .fetch_add(n as u64, Ordering::Relaxed);
+                            .fetch_add(m.taken as u64, Ordering::Relaxed);
+                        m
                     }
                     Err(e) => return refused(e),
-                }
+                };
                 match self.durable().await {
-                    Ok(()) => Response::Stored,
+                    Ok(()) if merged.superseded.is_empty() => Response::Stored,
+                    Ok(()) => Response::Superseded(merged.superseded),
                     Err(e) => refused(e),
                 }
             }
@@ -1015,16 +1187,26 @@ impl Kv {
                 Ok(e) => Response::Entry(e),
                 Err(e) => refused(e),
             },
-            Request::List { prefix } => match self.local_list(&prefix) {
-                Ok(e) => Response::Entries(e),
+            Request::List { prefix, after } => match self.local_page(&prefix, &after) {
+                Ok(page) => page,
                 Err(e) => refused(e),
             },
             Request::Digest { items } => {
                 let mut need = Vec::new();
                 let mut newer = Vec::new();
+                // The answer stays under a frame: newer entries past PAGE_BYTES wait for the
+                // asker's next digest (it asks again while it gets some).
+                let mut bytes = 0;
                 for (k, index) in items {
                     match self.local_get(&k) {
-                        Ok(Some(mine)) if mine.index > index => newer.push((k, mine)),
+                        Ok(Some(mine)) if mine.index > index => {
+                            if bytes + mine.value.len() + k.len() <= wire::PAGE_BYTES
+                                || newer.is_empty()
+                            {
+                                bytes += mine.value.len() + k.len();
+                                newer.push((k, mine));
+                            }
+                        }
                         Ok(Some(mine)) if mine.index == index => {}
                         Ok(_) => need.push(k),
                         Err(e) => return refused(e),

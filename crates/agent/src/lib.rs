@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cluster;
 pub mod collect;
 pub mod datadir;
@@ -75,6 +76,9 @@ pub enum AgentError {
     /// The KV store could not start.
     #[error("kv: {0}")]
     Kv(String),
+    /// A setting would open the cluster to anyone (see `AgentConfig::gossip_bind`).
+    #[error("{0}")]
+    Insecure(String),
 }
 
 fn bind_hint(e: &io::Error) -> &'static str {
@@ -111,12 +115,23 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         source,
     })?;
 
+    let keyring_file = config
+        .keyring_file
+        .clone()
+        .unwrap_or_else(|| data_dir.path().join("keyring.json"));
+    let keyring = load_keyring(&config, &keyring_file)?;
+    let bind_addr = config
+        .gossip_bind(keyring.is_enabled())
+        .map_err(AgentError::Insecure)?;
+    let access = api_access(&config, &data_dir)?;
+    announce_cluster_security(&config, keyring.is_enabled(), bind_addr);
+
     let interfaces = host::interface_addrs();
-    let advertise = host::choose_advertise(config.advertise_addr, config.bind_addr, &interfaces);
+    let advertise = host::choose_advertise(config.advertise_addr, bind_addr, &interfaces);
 
     status.set("gossip", SubsystemState::Starting, None);
-    let gossip_bind = SocketAddr::new(config.bind_addr, config.port);
-    let sockets = gossip::bind(config.bind_addr, config.port)
+    let gossip_bind = SocketAddr::new(bind_addr, config.port);
+    let sockets = gossip::bind(bind_addr, config.port)
         .await
         .map_err(|source| AgentError::Bind {
             what: "gossip (UDP and TCP)",
@@ -125,17 +140,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         })?;
     let gossip_port = sockets.local.port();
     let gossip_addr = SocketAddr::new(advertise, gossip_port);
-    let keyring_file = config
-        .keyring_file
-        .clone()
-        .unwrap_or_else(|| data_dir.path().join("keyring.json"));
-    let keyring = load_keyring(&config, &keyring_file)?;
     let incarnation_file = data_dir.path().join("incarnation");
     // Continue above the last incarnation so a restarted node overrides news of its old self.
     let incarnation = std::fs::read_to_string(&incarnation_file)
         .ok()
         .and_then(|t| t.trim().parse::<u64>().ok())
         .unwrap_or(0)
+        // A damaged file must not start us at a number peers refuse.
+        .min(opsbro_gossip::member::MAX_INCARNATION / 2)
         + 1;
     if let Err(e) = datadir::write_atomic(&incarnation_file, format!("{incarnation}\n").as_bytes())
     {
@@ -173,7 +185,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let gossip = gossip::start(
         gossip::GossipSetup {
             me,
-            config: gossip_config(&config.gossip),
+            config: opsbro_gossip::GossipConfig {
+                // Without a key nobody is authenticated: never answer with more than was asked.
+                cap_replies: !keyring.is_enabled(),
+                ..gossip_config(&config.gossip)
+            },
             keyring,
             seeds: config.seeds.clone(),
             incarnation_file,
@@ -292,7 +308,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         status.set("websocket", SubsystemState::Starting, None);
         let started = websocket::start(
             &config.websocket,
-            config.api_token.clone(),
+            access.clone(),
             bus.clone(),
             ws_counters.clone(),
             &tracker,
@@ -416,7 +432,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         is_proxy: config.proxy_node,
         groups: config.groups.clone(),
         addresses: Addresses {
-            bind: config.bind_addr,
+            bind: bind_addr,
             advertise,
             api: api_addr,
             interfaces,
@@ -430,7 +446,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         status: status.clone(),
         shutdown: shutdown.clone(),
         grace_period_secs: GRACE_PERIOD.as_secs(),
-        token: config.api_token.clone(),
+        access,
         gossip,
         evaluator,
         detectors: detectors_handle,
@@ -563,7 +579,70 @@ fn gossip_config(tuning: &opsbro_config::GossipTuning) -> opsbro_gossip::GossipC
     if let Some(d) = tuning.tombstone_ttl {
         c.tombstone_ttl = d;
     }
+    if let Some(n) = tuning.max_members {
+        c.max_members = n;
+    }
+    if let Some(n) = tuning.max_new_members_per_peer {
+        c.max_new_members_per_peer = n;
+    }
     c
+}
+
+/// The API's access rules; the token (the operator's, or a new random one) is written to
+/// `<data_dir>/api.token`, mode 0600, for the CLI.
+fn api_access(config: &AgentConfig, data_dir: &DataDir) -> Result<access::Access, AgentError> {
+    let token = config.api_token.clone().unwrap_or_else(access::new_token);
+    let token_file = data_dir.path().join(API_TOKEN_FILE);
+    datadir::write_atomic(&token_file, format!("{token}\n").as_bytes()).map_err(|e| {
+        AgentError::DataDir(DataDirError::Io {
+            path: token_file.clone(),
+            source: e,
+        })
+    })?;
+    let mut host_names: Vec<String> = config
+        .api_allowed_hosts
+        .iter()
+        .cloned()
+        .chain([config.node_name.to_ascii_lowercase()])
+        .collect();
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        host_names.push(h.trim().to_ascii_lowercase());
+    }
+    Ok(access::Access {
+        token,
+        token_file: token_file.display().to_string(),
+        anonymous_reads: config.api_anonymous_reads,
+        host_names,
+    })
+}
+
+/// Name of the API token file in the data dir.
+pub const API_TOKEN_FILE: &str = "api.token";
+
+/// Say at start how the cluster port is protected (and what to do when it is not).
+fn announce_cluster_security(config: &AgentConfig, encrypted: bool, bind: std::net::IpAddr) {
+    if encrypted {
+        tracing::info!(%bind, "cluster traffic is encrypted and authenticated (AES-256-GCM, replay window {} s)", opsbro_transport::REPLAY_WINDOW_MS / 1000);
+    } else if bind.is_loopback() {
+        tracing::info!(
+            %bind,
+            "no encryption key: gossip listens on loopback only (this host). To form a cluster \
+             with other hosts, run `opsbro agent keygen` and give every agent that `encryption_key`"
+        );
+        if config.seeds.iter().any(|s| !s.is_loopback()) || config.auto_detect {
+            tracing::warn!(
+                "seeds on other hosts and LAN detection cannot work without an encryption key"
+            );
+        }
+    } else {
+        tracing::warn!(
+            %bind,
+            "INSECURE: cluster traffic is in plaintext on a non-loopback address \
+             (insecure_plaintext_gossip): anyone who reaches port {} can join the cluster, add \
+             members and write to the KV store",
+            config.port
+        );
+    }
 }
 
 /// The keyring: the keyring file when it exists (it carries rotations), else `encryption_key`

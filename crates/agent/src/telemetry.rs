@@ -152,6 +152,13 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
                 g.rejected_unknown_key,
             ),
             (vec![("reason", "tampered".into())], g.rejected_tampered),
+            (vec![("reason", "replayed".into())], g.rejected_replayed),
+            (vec![("reason", "stale".into())], g.rejected_stale),
+            (
+                vec![("reason", "incarnation_too_far".into())],
+                g.incarnations_refused,
+            ),
+            (vec![("reason", "member_limit".into())], g.members_refused),
             (vec![("reason", "malformed".into())], g.malformed),
             (vec![("reason", "oversize".into())], g.oversize),
             (vec![("reason", "overloaded".into())], g.overloaded),

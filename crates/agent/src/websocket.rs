@@ -60,7 +60,7 @@ impl WsCounters {
 #[derive(Clone)]
 struct WsState {
     bus: EventBus,
-    token: Option<String>,
+    access: crate::access::Access,
     counters: Arc<WsCounters>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -75,7 +75,7 @@ struct WsQuery {
 /// Bind and serve; answers the bound address.
 pub async fn start(
     settings: &WebsocketSettings,
-    token: Option<String>,
+    access: crate::access::Access,
     bus: EventBus,
     counters: Arc<WsCounters>,
     tracker: &TaskTracker,
@@ -89,7 +89,7 @@ pub async fn start(
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let state = WsState {
         bus,
-        token,
+        access,
         counters,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
@@ -130,26 +130,34 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    // Browsers let any web page open a websocket to 127.0.0.1 (no same-origin rule): without a
-    // token, a request from a page (it carries Origin) is refused.
-    if state.token.is_none() && headers.contains_key(axum::http::header::ORIGIN) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "requests from web pages (with an Origin header) need api.token: set it and pass ?token=",
-        );
-    }
-    if let Some(expected) = &state.token {
-        let bearer = headers
-            .get(opsbro_api::AUTH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let given = bearer.or(query.token.as_deref());
-        if given.is_none_or(|g| !crate::http::constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+    // The stream is read-only: open to local callers like the API's read routes. Browsers let
+    // any web page open a websocket to 127.0.0.1 (no same-origin rule), so a request from a
+    // page (it carries Origin) needs the token, as does any request when anonymous reads are
+    // off (a non-loopback bind).
+    let bearer = headers
+        .get(opsbro_api::AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer.or(query.token.as_deref());
+    let from_page = headers.contains_key(axum::http::header::ORIGIN);
+    match given {
+        Some(g) if crate::http::constant_time_eq(g.as_bytes(), state.access.token.as_bytes()) => {}
+        Some(_) => {
+            return refuse(StatusCode::UNAUTHORIZED, "wrong token");
+        }
+        None if from_page => {
             return refuse(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong token: send Authorization: Bearer <api.token>",
+                StatusCode::FORBIDDEN,
+                "requests from web pages (with an Origin header) need the API token: pass ?token=",
             );
         }
+        None if !state.access.anonymous_reads => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "this stream needs the API token: send Authorization: Bearer <token>",
+            );
+        }
+        None => {}
     }
     let filter: Option<Vec<&'static str>> = match &query.channels {
         None => None,
@@ -181,10 +189,16 @@ async fn upgrade(
     // Subscribe before the handshake completes: nothing published after the 101 is missed.
     let events = state.bus.subscribe();
     let tracker = state.tracker.clone();
-    ws.on_upgrade(move |socket| async move {
-        tracker.spawn(client(socket, events, filter, state));
-    })
+    // Clients only send control frames (pings, close): a read-only stream takes no big input.
+    ws.max_message_size(MAX_INCOMING)
+        .max_frame_size(MAX_INCOMING)
+        .on_upgrade(move |socket| async move {
+            tracker.spawn(client(socket, events, filter, state));
+        })
 }
+
+/// Largest message (and frame) a client may send.
+const MAX_INCOMING: usize = 4096;
 
 fn frame(event: &Event) -> String {
     serde_json::json!({

@@ -23,6 +23,17 @@ pub mod routes {
     pub const AGENT_GROUP: &str = "/agent/groups/{group}";
     /// `GET`: the agent's metrics in Prometheus (OpenMetrics) text format.
     pub const METRICS: &str = "/metrics";
+    /// `GET` (never needs the token): [`super::AuthInfo`], where the token file is.
+    pub const AGENT_AUTH: &str = "/agent/auth";
+}
+
+/// Answer of `GET /agent/auth`: how to get the API token of this agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthInfo {
+    /// The file holding the token (readable by the agent's own user only).
+    pub token_file: String,
+    /// Whether the read-only routes answer without the token.
+    pub anonymous_reads: bool,
 }
 
 /// Largest request body the API accepts (bigger bodies get 413).
@@ -321,8 +332,24 @@ pub struct GossipInfo {
     pub incarnation: u64,
     /// Whether cluster traffic is encrypted.
     pub encrypted: bool,
+    /// How the cluster port is protected.
+    #[serde(default)]
+    pub security: ClusterSecurity,
     /// Packet counters.
     pub counters: gossip::Counters,
+}
+
+/// How the cluster port is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterSecurity {
+    /// Every packet sealed and authenticated with the cluster key.
+    #[default]
+    Encrypted,
+    /// No key: gossip listens on loopback only (a single host).
+    LoopbackOnly,
+    /// No key on a non-loopback address (`insecure_plaintext_gossip`): anyone can join.
+    InsecurePlaintext,
 }
 
 /// Addresses of the agent.
@@ -652,6 +679,22 @@ pub mod gossip {
         pub overloaded: u64,
         /// Cluster TCP connections refused because too many were open.
         pub connections_refused: u64,
+        /// Authentic packets refused as replays of packets already received.
+        #[serde(default)]
+        pub rejected_replayed: u64,
+        /// Authentic packets refused as sent outside the replay window (clocks apart?).
+        #[serde(default)]
+        pub rejected_stale: u64,
+        /// News refused because its incarnation was too far ahead of the known one.
+        #[serde(default)]
+        pub incarnations_refused: u64,
+        /// New members refused: the member table was full, or one peer introduced too many.
+        #[serde(default)]
+        pub members_refused: u64,
+        /// Answers to unauthenticated datagrams not sent (or sent smaller) because they would
+        /// have been larger than the question.
+        #[serde(default)]
+        pub replies_capped: u64,
     }
 }
 

@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+use crate::shell::ShellCommand;
+
 /// Most bytes of plugin output kept (the rest is dropped, and the output says so).
 pub const MAX_OUTPUT: usize = 4096;
 
@@ -19,12 +21,24 @@ impl std::fmt::Display for MacroError {
     }
 }
 
-/// Replace every `$name$` in `script`: `$nagiosplugins$` by `plugins_dir`, `$a.b$` by the value
-/// at that path in the check's own keys, `$a.b | default$` by the default when the path is
-/// missing. `$$` is a literal `$`. A macro with no value and no default is an error (the check
-/// goes UNKNOWN with this message rather than running a wrong command).
-pub fn substitute(script: &str, keys: &Value, plugins_dir: &str) -> Result<String, MacroError> {
+/// Build the command line of a plugin from `script`: `$nagiosplugins$` becomes `plugins_dir`,
+/// `$a.b$` the value at that path in the check's own keys, `$a.b | default$` the default when
+/// the path is missing; `$$` is a literal `$`. A macro's value is never pasted into the shell
+/// text: it travels as a positional argument (see [`crate::shell`]) and expands as a pasted
+/// value would — split into words outside quotes (`$args$` = `-w 80 -c 90` is four arguments),
+/// one word inside quotes — but its own quotes, `$(...)` or `;` are never read as shell code.
+/// A macro with no value and no default is an error (the check goes UNKNOWN with this message
+/// rather than running a wrong command).
+pub fn substitute(
+    script: &str,
+    keys: &Value,
+    plugins_dir: &str,
+) -> Result<ShellCommand, MacroError> {
+    if script.contains([crate::shell::MARK_START, crate::shell::MARK_END]) {
+        return Err(MacroError("the script contains control characters".into()));
+    }
     let mut out = String::with_capacity(script.len());
+    let mut values = Vec::new();
     let mut rest = script;
     while let Some(start) = rest.find('$') {
         out.push_str(&rest[..start]);
@@ -48,15 +62,21 @@ pub fn substitute(script: &str, keys: &Value, plugins_dir: &str) -> Result<Strin
             return Err(MacroError(format!("`${inner}$` is not a macro name")));
         }
         if path == "nagiosplugins" {
+            // The agent's own configuration, not a pack value.
             out.push_str(plugins_dir);
             continue;
         }
         match lookup(keys, path) {
-            Some(v) => out.push_str(&scalar(v).ok_or_else(|| {
-                MacroError(format!(
-                    "macro `${path}$` is a list or a mapping, not a value"
-                ))
-            })?),
+            Some(v) => {
+                let text = scalar(v).ok_or_else(|| {
+                    MacroError(format!(
+                        "macro `${path}$` is a list or a mapping, not a value"
+                    ))
+                })?;
+                out.push_str(&crate::shell::marker(values.len()));
+                values.push(text);
+            }
+            // The default is written in the script itself: it is script text.
             None => match default {
                 Some(d) => out.push_str(d),
                 None => {
@@ -68,7 +88,8 @@ pub fn substitute(script: &str, keys: &Value, plugins_dir: &str) -> Result<Strin
         }
     }
     out.push_str(rest);
-    Ok(out)
+    crate::shell::place_arguments(&out, values, crate::shell::Unquoted::Split)
+        .map_err(|e| MacroError(e.to_string()))
 }
 
 fn lookup<'a>(keys: &'a Value, path: &str) -> Option<&'a Value> {
@@ -270,18 +291,39 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(
-            got,
-            "/usr/lib/nagios/plugins/check_mailq -w 1 -c 2 'hi there'"
+            got.script,
+            "/usr/lib/nagios/plugins/check_mailq -w ${1} -c ${2} ''\"${3}\"''"
         );
+        assert_eq!(got.args, ["1", "2", "hi there"]);
+    }
+
+    #[test]
+    fn macro_values_split_like_pasted_text_but_never_run() {
+        let keys = json!({"args": "-w 80 -c 90", "evil": "x; touch PWNED $(touch PWNED2)"});
+        let dir = tempfile::tempdir().expect("tmp");
+        let cmd = substitute(
+            &format!("cd {} && printf '%s|' $args$ $evil$", dir.path().display()),
+            &keys,
+            "/p",
+        )
+        .expect("ok");
+        let out = std::process::Command::new("/bin/sh")
+            .args(cmd.argv())
+            .output()
+            .expect("sh");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "-w|80|-c|90|x;|touch|PWNED|$(touch|PWNED2)|"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
     }
 
     #[test]
     fn macro_defaults_dollars_and_errors() {
         let keys = json!({"a": {"b": 3}});
-        assert_eq!(
-            substitute("x $missing | 7$ $$HOME $a.b$", &keys, "/p").expect("ok"),
-            "x 7 $HOME 3"
-        );
+        let got = substitute("x $missing | 7$ $$HOME $a.b$", &keys, "/p").expect("ok");
+        assert_eq!(got.script, "x 7 $HOME ${1}");
+        assert_eq!(got.args, ["3"]);
         let e = substitute("check $nope$", &keys, "/p").expect_err("missing");
         assert!(e.0.contains("`$nope$` has no value"), "{e}");
         let e = substitute("echo $oops", &keys, "/p").expect_err("unclosed");

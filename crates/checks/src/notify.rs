@@ -4,10 +4,13 @@
 //! state) becomes a template context ([`Notification::context`]) with the same variables for
 //! every handler: `event`, `node` (this agent), `time`, `state`, `old_state`, `output`, and
 //! `check` / `group` + `modification` / `member` by kind. [`Renderer`] renders mail and slack
-//! text as written, and shell commands with every interpolated value shell-quoted, so a check
-//! output such as `$(rm -rf /)` stays text.
+//! text as written, and shell commands with every interpolated value passed as a positional
+//! argument (never spliced into the text), so a check output or member name such as
+//! `$(rm -rf /)` stays text.
 
 use minijinja::{Environment, UndefinedBehavior};
+
+use crate::shell::ShellCommand;
 use serde_json::{Value, json};
 
 use crate::CheckState;
@@ -291,9 +294,9 @@ pub fn format_time(unix_secs: u64) -> String {
     )
 }
 
-/// Quote `text` for a POSIX shell: one single-quoted word.
-pub fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
+thread_local! {
+    /// Values of the command being rendered (see [`Renderer::render_command`]).
+    static COMMAND_VALUES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Renders handler templates (minijinja, Jinja2 syntax).
@@ -316,13 +319,20 @@ impl Renderer {
         text.set_undefined_behavior(UndefinedBehavior::Chainable);
         let mut command = Environment::new();
         command.set_undefined_behavior(UndefinedBehavior::Chainable);
+        // A value is never written into the command text: it goes to the argument list, and
+        // the text gets a marker that `shell::place_arguments` turns into `${N}`.
         command.set_formatter(|out, _state, value| {
             let text = if value.is_undefined() || value.is_none() {
                 String::new()
             } else {
                 value.to_string()
             };
-            out.write_str(&shell_quote(&text))
+            let index = COMMAND_VALUES.with(|v| {
+                let mut v = v.borrow_mut();
+                v.push(text);
+                v.len() - 1
+            });
+            out.write_str(&crate::shell::marker(index))
                 .map_err(minijinja::Error::from)
         });
         Renderer { text, command }
@@ -341,11 +351,19 @@ impl Renderer {
         self.text.render_str(source, ctx).map_err(|e| describe(&e))
     }
 
-    /// Render a shell command: each `{{ value }}` becomes one quoted shell word.
-    pub fn render_command(&self, source: &str, ctx: &Value) -> Result<String, String> {
-        self.command
-            .render_str(source, ctx)
-            .map_err(|e| describe(&e))
+    /// Render a shell command: each `{{ value }}` becomes a reference to a positional
+    /// parameter holding the value (see [`crate::shell`]), so no value is ever read as shell
+    /// code, whatever quotes the template puts around it.
+    pub fn render_command(&self, source: &str, ctx: &Value) -> Result<ShellCommand, String> {
+        if source.contains([crate::shell::MARK_START, crate::shell::MARK_END]) {
+            return Err("a command template cannot contain control characters".into());
+        }
+        COMMAND_VALUES.with(|v| v.borrow_mut().clear());
+        let rendered = self.command.render_str(source, ctx);
+        let values = COMMAND_VALUES.with(|v| std::mem::take(&mut *v.borrow_mut()));
+        let text = rendered.map_err(|e| describe(&e))?;
+        crate::shell::place_arguments(&text, values, crate::shell::Unquoted::Word)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -408,18 +426,59 @@ mod tests {
     }
 
     #[test]
-    fn commands_quote_every_value() {
+    fn commands_pass_every_value_as_an_argument() {
         let r = Renderer::new();
         let ctx = check(CheckState::Warning, "it's $(rm -rf /)").context(&node(), 0);
         let cmd = r
             .render_command(
-                "echo {{check.name}} {{check.state}} {{output}} >> /tmp/x",
+                "echo {{check.name}} \"{{check.state}}: {{output}}\" >> /tmp/x",
                 &ctx,
             )
             .expect("render");
+        assert_eq!(cmd.script, r#"echo "${1}" "${2}: ${3}" >> /tmp/x"#);
+        assert_eq!(cmd.args, ["linux/cpu", "warning", "it's $(rm -rf /)"]);
+        // Loops and filters: one argument per printed value; control flow prints nothing.
+        let cmd = r
+            .render_command(
+                "notify {% for g in node.groups %}{{ g | upper }} {% endfor %}{% if state == 'warning' %}W{% endif %}",
+                &ctx,
+            )
+            .expect("render");
+        assert_eq!(cmd.script, r#"notify "${1}" W"#);
+        assert_eq!(cmd.args, ["LINUX"]);
+        assert!(r.render_command("echo \u{1}0\u{2}", &ctx).is_err());
+    }
+
+    #[test]
+    fn a_member_named_like_a_command_is_never_run() {
+        // Regression (security audit): `echo "member {{member.name}}"` with a node named
+        // `$(id>PWNED)` ran `id` as root when values were single-quoted into the text.
+        let dir = tempfile::tempdir().expect("tmp");
+        let r = Renderer::new();
+        let ctx = Notification::Node {
+            name: "$(id>PWNED)".into(),
+            uuid: "u".into(),
+            addr: "10.0.0.9:6768".into(),
+            state: "alive".into(),
+            old_state: "new".into(),
+        }
+        .context(&node(), 0);
+        let cmd = r
+            .render_command("echo \"member {{member.name}}\" >> out", &ctx)
+            .expect("render");
+        let status = std::process::Command::new("/bin/sh")
+            .args(cmd.argv())
+            .current_dir(dir.path())
+            .status()
+            .expect("sh");
+        assert!(status.success());
+        assert!(
+            !dir.path().join("PWNED").exists(),
+            "the name ran as a command"
+        );
         assert_eq!(
-            cmd,
-            r"echo 'linux/cpu' 'warning' 'it'\''s $(rm -rf /)' >> /tmp/x"
+            std::fs::read_to_string(dir.path().join("out")).expect("out"),
+            "member $(id>PWNED)\n"
         );
     }
 

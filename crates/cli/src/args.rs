@@ -38,6 +38,16 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
+    /// File holding the API token (the agent writes its own to <data-dir>/api.token; without
+    /// --token or this, the CLI finds that file itself for an agent on this host).
+    #[arg(
+        long,
+        global = true,
+        env = "OPSBRO_API_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -146,7 +156,7 @@ pub struct StartArgs {
     /// Data directory (uuid, lock, stores) [default: /var/lib/opsbro as root, else $XDG_DATA_HOME/opsbro].
     #[arg(long, env = "OPSBRO_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address the gossip listeners bind [default: 0.0.0.0].
+    /// Address the gossip listeners bind [default: 0.0.0.0 with an encryption key, 127.0.0.1 without].
     #[arg(long, env = "OPSBRO_BIND", value_name = "IP")]
     pub bind: Option<IpAddr>,
     /// Gossip UDP and cluster TCP port [default: 6768].
@@ -178,6 +188,10 @@ pub struct StartArgs {
     /// Find a cluster on the LAN by UDP broadcast at start and join it (retried until joined).
     #[arg(long)]
     pub auto_detect: bool,
+    /// Let gossip listen beyond loopback without an encryption key: anyone who reaches the
+    /// port can then join the cluster and write to it. Prefer `opsbro agent keygen`.
+    #[arg(long)]
+    pub insecure_plaintext_gossip: bool,
 }
 
 /// `opsbro gossip ...`

@@ -1,5 +1,15 @@
 //! A small client for the agent's local HTTP API, speaking the shapes of `opsbro-api`.
+//!
+//! **The token.** Routes that change something (and the KV store, and the evaluator) need the
+//! agent's API token. The client sends `--token` / `OPSBRO_API_TOKEN` when given, else the
+//! contents of `--token-file` / `OPSBRO_API_TOKEN_FILE`. Without either, when the agent answers
+//! 401 the client asks it where its token file is (`GET /agent/auth`) and reads it — as root,
+//! or as the user the agent runs as, nobody else can — then retries once. It sends a token read
+//! that way only to an agent on this host whose listening socket belongs to the owner of the
+//! token file (checked in /proc/net/tcp): a process of another user that took the API port while
+//! the agent was down never gets it.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use opsbro_api::ErrorBody;
@@ -13,7 +23,10 @@ use crate::error::CliError;
 pub struct Client {
     base: String,
     addr: String,
-    token: Option<String>,
+    /// The token to send (given, or found in the agent's token file).
+    token: Arc<Mutex<Option<String>>>,
+    /// Whether the user gave the token (then it is never looked up).
+    explicit: bool,
     http: reqwest::Client,
 }
 
@@ -42,9 +55,39 @@ impl Client {
         Ok(Client {
             base: format!("http://{addr}"),
             addr,
-            token,
+            explicit: token.is_some(),
+            token: Arc::new(Mutex::new(token)),
             http,
         })
+    }
+
+    /// A client that reads its token from `file` (`--token-file`) unless one is given.
+    pub fn with_token_file(
+        api: &str,
+        token: Option<String>,
+        file: Option<&std::path::Path>,
+    ) -> Result<Client, CliError> {
+        let token = match (token, file) {
+            (Some(t), _) => Some(t),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        CliError::Usage(format!("cannot read the token file {}: {e}", f.display()))
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        Client::new(api, token)
+    }
+
+    /// The token the client sends, if it has one (given or found).
+    pub fn token(&self) -> Option<String> {
+        self.token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The host:port this client talks to.
@@ -130,11 +173,45 @@ impl Client {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Vec<u8>, CliError> {
+        let (status, bytes) = self.attempt(method.clone(), path, body.clone()).await?;
+        // A 401 is refused before anything happened: look the token up, then try again once.
+        let (status, bytes) =
+            if status == StatusCode::UNAUTHORIZED && !self.explicit && self.token().is_none() {
+                match self.discover_token().await {
+                    Ok(()) => self.attempt(method, path, body).await?,
+                    Err(why) => {
+                        let message = error_message(&bytes);
+                        return Err(CliError::Api {
+                            addr: self.addr.clone(),
+                            status: status.as_u16(),
+                            message: format!("{message} ({why})"),
+                        });
+                    }
+                }
+            } else {
+                (status, bytes)
+            };
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(CliError::Api {
+            addr: self.addr.clone(),
+            status: status.as_u16(),
+            message: error_message(&bytes),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, Vec<u8>), CliError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some((content_type, body)) = body {
             request = request.header("content-type", content_type).body(body);
         }
-        if let Some(token) = &self.token {
+        if let Some(token) = self.token() {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
@@ -143,22 +220,60 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| self.transport_error(e))?;
-        if status.is_success() {
-            return Ok(bytes.to_vec());
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// Find the agent's token file and read it, if this user may and the agent is who it
+    /// says (see the module docs). The error says what to do instead.
+    async fn discover_token(&self) -> Result<(), String> {
+        const HOW: &str = "pass --token or OPSBRO_API_TOKEN, or run as a user who can read the agent's api.token (root for a system agent)";
+        let (status, bytes) = self
+            .attempt(Method::GET, opsbro_api::routes::AGENT_AUTH, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(HOW.into());
         }
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
-        let message = if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
-            format!("{message} (set OPSBRO_API_TOKEN or pass --token)")
-        } else {
-            message
+        let info: opsbro_api::AuthInfo =
+            serde_json::from_slice(&bytes).map_err(|_| HOW.to_owned())?;
+        let path = std::path::Path::new(&info.token_file);
+        let token = match std::fs::read_to_string(path) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!(
+                    "{} is not readable by this user: {HOW}",
+                    path.display()
+                ));
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}; {HOW}", path.display())),
         };
-        Err(CliError::Api {
-            addr: self.addr.clone(),
-            status: status.as_u16(),
-            message,
-        })
+        let addr: std::net::SocketAddr = self.addr.parse().map_err(|_| {
+            format!(
+                "the agent's address {} is not an IP address: {HOW}",
+                self.addr
+            )
+        })?;
+        let owner = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(path).map_err(|e| e.to_string())?,
+        );
+        match listener_uid(addr) {
+            Some(uid) if uid == owner => {}
+            Some(uid) => {
+                return Err(format!(
+                    "the process listening on {addr} runs as uid {uid}, not as the owner of {} \
+                     (uid {owner}): not sending it the token",
+                    path.display()
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "no listening socket for {addr} on this host: the token is only looked up \
+                     for a local agent; {HOW}"
+                ));
+            }
+        }
+        *self.token.lock().unwrap_or_else(PoisonError::into_inner) = Some(token);
+        Ok(())
     }
 
     fn transport_error(&self, e: reqwest::Error) -> CliError {
@@ -181,6 +296,56 @@ impl Client {
     }
 }
 
+fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).trim().to_owned())
+}
+
+/// The uid owning the TCP socket listening on `addr` on this host (from /proc/net/tcp and
+/// tcp6; a wildcard listener on the port counts), if any.
+fn listener_uid(addr: std::net::SocketAddr) -> Option<u32> {
+    let port = format!("{:04X}", addr.port());
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid ...
+            let (Some(local), Some(state), Some(uid)) =
+                (fields.get(1), fields.get(3), fields.get(7))
+            else {
+                continue;
+            };
+            let Some((ip_hex, port_hex)) = local.split_once(':') else {
+                continue;
+            };
+            if *state != "0A" || port_hex != port {
+                continue;
+            }
+            let matches = match addr.ip() {
+                std::net::IpAddr::V4(v4) => {
+                    let le = u32::from_le_bytes(v4.octets());
+                    ip_hex == format!("{le:08X}") || ip_hex.chars().all(|c| c == '0')
+                }
+                std::net::IpAddr::V6(v6) => {
+                    let words: String = v6
+                        .octets()
+                        .chunks(4)
+                        .map(|c| format!("{:08X}", u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                        .collect();
+                    ip_hex == words || ip_hex.chars().all(|c| c == '0')
+                }
+            };
+            if matches {
+                return uid.parse().ok();
+            }
+        }
+    }
+    None
+}
+
 fn has_port(addr: &str) -> bool {
     if let Some(rest) = addr.strip_prefix('[') {
         return rest.contains("]:");
@@ -191,6 +356,23 @@ fn has_port(addr: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_of_a_listening_socket_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        assert_eq!(
+            listener_uid(addr).map(Ok),
+            Some(me.map_err(|e| e.to_string()))
+        );
+        drop(listener);
+        assert_eq!(listener_uid(addr), None, "nothing listens there any more");
+        let v6 = std::net::TcpListener::bind("[::1]:0");
+        if let Ok(v6) = v6 {
+            assert!(listener_uid(v6.local_addr().expect("addr")).is_some());
+        }
+    }
 
     #[test]
     fn api_addresses_are_normalised() {

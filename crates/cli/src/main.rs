@@ -51,7 +51,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Gossip(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
                 match command {
                     GossipCommand::Members {
@@ -99,7 +99,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Collectors(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
                 match command {
                     CollectorsCommand::List { json } => collectors::list(&client, json).await,
@@ -110,7 +110,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Kv(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
                 match command {
                     KvCommand::Get { key, raw, json } => kv::get(&client, &key, raw, json).await,
@@ -135,13 +135,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             count,
             url,
         }) => {
-            let client = Client::new(&cli.api, cli.token.clone())?;
-            client_runtime()?.block_on(events::watch(
-                &client, cli.token, url, channels, json, count,
-            ))
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(events::watch(&client, url, channels, json, count))
         }
         Command::Generators(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
                 match command {
                     GeneratorsCommand::State { show_diff, json } => {
@@ -155,7 +153,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Metrics(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
                 match command {
                     MetricsCommand::Find {
@@ -174,7 +172,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Monitoring(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
                 match command {
                     MonitoringCommand::State { node, json } => {
@@ -193,7 +191,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Detectors(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             let (view, only, json) = match command {
                 DetectorsCommand::List { json } => (View::List, None, json),
                 DetectorsCommand::State { json } => (View::State, None, json),
@@ -202,15 +200,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
             client_runtime()?.block_on(detectors::detectors(&client, view, only, json))
         }
         Command::Packs(PacksCommand::List { json }) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(detectors::packs(&client, json))
         }
         Command::Packs(PacksCommand::Show { name, json }) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(detectors::show_pack(&client, &name, json))
         }
         Command::Evaluator(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
                 match command {
                     EvaluatorCommand::List { json } => evaluator::list(&client, json).await,
@@ -221,7 +219,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Agent(command) => {
-            let client = Client::new(&cli.api, cli.token)?;
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
                 match command {
                     AgentCommand::Stop { timeout } => agent::stop(&client, timeout).await,

@@ -101,6 +101,11 @@ impl fmt::Display for Seed {
 }
 
 impl Seed {
+    /// Whether the seed is on this host (`localhost` or a loopback address).
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// Parse `host`, `host:port`, `ip`, `[ipv6]:port`; the port defaults to 6768.
     pub fn parse(text: &str) -> Result<Seed, String> {
         let text = text.trim();
@@ -195,6 +200,10 @@ pub struct Config {
     pub api_port: Option<u16>,
     /// `api.token`.
     pub api_token: Option<String>,
+    /// `api.anonymous_reads`.
+    pub api_anonymous_reads: Option<bool>,
+    /// `api.allowed_hosts`.
+    pub api_allowed_hosts: Vec<String>,
     /// `seeds`.
     pub seeds: Vec<Seed>,
     /// `bootstrap`.
@@ -219,6 +228,8 @@ pub struct Config {
     pub gossip: GossipTuning,
     /// `auto_detect`.
     pub auto_detect: Option<bool>,
+    /// `insecure_plaintext_gossip`.
+    pub insecure_plaintext_gossip: Option<bool>,
     /// `nagios_plugins_dir`.
     pub nagios_plugins_dir: Option<PathBuf>,
     /// `kv:`.
@@ -386,6 +397,10 @@ pub struct GossipTuning {
     pub suspicion_mult: Option<f64>,
     /// How long dead and left members are remembered.
     pub tombstone_ttl: Option<std::time::Duration>,
+    /// Most members known at once (tombstones included).
+    pub max_members: Option<usize>,
+    /// Most new members one peer may introduce per 10 s.
+    pub max_new_members_per_peer: Option<usize>,
 }
 
 /// Parse a duration: a number of seconds, or a number with a unit (`100us`, `500ms`, `10s`,
@@ -396,8 +411,7 @@ pub fn parse_duration(value: &serde_yaml::Value) -> Result<std::time::Duration, 
         serde_yaml::Value::Number(n) => {
             return n
                 .as_f64()
-                .filter(|s| *s >= 0.0 && s.is_finite())
-                .map(Duration::from_secs_f64)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
                 .ok_or_else(|| format!("`{n}` is not a duration"));
         }
         serde_yaml::Value::String(s) => s.trim().to_owned(),
@@ -427,7 +441,9 @@ pub fn parse_duration(value: &serde_yaml::Value) -> Result<std::time::Duration, 
             ));
         }
     };
-    Ok(Duration::from_secs_f64(secs))
+    // Negative, not finite, or beyond what a duration holds (`213503982334d`): an error, never
+    // a panic or a wrapped number.
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))
 }
 
 /// Values from flags and `OPSBRO_*` variables; each set one wins over the file.
@@ -453,6 +469,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--auto-detect`.
     pub auto_detect: bool,
+    /// `--insecure-plaintext-gossip`.
+    pub insecure_plaintext_gossip: bool,
     /// `--dns-port` / `OPSBRO_DNS_PORT`.
     pub dns_port: Option<u16>,
 }
@@ -479,8 +497,12 @@ pub struct AgentConfig {
     pub display_name: String,
     /// Where the uuid, lock, keyring and stores live.
     pub data_dir: PathBuf,
-    /// Gossip bind address (default 0.0.0.0).
-    pub bind_addr: IpAddr,
+    /// Gossip bind address, when set (the default depends on the key: 0.0.0.0 with one,
+    /// 127.0.0.1 without; see [`AgentConfig::gossip_bind`]).
+    pub bind_addr: Option<IpAddr>,
+    /// Allow cluster traffic in plaintext on a non-loopback address (anyone who reaches the
+    /// port can join the cluster and write to it).
+    pub insecure_plaintext_gossip: bool,
     /// Address announced to other nodes (default: chosen at start from the interfaces).
     pub advertise_addr: Option<IpAddr>,
     /// Gossip UDP / cluster TCP port.
@@ -489,8 +511,16 @@ pub struct AgentConfig {
     pub api_bind: IpAddr,
     /// Local API port (0 = any free port, written to the runtime file).
     pub api_port: u16,
-    /// Bearer token every API request must carry, when set.
+    /// The API token set by the operator (else the agent makes one at start and writes it to
+    /// `<data_dir>/api.token`, mode 0600).
     pub api_token: Option<String>,
+    /// Whether callers without the token may use the read-only routes (members, checks,
+    /// collectors, metrics...): by default yes on a loopback API without an `api.token` set by
+    /// the operator; never on another address.
+    pub api_anonymous_reads: bool,
+    /// Host names (besides IP addresses, `localhost` and this host's names) that requests may
+    /// name in their `Host` header (DNS rebinding protection).
+    pub api_allowed_hosts: Vec<String>,
     /// Nodes to join at start.
     pub seeds: Vec<Seed>,
     /// Start a new cluster without waiting for seeds.
@@ -623,37 +653,18 @@ fn parse_ip(text: String) -> Result<IpAddr, String> {
         .map_err(|_| format!("`{text}` is not an IP address (e.g. 0.0.0.0, 127.0.0.1 or ::1)"))
 }
 
-/// Node names end up in DNS names (`<node>.name.<domain>`) and CLI tables.
+/// Node names end up in DNS names (`<node>.name.<domain>`) and CLI tables
+/// (rules: [`opsbro_types::names::node_name`]).
 pub fn check_node_name(name: String) -> Result<String, String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err("must be 1 to 253 characters".into());
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "`{name}` contains `{bad}`: use letters, digits, `-`, `_` and `.`"
-        ));
-    }
-    Ok(name)
+    opsbro_types::names::node_name(&name)
+        .map(|()| name)
+        .map_err(|e| e.0)
 }
 
-/// Group names are matched exactly and appear in DNS labels.
+/// Group names are matched exactly and appear in DNS labels
+/// (rules: [`opsbro_types::names::group`]).
 pub fn check_group(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 63 {
-        return Err(format!("group `{name}` must be 1 to 63 characters"));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '/'))
-    {
-        return Err(format!(
-            "group `{name}` contains `{}`",
-            bad.escape_default()
-        ));
-    }
-    Ok(())
+    opsbro_types::names::group(name).map_err(|e| e.0)
 }
 
 /// Normalise a log level (`INFO` → `info`, `warning` → `warn`).
@@ -754,6 +765,7 @@ impl Config {
             log_level,
             gossip,
             auto_detect,
+            insecure_plaintext_gossip,
             nagios_plugins_dir,
             kv,
             dns,
@@ -796,6 +808,8 @@ impl Config {
             bind: api_bind,
             port: api_port,
             token: api_token,
+            anonymous_reads: api_anonymous_reads,
+            allowed_hosts: api_allowed_hosts,
             unknown: api_unknown,
         } = api;
         v.unknown("api", api_unknown, raw::API_KEYS);
@@ -829,11 +843,9 @@ impl Config {
         Config {
             node_name: v.take_with("node_name", node_name, check_node_name),
             display_name: v.take_with("display_name", display_name, |d| {
-                if d.trim().is_empty() || d.chars().any(char::is_control) {
-                    Err("must be non-empty text without control characters".into())
-                } else {
-                    Ok(d)
-                }
+                opsbro_types::names::display_name(&d)
+                    .map(|()| d)
+                    .map_err(|e| e.0)
             }),
             data_dir: v.take_with("data_dir", data_dir, |p| {
                 if p.is_absolute() {
@@ -857,10 +869,27 @@ impl Config {
             api_bind: v.take_with("api.bind", api_bind, parse_ip),
             api_port: v.take("api.port", api_port),
             api_token: v.take_with("api.token", api_token, check_token),
+            api_anonymous_reads: v.take("api.anonymous_reads", api_anonymous_reads),
+            api_allowed_hosts: v
+                .take_with("api.allowed_hosts", api_allowed_hosts, |hosts| {
+                    for h in &hosts {
+                        if h.is_empty()
+                            || !h
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+                        {
+                            return Err(format!("`{h}` is not a host name"));
+                        }
+                    }
+                    Ok(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect())
+                })
+                .unwrap_or_default(),
             seeds,
             bootstrap: v.take("bootstrap", bootstrap),
             groups,
-            zone: v.take_with("zone", zone, |z| check_group(&z).map(|()| z)),
+            zone: v.take_with("zone", zone, |z| {
+                opsbro_types::names::zone(&z).map(|()| z).map_err(|e| e.0)
+            }),
             proxy_node: v.take("proxy_node", proxy_node),
             encryption_key: v.take_with("encryption_key", encryption_key, |k| {
                 EncryptionKey::from_base64(&k)
@@ -871,6 +900,8 @@ impl Config {
             log_level: v.take_with("log_level", log_level, check_log_level),
             gossip,
             auto_detect: v.take("auto_detect", auto_detect),
+            insecure_plaintext_gossip: v
+                .take("insecure_plaintext_gossip", insecure_plaintext_gossip),
             nagios_plugins_dir: v.take_with("nagios_plugins_dir", nagios_plugins_dir, |p| {
                 if p.is_absolute() {
                     Ok(p)
@@ -1093,9 +1124,20 @@ impl Config {
             push_pull_interval,
             suspicion_mult,
             tombstone_ttl,
+            max_members,
+            max_new_members_per_peer,
             unknown,
         } = raw;
         v.unknown("gossip", unknown, raw::GOSSIP_KEYS);
+        let count = |min: u64, max: u64| {
+            move |n: u64| {
+                if (min..=max).contains(&n) {
+                    Ok(n as usize)
+                } else {
+                    Err(format!("{n} is outside {min}..{max}"))
+                }
+            }
+        };
         let positive = |value: serde_yaml::Value| {
             let d = parse_duration(&value)?;
             if d.is_zero() {
@@ -1121,6 +1163,12 @@ impl Config {
                 }
             }),
             tombstone_ttl: v.take_with("gossip.tombstone_ttl", tombstone_ttl, positive),
+            max_members: v.take_with("gossip.max_members", max_members, count(2, 1_000_000)),
+            max_new_members_per_peer: v.take_with(
+                "gossip.max_new_members_per_peer",
+                max_new_members_per_peer,
+                count(1, 1_000_000),
+            ),
         };
         let interval = tuning
             .probe_interval
@@ -1173,6 +1221,7 @@ impl Config {
             .or(self.api_bind)
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let api_token = overrides.api_token.or(self.api_token);
+        let no_operator_token = api_token.is_none();
         if !api_bind.is_loopback() && api_token.is_none() {
             cross(
                 "api.bind",
@@ -1198,10 +1247,9 @@ impl Config {
             display_name: self.display_name.unwrap_or_else(|| node_name.clone()),
             node_name,
             data_dir,
-            bind_addr: overrides
-                .bind_addr
-                .or(self.bind_addr)
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            bind_addr: overrides.bind_addr.or(self.bind_addr),
+            insecure_plaintext_gossip: overrides.insecure_plaintext_gossip
+                || self.insecure_plaintext_gossip.unwrap_or(false),
             advertise_addr: self.advertise_addr,
             port: overrides.port.or(self.port).unwrap_or(DEFAULT_GOSSIP_PORT),
             api_bind,
@@ -1210,6 +1258,11 @@ impl Config {
                 .or(self.api_port)
                 .unwrap_or(DEFAULT_API_PORT),
             api_token,
+            // A token the operator set locks the whole API unless reads are opened explicitly;
+            // off loopback, reads always need the token.
+            api_anonymous_reads: self.api_anonymous_reads.unwrap_or(no_operator_token)
+                && api_bind.is_loopback(),
+            api_allowed_hosts: self.api_allowed_hosts,
             seeds,
             bootstrap: self.bootstrap.unwrap_or(false),
             groups: self.groups,
@@ -1241,6 +1294,31 @@ impl Config {
             Ok(config)
         } else {
             Err(ConfigErrors(errors))
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Where gossip listens, given whether the cluster has a key. Without a key nobody is
+    /// authenticated: the default is loopback only (one host), and a non-loopback address is
+    /// refused unless `insecure_plaintext_gossip` says the operator wants an open cluster.
+    pub fn gossip_bind(&self, encrypted: bool) -> Result<IpAddr, String> {
+        match (self.bind_addr, encrypted) {
+            (Some(ip), true) => Ok(ip),
+            (None, true) => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            (None, false) if self.insecure_plaintext_gossip => {
+                Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+            }
+            (None, false) => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            (Some(ip), false) if ip.is_loopback() || self.insecure_plaintext_gossip => Ok(ip),
+            (Some(ip), false) => Err(format!(
+                "refusing to listen for cluster traffic on {ip} without an encryption key: anyone \
+                 who reaches port {} could join the cluster, add members and write to the KV store. \
+                 Generate a key with `opsbro agent keygen` and give every agent the same \
+                 `encryption_key`, or bind 127.0.0.1; to run an open cluster anyway, set \
+                 `insecure_plaintext_gossip: true` (or --insecure-plaintext-gossip)",
+                self.port
+            )),
         }
     }
 }

@@ -69,6 +69,7 @@ pub struct RawConfig {
     pub log_level: Field<String>,
     pub gossip: Field<RawGossip>,
     pub auto_detect: Field<bool>,
+    pub insecure_plaintext_gossip: Field<bool>,
     pub nagios_plugins_dir: Field<PathBuf>,
     pub kv: Field<RawKv>,
     pub dns: Field<RawDns>,
@@ -90,6 +91,8 @@ pub struct RawGossip {
     pub push_pull_interval: Field<serde_yaml::Value>,
     pub suspicion_mult: Field<f64>,
     pub tombstone_ttl: Field<serde_yaml::Value>,
+    pub max_members: Field<u64>,
+    pub max_new_members_per_peer: Field<u64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -102,6 +105,8 @@ pub const GOSSIP_KEYS: &[&str] = &[
     "push_pull_interval",
     "suspicion_mult",
     "tombstone_ttl",
+    "max_members",
+    "max_new_members_per_peer",
 ];
 
 /// Mirror of the `api:` section.
@@ -112,6 +117,8 @@ pub struct RawApi {
     pub bind: Field<String>,
     pub port: Field<u16>,
     pub token: Field<String>,
+    pub anonymous_reads: Field<bool>,
+    pub allowed_hosts: Field<Vec<String>>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -147,6 +154,7 @@ pub const TOP_KEYS: &[&str] = &[
     "log_level",
     "gossip",
     "auto_detect",
+    "insecure_plaintext_gossip",
     "nagios_plugins_dir",
     "kv",
     "dns",
@@ -268,7 +276,7 @@ pub const KV_KEYS: &[&str] = &[
 ];
 
 /// Keys of `api:`.
-pub const API_KEYS: &[&str] = &["bind", "port", "token"];
+pub const API_KEYS: &[&str] = &["bind", "port", "token", "anonymous_reads", "allowed_hosts"];
 
 /// Keys of `encryption:`.
 pub const ENCRYPTION_KEYS: &[&str] = &["keyring_file"];

@@ -386,3 +386,31 @@ fn dns_threads_and_coalescing() {
     );
     assert!(errs.to_string().contains("at most 1ms"), "{errs}");
 }
+
+#[test]
+fn durations_out_of_range_are_errors_not_panics() {
+    let v = |t: &str| parse_duration(&serde_yaml::Value::String(t.into()));
+    assert!(
+        v("99999999999999999999d")
+            .expect_err("too big")
+            .contains("out of range")
+    );
+    assert!(v("1e400s").is_err());
+    assert_eq!(v("7d"), Ok(std::time::Duration::from_secs(7 * 86400)));
+    let n = |x: f64| parse_duration(&serde_yaml::Value::Number(x.into()));
+    assert!(n(1e30).is_err());
+    assert!(n(-1.0).is_err());
+}
+
+#[test]
+fn gossip_flood_limits_are_configurable_and_bounded() {
+    let c = Config::from_yaml(
+        "gossip:\n  max_members: 5000\n  max_new_members_per_peer: 50\n",
+        "f.yml",
+    )
+    .expect("valid");
+    assert_eq!(c.gossip.max_members, Some(5000));
+    assert_eq!(c.gossip.max_new_members_per_peer, Some(50));
+    let errs = Config::from_yaml("gossip:\n  max_members: 1\n", "f.yml").expect_err("too small");
+    assert!(errs.to_string().contains("gossip.max_members"), "{errs}");
+}

@@ -9,10 +9,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use opsbro_types::NodeUuid;
 
-use crate::member::{CheckSummary, MemberState, NodeRecord};
+use opsbro_types::names;
+
+use crate::member::{CheckSummary, MAX_INCARNATION, MemberState, NodeRecord};
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Largest datagram we send (and the most we read): fits a 1500-byte MTU with IP/UDP headers and
 /// the encryption overhead.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -27,9 +29,12 @@ pub const MAX_GROUPS: usize = 128;
 /// Most checks in a node record.
 pub const MAX_CHECKS: usize = 256;
 /// Longest check name.
-pub const MAX_CHECK_NAME: usize = 128;
+pub const MAX_CHECK_NAME: usize = names::MAX_CHECK_NAME;
 /// Most bytes in a user event payload.
-pub const MAX_EVENT_PAYLOAD: usize = 512;
+pub const MAX_EVENT_PAYLOAD: usize = names::MAX_EVENT_PAYLOAD;
+/// Size of a detect-ping datagram (padded): answers up to this size can be sent even by agents
+/// that never answer with more than they received.
+pub const DETECT_PING_SIZE: usize = 1200;
 /// Most user events in one push-pull.
 const MAX_EVENTS: u64 = 4096;
 
@@ -148,6 +153,9 @@ pub enum Message {
         id: u64,
         /// The asking node (it does not answer itself).
         from: NodeUuid,
+        /// Zero bytes of padding: an agent that must not answer with more than it received
+        /// (no key) can then still answer (see [`DETECT_PING_SIZE`]).
+        padding: usize,
     },
     /// Answer to a detect-ping: the answering node's record.
     DetectPong {
@@ -334,10 +342,12 @@ impl Writer {
                 self.u8(9);
                 self.event(e);
             }
-            Message::DetectPing { id, from } => {
+            Message::DetectPing { id, from, padding } => {
                 self.u8(10);
                 self.varint(*id);
                 self.uuid(from);
+                self.varint(*padding as u64);
+                self.buf.resize(self.buf.len() + padding, 0);
             }
             Message::DetectPong { id, record } => {
                 self.u8(11);
@@ -491,6 +501,28 @@ impl<'a> Reader<'a> {
         Ok(s.to_owned())
     }
 
+    /// A name that must follow one of the [`names`] rules (a datagram carrying a node named
+    /// `$(id)` is refused whole, before anything in it is believed).
+    fn name(
+        &mut self,
+        what: &'static str,
+        max: usize,
+        rule: fn(&str) -> Result<(), names::NameError>,
+    ) -> Result<String, DecodeError> {
+        let s = self.str(what, max)?;
+        rule(&s).map_err(|_| DecodeError::Invalid(what))?;
+        Ok(s)
+    }
+
+    /// An incarnation, at most [`MAX_INCARNATION`].
+    fn incarnation(&mut self) -> Result<u64, DecodeError> {
+        let v = self.varint()?;
+        if v > MAX_INCARNATION {
+            return Err(DecodeError::Invalid("incarnation"));
+        }
+        Ok(v)
+    }
+
     fn uuid(&mut self) -> Result<NodeUuid, DecodeError> {
         let raw = self.take(16)?;
         let mut b = [0u8; 16];
@@ -526,24 +558,25 @@ impl<'a> Reader<'a> {
 
     fn record(&mut self) -> Result<NodeRecord, DecodeError> {
         let uuid = self.uuid()?;
-        let incarnation = self.varint()?;
+        let incarnation = self.incarnation()?;
         let state = MemberState::from_u8(self.u8()?).ok_or(DecodeError::Invalid("member state"))?;
         let addr = self.addr()?;
-        let name = self.str("node name", 253)?;
-        let display_name = self.str("display name", 255)?;
-        let zone = self.str("zone", 63)?;
+        let name = self.name("node name", names::MAX_NODE_NAME, names::node_name)?;
+        let display_name =
+            self.name("display name", names::MAX_DISPLAY_NAME, names::display_name)?;
+        let zone = self.name("zone", names::MAX_GROUP, names::zone)?;
         let n = self.count("groups", MAX_GROUPS as u64)?;
         let mut groups = Vec::with_capacity(n);
         for _ in 0..n {
-            groups.push(self.str("group", 63)?);
+            groups.push(self.name("group", names::MAX_GROUP, names::group)?);
         }
         let is_proxy = self.bool()?;
-        let version = self.str("version", 32)?;
+        let version = self.name("version", 32, names::version)?;
         let n = self.count("checks", MAX_CHECKS as u64)?;
         let mut checks = Vec::with_capacity(n);
         for _ in 0..n {
             checks.push(CheckSummary {
-                name: self.str("check name", MAX_CHECK_NAME)?,
+                name: self.name("check name", MAX_CHECK_NAME, names::check_name)?,
                 state: self.u8()?,
             });
         }
@@ -563,11 +596,16 @@ impl<'a> Reader<'a> {
     }
 
     fn event(&mut self) -> Result<UserEvent, DecodeError> {
+        let id = self.varint()?;
+        let origin = self.uuid()?;
+        let kind = self.name("event type", names::MAX_EVENT_TYPE, names::event_type)?;
+        let payload = self.bytes("event payload", MAX_EVENT_PAYLOAD)?;
+        names::event_payload(&payload).map_err(|_| DecodeError::Invalid("event payload"))?;
         Ok(UserEvent {
-            id: self.varint()?,
-            origin: self.uuid()?,
-            kind: self.str("event type", 128)?,
-            payload: self.bytes("event payload", MAX_EVENT_PAYLOAD)?,
+            id,
+            origin,
+            kind,
+            payload,
             created_ms: self.varint()?,
         })
     }
@@ -593,23 +631,26 @@ impl<'a> Reader<'a> {
             5 => Message::Alive(self.record()?),
             6 => Message::Suspect {
                 node: self.uuid()?,
-                incarnation: self.varint()?,
+                incarnation: self.incarnation()?,
                 from: self.uuid()?,
             },
             7 => Message::Dead {
                 node: self.uuid()?,
-                incarnation: self.varint()?,
+                incarnation: self.incarnation()?,
                 from: self.uuid()?,
             },
             8 => Message::Leave {
                 node: self.uuid()?,
-                incarnation: self.varint()?,
+                incarnation: self.incarnation()?,
             },
             9 => Message::Event(self.event()?),
-            10 => Message::DetectPing {
-                id: self.varint()?,
-                from: self.uuid()?,
-            },
+            10 => {
+                let id = self.varint()?;
+                let from = self.uuid()?;
+                let padding = self.len("padding", MAX_DATAGRAM)?;
+                self.take(padding)?;
+                Message::DetectPing { id, from, padding }
+            }
             11 => Message::DetectPong {
                 id: self.varint()?,
                 record: self.record()?,
@@ -732,7 +773,7 @@ mod tests {
             Message::Alive(record(3)),
             Message::Suspect {
                 node: a,
-                incarnation: u64::MAX,
+                incarnation: MAX_INCARNATION,
                 from: b,
             },
             Message::Dead {
@@ -748,10 +789,14 @@ mod tests {
                 id: 42,
                 origin: a,
                 kind: "deploy".into(),
-                payload: vec![0, 1, 2, 255],
+                payload: b"{\"sha\": \"abc\"}\n".to_vec(),
                 created_ms: 1_700_000_000_000,
             }),
-            Message::DetectPing { id: 77, from: b },
+            Message::DetectPing {
+                id: 77,
+                from: b,
+                padding: 3,
+            },
             Message::DetectPong {
                 id: 77,
                 record: record(4),
@@ -809,6 +854,86 @@ mod tests {
         assert_eq!(decode_datagram(&over), Err(DecodeError::Invalid("varint")));
     }
 
+    #[test]
+    fn names_that_could_reach_a_shell_are_refused_on_entry() {
+        let bad_records = [
+            NodeRecord {
+                name: "$(id>PWNED)".into(),
+                ..record(1)
+            },
+            NodeRecord {
+                groups: vec!["web`id`".into()],
+                ..record(1)
+            },
+            NodeRecord {
+                zone: "a b".into(),
+                ..record(1)
+            },
+            NodeRecord {
+                checks: vec![CheckSummary {
+                    name: "x;reboot".into(),
+                    state: 0,
+                }],
+                ..record(1)
+            },
+            NodeRecord {
+                display_name: "web\u{1b}[2J".into(),
+                ..record(1)
+            },
+        ];
+        for r in bad_records {
+            let d = datagram([encode_message(&Message::Alive(r.clone())).as_slice()]);
+            assert!(
+                matches!(decode_datagram(&d), Err(DecodeError::Invalid(_))),
+                "{r:?} must be refused"
+            );
+        }
+        let event = Message::Event(UserEvent {
+            id: 1,
+            origin: NodeUuid::from_bytes([1; 16]),
+            kind: "deploy $(id)".into(),
+            payload: vec![],
+            created_ms: 0,
+        });
+        let d = datagram([encode_message(&event).as_slice()]);
+        assert_eq!(decode_datagram(&d), Err(DecodeError::Invalid("event type")));
+        let binary = Message::Event(UserEvent {
+            id: 1,
+            origin: NodeUuid::from_bytes([1; 16]),
+            kind: "deploy".into(),
+            payload: vec![0x1b, 0xff],
+            created_ms: 0,
+        });
+        let d = datagram([encode_message(&binary).as_slice()]);
+        assert_eq!(
+            decode_datagram(&d),
+            Err(DecodeError::Invalid("event payload"))
+        );
+    }
+
+    #[test]
+    fn incarnations_near_the_limit_are_refused_on_entry() {
+        for (incarnation, ok) in [
+            (MAX_INCARNATION, true),
+            (MAX_INCARNATION + 1, false),
+            (u64::MAX, false),
+        ] {
+            let m = Message::Suspect {
+                node: NodeUuid::from_bytes([0; 16]),
+                incarnation,
+                from: NodeUuid::from_bytes([1; 16]),
+            };
+            let d = datagram([encode_message(&m).as_slice()]);
+            assert_eq!(decode_datagram(&d).is_ok(), ok, "{incarnation}");
+            let alive = Message::Alive(NodeRecord {
+                incarnation,
+                ..record(2)
+            });
+            let d = datagram([encode_message(&alive).as_slice()]);
+            assert_eq!(decode_datagram(&d).is_ok(), ok, "{incarnation}");
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
@@ -829,7 +954,7 @@ mod tests {
         }
 
         #[test]
-        fn varints_round_trip(v in any::<u64>(), seq in any::<u32>()) {
+        fn varints_round_trip(v in 0..=MAX_INCARNATION, seq in any::<u32>()) {
             let m = Message::Suspect { node: NodeUuid::from_bytes([0; 16]), incarnation: v, from: NodeUuid::from_bytes([1; 16]) };
             let a = Message::Ack { seq, from: NodeUuid::from_bytes([3; 16]) };
             let e = [encode_message(&m), encode_message(&a)];

@@ -38,6 +38,19 @@ pub struct GossipConfig {
     pub history_len: usize,
     /// Largest datagram payload (before encryption overhead).
     pub max_datagram: usize,
+    /// Most members known at once, tombstones included (this node excluded). When the table
+    /// is full a newcomer takes the place of the oldest tombstone, or is refused and counted:
+    /// a flood of invented members cannot take memory or CPU without bound.
+    pub max_members: usize,
+    /// Most new members one peer (by IP address) may introduce per `new_members_window`; the
+    /// rest are refused and counted (the state of the seed a node joins through is exempt).
+    pub max_new_members_per_peer: usize,
+    /// The window of `max_new_members_per_peer`.
+    pub new_members_window: Duration,
+    /// Never answer a datagram with a larger one (set when the cluster has no key: senders
+    /// are not authenticated, and a forged source address must not turn this agent into an
+    /// amplifier). Acks then carry less piggybacked news.
+    pub cap_replies: bool,
 }
 
 impl Default for GossipConfig {
@@ -58,6 +71,10 @@ impl Default for GossipConfig {
             event_ttl: Duration::from_secs(300),
             history_len: 1000,
             max_datagram: crate::codec::MAX_DATAGRAM - crate::OVERHEAD_RESERVE,
+            max_members: 20_000,
+            max_new_members_per_peer: 1000,
+            new_members_window: Duration::from_secs(10),
+            cap_replies: false,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use opsbro_types::NodeUuid;
@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use crate::broadcast::{BroadcastKey, BroadcastQueue};
 use crate::codec::{self, DecodeError, Message, PushPull, UserEvent};
 use crate::config::GossipConfig;
-use crate::member::{CheckSummary, MemberState, NodeRecord};
+use crate::member::{CheckSummary, MAX_INCARNATION_STEP, MemberState, NodeRecord};
 
 /// Time in milliseconds. The agent passes a monotonic clock anchored at the Unix epoch at start;
 /// the simulator passes virtual time.
@@ -104,6 +104,24 @@ pub struct Stats {
     pub refutations: u64,
     /// Push-pull exchanges started.
     pub push_pulls: u64,
+    /// Messages refused because their incarnation was too far ahead of the known one.
+    pub incarnations_refused: u64,
+    /// New members refused: the member table was full, or their peer introduced too many.
+    pub members_refused: u64,
+    /// Answers not sent (or sent smaller) because they would have been larger than the
+    /// unauthenticated datagram that asked for them.
+    pub replies_capped: u64,
+}
+
+/// Where the input being handled came from: new members are admitted per peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A command of this node, or timers.
+    Local,
+    /// A datagram or push-pull from this address.
+    Peer(SocketAddr),
+    /// The answer of the node we joined through (its whole state is welcome).
+    JoinReply,
 }
 
 #[derive(Debug)]
@@ -200,6 +218,13 @@ pub struct Gossip {
     leaving: bool,
     effects: Vec<Effect>,
     stats: Stats,
+    /// Where the input being handled came from.
+    source: Source,
+    /// Size of the datagram being handled when answers to it must not be larger
+    /// ([`GossipConfig::cap_replies`]).
+    reply_cap: Option<usize>,
+    /// New members introduced per peer IP in the current window: (window start, count).
+    introduced: HashMap<IpAddr, (Time, usize)>,
 }
 
 impl Gossip {
@@ -247,6 +272,9 @@ impl Gossip {
             leaving: false,
             effects: Vec::new(),
             stats: Stats::default(),
+            source: Source::Local,
+            reply_cap: None,
+            introduced: HashMap::default(),
             cfg,
         }
     }
@@ -356,7 +384,7 @@ impl Gossip {
             return;
         }
         self.leaving = true;
-        self.me.incarnation += 1;
+        self.me.incarnation = self.me.incarnation.saturating_add(1);
         self.me.state = MemberState::Left;
         self.effects
             .push(Effect::IncarnationChanged(self.me.incarnation));
@@ -406,10 +434,17 @@ impl Gossip {
     /// interface on the gossip port). Answers come back as [`Effect::Detected`] with this id.
     pub fn detect_ping(&mut self) -> (u64, Vec<u8>) {
         let id: u64 = self.rng.random();
-        let msg = Message::DetectPing {
+        let mut msg = Message::DetectPing {
             id,
             from: self.me.uuid,
+            padding: 0,
         };
+        let bare = codec::datagram([codec::encode_message(&msg).as_slice()]).len();
+        // Padded so that agents that answer no more than they receive can answer; the varint
+        // of the padding length takes two bytes.
+        if let Message::DetectPing { padding, .. } = &mut msg {
+            *padding = codec::DETECT_PING_SIZE.saturating_sub(bare + 1);
+        }
         (
             id,
             codec::datagram([codec::encode_message(&msg).as_slice()]),
@@ -472,9 +507,13 @@ impl Gossip {
             }
         };
         self.stats.datagrams_in += 1;
+        self.source = Source::Peer(from);
+        self.reply_cap = self.cfg.cap_replies.then_some(bytes.len());
         for m in messages {
             self.handle_message(now, from, m);
         }
+        self.source = Source::Local;
+        self.reply_cap = None;
         Ok(())
     }
 
@@ -561,7 +600,7 @@ impl Gossip {
             } => self.handle_dead(now, node, incarnation, from, Some(sender)),
             Message::Leave { node, incarnation } => self.handle_leave(now, node, incarnation),
             Message::Event(e) => self.handle_event(now, e),
-            Message::DetectPing { id, from } => {
+            Message::DetectPing { id, from, .. } => {
                 // Never answer ourselves; answer each asker at most once a second (a broadcast
                 // storm must not turn into a reply storm).
                 let limited = self
@@ -570,14 +609,16 @@ impl Gossip {
                     .is_some_and(|t| now.saturating_sub(*t) < 1000);
                 if from != self.me.uuid && !self.leaving && !limited {
                     self.detect_replies.insert(sender, now);
-                    let pong = Message::DetectPong {
-                        id,
-                        record: self.me.clone(),
-                    };
-                    self.effects.push(Effect::Send {
-                        to: sender,
-                        bytes: codec::datagram([codec::encode_message(&pong).as_slice()]),
-                    });
+                    // Who we are, not how we are: check states stay out of the answer.
+                    let mut record = self.me.clone();
+                    record.checks.clear();
+                    let pong = Message::DetectPong { id, record };
+                    let bytes = codec::datagram([codec::encode_message(&pong).as_slice()]);
+                    if self.reply_cap.is_some_and(|cap| bytes.len() > cap) {
+                        self.stats.replies_capped += 1;
+                    } else {
+                        self.effects.push(Effect::Send { to: sender, bytes });
+                    }
                 }
             }
             Message::DetectPong { id, record } => {
@@ -590,16 +631,24 @@ impl Gossip {
 
     /// A push-pull request arrived over TCP: merge it, then answer with our state (merging first
     /// means a refutation of our own death is already in the answer).
-    pub fn handle_push_pull(&mut self, now: Time, request: PushPull) -> PushPull {
+    pub fn handle_push_pull(&mut self, now: Time, from: SocketAddr, request: PushPull) -> PushPull {
         self.now = self.now.max(now);
+        self.source = Source::Peer(from);
         self.merge(now, request);
+        self.source = Source::Local;
         self.local_state(false)
     }
 
-    /// The answer to a push-pull we started.
-    pub fn handle_push_pull_reply(&mut self, now: Time, reply: PushPull) {
+    /// The answer from `from` to a push-pull we started.
+    pub fn handle_push_pull_reply(&mut self, now: Time, from: SocketAddr, reply: PushPull) {
         self.now = self.now.max(now);
+        self.source = if self.joining {
+            Source::JoinReply
+        } else {
+            Source::Peer(from)
+        };
         self.merge(now, reply);
+        self.source = Source::Local;
         if std::mem::take(&mut self.joining) {
             self.fast_sync_ms = 2000;
             self.next_push_pull = now + self.fast_sync_ms + self.rng.random_range(0..500);
@@ -623,7 +672,9 @@ impl Gossip {
                         // Unknown and not alive: keep it as a tombstone-to-be so views converge.
                         let mut r = record;
                         r.state = MemberState::Dead;
-                        self.add_member(now, r);
+                        if self.admit(now) {
+                            self.add_member(now, r);
+                        }
                     } else {
                         self.handle_suspect(now, record.uuid, record.incarnation, sender, None);
                     }
@@ -961,10 +1012,18 @@ impl Gossip {
 
     fn send_with_piggyback(&mut self, to: SocketAddr, msg: &Message) {
         let main = codec::encode_message(msg);
-        let budget = self
-            .cfg
-            .max_datagram
-            .saturating_sub(main.len() + codec::datagram_overhead(255));
+        let mut room = self.cfg.max_datagram;
+        if let (Some(cap), Source::Peer(asker)) = (self.reply_cap, self.source)
+            && asker == to
+        {
+            // An answer to an unauthenticated datagram is never larger than it.
+            if main.len() + codec::datagram_overhead(1) > cap {
+                self.stats.replies_capped += 1;
+                return;
+            }
+            room = room.min(cap);
+        }
+        let budget = room.saturating_sub(main.len() + codec::datagram_overhead(255));
         let limit = self.cfg.retransmit_limit(self.live_count());
         let extra = self.queue.select(budget, limit);
         let bytes = codec::datagram(
@@ -991,7 +1050,7 @@ impl Gossip {
     }
 
     fn bump_and_announce(&mut self) {
-        self.me.incarnation += 1;
+        self.me.incarnation = self.me.incarnation.saturating_add(1);
         self.effects
             .push(Effect::IncarnationChanged(self.me.incarnation));
         let msg = Message::Alive(self.me.clone());
@@ -1007,6 +1066,9 @@ impl Gossip {
             // Someone spreads news of us newer than what we know (e.g. from before a restart
             // that lost our incarnation): move above it.
             if record.incarnation > self.me.incarnation && !self.leaving {
+                if !self.plausible(self.me.incarnation, record.incarnation) {
+                    return;
+                }
                 self.me.incarnation = record.incarnation;
                 self.stats.refutations += 1;
                 self.bump_and_announce();
@@ -1015,9 +1077,15 @@ impl Gossip {
         }
         match self.members.get(&record.uuid) {
             None => {
+                if !self.admit(now) {
+                    return;
+                }
                 let msg = Message::Alive(record.clone());
                 self.add_member(now, record.clone());
                 self.broadcast(BroadcastKey::Node(record.uuid), &msg);
+            }
+            Some(m) if !Self::is_plausible(m.record.incarnation, record.incarnation) => {
+                self.stats.incarnations_refused += 1;
             }
             Some(m) if record.incarnation > m.record.incarnation => {
                 let uuid = record.uuid;
@@ -1047,6 +1115,10 @@ impl Gossip {
         };
         if incarnation < m.record.incarnation {
             self.correct(now, reply_to, node);
+            return;
+        }
+        if !Self::is_plausible(m.record.incarnation, incarnation) {
+            self.stats.incarnations_refused += 1;
             return;
         }
         match m.record.state {
@@ -1111,6 +1183,10 @@ impl Gossip {
             self.correct(now, reply_to, node);
             return;
         }
+        if !Self::is_plausible(m.record.incarnation, incarnation) {
+            self.stats.incarnations_refused += 1;
+            return;
+        }
         if !m.record.state.is_live() {
             return;
         }
@@ -1134,6 +1210,10 @@ impl Gossip {
             return;
         };
         if incarnation < m.record.incarnation || m.record.state == MemberState::Left {
+            return;
+        }
+        if !Self::is_plausible(m.record.incarnation, incarnation) {
+            self.stats.incarnations_refused += 1;
             return;
         }
         let mut record = m.record.clone();
@@ -1170,6 +1250,13 @@ impl Gossip {
         if bytes.len() + codec::datagram_overhead(1) > self.cfg.max_datagram {
             return; // too big for a datagram: push-pull will carry it
         }
+        if self
+            .reply_cap
+            .is_some_and(|cap| bytes.len() + codec::datagram_overhead(1) > cap)
+        {
+            self.stats.replies_capped += 1;
+            return;
+        }
         self.effects.push(Effect::Send {
             to,
             bytes: codec::datagram([bytes.as_slice()]),
@@ -1182,9 +1269,64 @@ impl Gossip {
             return;
         }
         if incarnation >= self.me.incarnation {
-            self.refute(incarnation);
+            if self.plausible(self.me.incarnation, incarnation) {
+                self.refute(incarnation);
+            }
         } else {
             self.correct(now, reply_to, self.me.uuid);
+        }
+    }
+
+    /// Whether news at incarnation `new` about a member known at `known` can be believed: no
+    /// honest node is ever more than [`MAX_INCARNATION_STEP`] ahead of what its peers know.
+    /// Refusing bigger jumps means no packet can push a counter to its limit.
+    fn is_plausible(known: u64, new: u64) -> bool {
+        new <= known.saturating_add(MAX_INCARNATION_STEP)
+    }
+
+    /// [`Gossip::is_plausible`], counting a refusal.
+    fn plausible(&mut self, known: u64, new: u64) -> bool {
+        let ok = Self::is_plausible(known, new);
+        if !ok {
+            self.stats.incarnations_refused += 1;
+        }
+        ok
+    }
+
+    /// Whether a new member may enter the table now: the peer it came from still has room in
+    /// its budget, and the table has room (the oldest tombstone makes way if needed).
+    fn admit(&mut self, now: Time) -> bool {
+        if let Source::Peer(from) = self.source {
+            let window = ms(self.cfg.new_members_window);
+            let entry = self.introduced.entry(from.ip()).or_insert((now, 0));
+            if now.saturating_sub(entry.0) >= window {
+                *entry = (now, 0);
+            }
+            if entry.1 >= self.cfg.max_new_members_per_peer {
+                self.stats.members_refused += 1;
+                return false;
+            }
+            entry.1 += 1;
+        }
+        if self.members.len() < self.cfg.max_members {
+            return true;
+        }
+        let oldest = self
+            .members
+            .values()
+            .filter(|m| !m.record.state.is_live())
+            .min_by_key(|m| (m.since, m.record.uuid))
+            .map(|m| m.record.uuid);
+        match oldest {
+            Some(uuid) => {
+                self.members.remove(&uuid);
+                self.queue.remove(BroadcastKey::Node(uuid));
+                true
+            }
+            None => {
+                self.stats.members_refused += 1;
+                false
+            }
         }
     }
 
@@ -1235,6 +1377,9 @@ impl Gossip {
         }
         self.events_seen
             .retain(|_, t| now.saturating_sub(*t) < event_ttl);
+        let window = ms(self.cfg.new_members_window);
+        self.introduced
+            .retain(|_, (start, _)| now.saturating_sub(*start) < window);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1397,6 +1542,10 @@ mod tests_support {
             checks: vec![],
         }
     }
+
+    pub(super) fn addr(n: u8) -> SocketAddr {
+        record(n).addr
+    }
 }
 
 #[cfg(test)]
@@ -1440,6 +1589,7 @@ mod tests {
         a.handle_tick(now);
         a.handle_push_pull(
             now,
+            addr(2),
             PushPull {
                 join: true,
                 members: vec![record(2)],
@@ -1452,6 +1602,7 @@ mod tests {
         let t = now + 1_100;
         a.handle_push_pull(
             t,
+            addr(3),
             PushPull {
                 join: true,
                 members: vec![record(3)],
@@ -1503,5 +1654,221 @@ mod detect_tests {
         b.handle_datagram(1500, record(1).addr, &ping)
             .expect("decode");
         assert_eq!(b.take_effects().len(), 1, "answers again after a second");
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    fn datagram(m: &Message) -> Vec<u8> {
+        codec::datagram([codec::encode_message(m).as_slice()])
+    }
+
+    fn known(a: &Gossip, n: u8) -> Option<&NodeRecord> {
+        a.member(&record(n).uuid)
+    }
+
+    #[test]
+    fn a_suspicion_far_ahead_cannot_push_our_incarnation_to_its_limit() {
+        // Regression: `Suspect{me, 2^64-1}` made the refutation wrap our incarnation to 0.
+        let mut a = Gossip::new(GossipConfig::default(), record(1), 1, 0);
+        let start = a.me().incarnation;
+        let attack = Message::Suspect {
+            node: record(1).uuid,
+            incarnation: crate::member::MAX_INCARNATION,
+            from: record(9).uuid,
+        };
+        a.handle_datagram(10, addr(9), &datagram(&attack))
+            .expect("decode");
+        assert_eq!(a.me().incarnation, start, "refused, not refuted");
+        assert_eq!(a.stats().incarnations_refused, 1);
+        // An honest accusation at our incarnation is still refuted above it.
+        let honest = Message::Suspect {
+            node: record(1).uuid,
+            incarnation: start,
+            from: record(9).uuid,
+        };
+        a.handle_datagram(20, addr(9), &datagram(&honest))
+            .expect("decode");
+        assert_eq!(a.me().incarnation, start + 1);
+    }
+
+    #[test]
+    fn a_far_ahead_alive_cannot_hijack_a_known_member() {
+        let mut a = Gossip::new(GossipConfig::default(), record(1), 1, 0);
+        a.handle_datagram(10, addr(2), &datagram(&Message::Alive(record(2))))
+            .expect("decode");
+        let hijack = NodeRecord {
+            incarnation: record(2).incarnation + MAX_INCARNATION_STEP + 1,
+            addr: addr(66),
+            ..record(2)
+        };
+        a.handle_datagram(20, addr(66), &datagram(&Message::Alive(hijack)))
+            .expect("decode");
+        assert_eq!(known(&a, 2).map(|r| r.addr), Some(addr(2)));
+        assert_eq!(a.stats().incarnations_refused, 1);
+        // Deaths and leaves far ahead are refused the same way.
+        for m in [
+            Message::Dead {
+                node: record(2).uuid,
+                incarnation: crate::member::MAX_INCARNATION,
+                from: record(66).uuid,
+            },
+            Message::Leave {
+                node: record(2).uuid,
+                incarnation: crate::member::MAX_INCARNATION,
+            },
+        ] {
+            a.handle_datagram(30, addr(66), &datagram(&m))
+                .expect("decode");
+        }
+        assert_eq!(known(&a, 2).map(|r| r.state), Some(MemberState::Alive));
+        assert_eq!(a.stats().incarnations_refused, 3);
+    }
+
+    fn fake(i: u32) -> NodeRecord {
+        let mut uuid = [0xAB; 16];
+        uuid[..4].copy_from_slice(&i.to_be_bytes());
+        NodeRecord {
+            uuid: NodeUuid::from_bytes(uuid),
+            name: format!("fake-{i}"),
+            ..record(200)
+        }
+    }
+
+    fn flood(n: u32) -> PushPull {
+        PushPull {
+            join: false,
+            members: (0..n).map(fake).collect(),
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn one_peer_cannot_flood_the_member_table() {
+        let cfg = GossipConfig {
+            max_new_members_per_peer: 100,
+            max_members: 250,
+            ..GossipConfig::default()
+        };
+        let mut a = Gossip::new(cfg, record(1), 1, 0);
+        a.handle_push_pull(10, addr(66), flood(20_000));
+        assert_eq!(a.members().count(), 1 + 100, "one window's budget");
+        assert_eq!(a.stats().members_refused, 19_900);
+        // Another window, another peer: the table stops at its cap.
+        a.handle_push_pull(20_000, addr(66), flood(20_000));
+        a.handle_push_pull(20_001, addr(67), flood(20_000));
+        assert_eq!(a.members().count(), 1 + 250);
+        // The state of the seed we join through is welcome whole (still within the cap).
+        let mut b = Gossip::new(
+            GossipConfig {
+                max_new_members_per_peer: 100,
+                ..GossipConfig::default()
+            },
+            record(2),
+            2,
+            0,
+        );
+        b.join(addr(1));
+        b.handle_push_pull_reply(10, addr(1), flood(5_000));
+        assert_eq!(b.members().count(), 1 + 5_000);
+    }
+
+    #[test]
+    fn a_full_table_makes_room_by_dropping_the_oldest_tombstone() {
+        let cfg = GossipConfig {
+            max_members: 3,
+            ..GossipConfig::default()
+        };
+        let mut a = Gossip::new(cfg, record(1), 1, 0);
+        for n in 2..=4 {
+            a.handle_datagram(10, addr(n), &datagram(&Message::Alive(record(n))))
+                .expect("decode");
+        }
+        a.handle_datagram(
+            20,
+            addr(2),
+            &datagram(&Message::Leave {
+                node: record(2).uuid,
+                incarnation: 2,
+            }),
+        )
+        .expect("decode");
+        a.handle_datagram(30, addr(5), &datagram(&Message::Alive(record(5))))
+            .expect("decode");
+        assert!(known(&a, 5).is_some(), "took the tombstone's place");
+        assert!(known(&a, 2).is_none());
+        // Full of live members: refused and counted.
+        a.handle_datagram(40, addr(6), &datagram(&Message::Alive(record(6))))
+            .expect("decode");
+        assert!(known(&a, 6).is_none());
+        assert_eq!(a.stats().members_refused, 1);
+    }
+
+    #[test]
+    fn without_a_key_no_answer_is_larger_than_its_question() {
+        let cfg = GossipConfig {
+            cap_replies: true,
+            ..GossipConfig::default()
+        };
+        let mut b = Gossip::new(cfg.clone(), record(2), 2, 0);
+        // A bare 20-byte detect-ping from outside gets nothing back.
+        let bare = datagram(&Message::DetectPing {
+            id: 1,
+            from: record(9).uuid,
+            padding: 0,
+        });
+        assert!(bare.len() < 40);
+        b.handle_datagram(10, addr(9), &bare).expect("decode");
+        assert!(b.take_effects().is_empty());
+        assert_eq!(b.stats().replies_capped, 1);
+        // A padded one (as `gossip detect` sends) gets the answer, no check states in it.
+        b.set_checks(vec![CheckSummary {
+            name: "linux/cpu".into(),
+            state: 2,
+        }]);
+        b.take_effects();
+        let mut a = Gossip::new(cfg, record(1), 1, 0);
+        let (_, ping) = a.detect_ping();
+        assert_eq!(ping.len(), codec::DETECT_PING_SIZE);
+        b.handle_datagram(2000, addr(1), &ping).expect("decode");
+        let effects = b.take_effects();
+        let sent: Vec<&Vec<u8>> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].len() <= ping.len());
+        let decoded = codec::decode_datagram(sent[0]).expect("decode");
+        assert!(
+            matches!(&decoded[..], [Message::DetectPong { record, .. }] if record.checks.is_empty())
+        );
+        // Acks to a small ping carry no more than the ping, whatever news is queued.
+        b.handle_datagram(3000, addr(3), &datagram(&Message::Alive(record(3))))
+            .expect("decode");
+        b.take_effects();
+        let ping = datagram(&Message::Ping {
+            seq: 1,
+            target: record(2).uuid,
+            from: record(9).uuid,
+        });
+        b.handle_datagram(3001, addr(9), &ping).expect("decode");
+        for e in b.take_effects() {
+            if let Effect::Send { to, bytes } = e
+                && to == addr(9)
+            {
+                assert!(
+                    bytes.len() <= ping.len(),
+                    "{} > {}",
+                    bytes.len(),
+                    ping.len()
+                );
+            }
+        }
     }
 }

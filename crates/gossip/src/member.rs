@@ -53,6 +53,17 @@ impl fmt::Display for MemberState {
     }
 }
 
+/// The largest incarnation a node may have (2^48). A node bumps its incarnation a few times per
+/// change or refutation, so this is never reached; numbers above it are refused on the wire, and
+/// the core never moves an incarnation further than [`MAX_INCARNATION_STEP`] at once, so no
+/// packet can push a counter to its limit (where it would wrap, or pin a record for good).
+pub const MAX_INCARNATION: u64 = 1 << 48;
+
+/// How far above the known incarnation a message may be and still be believed. A node persists
+/// its incarnation and continues above it after a restart, so honest news is at most a few
+/// steps ahead of what its peers know; a jump further than this is refused and counted.
+pub const MAX_INCARNATION_STEP: u64 = 1 << 20;
+
 /// Everything the cluster knows about a node (SPEC §5), as gossiped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {

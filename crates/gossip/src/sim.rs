@@ -55,6 +55,7 @@ enum Ev {
     },
     PushPullReply {
         to: usize,
+        from: usize,
         payload: PushPull,
     },
 }
@@ -345,7 +346,10 @@ impl Sim {
             }
             Ev::PushPull { to, from, payload } => {
                 if self.nodes[to].up && self.can_talk(to, from) {
-                    let reply = self.nodes[to].gossip.handle_push_pull(now, payload);
+                    let reply =
+                        self.nodes[to]
+                            .gossip
+                            .handle_push_pull(now, Self::addr(from), payload);
                     self.flush(to);
                     let d = self.delay() * 2;
                     self.push(
@@ -353,15 +357,18 @@ impl Sim {
                         from,
                         Ev::PushPullReply {
                             to: from,
+                            from: to,
                             payload: reply,
                         },
                     );
                 }
             }
-            Ev::PushPullReply { to, payload } => {
+            Ev::PushPullReply { to, from, payload } => {
                 if self.nodes[to].up {
                     self.stats.push_pulls += 1;
-                    self.nodes[to].gossip.handle_push_pull_reply(now, payload);
+                    self.nodes[to]
+                        .gossip
+                        .handle_push_pull_reply(now, Self::addr(from), payload);
                     self.flush(to);
                 }
             }

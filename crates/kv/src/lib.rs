@@ -14,7 +14,7 @@ pub mod key;
 pub mod ring;
 pub mod wire;
 
-pub use entry::{Entry, Hlc};
+pub use entry::{Entry, Hlc, MAX_CLOCK_AHEAD_MS, MAX_TTL_MS};
 pub use key::{KeyError, MAX_KEY_BYTES, MAX_VALUE_BYTES, validate_key};
 pub use ring::Ring;
 

@@ -85,6 +85,41 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// Whether every key has at least one of its first `n` owners among `answered` (a
+    /// cluster-wide listing that heard from those nodes saw every key).
+    pub fn covered_by(&self, answered: &[NodeUuid], n: usize) -> bool {
+        if self.nodes.iter().all(|node| answered.contains(node)) {
+            return true;
+        }
+        let want = n.min(self.nodes.len());
+        let answered: Vec<bool> = self.nodes.iter().map(|n| answered.contains(n)).collect();
+        // Keys between two points are owned from the second point on: check each arc's owners.
+        for start in 0..self.points.len() {
+            let mut seen: Vec<u32> = Vec::with_capacity(want);
+            let mut covered = false;
+            for k in 0..self.points.len() {
+                let (_, idx) = self.points[(start + k) % self.points.len()];
+                if seen.contains(&idx) {
+                    continue;
+                }
+                seen.push(idx);
+                if answered[idx as usize] {
+                    covered = true;
+                    break;
+                }
+                if seen.len() == want {
+                    break;
+                }
+            }
+            if !covered {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +130,20 @@ mod tests {
         b[..8].copy_from_slice(&n.to_be_bytes());
         b[8..].copy_from_slice(&salt.to_be_bytes());
         NodeUuid::from_bytes(b)
+    }
+
+    #[test]
+    fn a_listing_is_complete_when_every_key_has_an_owner_that_answered() {
+        let nodes: Vec<NodeUuid> = (0..5).map(|i| uuid(i, 3)).collect();
+        let ring = Ring::new(&nodes);
+        assert!(ring.covered_by(&nodes, 3));
+        // One node silent, three copies: every key is still held by someone who answered.
+        assert!(ring.covered_by(&nodes[1..], 3));
+        // Three silent: some keys had all their owners among them.
+        assert!(!ring.covered_by(&nodes[3..], 3));
+        // One copy only: a silent node's keys are missing.
+        assert!(!ring.covered_by(&nodes[1..], 1));
+        assert!(Ring::new(&[]).covered_by(&[], 3));
     }
 
     #[test]

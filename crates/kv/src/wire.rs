@@ -11,6 +11,11 @@ pub const KIND_REQUEST: u8 = 2;
 pub const KIND_RESPONSE: u8 = 3;
 /// Most items in one message.
 const MAX_ITEMS: u64 = 100_000;
+/// Most bytes of entries in one `Entries` page or `Digest` answer: an answer always fits a
+/// cluster frame, whatever is stored (a page holds at least one entry).
+pub const PAGE_BYTES: usize = 1024 * 1024;
+/// Most keys in one `Digest` request.
+pub const DIGEST_ITEMS: usize = 4096;
 
 /// Why bytes are not a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,10 +74,12 @@ pub enum Request {
         /// Key.
         key: String,
     },
-    /// Your entries (tombstones included) under a prefix.
+    /// Your entries (tombstones included) under a prefix, in key order, one page at a time.
     List {
         /// Prefix.
         prefix: String,
+        /// Start after this key (empty: from the first key).
+        after: String,
     },
     /// Anti-entropy: the sender's versions of keys you own too.
     Digest {
@@ -107,10 +114,18 @@ pub enum Response {
     },
     /// Replicated entries are durable here.
     Stored,
+    /// Replicated entries are durable here, except these keys, for which this node holds a
+    /// newer version (returned): the write did not take effect here.
+    Superseded(Vec<(String, Entry)>),
     /// A key's entry here.
     Entry(Option<Entry>),
-    /// Entries.
-    Entries(Vec<(String, Entry)>),
+    /// A page of entries (at most [`PAGE_BYTES`]); `more`: ask again after the last key.
+    Entries {
+        /// The entries, in key order.
+        entries: Vec<(String, Entry)>,
+        /// Whether more keys follow.
+        more: bool,
+    },
     /// Anti-entropy answer: keys the receiver needs, and its newer entries.
     Digest {
         /// Keys to send.
@@ -191,9 +206,10 @@ pub fn encode_request(id: u64, r: &Request) -> Vec<u8> {
             out.push(3);
             put_bytes(&mut out, key.as_bytes());
         }
-        Request::List { prefix } => {
+        Request::List { prefix, after } => {
             out.push(4);
             put_bytes(&mut out, prefix.as_bytes());
+            put_bytes(&mut out, after.as_bytes());
         }
         Request::Digest { items } => {
             out.push(5);
@@ -242,8 +258,13 @@ pub fn encode_response(id: u64, r: &Response) -> Vec<u8> {
                 None => out.push(0),
             }
         }
-        Response::Entries(entries) => {
+        Response::Entries { entries, more } => {
             out.push(5);
+            put_entries(&mut out, entries);
+            out.push(u8::from(*more));
+        }
+        Response::Superseded(entries) => {
+            out.push(7);
             put_entries(&mut out, entries);
         }
         Response::Digest { need, newer } => {
@@ -398,6 +419,7 @@ impl<'a> Reader<'a> {
             },
             4 => Request::List {
                 prefix: self.string()?,
+                after: self.string()?,
             },
             5 => {
                 let n = self.count()?;
@@ -431,7 +453,15 @@ impl<'a> Reader<'a> {
                 1 => Some(self.entry()?),
                 _ => return Err(WireError::Invalid("option")),
             }),
-            5 => Response::Entries(self.entries()?),
+            5 => Response::Entries {
+                entries: self.entries()?,
+                more: match self.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Invalid("flag")),
+                },
+            },
+            7 => Response::Superseded(self.entries()?),
             6 => {
                 let n = self.count()?;
                 let mut need = Vec::with_capacity(n.min(1024));
@@ -492,7 +522,10 @@ mod tests {
                 entries: vec![("x".into(), entry(3)), ("y".into(), entry(4))],
             },
             Request::Get { key: "k".into() },
-            Request::List { prefix: "".into() },
+            Request::List {
+                prefix: "".into(),
+                after: "a/b".into(),
+            },
             Request::Digest {
                 items: vec![("a".into(), 1), ("b".into(), u64::MAX)],
             },
@@ -515,7 +548,11 @@ mod tests {
             Response::Stored,
             Response::Entry(None),
             Response::Entry(Some(entry(7))),
-            Response::Entries(vec![("k".into(), entry(1))]),
+            Response::Entries {
+                entries: vec![("k".into(), entry(1))],
+                more: true,
+            },
+            Response::Superseded(vec![("k".into(), entry(9))]),
             Response::Digest {
                 need: vec!["a".into()],
                 newer: vec![("b".into(), entry(2))],

@@ -245,6 +245,8 @@ pub(crate) fn parse_check(
             ),
         ));
     }
+    // Check names travel in the gossip record, where peers hold them to the same rules.
+    opsbro_types::names::check_name(&name).map_err(|e| ("check".to_owned(), e.0))?;
     let mut spec = CheckSpec {
         name,
         display_name: stem.to_owned(),

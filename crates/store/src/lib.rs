@@ -34,6 +34,19 @@ pub trait Store: Send + Sync + 'static {
     fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Every (key, value) with `start <= key < end`, in key order.
     fn scan_range(&self, start: &str, end: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// One page of a prefix scan: the keys starting with `prefix` that sort after `after`
+    /// (`""`: from the first), in key order, until `max_bytes` of keys and values (at least
+    /// one); true when more keys follow.
+    fn scan_page(&self, prefix: &str, after: &str, max_bytes: usize) -> Result<Page, StoreError> {
+        let all = self.scan_prefix(prefix)?;
+        page(
+            all.into_iter().map(Ok).filter(|kv| match kv {
+                Ok((k, _)) => k.as_str() > after,
+                Err(_) => true,
+            }),
+            max_bytes,
+        )
+    }
     /// Make every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes used on disk (0 for memory).
@@ -44,6 +57,27 @@ pub trait Store: Send + Sync + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A page of a scan: (key, value) pairs in key order, and whether more follow.
+pub type Page = (Vec<(String, Vec<u8>)>, bool);
+
+/// Take (key, value) pairs until `max_bytes` (at least one); true when more follow.
+fn page(
+    items: impl Iterator<Item = Result<(String, Vec<u8>), StoreError>>,
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let (k, v) = item?;
+        if !out.is_empty() && bytes + k.len() + v.len() > max_bytes {
+            return Ok((out, true));
+        }
+        bytes += k.len() + v.len();
+        out.push((k, v));
+    }
+    Ok((out, false))
 }
 
 /// sled, one tree.
@@ -110,6 +144,27 @@ impl Store for SledStore {
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
             })
             .collect()
+    }
+
+    fn scan_page(&self, prefix: &str, after: &str, max_bytes: usize) -> Result<Page, StoreError> {
+        use std::ops::Bound;
+        let start = if after.is_empty() || after < prefix {
+            Bound::Included(prefix.as_bytes().to_vec())
+        } else {
+            Bound::Excluded(after.as_bytes().to_vec())
+        };
+        let items = self
+            .tree
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take_while(|kv| {
+                kv.as_ref()
+                    .map_or(true, |(k, _)| k.starts_with(prefix.as_bytes()))
+            })
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            });
+        page(items, max_bytes)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -325,6 +380,34 @@ mod tests {
         assert_eq!(a, ["a/1", "a/2"]);
         store.remove("a/1").expect("remove");
         assert_eq!(store.get("a/1").expect("get"), None);
+        // Pages: bounded by bytes, at least one entry, resumed after the last key.
+        for i in 0..10 {
+            store.put(&format!("p/{i}"), &[b'v'; 10]).expect("put");
+        }
+        store.put("q/0", b"other prefix").expect("put");
+        let mut after = String::new();
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (items, more) = store.scan_page("p/", &after, 40).expect("page");
+            assert!(!items.is_empty() && items.len() <= 3, "{items:?}");
+            after = items.last().map(|(k, _)| k.clone()).unwrap_or_default();
+            seen.extend(items.into_iter().map(|(k, _)| k));
+            pages += 1;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, (0..10).map(|i| format!("p/{i}")).collect::<Vec<_>>());
+        assert_eq!(pages, 4);
+        let (one, more) = store.scan_page("p/", "", 1).expect("page");
+        assert_eq!(
+            (one.len(), more),
+            (1, true),
+            "one entry even over the budget"
+        );
+        let (none, more) = store.scan_page("p/", "p/9", 100).expect("page");
+        assert!(none.is_empty() && !more);
         store.flush().expect("flush");
     }
 
@@ -343,7 +426,18 @@ mod tests {
             s.put("k", b"v").expect("put");
             s.flush().expect("flush");
         }
-        let s = SledStore::open(dir.path()).expect("reopen");
+        // sled lets go of its file lock when its last handle (some held by its own threads)
+        // is dropped: wait for that rather than racing it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let s = loop {
+            match SledStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline && e.0.contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen: {e:?}"),
+            }
+        };
         assert_eq!(s.get("k").expect("get"), Some(b"v".to_vec()));
     }
 

@@ -7,6 +7,14 @@
 //! one. Without a keyring packets travel in plaintext, and encrypted ones are refused (a keyed
 //! cluster and an open one never mix). Every refusal has its own [`OpenError`] so the driver can
 //! count it; nothing refused is ever handed to the protocol.
+//!
+//! **Replay.** The sealed plaintext starts with the sender's wall-clock time (ms). A receiver
+//! refuses a packet sent more than [`REPLAY_WINDOW_MS`] ago or ahead of its own clock, and
+//! remembers the nonce of every packet it accepted within that window ([`ReplayGuard`]), so a
+//! captured packet replayed later — a KV write that would undo a newer one, a keyring change —
+//! is refused and counted. The memory of nonces is bounded: past [`REPLAY_MAX_NONCES`] the
+//! oldest are forgotten and packets sent before them are refused as stale. Cluster hosts'
+//! clocks must agree within the window (NTP).
 
 #![forbid(unsafe_code)]
 
@@ -16,13 +24,20 @@ use base64::Engine as _;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// First byte of a sealed packet. Plaintext gossip starts with its wire version (1), never this.
-pub const MAGIC: u8 = 0xE1;
+/// First byte of a sealed packet (0xE1 was the envelope without a timestamp). Plaintext gossip
+/// starts with its wire version, never this.
+pub const MAGIC: u8 = 0xE2;
+/// How old (or how far ahead of our clock) a sealed packet may be.
+pub const REPLAY_WINDOW_MS: u64 = 60_000;
+/// Most nonces remembered at once (about 13 MB at worst); under a heavier load the window
+/// shrinks rather than the memory growing.
+pub const REPLAY_MAX_NONCES: usize = 262_144;
+const TIME_LEN: usize = 8;
 /// Length of a key id.
 pub const KEY_ID_LEN: usize = 4;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN;
 /// Bytes a seal adds to a packet.
-pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + 16;
+pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TIME_LEN + 16;
 
 /// Why a packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +54,74 @@ pub enum OpenError {
     /// Authentication failed: tampered, truncated or forged.
     #[error("packet failed authentication (tampered or wrong key)")]
     Tampered,
+    /// An authentic packet seen before: a replay.
+    #[error("packet refused: a replay of a packet already received")]
+    Replayed,
+    /// An authentic packet sent too long ago, or stamped ahead of our clock (clocks apart).
+    #[error("packet refused: sent outside the replay window (are the hosts' clocks in sync?)")]
+    Stale,
+}
+
+/// Remembers the nonces of accepted packets for the replay window (see the crate docs).
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: std::collections::HashSet<[u8; NONCE_LEN]>,
+    /// (sent_ms, nonce) in the order they were accepted.
+    order: std::collections::VecDeque<(u64, [u8; NONCE_LEN])>,
+    /// Packets sent at or before this time are refused: their nonces may have been forgotten.
+    floor_ms: u64,
+    /// Replays refused.
+    pub replayed: u64,
+    /// Packets refused as too old or ahead of our clock.
+    pub stale: u64,
+}
+
+impl ReplayGuard {
+    /// Accept a packet sent at `sent_ms` with `nonce`, at `now_ms`, once.
+    pub fn check(
+        &mut self,
+        now_ms: u64,
+        sent_ms: u64,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<(), OpenError> {
+        // Forget what is out of the window anyway.
+        while let Some((sent, n)) = self.order.front().copied() {
+            if sent.saturating_add(REPLAY_WINDOW_MS) >= now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&n);
+        }
+        if sent_ms.saturating_add(REPLAY_WINDOW_MS) < now_ms
+            || sent_ms > now_ms.saturating_add(REPLAY_WINDOW_MS)
+            || sent_ms <= self.floor_ms
+        {
+            self.stale += 1;
+            return Err(OpenError::Stale);
+        }
+        if !self.seen.insert(nonce) {
+            self.replayed += 1;
+            return Err(OpenError::Replayed);
+        }
+        self.order.push_back((sent_ms, nonce));
+        while self.order.len() > REPLAY_MAX_NONCES {
+            if let Some((sent, n)) = self.order.pop_front() {
+                self.seen.remove(&n);
+                self.floor_ms = self.floor_ms.max(sent);
+            }
+        }
+        Ok(())
+    }
+
+    /// Nonces remembered now.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether no nonce is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 /// Why a keyring operation failed.
@@ -121,11 +204,13 @@ impl Key {
     }
 }
 
-/// The keys of an agent: the primary seals, all of them open.
+/// The keys of an agent: the primary seals, all of them open. Clones share one
+/// [`ReplayGuard`].
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
     keys: Vec<Key>,
     primary: usize,
+    replay: std::sync::Arc<std::sync::Mutex<ReplayGuard>>,
 }
 
 /// On-disk shape of a keyring file.
@@ -141,7 +226,17 @@ impl Keyring {
         Self {
             keys: vec![key],
             primary: 0,
+            replay: Default::default(),
         }
+    }
+
+    /// Replays and stale packets refused so far, and nonces remembered now.
+    pub fn replay_stats(&self) -> (u64, u64, usize) {
+        let g = self
+            .replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (g.replayed, g.stale, g.len())
     }
 
     /// Whether the cluster traffic is encrypted.
@@ -205,8 +300,9 @@ impl Keyring {
         Ok(())
     }
 
-    /// Seal `plaintext` with the primary key; without keys the bytes go as they are.
-    pub fn seal(&self, rng: &dyn SecureRandom, plaintext: &[u8]) -> Vec<u8> {
+    /// Seal `plaintext` with the primary key, stamped with `now_ms` (the sender's wall clock);
+    /// without keys the bytes go as they are.
+    pub fn seal(&self, rng: &dyn SecureRandom, plaintext: &[u8], now_ms: u64) -> Vec<u8> {
         let Some(key) = self.primary() else {
             return plaintext.to_vec();
         };
@@ -219,7 +315,9 @@ impl Keyring {
         out.push(MAGIC);
         out.extend_from_slice(&key.id);
         out.extend_from_slice(&nonce);
-        let mut body = plaintext.to_vec();
+        let mut body = Vec::with_capacity(TIME_LEN + plaintext.len() + 16);
+        body.extend_from_slice(&now_ms.to_be_bytes());
+        body.extend_from_slice(plaintext);
         let aad = [MAGIC, key.id[0], key.id[1], key.id[2], key.id[3]];
         if key
             .aead
@@ -236,8 +334,9 @@ impl Keyring {
         out
     }
 
-    /// Open a packet: check it against the keyring and return the plaintext.
-    pub fn open(&self, packet: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// Open a packet at `now_ms`: check it against the keyring and the replay window, and
+    /// return the plaintext.
+    pub fn open(&self, packet: &[u8], now_ms: u64) -> Result<Vec<u8>, OpenError> {
         let sealed = packet.first() == Some(&MAGIC);
         if !self.is_enabled() {
             return if sealed {
@@ -270,6 +369,18 @@ impl Keyring {
                 &mut body,
             )
             .map_err(|_| OpenError::Tampered)?;
+        // Authentic: now make sure it is fresh and new (only authentic packets reach the
+        // guard, so forged ones cannot fill it).
+        if plain.len() < TIME_LEN {
+            return Err(OpenError::Tampered);
+        }
+        let (time, plain) = plain.split_at(TIME_LEN);
+        let mut sent = [0u8; TIME_LEN];
+        sent.copy_from_slice(time);
+        self.replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(now_ms, u64::from_be_bytes(sent), nonce)?;
         Ok(plain.to_vec())
     }
 
@@ -332,6 +443,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const T: u64 = 1_700_000_000_000;
+
     fn key(b: u8) -> Key {
         Key::new([b; 32])
     }
@@ -340,11 +453,11 @@ mod tests {
     fn seal_then_open_round_trips_with_fresh_nonces() {
         let rng = system_random();
         let ring = Keyring::with_key(key(1));
-        let a = ring.seal(&rng, b"hello");
-        let b = ring.seal(&rng, b"hello");
+        let a = ring.seal(&rng, b"hello", T);
+        let b = ring.seal(&rng, b"hello", T);
         assert_ne!(a, b, "nonces must differ");
         assert_eq!(a.len(), 5 + OVERHEAD);
-        assert_eq!(ring.open(&a).expect("open"), b"hello");
+        assert_eq!(ring.open(&a, T).expect("open"), b"hello");
     }
 
     #[test]
@@ -353,20 +466,20 @@ mod tests {
         let ring = Keyring::with_key(key(1));
         let other = Keyring::with_key(key(2));
         let open = Keyring::default();
-        assert_eq!(ring.open(&[1, 0]), Err(OpenError::Plaintext));
-        let sealed = other.seal(&rng, b"x");
-        assert_eq!(ring.open(&sealed), Err(OpenError::UnknownKey));
-        assert_eq!(open.open(&sealed), Err(OpenError::NoKey));
-        let mut tampered = ring.seal(&rng, b"secret");
+        assert_eq!(ring.open(&[1, 0], T), Err(OpenError::Plaintext));
+        let sealed = other.seal(&rng, b"x", T);
+        assert_eq!(ring.open(&sealed, T), Err(OpenError::UnknownKey));
+        assert_eq!(open.open(&sealed, T), Err(OpenError::NoKey));
+        let mut tampered = ring.seal(&rng, b"secret", T);
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        assert_eq!(ring.open(&tampered), Err(OpenError::Tampered));
-        let mut header = ring.seal(&rng, b"secret");
+        assert_eq!(ring.open(&tampered, T), Err(OpenError::Tampered));
+        let mut header = ring.seal(&rng, b"secret", T);
         header[HEADER_LEN] ^= 1; // the nonce
-        assert_eq!(ring.open(&header), Err(OpenError::Tampered));
-        assert_eq!(ring.open(&[MAGIC, 1, 2]), Err(OpenError::Tampered));
+        assert_eq!(ring.open(&header, T), Err(OpenError::Tampered));
+        assert_eq!(ring.open(&[MAGIC, 1, 2], T), Err(OpenError::Tampered));
         assert_eq!(
-            open.open(&[1, 2, 3])
+            open.open(&[1, 2, 3], T)
                 .expect("plaintext passes without keys"),
             vec![1, 2, 3]
         );
@@ -382,12 +495,12 @@ mod tests {
         b.install(key(2));
         a.use_key(&key(2)).expect("use");
         assert_eq!(
-            b.open(&a.seal(&rng, b"m"))
+            b.open(&a.seal(&rng, b"m", T), T)
                 .expect("b opens new-key packets"),
             b"m"
         );
         assert_eq!(
-            a.open(&b.seal(&rng, b"n"))
+            a.open(&b.seal(&rng, b"n", T), T)
                 .expect("a opens old-key packets"),
             b"n"
         );
@@ -395,7 +508,7 @@ mod tests {
         b.use_key(&key(2)).expect("use");
         a.remove(&key(1)).expect("remove old");
         b.remove(&key(1)).expect("remove old");
-        assert_eq!(b.open(&a.seal(&rng, b"z")).expect("open"), b"z");
+        assert_eq!(b.open(&a.seal(&rng, b"z", T), T).expect("open"), b"z");
         assert!(matches!(
             a.use_key(&key(9)),
             Err(KeyringError::NotInstalled(_))
@@ -427,14 +540,65 @@ mod tests {
         assert!(Key::from_base64("!!").is_err());
     }
 
+    #[test]
+    fn a_replayed_packet_is_refused_and_counted() {
+        // Regression (audit): a captured sealed KV write replayed 3 s later undid a newer
+        // acknowledged value.
+        let rng = system_random();
+        let ring = Keyring::with_key(key(1));
+        let receiver = Keyring::with_key(key(1));
+        let packet = ring.seal(&rng, b"write k=v", T);
+        assert_eq!(receiver.open(&packet, T + 5).expect("first"), b"write k=v");
+        assert_eq!(receiver.open(&packet, T + 3000), Err(OpenError::Replayed));
+        // Clones share the guard: the gossip and KV paths see the same replays.
+        assert_eq!(
+            receiver.clone().open(&packet, T + 3001),
+            Err(OpenError::Replayed)
+        );
+        // Too old, or from the future: stale.
+        let old = ring.seal(&rng, b"x", T - REPLAY_WINDOW_MS - 1);
+        assert_eq!(receiver.open(&old, T), Err(OpenError::Stale));
+        let ahead = ring.seal(&rng, b"x", T + REPLAY_WINDOW_MS + 1);
+        assert_eq!(receiver.open(&ahead, T), Err(OpenError::Stale));
+        assert_eq!(receiver.replay_stats(), (2, 2, 1));
+        // Forged packets never reach the guard.
+        let mut forged = ring.seal(&rng, b"y", T);
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert_eq!(receiver.open(&forged, T), Err(OpenError::Tampered));
+        assert_eq!(receiver.replay_stats().2, 1);
+    }
+
+    #[test]
+    fn the_replay_memory_is_bounded_and_never_lets_a_replay_through() {
+        let mut g = ReplayGuard::default();
+        let nonce = |i: usize| {
+            let mut n = [0u8; NONCE_LEN];
+            n[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            n
+        };
+        let first_sent = T;
+        g.check(T, first_sent, nonce(0)).expect("first");
+        for i in 1..=REPLAY_MAX_NONCES {
+            g.check(T + 1, T + 1, nonce(i)).expect("fresh");
+        }
+        assert_eq!(g.len(), REPLAY_MAX_NONCES);
+        // nonce(0) was forgotten: its packet is now refused as stale, not accepted again.
+        assert_eq!(g.check(T + 2, first_sent, nonce(0)), Err(OpenError::Stale));
+        // The window passes: everything is forgotten, memory back to nothing.
+        g.check(T + 2 * REPLAY_WINDOW_MS, T + 2 * REPLAY_WINDOW_MS, nonce(7))
+            .expect("new");
+        assert_eq!(g.len(), 1);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_packets_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let ring = Keyring::with_key(key(3));
-            let _ = ring.open(&bytes);
+            let _ = ring.open(&bytes, T);
             let mut sealed = bytes.clone();
             sealed.insert(0, MAGIC);
-            let _ = ring.open(&sealed);
+            let _ = ring.open(&sealed, T);
         }
     }
 }

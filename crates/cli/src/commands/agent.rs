@@ -86,6 +86,7 @@ pub fn load_config(
         seeds,
         log_level,
         auto_detect: args.auto_detect,
+        insecure_plaintext_gossip: args.insecure_plaintext_gossip,
         dns_port: args.dns_port,
     };
     let resolved = file.resolve(overrides, &host_facts());
@@ -149,6 +150,33 @@ pub async fn stop(client: &Client, timeout: f64) -> Result<(), CliError> {
     bar.finish_and_clear();
     println!("agent stopped");
     Ok(())
+}
+
+/// The cluster packets and news this agent refused, by reason ("none" when all is quiet).
+fn refused(c: &opsbro_api::gossip::Counters) -> String {
+    let parts: Vec<String> = [
+        (c.rejected_plaintext, "plaintext"),
+        (c.rejected_no_key, "encrypted without a key here"),
+        (c.rejected_unknown_key, "unknown key"),
+        (c.rejected_tampered, "tampered"),
+        (c.rejected_replayed, "replayed"),
+        (c.rejected_stale, "outside the replay window"),
+        (c.malformed, "malformed"),
+        (c.oversize, "oversize"),
+        (c.incarnations_refused, "incarnation too far ahead"),
+        (c.members_refused, "members over the limits"),
+        (c.replies_capped, "answers bigger than the question"),
+        (c.connections_refused, "connections over the limit"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// `opsbro agent info`.
@@ -257,13 +285,17 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
         ),
         (
             "Encryption",
-            if info.gossip.encrypted {
-                "on (AES-256-GCM)"
-            } else {
-                "off"
-            }
-            .to_owned(),
+            match info.gossip.security {
+                opsbro_api::ClusterSecurity::Encrypted => "on (AES-256-GCM, replay window 60 s)".to_owned(),
+                opsbro_api::ClusterSecurity::LoopbackOnly => {
+                    "off: gossip on loopback only (run `opsbro agent keygen` to cluster with other hosts)".to_owned()
+                }
+                opsbro_api::ClusterSecurity::InsecurePlaintext => {
+                    "OFF and open (insecure_plaintext_gossip): anyone who reaches the cluster port can join".to_owned()
+                }
+            },
         ),
+        ("Refused", refused(&info.gossip.counters)),
         ("Data dir", info.data_dir.clone()),
         ("Uptime", render::duration(info.uptime_secs)),
         (

@@ -58,7 +58,6 @@ fn describe(frame: &Value) -> String {
 /// `events watch`.
 pub async fn watch(
     client: &Client,
-    token: Option<String>,
     url: Option<String>,
     channels: Vec<String>,
     json: bool,
@@ -88,7 +87,7 @@ pub async fn watch(
         .as_str()
         .into_client_request()
         .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
-    if let Some(t) = token {
+    if let Some(t) = client.token() {
         let value = format!("Bearer {t}")
             .parse()
             .map_err(|_| CliError::Usage("the token is not a valid header value".into()))?;

@@ -1,0 +1,438 @@
+//! Shell commands built from templates without ever splicing a value into shell text.
+//!
+//! A command template such as `echo "member {{member.name}}" >> out` is rendered with every
+//! `{{ value }}` replaced by a *reference* to a positional parameter (`${1}`, `${2}`, ...), and
+//! the values travel as the arguments of `sh -c SCRIPT opsbro VALUE1 VALUE2 ...`. A parameter
+//! expansion is never parsed as shell code, so a value such as `$(id>PWNED)` or `'; reboot #`
+//! stays text wherever the template put it. Quoting the value instead (what the agent did
+//! before) breaks as soon as the template puts it inside double quotes.
+//!
+//! The reference is written to suit where it lands, so that it expands to exactly the value
+//! (one word, no globbing, no splitting):
+//!
+//! | where | written as |
+//! |---|---|
+//! | outside quotes | `"${N}"` ([`Unquoted::Word`]) or `${N}` ([`Unquoted::Split`]) |
+//! | inside `"..."` | `${N}` |
+//! | inside `'...'` | `'"${N}"'` (close, expand, reopen) |
+//!
+//! `$(...)` and backquotes start a new quoting context, as in the shell. A here-document body
+//! is read as unquoted text, so a value there appears between double quotes.
+
+/// A command ready for `sh -c`: the script, and the values it references as `${1}`, `${2}`...
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShellCommand {
+    /// Shell text written by the operator, with references to the arguments.
+    pub script: String,
+    /// The values, in order (`${1}` is `args[0]`).
+    pub args: Vec<String>,
+}
+
+impl ShellCommand {
+    /// A command with no values.
+    pub fn plain(script: impl Into<String>) -> ShellCommand {
+        ShellCommand {
+            script: script.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// The argument vector after `/bin/sh`: `-c SCRIPT opsbro ARGS...` (`$0` is `opsbro`).
+    pub fn argv(&self) -> Vec<&str> {
+        let mut v = vec!["-c", self.script.as_str(), "opsbro"];
+        v.extend(self.args.iter().map(String::as_str));
+        v
+    }
+}
+
+/// Starts the marker the renderer writes where a value goes (control characters that a
+/// template can never contain: sources with them are refused).
+pub const MARK_START: char = '\u{1}';
+/// Ends a marker.
+pub const MARK_END: char = '\u{2}';
+
+/// Why a command cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellError(pub String);
+
+impl std::fmt::Display for ShellError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The marker for the value at `index`.
+pub fn marker(index: usize) -> String {
+    format!("{MARK_START}{index}{MARK_END}")
+}
+
+/// How a value outside quotes expands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unquoted {
+    /// One word, whatever it holds (handler and generator commands).
+    Word,
+    /// Split into words at blanks, as a value pasted into the text would be (nagios `$macro$`s:
+    /// `$args$` = `-w 80 -c 90` gives four arguments). Splitting is all that happens: the
+    /// value's quotes, `$`, `;` and backquotes are still never read as shell syntax.
+    Split,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    /// Outside quotes (the top level, or inside `$(...)` with this many open parentheses).
+    Plain { parens: u32, subst: bool },
+    /// Inside double quotes.
+    Double,
+    /// Inside backquotes.
+    Backquote,
+}
+
+/// Replace every [`marker`] in `text` by a reference to its value, written for the quoting
+/// context it sits in, and return the script with the values as arguments.
+pub fn place_arguments(
+    text: &str,
+    values: Vec<String>,
+    unquoted: Unquoted,
+) -> Result<ShellCommand, ShellError> {
+    let mut out = String::with_capacity(text.len());
+    let mut stack = vec![Ctx::Plain {
+        parens: 0,
+        subst: false,
+    }];
+    let mut chars = text.chars().peekable();
+    let reference = |out: &mut String,
+                     chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+                     how: &str|
+     -> Result<(), ShellError> {
+        let mut digits = String::new();
+        for c in chars.by_ref() {
+            if c == MARK_END {
+                break;
+            }
+            digits.push(c);
+        }
+        let index: usize = digits
+            .parse()
+            .map_err(|_| ShellError("damaged value marker in a command".into()))?;
+        if index >= values.len() {
+            return Err(ShellError("value marker without a value".into()));
+        }
+        let n = index + 1;
+        match how {
+            "plain" if unquoted == Unquoted::Split => out.push_str(&format!("${{{n}}}")),
+            "plain" => out.push_str(&format!("\"${{{n}}}\"")),
+            "double" => out.push_str(&format!("${{{n}}}")),
+            _ => out.push_str(&format!("'\"${{{n}}}\"'")),
+        }
+        Ok(())
+    };
+    while let Some(c) = chars.next() {
+        let top = *stack.last().unwrap_or(&Ctx::Plain {
+            parens: 0,
+            subst: false,
+        });
+        if c == MARK_START {
+            let how = if top == Ctx::Double {
+                "double"
+            } else {
+                "plain"
+            };
+            reference(&mut out, &mut chars, how)?;
+            continue;
+        }
+        match top {
+            Ctx::Plain { parens, subst } => match c {
+                '\\' => {
+                    out.push(c);
+                    if let Some(&next) = chars.peek()
+                        && next != MARK_START
+                    {
+                        out.push(next);
+                        chars.next();
+                    }
+                }
+                '\'' => {
+                    out.push(c);
+                    // Single quotes: nothing is special until the closing quote.
+                    loop {
+                        match chars.next() {
+                            None => break,
+                            Some('\'') => {
+                                out.push('\'');
+                                break;
+                            }
+                            Some(MARK_START) => reference(&mut out, &mut chars, "single")?,
+                            Some(other) => out.push(other),
+                        }
+                    }
+                }
+                '"' => {
+                    out.push(c);
+                    stack.push(Ctx::Double);
+                }
+                '`' => {
+                    out.push(c);
+                    stack.push(Ctx::Backquote);
+                }
+                '$' if chars.peek() == Some(&'(') => {
+                    out.push(c);
+                    out.push('(');
+                    chars.next();
+                    stack.push(Ctx::Plain {
+                        parens: 0,
+                        subst: true,
+                    });
+                }
+                '(' if subst => {
+                    out.push(c);
+                    if let Some(Ctx::Plain { parens, .. }) = stack.last_mut() {
+                        *parens += 1;
+                    }
+                }
+                ')' if subst => {
+                    out.push(c);
+                    if parens == 0 {
+                        stack.pop();
+                    } else if let Some(Ctx::Plain { parens, .. }) = stack.last_mut() {
+                        *parens -= 1;
+                    }
+                }
+                _ => out.push(c),
+            },
+            Ctx::Double => match c {
+                '\\' => {
+                    out.push(c);
+                    if let Some(&next) = chars.peek()
+                        && matches!(next, '$' | '`' | '"' | '\\' | '\n')
+                    {
+                        out.push(next);
+                        chars.next();
+                    }
+                }
+                '"' => {
+                    out.push(c);
+                    stack.pop();
+                }
+                '`' => {
+                    out.push(c);
+                    stack.push(Ctx::Backquote);
+                }
+                '$' if chars.peek() == Some(&'(') => {
+                    out.push(c);
+                    out.push('(');
+                    chars.next();
+                    stack.push(Ctx::Plain {
+                        parens: 0,
+                        subst: true,
+                    });
+                }
+                _ => out.push(c),
+            },
+            Ctx::Backquote => match c {
+                '\\' => {
+                    out.push(c);
+                    if let Some(&next) = chars.peek()
+                        && next != MARK_START
+                    {
+                        out.push(next);
+                        chars.next();
+                    }
+                }
+                '`' => {
+                    out.push(c);
+                    stack.pop();
+                }
+                '"' => {
+                    out.push(c);
+                    stack.push(Ctx::Double);
+                }
+                '\'' => {
+                    out.push(c);
+                    loop {
+                        match chars.next() {
+                            None => break,
+                            Some('\'') => {
+                                out.push('\'');
+                                break;
+                            }
+                            Some(MARK_START) => reference(&mut out, &mut chars, "single")?,
+                            Some(other) => out.push(other),
+                        }
+                    }
+                }
+                _ => out.push(c),
+            },
+        }
+        if stack.is_empty() {
+            // An unbalanced closing quote or parenthesis: carry on at the top level.
+            stack.push(Ctx::Plain {
+                parens: 0,
+                subst: false,
+            });
+        }
+    }
+    Ok(ShellCommand {
+        script: out,
+        args: values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run the command with the real /bin/sh and return its stdout.
+    fn run(cmd: &ShellCommand) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .args(cmd.argv())
+            .output()
+            .expect("run /bin/sh");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn build(template: &str, values: &[&str]) -> ShellCommand {
+        let mut text = template.to_owned();
+        for i in 0..values.len() {
+            text = text.replacen("{}", &marker(i), 1);
+        }
+        place_arguments(
+            &text,
+            values.iter().map(|v| (*v).to_owned()).collect(),
+            Unquoted::Word,
+        )
+        .expect("build")
+    }
+
+    const NASTY: &[&str] = &[
+        "$(id>PWNED)",
+        "`id`",
+        "'; echo PWNED; '",
+        "\"; echo PWNED; \"",
+        "a b  c",
+        "*",
+        "$HOME",
+        "\\",
+        "-n",
+        "line\nbreak",
+        "",
+    ];
+
+    #[test]
+    fn a_value_is_the_same_text_in_every_quoting_context() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for value in NASTY {
+            for template in [
+                "printf '%s|' {}",
+                "printf '%s|' \"{}\"",
+                "printf '%s|' \"member {}\"",
+                "printf '%s|' 'member {}'",
+                "printf '%s|' \"$(printf '%s' {})\"",
+                "printf '%s|' \"$(printf '%s' \"{}\")\"",
+                "printf '%s|' `printf '%s' {}`x",
+                "x={}; printf '%s|' \"$x\"",
+            ] {
+                let cmd = build(template, &[value]);
+                let got = run(&ShellCommand {
+                    script: format!("cd {} && {}", dir.path().display(), cmd.script),
+                    args: cmd.args.clone(),
+                });
+                let expected_prefix = if template.contains("member") {
+                    "member "
+                } else {
+                    ""
+                };
+                let expected_suffix = if template.contains("`x") { "x" } else { "" };
+                // Backquotes and unquoted `$( )` split words, as the shell does for any
+                // command output; the value itself is never run.
+                if template.contains('`') || template.contains("' {})") {
+                    assert!(!got.contains("uid="), "{template} {value:?}: {got}");
+                } else {
+                    assert_eq!(
+                        got,
+                        format!("{expected_prefix}{value}{expected_suffix}|"),
+                        "{template} with {value:?}: {}",
+                        cmd.script
+                    );
+                }
+                assert!(
+                    !dir.path().join("PWNED").exists(),
+                    "{template} ran {value:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn references_match_their_context() {
+        assert_eq!(build("echo {}", &["v"]).script, "echo \"${1}\"");
+        assert_eq!(build("echo \"a {} b\"", &["v"]).script, "echo \"a ${1} b\"");
+        assert_eq!(
+            build("echo 'a {} b'", &["v"]).script,
+            "echo 'a '\"${1}\"' b'"
+        );
+        assert_eq!(
+            build("echo \"$(cat {})\"", &["v"]).script,
+            "echo \"$(cat \"${1}\")\""
+        );
+        assert_eq!(
+            build("echo {} {}", &["a", "b"]).script,
+            "echo \"${1}\" \"${2}\""
+        );
+        assert_eq!(build("echo \\\"{}", &["v"]).script, "echo \\\"\"${1}\"");
+    }
+
+    #[test]
+    fn ten_values_and_more_are_referenced_with_braces() {
+        let values: Vec<String> = (0..12).map(|i| format!("v{i}")).collect();
+        let text: String = (0..12).map(|i| format!("{} ", marker(i))).collect();
+        let cmd = place_arguments(&format!("printf '%s,' {text}"), values, Unquoted::Word)
+            .expect("build");
+        assert_eq!(run(&cmd), "v0,v1,v2,v3,v4,v5,v6,v7,v8,v9,v10,v11,");
+    }
+
+    #[test]
+    fn damaged_markers_are_errors() {
+        assert!(
+            place_arguments(
+                &format!("echo {MARK_START}x{MARK_END}"),
+                vec![],
+                Unquoted::Word
+            )
+            .is_err()
+        );
+        assert!(
+            place_arguments(
+                &format!("echo {}", marker(3)),
+                vec!["a".into()],
+                Unquoted::Word
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn split_values_become_words_but_never_code() {
+        let cmd = place_arguments(
+            &format!("printf '%s|' {} \"{}\"", marker(0), marker(1)),
+            vec!["-w 80  -c 90".into(), "a  b".into()],
+            Unquoted::Split,
+        )
+        .expect("build");
+        assert_eq!(cmd.script, "printf '%s|' ${1} \"${2}\"");
+        assert_eq!(run(&cmd), "-w|80|-c|90|a  b|");
+        let dir = tempfile::tempdir().expect("tmp");
+        let cmd = place_arguments(
+            &format!("cd {} && echo {}", dir.path().display(), marker(0)),
+            vec!["$(id>PWNED) ; touch PWNED2 `id>PWNED3`".into()],
+            Unquoted::Split,
+        )
+        .expect("build");
+        run(&cmd);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    }
+}
