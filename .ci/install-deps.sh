@@ -13,6 +13,7 @@ declare -A NEEDED=(
     [dig]=bind9-dnsutils
     [dnsmasq]=dnsmasq-base
     [python3]=python3
+    [/usr/bin/python3]=python3
     [/usr/lib/nagios/plugins/check_dummy]=monitoring-plugins-basic
     [carbon-cache]=graphite-carbon
     [whisper-fetch]=python3-whisper

@@ -206,6 +206,14 @@ impl Lan {
         })
     }
 
+    /// Kill the agent on host `i` (its data dir stays, for a restart).
+    pub fn stop_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.hosts[i].agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Run `opsbro ARGS` on host `i` (against its own agent).
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
         Command::new("ip")

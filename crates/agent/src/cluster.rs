@@ -42,11 +42,20 @@ pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>
             "frame of {len} bytes is over the {MAX_FRAME}-byte limit"
         ));
     }
-    let mut buf = vec![0u8; len];
-    stream
-        .read_exact(&mut buf)
+    // Grow with what actually arrives: an announced length costs nothing until its bytes come
+    // (a peer cannot make us allocate megabytes per connection with four bytes).
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    let mut limited = stream.take(len as u64);
+    limited
+        .read_to_end(&mut buf)
         .await
         .map_err(|e| format!("reading frame: {e}"))?;
+    if buf.len() < len {
+        return Err(format!(
+            "connection closed after {} of {len} frame bytes",
+            buf.len()
+        ));
+    }
     Ok(buf)
 }
 

@@ -65,6 +65,7 @@ pub async fn start(
     });
     let handler = DnsHandler::new(answer_settings, rx, settings.recursors.clone(), counters);
     let options = opsbro_dns::server::UdpOptions {
+        max_tcp_connections: crate::host::connection_cap(opsbro_dns::server::MAX_TCP_CONNECTIONS),
         helpers: settings.udp_threads.saturating_sub(1),
         coalesce: settings.coalesce,
     };

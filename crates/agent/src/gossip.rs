@@ -28,6 +28,11 @@ use crate::status::Status;
 
 /// Kind byte of a cluster TCP frame carrying a push-pull (2 and 3 are the KV store's).
 const FRAME_PUSH_PULL: u8 = 1;
+/// Largest push-pull part: a state of any size crosses in frames of about this size (the
+/// frame limit is 4 MiB; parts stay well under it).
+const PUSH_PULL_PART: usize = 1024 * 1024;
+/// Most parts in one push-pull (20,000 members take about 5).
+const MAX_PUSH_PULL_PARTS: usize = 64;
 /// Cluster TCP connections served at once; more are closed at once and counted.
 const MAX_CLUSTER_CONNECTIONS: usize = 64;
 /// Time allowed for a whole push-pull exchange.
@@ -139,6 +144,8 @@ enum Command {
 enum Internal {
     Datagram(SocketAddr, Vec<u8>),
     PushPullRequest(SocketAddr, PushPull, oneshot::Sender<PushPull>),
+    /// A part of a push-pull request or answer that is not the last one: merged at once.
+    PushPullPart(SocketAddr, PushPull, bool),
     PushPullReply(
         SocketAddr,
         PushPull,
@@ -704,9 +711,16 @@ impl Driver {
                 inc(&self.counters.push_pulls);
                 let _ = reply.send(self.core.handle_push_pull(now, from, request));
             }
+            Internal::PushPullPart(from, part, is_reply) => {
+                if is_reply {
+                    self.core.handle_push_pull_reply(now, from, part, false);
+                } else {
+                    self.core.handle_push_pull_part(now, from, part);
+                }
+            }
             Internal::PushPullReply(from, reply, waiter) => {
                 inc(&self.counters.push_pulls);
-                self.core.handle_push_pull_reply(now, from, reply);
+                self.core.handle_push_pull_reply(now, from, reply, true);
                 if let Some(w) = waiter {
                     let _ = w.send(Ok(self
                         .core
@@ -916,7 +930,8 @@ impl Driver {
         let itx = self.itx.clone();
         self.tracker.spawn(async move {
             let result =
-                tokio::time::timeout(PUSH_PULL_TIMEOUT, push_pull(to, &payload, &keyring)).await;
+                tokio::time::timeout(PUSH_PULL_TIMEOUT, push_pull(to, payload, &keyring, &itx))
+                    .await;
             let msg = match result {
                 Ok(Ok(reply)) => Internal::PushPullReply(to, reply, waiter),
                 Ok(Err(e)) => Internal::PushPullFailed(to, e, waiter),
@@ -1059,7 +1074,9 @@ async fn tcp_server(
     shutdown: CancellationToken,
 ) {
     // Bounded: a peer that opens connections and never sends cannot exhaust the agent.
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLUSTER_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(crate::host::connection_cap(
+        MAX_CLUSTER_CONNECTIONS,
+    )));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -1124,47 +1141,91 @@ async fn serve_conn(
             .await
             .map_err(|_| "the KV store is not running".to_owned());
     }
-    let (kind, body) = plain.split_first().ok_or("empty frame")?;
-    if *kind != FRAME_PUSH_PULL {
-        inc(&counters.malformed);
-        return Err(format!("unknown frame kind {kind}"));
-    }
-    let request = codec::decode_push_pull(body).map_err(|e| {
-        inc(&counters.malformed);
-        e.to_string()
-    })?;
+    // The request comes in parts; every part but the last is merged as it arrives.
+    let mut plain = plain;
+    let mut parts = 0;
+    let request = loop {
+        parts += 1;
+        let (part, more) = decode_part(&plain).inspect_err(|_| inc(&counters.malformed))?;
+        if !more {
+            break part;
+        }
+        if parts >= MAX_PUSH_PULL_PARTS {
+            inc(&counters.malformed);
+            return Err(format!(
+                "a push-pull of more than {MAX_PUSH_PULL_PARTS} parts"
+            ));
+        }
+        itx.send(Internal::PushPullPart(peer, part, false))
+            .await
+            .map_err(|_| "gossip stopped")?;
+        let frame = read_frame(&mut stream).await?;
+        plain = open(keyring, &frame).map_err(|e| {
+            counters.rejected(e);
+            e.to_string()
+        })?;
+    };
     let (tx, rx) = oneshot::channel();
     itx.send(Internal::PushPullRequest(peer, request, tx))
         .await
         .map_err(|_| "gossip stopped")?;
     let reply = rx.await.map_err(|_| "gossip stopped")?;
-    let bytes = frame_bytes(keyring, &reply);
-    write_frame(&mut stream, &bytes).await
+    write_parts(&mut stream, keyring, reply).await
 }
 
+/// `[FRAME_PUSH_PULL][more][push-pull]` → the part, and whether more parts follow.
+fn decode_part(plain: &[u8]) -> Result<(PushPull, bool), String> {
+    match plain {
+        [FRAME_PUSH_PULL, more @ (0 | 1), body @ ..] => codec::decode_push_pull(body)
+            .map(|p| (p, *more == 1))
+            .map_err(|e| e.to_string()),
+        [kind, ..] => Err(format!("unexpected frame kind {kind}")),
+        [] => Err("empty frame".into()),
+    }
+}
+
+/// Send a push-pull state in parts of bounded size.
+async fn write_parts(
+    stream: &mut TcpStream,
+    keyring: &RwLock<Keyring>,
+    state: PushPull,
+) -> Result<(), String> {
+    let parts = state.split(PUSH_PULL_PART);
+    let n = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        let mut plain = vec![FRAME_PUSH_PULL, u8::from(i + 1 < n)];
+        plain.extend_from_slice(&codec::encode_push_pull(&part));
+        write_frame(stream, &cluster::seal(keyring, &plain)).await?;
+    }
+    Ok(())
+}
+
+/// Exchange states with `to`; every part of the answer but the last goes to the gossip task
+/// as it arrives, the last is returned.
 async fn push_pull(
     to: SocketAddr,
-    payload: &PushPull,
+    payload: PushPull,
     keyring: &RwLock<Keyring>,
+    itx: &mpsc::Sender<Internal>,
 ) -> Result<PushPull, String> {
     let mut stream = TcpStream::connect(to)
         .await
         .map_err(|e| format!("cannot connect to {to}: {e}"))?;
-    let bytes = frame_bytes(keyring, payload);
-    write_frame(&mut stream, &bytes).await?;
-    let frame = read_frame(&mut stream).await?;
-    let plain = open(keyring, &frame).map_err(|e| format!("answer from {to} refused: {e}"))?;
-    let (kind, body) = plain.split_first().ok_or("empty answer")?;
-    if *kind != FRAME_PUSH_PULL {
-        return Err(format!("unexpected frame kind {kind} from {to}"));
+    write_parts(&mut stream, keyring, payload).await?;
+    for _ in 0..MAX_PUSH_PULL_PARTS {
+        let frame = read_frame(&mut stream).await?;
+        let plain = open(keyring, &frame).map_err(|e| format!("answer from {to} refused: {e}"))?;
+        let (part, more) = decode_part(&plain).map_err(|e| format!("bad answer from {to}: {e}"))?;
+        if !more {
+            return Ok(part);
+        }
+        itx.send(Internal::PushPullPart(to, part, true))
+            .await
+            .map_err(|_| "gossip stopped")?;
     }
-    codec::decode_push_pull(body).map_err(|e| format!("bad answer from {to}: {e}"))
-}
-
-fn frame_bytes(keyring: &RwLock<Keyring>, payload: &PushPull) -> Vec<u8> {
-    let mut plain = vec![FRAME_PUSH_PULL];
-    plain.extend_from_slice(&codec::encode_push_pull(payload));
-    cluster::seal(keyring, &plain)
+    Err(format!(
+        "{to} answered in more than {MAX_PUSH_PULL_PARTS} parts"
+    ))
 }
 
 /// Join the seeds at start, retrying with backoff (1 s doubling to 30 s) until one answers; then

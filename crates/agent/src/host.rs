@@ -39,6 +39,52 @@ pub fn shell(command: &opsbro_checks::ShellCommand) -> tokio::process::Command {
     c
 }
 
+/// Descriptors kept for the agent itself (its stores, outgoing connections, plugins) beyond
+/// what all its listeners may hold at once.
+pub const FD_RESERVE: u64 = 256;
+/// What the listeners may hold at once when nothing is scaled down: API 512, websocket 272,
+/// cluster 64 + KV 256, DNS over TCP 128, graphite 256.
+pub const LISTENER_FDS: u64 = 512 + 272 + 64 + 256 + 128 + 256;
+
+/// The share of each listener's connection cap that fits the descriptor limit (1.0 when the
+/// limit leaves `FD_RESERVE` free with every listener full).
+static CAP_SCALE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Raise the soft limit of open files to the hard limit (the default soft limit, 1024, is below
+/// what the listeners may hold), and scale the listeners' connection caps down if even the hard
+/// limit cannot hold them all and still leave [`FD_RESERVE`] descriptors to the agent.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "cannot raise the open-files limit");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let scale = if soft >= LISTENER_FDS + FD_RESERVE {
+        1.0
+    } else {
+        let scale = soft.saturating_sub(FD_RESERVE) as f64 / LISTENER_FDS as f64;
+        tracing::warn!(
+            limit = soft,
+            "the open-files limit is low: listener connection caps scaled to {:.0}%",
+            scale * 100.0
+        );
+        scale
+    };
+    let _ = CAP_SCALE.set(scale);
+}
+
+/// A listener's connection cap once scaled to the descriptor limit (at least 8).
+pub fn connection_cap(wanted: usize) -> usize {
+    let scale = CAP_SCALE.get().copied().unwrap_or(1.0);
+    ((wanted as f64 * scale) as usize).max(8)
+}
+
 /// Bind UDP and TCP on the same port (port 0: a free port for both), for listeners that
 /// speak both (DNS, graphite).
 pub async fn bind_udp_tcp(

@@ -53,6 +53,8 @@ pub struct ApiContext {
     pub grace_period_secs: u64,
     /// Who may use which route (token, anonymous reads, Host and Origin rules).
     pub access: crate::access::Access,
+    /// The API listener's connection counters.
+    pub api_connections: Arc<crate::serve::ServeCounters>,
     /// The gossip subsystem.
     pub gossip: GossipHandle,
     /// The expression evaluator.
@@ -315,6 +317,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
                 formerr: c.formerr.load(Relaxed),
                 forwarded: c.forwarded.load(Relaxed),
                 malformed: c.malformed.load(Relaxed),
+                tcp_refused: c.tcp_refused.load(Relaxed),
             }
         },
         metrics: ctx.metrics.info(),

@@ -233,7 +233,9 @@ impl KvHandle {
         let handle = KvHandle(kv.clone());
 
         // Incoming connections.
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(tokio::sync::Semaphore::new(crate::host::connection_cap(
+            MAX_CONNECTIONS,
+        )));
         let (k, stop, t) = (kv.clone(), shutdown.clone(), tracker.clone());
         tracker.spawn(async move {
             loop {
@@ -847,13 +849,15 @@ impl Kv {
     }
 
     async fn list(self: &Arc<Self>, prefix: &str) -> Result<Vec<(String, Entry)>, KvError> {
-        let nodes: Vec<NodeUuid> = self
+        // The ring as it is now: completeness is judged against the nodes we asked, even if a
+        // silent one leaves the ring while we wait for it.
+        let ring = self
             .view
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .ring
-            .nodes()
-            .to_vec();
+            .clone();
+        let nodes: Vec<NodeUuid> = ring.nodes().to_vec();
         let mut merged: BTreeMap<String, Entry> = BTreeMap::new();
         let mut take = |entries: Vec<(String, Entry)>| {
             for (k, e) in entries {
@@ -883,12 +887,7 @@ impl Kv {
         }
         // A silent node is fine as long as every key has another owner that answered; an
         // incomplete list is an error, never a short answer.
-        let complete = self
-            .view
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ring
-            .covered_by(&answered, self.config.replication_factor);
+        let complete = ring.covered_by(&answered, self.config.replication_factor);
         if !complete {
             return Err(KvError::new(
                 503,

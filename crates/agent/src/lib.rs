@@ -26,6 +26,7 @@ pub mod http_metrics;
 pub mod kv;
 pub mod metrics;
 pub mod monitoring;
+pub mod serve;
 pub mod status;
 pub mod telemetry;
 pub mod websocket;
@@ -97,6 +98,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     install_tls_provider();
     let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
+    host::raise_fd_limit();
     let status = Status::new();
     let tracker = TaskTracker::new();
 
@@ -304,6 +306,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         );
     }
     let ws_counters = Arc::new(websocket::WsCounters::default());
+    let api_connections = Arc::new(serve::ServeCounters::default());
     let websocket_addr = if config.websocket.enabled {
         status.set("websocket", SubsystemState::Starting, None);
         let started = websocket::start(
@@ -447,6 +450,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         shutdown: shutdown.clone(),
         grace_period_secs: GRACE_PERIOD.as_secs(),
         access,
+        api_connections: api_connections.clone(),
         gossip,
         evaluator,
         detectors: detectors_handle,
@@ -467,17 +471,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let api_shutdown = shutdown.child_token();
     let api_status = status.clone();
     let app = http::router(ctx);
+    let limits = serve::Limits {
+        max_connections: host::connection_cap(API_MAX_CONNECTIONS),
+        header_timeout: API_HEADER_TIMEOUT,
+        grace: Duration::from_secs(5),
+    };
     tracker.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(api_shutdown.cancelled_owned())
-            .await;
-        match served {
-            Ok(()) => api_status.set("api", SubsystemState::Stopped, None),
-            Err(e) => {
-                tracing::error!(error = %e, "local API server failed");
-                api_status.set("api", SubsystemState::Error, Some(e.to_string()));
-            }
-        }
+        serve::serve_http(
+            listener,
+            app,
+            limits,
+            api_connections,
+            |tcp| {
+                let _ = tcp.set_nodelay(true);
+            },
+            api_shutdown,
+        )
+        .await;
+        api_status.set("api", SubsystemState::Stopped, None);
     });
     status.set(
         "api",
@@ -615,6 +626,11 @@ fn api_access(config: &AgentConfig, data_dir: &DataDir) -> Result<access::Access
         host_names,
     })
 }
+
+/// Most local API connections at once (before authentication).
+pub const API_MAX_CONNECTIONS: usize = 512;
+/// A request's headers must arrive within this (and idle keep-alive connections close).
+pub const API_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Name of the API token file in the data dir.
 pub const API_TOKEN_FILE: &str = "api.token";

@@ -4,7 +4,7 @@
 //! forwarder to an external carbon. Parsing, aggregation and storage live in `opsbro_metrics`;
 //! this module owns the sockets, threads and timers.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +32,9 @@ const EXPIRY: Duration = Duration::from_secs(600);
 const MAX_LINE: usize = 4096;
 /// Concurrent graphite TCP connections.
 const MAX_CONNECTIONS: usize = 256;
+/// A graphite connection that sends nothing for this long is closed (carbon clients send
+/// every few seconds and reconnect when needed).
+const GRAPHITE_IDLE: Duration = Duration::from_secs(60);
 /// Receive buffer asked for the UDP listeners: bursts of datagrams wait here while a flush or a
 /// store write holds the thread up.
 const UDP_RECV_BUFFER: usize = 16 * 1024 * 1024;
@@ -49,6 +52,8 @@ fn now_secs() -> u64 {
 struct GraphiteCounters {
     lines: AtomicU64,
     bad_lines: AtomicU64,
+    /// Connections closed to make room for a new one (all slots were taken).
+    evicted: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -149,6 +154,7 @@ impl MetricsHandle {
             graphite_addr: *lock(&self.0.graphite_addr),
             graphite_lines: g.lines.load(Ordering::Relaxed),
             graphite_bad_lines: g.bad_lines.load(Ordering::Relaxed),
+            graphite_evicted: g.evicted.load(Ordering::Relaxed),
             graphite_last_error: lock(&g.last_error).clone(),
             series,
             points: ts.points,
@@ -523,12 +529,24 @@ async fn graphite_udp(
     }
 }
 
+/// The open graphite connections: when all slots are taken, the one quiet for the longest
+/// makes way for the newcomer (idle connections can never lock clients out).
+#[derive(Default)]
+struct Open {
+    next: u64,
+    /// id → (last activity, its stop token).
+    conns: HashMap<u64, (Arc<AtomicU64>, CancellationToken)>,
+}
+
 async fn graphite_tcp(
     handle: MetricsHandle,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cap = crate::host::connection_cap(MAX_CONNECTIONS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let open: Arc<Mutex<Open>> = Arc::default();
+    let started = std::time::Instant::now();
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -543,14 +561,42 @@ async fn graphite_tcp(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "graphite: too many connections, closing this one");
-            continue;
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: stop the connection quiet for the longest and take its slot.
+                let quietest = lock(&open)
+                    .conns
+                    .values()
+                    .min_by_key(|(last, _)| last.load(Ordering::Relaxed))
+                    .map(|(_, stop)| stop.clone());
+                if let Some(stop) = quietest {
+                    stop.cancel();
+                }
+                handle.0.graphite.evicted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "graphite: all connections busy; the quietest one was closed");
+                match tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => continue,
+                }
+            }
         };
         let handle = handle.clone();
-        let stop = shutdown.clone();
+        let stop = shutdown.child_token();
+        let last = Arc::new(AtomicU64::new(started.elapsed().as_millis() as u64));
+        let id = {
+            let mut o = lock(&open);
+            o.next += 1;
+            let id = o.next;
+            o.conns.insert(id, (last.clone(), stop.clone()));
+            id
+        };
+        let open = open.clone();
         connections.spawn(async move {
-            graphite_connection(handle, stream, stop).await;
+            graphite_connection(handle, stream, stop, last, started).await;
+            lock(&open).conns.remove(&id);
             drop(permit);
         });
     }
@@ -564,6 +610,8 @@ async fn graphite_connection(
     handle: MetricsHandle,
     mut stream: tokio::net::TcpStream,
     shutdown: CancellationToken,
+    last: Arc<AtomicU64>,
+    started: std::time::Instant,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
@@ -572,8 +620,12 @@ async fn graphite_connection(
     loop {
         let n = tokio::select! {
             () = shutdown.cancelled() => 0,
-            r = stream.read(&mut chunk) => r.unwrap_or(0),
+            r = tokio::time::timeout(GRAPHITE_IDLE, stream.read(&mut chunk)) => match r {
+                Ok(r) => r.unwrap_or(0),
+                Err(_) => 0,
+            },
         };
+        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if n == 0 {
             // A last line without its newline still counts.
             if !skipping && !buf.is_empty() {

@@ -292,6 +292,12 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
         "DNS datagrams that were not queries, dropped without an answer",
         dns.malformed.load(Relaxed),
     );
+    counter(
+        r,
+        "dns_tcp_refused",
+        "DNS TCP connections refused because too many were open",
+        dns.tcp_refused.load(Relaxed),
+    );
 
     let m = ctx.metrics.info();
     counter(
@@ -383,6 +389,21 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
         "websocket_messages_sent",
         "Websocket messages sent",
         ws.sent.load(Relaxed),
+    );
+    counter_family(
+        r,
+        "http_connections_refused",
+        "Connections closed at once because their listener was full",
+        &[
+            (
+                vec![("listener", "api".into())],
+                ctx.api_connections.refused.load(Relaxed),
+            ),
+            (
+                vec![("listener", "websocket".into())],
+                ws.connections.refused.load(Relaxed),
+            ),
+        ],
     );
 
     let mut out = String::new();

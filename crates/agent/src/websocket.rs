@@ -48,6 +48,8 @@ pub struct WsCounters {
     pub sent: AtomicU64,
     /// Clients disconnected because they did not keep up.
     pub slow_dropped: AtomicU64,
+    /// The listener's connections (before the upgrade).
+    pub connections: Arc<crate::serve::ServeCounters>,
 }
 
 impl WsCounters {
@@ -81,12 +83,12 @@ pub async fn start(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, String> {
-    use axum::serve::ListenerExt;
     let addr = SocketAddr::new(settings.bind, settings.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for websocket clients on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let connections = counters.connections.clone();
     let state = WsState {
         bus,
         access,
@@ -98,18 +100,22 @@ pub async fn start(
         .route("/", get(upgrade))
         .route("/ws", get(upgrade))
         .with_state(state);
-    let listener = listener.tap_io(|tcp| {
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&*tcp, CLIENT_SEND_BUFFER);
-        let _ = tcp.set_nodelay(true);
-    });
-    tracker.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "websocket server failed");
-        }
-    });
+    let limits = crate::serve::Limits {
+        max_connections: crate::host::connection_cap(MAX_CLIENTS + 16),
+        header_timeout: Duration::from_secs(10),
+        grace: Duration::from_secs(1),
+    };
+    tracker.spawn(crate::serve::serve_http(
+        listener,
+        app,
+        limits,
+        connections,
+        |tcp| {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(tcp, CLIENT_SEND_BUFFER);
+            let _ = tcp.set_nodelay(true);
+        },
+        shutdown,
+    ));
     Ok(bound)
 }
 

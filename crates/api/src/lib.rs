@@ -172,6 +172,9 @@ pub struct DnsInfo {
     /// Datagrams that were not DNS queries, dropped without an answer.
     #[serde(default)]
     pub malformed: u64,
+    /// TCP connections refused because too many were open.
+    #[serde(default)]
+    pub tcp_refused: u64,
 }
 
 /// The metrics side of the API: graphite-web's `/render` and `/metrics/find` (what Grafana's
@@ -240,6 +243,9 @@ pub mod metrics {
         pub graphite_lines: u64,
         /// graphite lines refused.
         pub graphite_bad_lines: u64,
+        /// Graphite TCP connections closed to make room for new ones (all slots taken).
+        #[serde(default)]
+        pub graphite_evicted: u64,
         /// The last refused graphite line and why.
         pub graphite_last_error: Option<String>,
         /// Series in the store.

@@ -226,7 +226,7 @@ impl Client {
     /// Find the agent's token file and read it, if this user may and the agent is who it
     /// says (see the module docs). The error says what to do instead.
     async fn discover_token(&self) -> Result<(), String> {
-        const HOW: &str = "pass --token or OPSBRO_API_TOKEN, or run as a user who can read the agent's api.token (root for a system agent)";
+        const HOW: &str = "pass --token or OPSBRO_API_TOKEN";
         let (status, bytes) = self
             .attempt(Method::GET, opsbro_api::routes::AGENT_AUTH, None)
             .await

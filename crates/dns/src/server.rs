@@ -1,7 +1,11 @@
 //! The DNS server: a hickory-server 0.26 [`RequestHandler`] answering from the directory, and
 //! forwarding names outside the domain to recursors when some are configured.
 //!
-//! TCP goes through hickory's `Server`. UDP, where the load is, goes through std threads (see
+//! TCP is a loop of our own (see [`serve_tcp`]): at most [`MAX_TCP_CONNECTIONS`] at once, a
+//! connection closed after [`TCP_IDLE`] without a complete query, each query decoded and answered
+//! by the same handler (hickory's `Server` has neither a connection cap nor a per-read deadline,
+//! and thousands of idle connections took every file descriptor of the agent). UDP, where the
+//! load is, goes through std threads (see
 //! [`serve`]): batches of up to 32 queries per `recvmmsg`, each answered inline — by the
 //! [`FastPath`] for a plain `A`/`AAAA` question, otherwise decoded by hickory
 //! (`Request::from_bytes`), answered by the same handler and encoded by hickory's encoder within
@@ -49,6 +53,8 @@ pub struct Counters {
     pub forwarded: AtomicU64,
     /// Datagrams that were not DNS queries (dropped without an answer).
     pub malformed: AtomicU64,
+    /// TCP connections refused because [`MAX_TCP_CONNECTIONS`] were open.
+    pub tcp_refused: AtomicU64,
 }
 
 impl Counters {
@@ -254,25 +260,10 @@ impl RequestHandler for DnsHandler {
     }
 }
 
-/// Lets hickory's TCP server and our UDP loops share one handler.
-struct Shared(Arc<DnsHandler>);
-
-#[async_trait::async_trait]
-impl RequestHandler for Shared {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        self.0
-            .handle_request::<R, T>(request, response_handle)
-            .await
-    }
-}
-
-/// A response handler that encodes into a buffer (the UDP loop sends it).
+/// A response handler that encodes into a buffer (the UDP and TCP loops send it); over TCP an
+/// answer may take up to 65535 bytes.
 #[derive(Clone, Default)]
-struct Encoded(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+struct Encoded(Arc<std::sync::Mutex<Option<Vec<u8>>>>, bool);
 
 impl Encoded {
     fn take(&self) -> Option<Vec<u8>> {
@@ -297,7 +288,11 @@ impl ResponseHandler for Encoded {
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
         // RFC 1035: 512 bytes over UDP unless the client announced a larger EDNS0 buffer.
-        let max = response.edns().map_or(512, |e| e.max_payload().max(512));
+        let max = if self.1 {
+            u16::MAX
+        } else {
+            response.edns().map_or(512, |e| e.max_payload().max(512))
+        };
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
         encoder.set_max_size(max);
@@ -322,6 +317,87 @@ fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
     }
 }
 
+/// Most DNS-over-TCP connections at once by default; more are closed at once and counted.
+pub const MAX_TCP_CONNECTIONS: usize = 128;
+/// A TCP connection that sends no complete query for this long is closed.
+pub const TCP_IDLE: Duration = Duration::from_secs(5);
+
+/// Serve DNS over TCP (RFC 1035 §4.2.2: two-byte length, then the message; several queries
+/// per connection) until `shutdown`.
+pub async fn serve_tcp(
+    handler: Arc<DnsHandler>,
+    listener: tokio::net::TcpListener,
+    max_connections: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    // Dropped with this future: every connection ends with the server.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok((stream, peer)) = accepted else {
+            // Out of descriptors or the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            handler.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let handler = handler.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            tcp_connection(&handler, stream, peer).await;
+        });
+    }
+}
+
+async fn tcp_connection(handler: &DnsHandler, mut stream: tokio::net::TcpStream, peer: SocketAddr) {
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.set_nodelay(true);
+    loop {
+        let query = tokio::time::timeout(TCP_IDLE, async {
+            let len = stream.read_u16().await? as usize;
+            let mut buf = vec![0u8; len];
+            stream.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await;
+        let Ok(Ok(query)) = query else { return };
+        let request = match Request::from_bytes(query, peer, Protocol::Tcp) {
+            Ok(r) if r.metadata.message_type == MessageType::Query => r,
+            _ => {
+                handler.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let encoded = Encoded(Arc::default(), true);
+        handler
+            .handle_request::<_, TokioTime>(&request, encoded.clone())
+            .await;
+        let Some(answer) = encoded.take() else {
+            handler.counters.servfail.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Ok(len) = u16::try_from(answer.len()) else {
+            return;
+        };
+        let mut framed = Vec::with_capacity(answer.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&answer);
+        let sent = tokio::time::timeout(TCP_IDLE, stream.write_all(&framed)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
+
 /// Datagrams taken (and answers sent) per system call.
 const BATCH: usize = 32;
 /// Largest query taken over UDP (a longer one arrives cut and is dropped as malformed).
@@ -331,9 +407,12 @@ const RATE_WINDOW: Duration = Duration::from_millis(10);
 /// Queries per [`RATE_WINDOW`] above which receives are coalesced (10,000 queries/s).
 const COALESCE_ABOVE: usize = 100;
 
-/// How UDP queries are taken.
+/// How queries are taken (UDP threads, and the TCP connection cap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpOptions {
+    /// Most TCP connections at once ([`MAX_TCP_CONNECTIONS`] unless the descriptor limit is
+    /// low).
+    pub max_tcp_connections: usize,
     /// Threads that join the receiving thread while a backlog lasts (parked otherwise).
     pub helpers: usize,
     /// Under load (over 10,000 queries/s), wait after each batch of answers so the next
@@ -650,7 +729,7 @@ fn help_udp(
 }
 
 /// Serve on the bound sockets until `shutdown`: UDP on a receiving thread (and helpers, see
-/// [`UdpOptions`]), TCP with hickory's server (whole answers, 5 s idle timeout).
+/// [`UdpOptions`]), TCP with [`serve_tcp`] (a connection cap, 5 s idle timeout).
 pub async fn serve(
     handler: DnsHandler,
     udp: tokio::net::UdpSocket,
@@ -721,11 +800,8 @@ pub async fn serve(
         }
         Err(e) => tracing::error!(error = %e, "cannot use the DNS UDP socket"),
     }
-    let mut server = hickory_server::Server::new(Shared(handler));
-    server.register_listener(tcp, Duration::from_secs(5), 64);
-    shutdown.cancelled().await;
+    serve_tcp(handler, tcp, options.max_tcp_connections, shutdown).await;
     stop.store(true, Ordering::Relaxed);
-    let _ = server.shutdown_gracefully().await;
     helper_threads.iter().for_each(std::thread::Thread::unpark);
     let _ = tokio::task::spawn_blocking(move || {
         // Wake the receiving thread with empty datagrams until it has seen `stop` (a helper

@@ -177,6 +177,66 @@ pub struct PushPull {
     pub events: Vec<UserEvent>,
 }
 
+impl PushPull {
+    /// Split into parts whose encodings stay under `max_bytes` each (one member at least per
+    /// part), so a state of any size crosses the cluster port in bounded frames. Every part
+    /// starts with the sender's own record (the first member, by convention), so each one
+    /// names its sender; the events go with the first part.
+    pub fn split(self, max_bytes: usize) -> Vec<PushPull> {
+        let PushPull {
+            join,
+            mut members,
+            events,
+        } = self;
+        if members.is_empty() {
+            return vec![PushPull {
+                join,
+                members,
+                events,
+            }];
+        }
+        let me = members.remove(0);
+        let me_len = record_len(&me);
+        let mut parts = Vec::new();
+        let mut current = PushPull {
+            join,
+            members: vec![me.clone()],
+            events,
+        };
+        let mut size = 16 + me_len + current.events.iter().map(event_len).sum::<usize>();
+        for m in members {
+            let len = record_len(&m);
+            if current.members.len() > 1 && size + len > max_bytes {
+                parts.push(std::mem::replace(
+                    &mut current,
+                    PushPull {
+                        join,
+                        members: vec![me.clone()],
+                        events: Vec::new(),
+                    },
+                ));
+                size = 16 + me_len;
+            }
+            size += len;
+            current.members.push(m);
+        }
+        parts.push(current);
+        parts
+    }
+}
+
+fn record_len(r: &NodeRecord) -> usize {
+    let mut w = Writer::new();
+    w.record(r);
+    w.len()
+}
+
+fn event_len(e: &UserEvent) -> usize {
+    let mut w = Writer::new();
+    w.event(e);
+    w.len()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
@@ -824,6 +884,39 @@ mod tests {
             events: vec![],
         };
         assert_eq!(decode_push_pull(&encode_push_pull(&p)).expect("decode"), p);
+    }
+
+    #[test]
+    fn a_big_state_splits_into_bounded_parts_that_each_name_their_sender() {
+        let mut members: Vec<NodeRecord> = (1..=200).map(|n| record((n % 250) as u8)).collect();
+        for (i, m) in members.iter_mut().enumerate() {
+            m.name = format!("node-{i}");
+        }
+        let whole = PushPull {
+            join: false,
+            members: members.clone(),
+            events: vec![UserEvent {
+                id: 1,
+                origin: members[0].uuid,
+                kind: "deploy".into(),
+                payload: b"x".to_vec(),
+                created_ms: 5,
+            }],
+        };
+        let parts = whole.clone().split(4096);
+        assert!(parts.len() > 3, "{} parts", parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            assert!(encode_push_pull(p).len() <= 4096 + 300, "part {i}");
+            assert_eq!(p.members[0], members[0], "part {i} names its sender");
+            assert_eq!(p.events.len(), usize::from(i == 0));
+        }
+        let rejoined: Vec<NodeRecord> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.members.iter().skip(usize::from(i > 0)).cloned())
+            .collect();
+        assert_eq!(rejoined, members);
+        assert_eq!(whole.clone().split(usize::MAX), vec![whole]);
     }
 
     #[test]

@@ -639,8 +639,25 @@ impl Gossip {
         self.local_state(false)
     }
 
-    /// The answer from `from` to a push-pull we started.
-    pub fn handle_push_pull_reply(&mut self, now: Time, from: SocketAddr, reply: PushPull) {
+    /// A part of a push-pull request that comes in several parts (a big state travels in
+    /// parts of bounded size, see [`PushPull::split`]); the last part goes to
+    /// [`Gossip::handle_push_pull`].
+    pub fn handle_push_pull_part(&mut self, now: Time, from: SocketAddr, part: PushPull) {
+        self.now = self.now.max(now);
+        self.source = Source::Peer(from);
+        self.merge(now, part);
+        self.source = Source::Local;
+    }
+
+    /// The answer from `from` to a push-pull we started (or one part of it: `last` is false
+    /// for every part but the last).
+    pub fn handle_push_pull_reply(
+        &mut self,
+        now: Time,
+        from: SocketAddr,
+        reply: PushPull,
+        last: bool,
+    ) {
         self.now = self.now.max(now);
         self.source = if self.joining {
             Source::JoinReply
@@ -649,7 +666,7 @@ impl Gossip {
         };
         self.merge(now, reply);
         self.source = Source::Local;
-        if std::mem::take(&mut self.joining) {
+        if last && std::mem::take(&mut self.joining) {
             self.fast_sync_ms = 2000;
             self.next_push_pull = now + self.fast_sync_ms + self.rng.random_range(0..500);
         }
@@ -1772,7 +1789,7 @@ mod security_tests {
             0,
         );
         b.join(addr(1));
-        b.handle_push_pull_reply(10, addr(1), flood(5_000));
+        b.handle_push_pull_reply(10, addr(1), flood(5_000), true);
         assert_eq!(b.members().count(), 1 + 5_000);
     }
 

@@ -366,9 +366,12 @@ impl Sim {
             Ev::PushPullReply { to, from, payload } => {
                 if self.nodes[to].up {
                     self.stats.push_pulls += 1;
-                    self.nodes[to]
-                        .gossip
-                        .handle_push_pull_reply(now, Self::addr(from), payload);
+                    self.nodes[to].gossip.handle_push_pull_reply(
+                        now,
+                        Self::addr(from),
+                        payload,
+                        true,
+                    );
                     self.flush(to);
                 }
             }

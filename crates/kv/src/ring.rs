@@ -12,6 +12,21 @@ use sha1::{Digest, Sha1};
 /// (256 and 512 did not, for some uuids: 16.2% off was seen with 512); a 100-node ring is still
 /// built in milliseconds.
 pub const VNODES: u32 = 1024;
+/// Most points on a ring: above 256 nodes each node gets fewer virtual nodes (at least
+/// [`MIN_VNODES`]), so a ring of 20,000 members takes a few MB, not hundreds, and a flood of
+/// members cannot make a rebuild cost without bound. Lowering the count keeps the first points
+/// of every node, so one more node moves only a sliver of the keys.
+pub const MAX_POINTS: usize = 262_144;
+/// Fewest virtual nodes per node.
+pub const MIN_VNODES: u32 = 16;
+
+/// Virtual nodes per node on a ring of `n` nodes.
+pub fn vnodes_for(n: usize) -> u32 {
+    let per = MAX_POINTS / n.max(1);
+    u32::try_from(per)
+        .unwrap_or(VNODES)
+        .clamp(MIN_VNODES, VNODES)
+}
 
 /// Ring position of a key.
 pub fn key_position(key: &str) -> u64 {
@@ -39,11 +54,12 @@ impl Ring {
         let mut nodes = nodes.to_vec();
         nodes.sort();
         nodes.dedup();
-        let mut points = Vec::with_capacity(nodes.len() * VNODES as usize);
+        let vnodes = vnodes_for(nodes.len());
+        let mut points = Vec::with_capacity(nodes.len() * vnodes as usize);
         for (i, n) in nodes.iter().enumerate() {
             let mut buf = [0u8; 20];
             buf[..16].copy_from_slice(n.as_bytes());
-            for v in 0..VNODES {
+            for v in 0..vnodes {
                 buf[16..].copy_from_slice(&v.to_be_bytes());
                 points.push((position(&buf), i as u32));
             }
@@ -144,6 +160,18 @@ mod tests {
         // One copy only: a silent node's keys are missing.
         assert!(!ring.covered_by(&nodes[1..], 1));
         assert!(Ring::new(&[]).covered_by(&[], 3));
+    }
+
+    #[test]
+    fn big_rings_stay_small() {
+        assert_eq!(vnodes_for(5), VNODES);
+        assert_eq!(vnodes_for(256), VNODES);
+        assert_eq!(vnodes_for(1000), 262);
+        assert_eq!(vnodes_for(100_000), MIN_VNODES);
+        let nodes: Vec<NodeUuid> = (0..20_000).map(|i| uuid(i, 9)).collect();
+        let ring = Ring::new(&nodes);
+        assert!(ring.points.len() <= 20_000 * MIN_VNODES as usize);
+        assert_eq!(ring.owners("k", 3).len(), 3);
     }
 
     #[test]

@@ -125,7 +125,11 @@ fn host_facts() -> HostFacts {
 pub async fn start(config: opsbro_config::AgentConfig) -> Result<(), CliError> {
     opsbro_agent::run(config, CancellationToken::new())
         .await
-        .map_err(|e| CliError::Other(e.into()))
+        .map_err(|e| match e {
+            // A configuration that would open the cluster: a configuration error (exit 2).
+            opsbro_agent::AgentError::Insecure(message) => CliError::Usage(message),
+            e => CliError::Other(e.into()),
+        })
 }
 
 /// `opsbro agent stop`.
