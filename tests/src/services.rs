@@ -18,6 +18,28 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A loopback port free for both TCP and UDP, below the kernel's ephemeral range (so no
+/// socket bound to port 0 elsewhere can take it after it was chosen): for an agent that must
+/// come back on the same port after a restart.
+pub fn free_port_outside_ephemeral() -> Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Start at a point that depends on the process, so parallel test runs spread out.
+    let span = low.saturating_sub(10_000).max(1);
+    let start = 10_000 + (std::process::id() as u16 % span);
+    for i in 0..span {
+        let port = 10_000 + (start - 10_000 + i) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between 10000 and {low}")
+}
+
 /// The Python that has `aiosmtpd`: `$OPSBRO_TEST_PYTHON`, the venv `.ci/install-deps.sh` makes,
 /// or `python3`.
 pub fn python_with_aiosmtpd() -> Result<PathBuf> {

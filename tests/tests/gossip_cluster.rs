@@ -369,16 +369,9 @@ fn keyring_changes_are_refused_on_a_plaintext_cluster() {
 #[test]
 fn a_node_left_alone_rejoins_its_seed_when_it_comes_back() {
     // A fixed gossip port for the seed, so that its restart is reachable at the same address.
-    let port = loop {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            break p;
-        }
-    };
+    // Taken below the kernel's ephemeral range: the other agents of the suite bind port 0, so
+    // none of them can take it while the seed is down (that made this test flaky).
+    let port = opsbro_tests::services::free_port_outside_ephemeral().expect("a free port");
     let seed_opts = || named("lonely-seed").port(port);
     let mut a = Agent::start_with(seed_opts()).expect("seed");
     let b = Agent::start_with(named("lonely-b").args(["--seed", &format!("127.0.0.1:{port}")]))
