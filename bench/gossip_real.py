@@ -70,15 +70,22 @@ class Opsbro(System):
             [self.binary, "agent", "start", "--data-dir", d, "--bind", "127.0.0.1", "--port", str(port),
              "--api-port", str(api), "--node-name", f"o{i}", "--log-level", "warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if not k.startswith("OPSBRO_")})
-        return {"proc": p, "name": f"o{i}", "gossip": f"127.0.0.1:{port}", "api": f"127.0.0.1:{api}"}
+        return {"proc": p, "name": f"o{i}", "gossip": f"127.0.0.1:{port}", "api": f"127.0.0.1:{api}", "dir": d}
 
     def members(self, a):
         with urllib.request.urlopen(f"http://{a['api']}/agent/members", timeout=2) as r:
             return {m["name"]: m["state"] for m in json.load(r)}
 
     def join(self, a, target):
+        # Changing routes need the agent's API token (written to its data dir at start; agents
+        # from before the token had none).
+        headers = {"content-type": "application/json"}
+        token_file = os.path.join(a["dir"], "api.token")
+        if os.path.exists(token_file):
+            with open(token_file) as f:
+                headers["authorization"] = f"Bearer {f.read().strip()}"
         req = urllib.request.Request(f"http://{a['api']}/agent/join", data=json.dumps({"addr": target["gossip"]}).encode(),
-                                     headers={"content-type": "application/json"}, method="POST")
+                                     headers=headers, method="POST")
         urllib.request.urlopen(req, timeout=10).read()
 
     alive, dead = "alive", "dead"

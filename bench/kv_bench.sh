@@ -13,8 +13,10 @@ DURATION="${1:-10}"
 for tool in wrk etcd curl; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install wrk etcd-server curl" >&2; exit 1; }
 done
-cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-target}/release/opsbro"
+# OPSBRO_BIN: measure another build (e.g. the previous commit's) with the same script.
+if [ -z "${OPSBRO_BIN:-}" ]; then cargo build --release --quiet; fi
+BIN="${OPSBRO_BIN:-${CARGO_TARGET_DIR:-target}/release/opsbro}"
+token() { cat "$WORK/$1/api.token" 2>/dev/null || true; }  # builds before the API token had none
 WORK="$(mktemp -d /tmp/opsbro-kv-bench.XXXXXX)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -63,13 +65,13 @@ LUA
 } > "$WORK/etcd_get.lua"
 
 RESULTS="$WORK/results"
-run() { # name connections url [script]
-    local name=$1 conns=$2 url=$3 script=${4:-}
+run() { # name connections url [script] [extra header]
+    local name=$1 conns=$2 url=$3 script=${4:-} header=${5:-X-None: 0}
     local out
     if [ -n "$script" ]; then
-        out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency -s "$script" "$url")
+        out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency -H "$header" -s "$script" "$url")
     else
-        out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "$url")
+        out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency -H "$header" "$url")
     fi
     local rps p99 errors
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -80,10 +82,10 @@ run() { # name connections url [script]
 
 wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
-start_opsbro() { # name api_port gossip_port [seed]
-    local name=$1 api=$2 port=$3 seed=${4:-}
+start_opsbro() { # name api_port gossip_port [seed] [config file]
+    local name=$1 api=$2 port=$3 seed=${4:-} config=${5:-/dev/null}
     mkdir -p "$WORK/$name"
-    "$BIN" agent start --data-dir "$WORK/$name" --node-name "$name" --bind 127.0.0.1 \
+    "$BIN" agent start --config "$config" --data-dir "$WORK/$name" --node-name "$name" --bind 127.0.0.1 \
         --api-port "$api" --port "$port" ${seed:+--seed "$seed"} --log-level warn >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     wait_http "http://127.0.0.1:$api/agent/state"
@@ -100,9 +102,11 @@ start_etcd() { # name client peer cluster
 
 echo "== single node ($(nproc) cores, ${DURATION}s per run, wrk -t2)" | tee -a "$RESULTS"
 start_opsbro solo 17701 17601
-curl -sf -X PUT --data-binary 'hello' http://127.0.0.1:17701/kv/bench/key >/dev/null
-run "opsbro GET (32 conns)" 32 "http://127.0.0.1:17701/kv/bench/key?raw"
-run "opsbro durable PUT (64 conns)" 64 "http://127.0.0.1:17701" "$WORK/opsbro_put.lua"
+# The KV routes need the agent's API token (written to its data dir at start).
+AUTH="Authorization: Bearer $(token solo)"
+curl -sf -H "$AUTH" -X PUT --data-binary 'hello' http://127.0.0.1:17701/kv/bench/key >/dev/null
+run "opsbro GET (32 conns)" 32 "http://127.0.0.1:17701/kv/bench/key?raw" "" "$AUTH"
+run "opsbro durable PUT (64 conns)" 64 "http://127.0.0.1:17701" "$WORK/opsbro_put.lua" "$AUTH"
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
 start_etcd e0 23790 23800 "e0=http://127.0.0.1:23800"
@@ -120,7 +124,22 @@ for _ in $(seq 1 100); do
     [ "$(curl -sf http://127.0.0.1:17711/agent/info | grep -o '"ring_nodes":[0-9]*')" = '"ring_nodes":3' ] && break
     sleep 0.1
 done
-run "opsbro PUT, 3 nodes, 2 durable copies (64 conns)" 64 "http://127.0.0.1:17711" "$WORK/opsbro_put.lua"
+run "opsbro PUT, 3 nodes, 2 durable copies (64 conns)" 64 "http://127.0.0.1:17711" "$WORK/opsbro_put.lua" \
+    "Authorization: Bearer $(token n1)"
+for _ in 1 2 3; do kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; done
+
+# The same with a cluster key, as a real cluster runs: every frame sealed, and checked against
+# the replay window (send time + nonce remembered).
+echo "encryption_key: \"$("$BIN" agent keygen)\"" > "$WORK/keyed.yml"
+start_opsbro k1 17721 17621 "" "$WORK/keyed.yml"
+start_opsbro k2 17722 17622 127.0.0.1:17621 "$WORK/keyed.yml"
+start_opsbro k3 17723 17623 127.0.0.1:17621 "$WORK/keyed.yml"
+for _ in $(seq 1 100); do
+    [ "$(curl -sf http://127.0.0.1:17721/agent/info | grep -o '"ring_nodes":[0-9]*')" = '"ring_nodes":3' ] && break
+    sleep 0.1
+done
+run "opsbro PUT, 3 nodes, encrypted, 2 copies (64 conns)" 64 "http://127.0.0.1:17721" "$WORK/opsbro_put.lua" \
+    "Authorization: Bearer $(token k1)"
 for _ in 1 2 3; do kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; done
 
 CLUSTER="m1=http://127.0.0.1:23811,m2=http://127.0.0.1:23812,m3=http://127.0.0.1:23813"

@@ -445,6 +445,78 @@ fn a_version_far_ahead_cannot_pin_a_kv_key() {
     assert_eq!(missing.status, 404);
 }
 
+#[test]
+fn a_write_is_acknowledged_only_once_every_owner_has_it_as_newest() {
+    // Two owners per key. One of them holds a version stamped 30 s ahead (a node whose clock
+    // runs fast, or a member with the key): a write through the coordinator must end up above
+    // it on every owner before it is acknowledged, and read back.
+    let config = "kv:\n  replication_factor: 2\n  write_acks: all\n";
+    let a = Agent::start_with(AgentOptions::default().name("ahead-a").config(config)).expect("a");
+    let b = Agent::start_with(AgentOptions::default().name("ahead-b").config(config)).expect("b");
+    assert!(
+        a.cli(["gossip", "join", &b.gossip.to_string()])
+            .status
+            .success()
+    );
+    wait_for("a ring of two", DEADLINE, || {
+        (info(&a)["kv"]["ring_nodes"] == 2 && info(&b)["kv"]["ring_nodes"] == 2).then_some(())
+    })
+    .expect("ring");
+    let loc = http(a.api, "GET", "/kv/ahead/k?locate", &[&a.auth()], b"").expect("locate");
+    let owners: Value = serde_json::from_str(&loc.body).expect("json");
+    let first = owners["owners"][0]["name"]
+        .as_str()
+        .expect("owner")
+        .to_owned();
+    let (coordinator, replica) = if first == "ahead-a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as u64;
+    let ahead = (now + 30_000) << 16;
+    let req = opsbro_kv::wire::encode_request(
+        3,
+        &opsbro_kv::wire::Request::Replicate {
+            entries: vec![(
+                "ahead/k".into(),
+                opsbro_kv::Entry {
+                    value: b"from the future".to_vec(),
+                    index: ahead,
+                    create_index: ahead,
+                    deleted: false,
+                    expires_ms: 0,
+                },
+            )],
+        },
+    );
+    let mut s = TcpStream::connect(replica.gossip).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(&frame(&req)).expect("send");
+    read_frame(&mut s).expect("stored");
+    let answer = http(
+        coordinator.api,
+        "PUT",
+        "/kv/ahead/k",
+        &[&coordinator.auth()],
+        b"now",
+    )
+    .expect("put");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let written = answer.json();
+    assert!(
+        written["modify_index"].as_u64() > Some(ahead),
+        "{written}: acknowledged below the version an owner holds"
+    );
+    for agent in [&a, &b] {
+        assert_eq!(stdout(&agent.cli(["kv", "get", "ahead/k", "--raw"])), "now");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Bounded state under floods.
 

@@ -72,7 +72,7 @@ impl Access {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match given {
-            Some(t) if crate::http::constant_time_eq(t.as_bytes(), self.token.as_bytes()) => Ok(()),
+            Some(t) if self.token_matches(t) => Ok(()),
             Some(_) => Err(Refusal::Unauthorized("invalid API token".into())),
             None if path == opsbro_api::routes::AGENT_AUTH => Ok(()),
             None if self.anonymous_reads && is_public_read(method, path) => Ok(()),
@@ -83,6 +83,11 @@ impl Access {
                 self.token_file
             ))),
         }
+    }
+
+    /// Whether `given` is the token (compared in constant time).
+    pub fn token_matches(&self, given: &str) -> bool {
+        constant_time_eq(given.as_bytes(), self.token.as_bytes())
     }
 
     /// IP literals, `localhost` and the configured names (port and trailing dot ignored).
@@ -130,6 +135,14 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
     let query = [metrics::RENDER, metrics::FIND];
     (get && (exact.contains(&path) || prefixes.iter().any(|p| path.starts_with(p))))
         || ((get || method == Method::POST) && query.contains(&path))
+}
+
+/// Compare without an early exit so the time taken does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A new random token (32 bytes, hex).
@@ -251,6 +264,13 @@ mod tests {
             ("origin", "http://127.0.0.1:6770"),
         ]);
         assert_eq!(a.check(&Method::GET, "/agent/info", &same), Ok(()));
+    }
+
+    #[test]
+    fn constant_time_eq_compares_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

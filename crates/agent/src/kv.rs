@@ -123,8 +123,8 @@ pub struct KvCounters {
 enum Copy {
     /// Durable on that owner.
     Durable,
-    /// That owner holds a newer version: the write did not take effect there.
-    Superseded,
+    /// That owner holds a newer version (this one): the write did not take effect there.
+    Superseded(u64),
     /// No answer, or an error.
     Failed,
 }
@@ -477,6 +477,11 @@ impl Kv {
     /// which we hold a newer version are reported in `superseded`.
     fn merge_local(&self, entries: &[(String, Entry)]) -> Result<Merged, KvError> {
         let _guard = self.merge.lock().unwrap_or_else(PoisonError::into_inner);
+        self.merge_locked(entries)
+    }
+
+    /// [`Kv::merge_local`] with the merge lock already held.
+    fn merge_locked(&self, entries: &[(String, Entry)]) -> Result<Merged, KvError> {
         let mut merged = Merged::default();
         let now = now_ms();
         for (key, e) in entries {
@@ -677,44 +682,94 @@ impl Kv {
         {
             return Err(KvError::new(400, "ttl is over a year"));
         }
+        let create_index = current.as_ref().map(|e| e.create_index);
+        // Once: a replica that holds a version newer than anything this node has seen (e.g.
+        // stamped by a node whose clock runs ahead) makes us stamp again above it.
+        let mut retried = false;
+        loop {
+            let (entry, merged) = self.stamp_and_merge(key, |index| match &op {
+                WriteOp::Put { value, ttl_ms, .. } => Entry {
+                    value: value.clone(),
+                    index,
+                    create_index: create_index.unwrap_or(index),
+                    deleted: false,
+                    expires_ms: if *ttl_ms == 0 {
+                        0
+                    } else {
+                        now_ms().saturating_add(*ttl_ms)
+                    },
+                },
+                WriteOp::Delete { .. } => Entry {
+                    value: Vec::new(),
+                    index,
+                    create_index: create_index.unwrap_or(index),
+                    deleted: true,
+                    expires_ms: 0,
+                },
+            })?;
+            if merged.taken == 0 {
+                // Our own copy is newer than a stamp we just made: never acknowledge a write
+                // that did nothing.
+                let have = merged.superseded.first().map_or(0, |(_, e)| e.index);
+                return Err(KvError::new(
+                    409,
+                    format!(
+                        "the write was not applied: this node holds a newer version of the key (modify_index {have})"
+                    ),
+                ));
+            }
+            let index = entry.index;
+            match self.replicate_write(key, entry, &owners).await? {
+                Ok(()) => return Ok(index),
+                Err(newer) if !retried => {
+                    retried = true;
+                    let accepted = self
+                        .hlc
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .observe(newer, now_ms());
+                    if !accepted {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        Err(KvError::new(
+            409,
+            "the write was not applied: another owner holds a newer version of the key that this node cannot write above",
+        ))
+    }
+
+    /// Stamp a new version (with `make`) and merge it locally in one step: two writes of a key
+    /// through this node are merged in the order of their stamps, so the later one always wins
+    /// here and the earlier one was simply overwritten. Returns the entry and the merge.
+    fn stamp_and_merge(
+        &self,
+        key: &str,
+        make: impl FnOnce(u64) -> Entry,
+    ) -> Result<(Entry, Merged), KvError> {
+        let _guard = self.merge.lock().unwrap_or_else(PoisonError::into_inner);
         let index = self
             .hlc
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .stamp(now_ms());
-        let entry = match op {
-            WriteOp::Put { value, ttl_ms, .. } => Entry {
-                value,
-                index,
-                create_index: current.as_ref().map_or(index, |e| e.create_index),
-                deleted: false,
-                expires_ms: if ttl_ms == 0 {
-                    0
-                } else {
-                    now_ms().saturating_add(ttl_ms)
-                },
-            },
-            WriteOp::Delete { .. } => Entry {
-                value: Vec::new(),
-                index,
-                create_index: current.as_ref().map_or(index, |e| e.create_index),
-                deleted: true,
-                expires_ms: 0,
-            },
-        };
-        let batch = vec![(key.to_owned(), entry)];
-        let merged = self.merge_local(&batch)?;
-        if merged.taken == 0 {
-            // Our own copy is newer than a stamp we just made (our clock was pushed behind a
-            // version we cannot write above): never acknowledge a write that did nothing.
-            let have = merged.superseded.first().map_or(0, |(_, e)| e.index);
-            return Err(KvError::new(
-                409,
-                format!(
-                    "the write was not applied: this node holds a newer version of the key (modify_index {have})"
-                ),
-            ));
-        }
+        let mut batch = [(key.to_owned(), make(index))];
+        let merged = self.merge_locked(&batch)?;
+        Ok((std::mem::take(&mut batch[0].1), merged))
+    }
+
+    /// Make this node's copy durable and send it to the other owners; `Ok(Ok)` once enough
+    /// copies are durable. An owner that holds a newer version counts when this node has that
+    /// version too (two writes through this node arrived there in the other order: ours was
+    /// overwritten, as last-writer-wins says); otherwise `Ok(Err(version))`: stamp above it.
+    async fn replicate_write(
+        self: &Arc<Self>,
+        key: &str,
+        entry: Entry,
+        owners: &[NodeUuid],
+    ) -> Result<Result<(), u64>, KvError> {
         let needed = self.config.write_acks.needed(owners.len().max(1));
         // Local durability and the replicas in parallel; answer at `needed` copies.
         let (tx, mut rx) = mpsc::channel::<Copy>(owners.len().max(1));
@@ -732,35 +787,40 @@ impl Kv {
         }
         for o in owners.iter().filter(|o| **o != self.me) {
             match self.addr_of(o) {
-                Some(addr) => self.replicate(addr, batch[0].clone(), tx.clone()).await,
+                Some(addr) => {
+                    self.replicate(addr, (key.to_owned(), entry.clone()), tx.clone())
+                        .await;
+                }
                 None => {
                     let _ = tx.send(Copy::Failed).await;
                 }
             }
         }
         drop(tx);
-        let (mut acks, mut answers, mut superseded) = (0, 0, 0);
+        let (mut acks, mut answers, mut newer) = (0, 0, 0u64);
         while let Some(copy) = rx.recv().await {
             answers += 1;
             match copy {
                 Copy::Durable => acks += 1,
-                Copy::Superseded => superseded += 1,
+                Copy::Superseded(held) => {
+                    let here = self.local_get(key)?.map_or(0, |e| e.index);
+                    if held <= here {
+                        acks += 1;
+                    } else {
+                        newer = newer.max(held);
+                    }
+                }
                 Copy::Failed => {}
             }
             if acks >= needed {
-                return Ok(index);
+                return Ok(Ok(()));
             }
             if answers == owners.len().max(1) {
                 break;
             }
         }
-        if superseded > 0 {
-            return Err(KvError::new(
-                409,
-                format!(
-                    "the write was not applied on {superseded} owner(s): they hold a newer version of the key"
-                ),
-            ));
+        if newer > 0 {
+            return Ok(Err(newer));
         }
         Err(KvError::new(
             503,
@@ -834,12 +894,10 @@ impl Kv {
                 for ((key, index), w) in versions.into_iter().zip(waiters) {
                     let copy = match &answer {
                         Ok(Response::Stored) => Copy::Durable,
-                        Ok(Response::Superseded(_))
-                            if held.get(&key).is_some_and(|h| *h > index) =>
-                        {
-                            Copy::Superseded
-                        }
-                        Ok(Response::Superseded(_)) => Copy::Durable,
+                        Ok(Response::Superseded(_)) => match held.get(&key) {
+                            Some(h) if *h > index => Copy::Superseded(*h),
+                            _ => Copy::Durable,
+                        },
                         _ => Copy::Failed,
                     };
                     let _ = w.send(copy).await;

@@ -188,8 +188,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         gossip::GossipSetup {
             me,
             config: opsbro_gossip::GossipConfig {
-                // Without a key nobody is authenticated: never answer with more than was asked.
-                cap_replies: !keyring.is_enabled(),
+                // Without a key nobody is authenticated: beyond loopback, never answer with more
+                // than was asked (a forged source must not make this agent an amplifier).
+                cap_replies: !keyring.is_enabled() && !bind_addr.is_loopback(),
                 ..gossip_config(&config.gossip)
             },
             keyring,

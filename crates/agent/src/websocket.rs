@@ -147,7 +147,7 @@ async fn upgrade(
     let given = bearer.or(query.token.as_deref());
     let from_page = headers.contains_key(axum::http::header::ORIGIN);
     match given {
-        Some(g) if crate::http::constant_time_eq(g.as_bytes(), state.access.token.as_bytes()) => {}
+        Some(g) if state.access.token_matches(g) => {}
         Some(_) => {
             return refuse(StatusCode::UNAUTHORIZED, "wrong token");
         }

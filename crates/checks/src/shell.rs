@@ -79,12 +79,29 @@ pub enum Unquoted {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ctx {
-    /// Outside quotes (the top level, or inside `$(...)` with this many open parentheses).
-    Plain { parens: u32, subst: bool },
+    /// Outside quotes: the top level, or inside `$(...)` (`subst`, with this many parentheses
+    /// open), or inside backquotes (`backquote`).
+    Plain {
+        parens: u32,
+        subst: bool,
+        backquote: bool,
+    },
     /// Inside double quotes.
     Double,
-    /// Inside backquotes.
-    Backquote,
+}
+
+const TOP: Ctx = Ctx::Plain {
+    parens: 0,
+    subst: false,
+    backquote: false,
+};
+
+/// Where a value's reference lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    None,
+    Double,
+    Single,
 }
 
 /// Replace every [`marker`] in `text` by a reference to its value, written for the quoting
@@ -95,22 +112,14 @@ pub fn place_arguments(
     unquoted: Unquoted,
 ) -> Result<ShellCommand, ShellError> {
     let mut out = String::with_capacity(text.len());
-    let mut stack = vec![Ctx::Plain {
-        parens: 0,
-        subst: false,
-    }];
+    let mut stack = vec![TOP];
     let mut chars = text.chars().peekable();
+    // Reads the marker's index (after MARK_START) and writes the reference.
     let reference = |out: &mut String,
                      chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
-                     how: &str|
+                     quote: Quote|
      -> Result<(), ShellError> {
-        let mut digits = String::new();
-        for c in chars.by_ref() {
-            if c == MARK_END {
-                break;
-            }
-            digits.push(c);
-        }
+        let digits: String = chars.by_ref().take_while(|c| *c != MARK_END).collect();
         let index: usize = digits
             .parse()
             .map_err(|_| ShellError("damaged value marker in a command".into()))?;
@@ -118,157 +127,109 @@ pub fn place_arguments(
             return Err(ShellError("value marker without a value".into()));
         }
         let n = index + 1;
-        match how {
-            "plain" if unquoted == Unquoted::Split => out.push_str(&format!("${{{n}}}")),
-            "plain" => out.push_str(&format!("\"${{{n}}}\"")),
-            "double" => out.push_str(&format!("${{{n}}}")),
-            _ => out.push_str(&format!("'\"${{{n}}}\"'")),
+        match (quote, unquoted) {
+            (Quote::None, Unquoted::Split) | (Quote::Double, _) => {
+                out.push_str(&format!("${{{n}}}"))
+            }
+            (Quote::None, Unquoted::Word) => out.push_str(&format!("\"${{{n}}}\"")),
+            // Close the single quotes, expand in double quotes, open them again.
+            (Quote::Single, _) => out.push_str(&format!("'\"${{{n}}}\"'")),
         }
         Ok(())
     };
     while let Some(c) = chars.next() {
-        let top = *stack.last().unwrap_or(&Ctx::Plain {
-            parens: 0,
-            subst: false,
-        });
+        let top = *stack.last().unwrap_or(&TOP);
         if c == MARK_START {
-            let how = if top == Ctx::Double {
-                "double"
+            let quote = if top == Ctx::Double {
+                Quote::Double
             } else {
-                "plain"
+                Quote::None
             };
-            reference(&mut out, &mut chars, how)?;
+            reference(&mut out, &mut chars, quote)?;
             continue;
         }
-        match top {
-            Ctx::Plain { parens, subst } => match c {
-                '\\' => {
-                    out.push(c);
-                    if let Some(&next) = chars.peek()
-                        && next != MARK_START
-                    {
-                        out.push(next);
-                        chars.next();
-                    }
-                }
-                '\'' => {
-                    out.push(c);
-                    // Single quotes: nothing is special until the closing quote.
-                    loop {
-                        match chars.next() {
-                            None => break,
-                            Some('\'') => {
-                                out.push('\'');
-                                break;
-                            }
-                            Some(MARK_START) => reference(&mut out, &mut chars, "single")?,
-                            Some(other) => out.push(other),
-                        }
-                    }
-                }
-                '"' => {
-                    out.push(c);
-                    stack.push(Ctx::Double);
-                }
-                '`' => {
-                    out.push(c);
-                    stack.push(Ctx::Backquote);
-                }
-                '$' if chars.peek() == Some(&'(') => {
-                    out.push(c);
-                    out.push('(');
+        out.push(c);
+        match (top, c) {
+            // A backslash takes the next character literally (in double quotes only `$ ` " \`
+            // and newline).
+            (Ctx::Plain { .. }, '\\') => {
+                if let Some(&next) = chars.peek()
+                    && next != MARK_START
+                {
+                    out.push(next);
                     chars.next();
-                    stack.push(Ctx::Plain {
-                        parens: 0,
-                        subst: true,
-                    });
                 }
-                '(' if subst => {
-                    out.push(c);
-                    if let Some(Ctx::Plain { parens, .. }) = stack.last_mut() {
-                        *parens += 1;
-                    }
-                }
-                ')' if subst => {
-                    out.push(c);
-                    if parens == 0 {
-                        stack.pop();
-                    } else if let Some(Ctx::Plain { parens, .. }) = stack.last_mut() {
-                        *parens -= 1;
-                    }
-                }
-                _ => out.push(c),
-            },
-            Ctx::Double => match c {
-                '\\' => {
-                    out.push(c);
-                    if let Some(&next) = chars.peek()
-                        && matches!(next, '$' | '`' | '"' | '\\' | '\n')
-                    {
-                        out.push(next);
-                        chars.next();
-                    }
-                }
-                '"' => {
-                    out.push(c);
-                    stack.pop();
-                }
-                '`' => {
-                    out.push(c);
-                    stack.push(Ctx::Backquote);
-                }
-                '$' if chars.peek() == Some(&'(') => {
-                    out.push(c);
-                    out.push('(');
+            }
+            (Ctx::Double, '\\') => {
+                if let Some(&next) = chars.peek()
+                    && matches!(next, '$' | '`' | '"' | '\\' | '\n')
+                {
+                    out.push(next);
                     chars.next();
-                    stack.push(Ctx::Plain {
-                        parens: 0,
-                        subst: true,
-                    });
                 }
-                _ => out.push(c),
-            },
-            Ctx::Backquote => match c {
-                '\\' => {
-                    out.push(c);
-                    if let Some(&next) = chars.peek()
-                        && next != MARK_START
-                    {
-                        out.push(next);
-                        chars.next();
+            }
+            // Single quotes: nothing is special until the closing quote.
+            (Ctx::Plain { .. }, '\'') => loop {
+                match chars.next() {
+                    None => break,
+                    Some('\'') => {
+                        out.push('\'');
+                        break;
                     }
+                    Some(MARK_START) => reference(&mut out, &mut chars, Quote::Single)?,
+                    Some(other) => out.push(other),
                 }
-                '`' => {
-                    out.push(c);
+            },
+            (Ctx::Plain { .. }, '"') => stack.push(Ctx::Double),
+            (Ctx::Double, '"') => {
+                stack.pop();
+            }
+            (
+                Ctx::Plain {
+                    backquote: true, ..
+                },
+                '`',
+            ) => {
+                stack.pop();
+            }
+            (_, '`') => stack.push(Ctx::Plain {
+                parens: 0,
+                subst: false,
+                backquote: true,
+            }),
+            (_, '$') if chars.peek() == Some(&'(') => {
+                out.push('(');
+                chars.next();
+                stack.push(Ctx::Plain {
+                    parens: 0,
+                    subst: true,
+                    backquote: false,
+                });
+            }
+            (Ctx::Plain { subst: true, .. }, '(') => {
+                if let Some(Ctx::Plain { parens, .. }) = stack.last_mut() {
+                    *parens += 1;
+                }
+            }
+            (
+                Ctx::Plain {
+                    subst: true,
+                    parens,
+                    ..
+                },
+                ')',
+            ) => {
+                if parens == 0 {
                     stack.pop();
+                } else if let Some(Ctx::Plain { parens, .. }) = stack.last_mut() {
+                    *parens -= 1;
                 }
-                '"' => {
-                    out.push(c);
-                    stack.push(Ctx::Double);
-                }
-                '\'' => {
-                    out.push(c);
-                    loop {
-                        match chars.next() {
-                            None => break,
-                            Some('\'') => {
-                                out.push('\'');
-                                break;
-                            }
-                            Some(MARK_START) => reference(&mut out, &mut chars, "single")?,
-                            Some(other) => out.push(other),
-                        }
-                    }
-                }
-                _ => out.push(c),
-            },
+            }
+            _ => {}
         }
         if stack.is_empty() {
             // An unbalanced closing quote or parenthesis: carry on at the top level.
-            stack.push(Ctx::Plain {
-                parens: 0,
-                subst: false,
-            });
+            stack.push(TOP);
         }
     }
     Ok(ShellCommand {

@@ -9,7 +9,7 @@ pub const MAX_CLOCK_AHEAD_MS: u64 = 60_000;
 pub const MAX_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// What the store holds for a key: a value or a tombstone, versioned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Entry {
     /// The value (empty for a tombstone).
     pub value: Vec<u8>,

@@ -62,10 +62,29 @@ pub enum OpenError {
     Stale,
 }
 
+/// Hashes a nonce by its first eight bytes: nonces are random (and only authentic packets, from
+/// key holders, ever reach the guard), so they need no keyed hash.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NonceHasher(u64);
+
+impl std::hash::Hasher for NonceHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
 /// Remembers the nonces of accepted packets for the replay window (see the crate docs).
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
-    seen: std::collections::HashSet<[u8; NONCE_LEN]>,
+    seen: std::collections::HashSet<[u8; NONCE_LEN], std::hash::BuildHasherDefault<NonceHasher>>,
     /// (sent_ms, nonce) in the order they were accepted.
     order: std::collections::VecDeque<(u64, [u8; NONCE_LEN])>,
     /// Packets sent at or before this time are refused: their nonces may have been forgotten.
