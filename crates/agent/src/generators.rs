@@ -277,13 +277,23 @@ pub fn line_diff(old: &str, new: &str) -> String {
     out
 }
 
-/// A generator's `command` / `validate_command` for the file at `path`: `{{path}}` (and any
-/// other template expression) reaches the shell as a positional argument, never as text.
+/// A generator's `command` / `validate_command` for the file at `path`: `{{path}}` (or
+/// `{{ path }}`) reaches the shell as a positional argument, never as text; everything else is
+/// the operator's shell text as written (a `docker ... --format '{{.Names}}'` stays as it is).
 fn command_for(template: &str, path: &Path) -> Result<opsbro_checks::ShellCommand, String> {
-    opsbro_checks::notify::Renderer::new().render_command(
-        template,
-        &serde_json::json!({ "path": path.to_string_lossy() }),
+    use opsbro_checks::shell::{MARK_END, MARK_START, Unquoted, marker, place_arguments};
+    if template.contains([MARK_START, MARK_END]) {
+        return Err("the command contains control characters".into());
+    }
+    let text = template
+        .replace("{{path}}", &marker(0))
+        .replace("{{ path }}", &marker(0));
+    place_arguments(
+        &text,
+        vec![path.to_string_lossy().into_owned()],
+        Unquoted::Word,
     )
+    .map_err(|e| e.to_string())
 }
 
 /// Run `sh -c command` in its own process group, killed at the timeout; exit code and output
@@ -724,6 +734,20 @@ pub async fn run(mut setup: GeneratorsSetup, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_path_reaches_the_commands_as_an_argument_and_the_rest_as_written() {
+        let cmd = command_for(
+            "haproxy -c -f {{path}} && docker ps --format '{{.Names}}' && echo \"{{ path }}\"",
+            Path::new("/etc/x/$(reboot).cfg"),
+        )
+        .expect("command");
+        assert_eq!(
+            cmd.script,
+            "haproxy -c -f \"${1}\" && docker ps --format '{{.Names}}' && echo \"${1}\""
+        );
+        assert_eq!(cmd.args, ["/etc/x/$(reboot).cfg"]);
+    }
 
     #[test]
     fn partial_blocks_replace_or_append_and_keep_the_rest() {

@@ -247,12 +247,12 @@ impl Client {
             }
             Err(e) => return Err(format!("cannot read {}: {e}; {HOW}", path.display())),
         };
-        let addr: std::net::SocketAddr = self.addr.parse().map_err(|_| {
-            format!(
-                "the agent's address {} is not an IP address: {HOW}",
-                self.addr
-            )
-        })?;
+        // `localhost:6770` too: the address the name gives on this host.
+        let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&self.addr)
+            .ok()
+            .and_then(|mut addrs| addrs.find(|a| a.ip().is_loopback()))
+            .or_else(|| self.addr.parse().ok())
+            .ok_or_else(|| format!("the agent at {} is not on this host: {HOW}", self.addr))?;
         let owner = std::os::unix::fs::MetadataExt::uid(
             &std::fs::metadata(path).map_err(|e| e.to_string())?,
         );
