@@ -116,31 +116,27 @@ run "etcd GET /v3/kv/range (32 conns)" 32 "http://127.0.0.1:23790/v3/kv/range" "
 run "etcd PUT /v3/kv/put (64 conns)" 64 "http://127.0.0.1:23790" "$WORK/etcd_put.lua"
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
-echo "== three nodes, writes through one node" | tee -a "$RESULTS"
-start_opsbro n1 17711 17611
-start_opsbro n2 17712 17612 127.0.0.1:17611
-start_opsbro n3 17713 17613 127.0.0.1:17611
-for _ in $(seq 1 100); do
-    [ "$(curl -sf http://127.0.0.1:17711/agent/info | grep -o '"ring_nodes":[0-9]*')" = '"ring_nodes":3' ] && break
-    sleep 0.1
-done
-run "opsbro PUT, 3 nodes, 2 durable copies (64 conns)" 64 "http://127.0.0.1:17711" "$WORK/opsbro_put.lua" \
-    "Authorization: Bearer $(token n1)"
-for _ in 1 2 3; do kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; done
+# Three opsbro nodes (prefix, first API port, first gossip port, config), PUT through the first
+# one, then stopped.
+three_opsbro() {
+    local p=$1 api=$2 port=$3 config=$4 label=$5
+    start_opsbro "${p}1" "$api" "$port" "" "$config"
+    start_opsbro "${p}2" $((api + 1)) $((port + 1)) "127.0.0.1:$port" "$config"
+    start_opsbro "${p}3" $((api + 2)) $((port + 2)) "127.0.0.1:$port" "$config"
+    for _ in $(seq 1 100); do
+        [ "$(curl -sf "http://127.0.0.1:$api/agent/info" | grep -o '"ring_nodes":[0-9]*')" = '"ring_nodes":3' ] && break
+        sleep 0.1
+    done
+    run "$label" 64 "http://127.0.0.1:$api" "$WORK/opsbro_put.lua" "Authorization: Bearer $(token "${p}1")"
+    for _ in 1 2 3; do kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; done
+}
 
+echo "== three nodes, writes through one node" | tee -a "$RESULTS"
+three_opsbro n 17711 17611 /dev/null "opsbro PUT, 3 nodes, 2 durable copies (64 conns)"
 # The same with a cluster key, as a real cluster runs: every frame sealed, and checked against
 # the replay window (send time + nonce remembered).
 echo "encryption_key: \"$("$BIN" agent keygen)\"" > "$WORK/keyed.yml"
-start_opsbro k1 17721 17621 "" "$WORK/keyed.yml"
-start_opsbro k2 17722 17622 127.0.0.1:17621 "$WORK/keyed.yml"
-start_opsbro k3 17723 17623 127.0.0.1:17621 "$WORK/keyed.yml"
-for _ in $(seq 1 100); do
-    [ "$(curl -sf http://127.0.0.1:17721/agent/info | grep -o '"ring_nodes":[0-9]*')" = '"ring_nodes":3' ] && break
-    sleep 0.1
-done
-run "opsbro PUT, 3 nodes, encrypted, 2 copies (64 conns)" 64 "http://127.0.0.1:17721" "$WORK/opsbro_put.lua" \
-    "Authorization: Bearer $(token k1)"
-for _ in 1 2 3; do kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; done
+three_opsbro k 17721 17621 "$WORK/keyed.yml" "opsbro PUT, 3 nodes, encrypted, 2 copies (64 conns)"
 
 CLUSTER="m1=http://127.0.0.1:23811,m2=http://127.0.0.1:23812,m3=http://127.0.0.1:23813"
 start_etcd m1 23801 23811 "$CLUSTER"

@@ -445,14 +445,17 @@ fn a_version_far_ahead_cannot_pin_a_kv_key() {
     assert_eq!(missing.status, 404);
 }
 
-#[test]
-fn a_write_is_acknowledged_only_once_every_owner_has_it_as_newest() {
-    // Two owners per key. One of them holds a version stamped 30 s ahead (a node whose clock
-    // runs fast, or a member with the key): a write through the coordinator must end up above
-    // it on every owner before it is acknowledged, and read back.
-    let config = "kv:\n  replication_factor: 2\n  write_acks: all\n";
-    let a = Agent::start_with(AgentOptions::default().name("ahead-a").config(config)).expect("a");
-    let b = Agent::start_with(AgentOptions::default().name("ahead-b").config(config)).expect("b");
+/// Two agents `<prefix>-a` and `<prefix>-b` with `config`, joined, both with a KV ring of two.
+fn ring_of_two(prefix: &str, config: &str) -> (Agent, Agent) {
+    let start = |n: &str| {
+        Agent::start_with(
+            AgentOptions::default()
+                .name(&format!("{prefix}-{n}"))
+                .config(config),
+        )
+        .expect("agent")
+    };
+    let (a, b) = (start("a"), start("b"));
     assert!(
         a.cli(["gossip", "join", &b.gossip.to_string()])
             .status
@@ -462,6 +465,15 @@ fn a_write_is_acknowledged_only_once_every_owner_has_it_as_newest() {
         (info(&a)["kv"]["ring_nodes"] == 2 && info(&b)["kv"]["ring_nodes"] == 2).then_some(())
     })
     .expect("ring");
+    (a, b)
+}
+
+#[test]
+fn a_write_is_acknowledged_only_once_every_owner_has_it_as_newest() {
+    // Two owners per key. One of them holds a version stamped 30 s ahead (a node whose clock
+    // runs fast, or a member with the key): a write through the coordinator must end up above
+    // it on every owner before it is acknowledged, and read back.
+    let (a, b) = ring_of_two("ahead", "kv:\n  replication_factor: 2\n  write_acks: all\n");
     let loc = http(a.api, "GET", "/kv/ahead/k?locate", &[&a.auth()], b"").expect("locate");
     let owners: Value = serde_json::from_str(&loc.body).expect("json");
     let first = owners["owners"][0]["name"]
@@ -577,18 +589,7 @@ fn a_flood_of_invented_members_stays_bounded() {
 
 #[test]
 fn an_incomplete_kv_list_is_an_error_not_a_short_answer() {
-    let config = "kv:\n  replication_factor: 1\n";
-    let a = Agent::start_with(AgentOptions::default().name("list-a").config(config)).expect("a");
-    let b = Agent::start_with(AgentOptions::default().name("list-b").config(config)).expect("b");
-    assert!(
-        a.cli(["gossip", "join", &b.gossip.to_string()])
-            .status
-            .success()
-    );
-    wait_for("a ring of two", DEADLINE, || {
-        (info(&a)["kv"]["ring_nodes"] == 2 && info(&b)["kv"]["ring_nodes"] == 2).then_some(())
-    })
-    .expect("ring");
+    let (a, b) = ring_of_two("list", "kv:\n  replication_factor: 1\n");
     for i in 0..40 {
         let out = a.cli(["kv", "put", &format!("list/k{i:02}"), "v"]);
         assert!(out.status.success(), "{}", stderr(&out));
