@@ -125,7 +125,8 @@ fn websocket_streams_members_checks_kv_and_user_events_and_drops_a_stuck_client(
         (info(&a)["websocket"]["clients"] == 2).then_some(())
     })
     .expect("clients");
-    let stuck = stuck_client(ws, "?channels=kv");
+    // Key names are not for anonymous readers: the kv channel needs the token.
+    let stuck = stuck_client(ws, &format!("?channels=kv&token={}", a.token()));
 
     // A member joins.
     let b = Agent::start_with(AgentOptions::default().name("bravo")).expect("bravo");

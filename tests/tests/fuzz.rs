@@ -248,6 +248,7 @@ fn fuzz_kv_wire() {
     };
     let mut seeds: Vec<Vec<u8>> = [
         Request::Write {
+            to: NodeUuid::from_bytes([1; 16]),
             key: "a/b".into(),
             op: WriteOp::Put {
                 value: b"v".to_vec(),
@@ -257,6 +258,7 @@ fn fuzz_kv_wire() {
             deadline_ms: 5,
         },
         Request::Write {
+            to: NodeUuid::from_bytes([1; 16]),
             key: "a".into(),
             op: WriteOp::Delete { cas: None },
             deadline_ms: 0,
@@ -289,7 +291,7 @@ fn fuzz_kv_wire() {
                 message: "cas".into(),
             },
             Response::Stored,
-            Response::Superseded(vec![("k".into(), entry.clone())]),
+            Response::Superseded(vec![("k".into(), 9 << 16)]),
             Response::Entry(Some(entry.clone())),
             Response::Entries {
                 entries: vec![("k".into(), entry.clone())],

@@ -778,20 +778,53 @@ fn a_captured_packet_replayed_later_is_refused_and_counted() {
             .expect("time")
             .as_millis() as u64
     };
-    // A sealed KV write of an old value, as a member sent it (and an attacker captured it).
-    let write = opsbro_kv::wire::encode_request(
-        1,
-        &opsbro_kv::wire::Request::Write {
-            key: "replay/k".into(),
-            op: opsbro_kv::wire::WriteOp::Put {
-                value: b"old".to_vec(),
-                cas: None,
-                ttl_ms: 0,
+    let me: NodeUuid = info(&agent)["uuid"]
+        .as_str()
+        .expect("uuid")
+        .parse()
+        .expect("uuid");
+    let write_to = |to: NodeUuid| {
+        opsbro_kv::wire::encode_request(
+            1,
+            &opsbro_kv::wire::Request::Write {
+                to,
+                key: "replay/k".into(),
+                op: opsbro_kv::wire::WriteOp::Put {
+                    value: b"old".to_vec(),
+                    cas: None,
+                    ttl_ms: 0,
+                },
+                deadline_ms: 0,
             },
-            deadline_ms: 0,
-        },
+        )
+    };
+    // A sealed KV write captured on its way to another node, replayed to this one: refused.
+    let mut s = TcpStream::connect(agent.gossip).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(&frame(&ring.seal(
+        &rng,
+        &write_to(record("other", 5).uuid),
+        now(),
+    )))
+    .expect("send");
+    let answer = ring
+        .open(&read_frame(&mut s).expect("answer"), now())
+        .expect("open");
+    assert!(
+        matches!(
+            opsbro_kv::wire::decode(&answer),
+            Ok(opsbro_kv::wire::Frame::Response(
+                _,
+                opsbro_kv::wire::Response::Refused { code: 421, .. }
+            ))
+        ),
+        "{:?}",
+        opsbro_kv::wire::decode(&answer)
     );
-    let captured = frame(&ring.seal(&rng, &write, now()));
+    drop(s);
+    // A sealed KV write of an old value, as a member sent it (and an attacker captured it).
+    let captured = frame(&ring.seal(&rng, &write_to(me), now()));
     let mut s = TcpStream::connect(agent.gossip).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");

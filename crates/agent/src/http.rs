@@ -705,7 +705,12 @@ async fn add_event(
     if event.kind.starts_with('_') {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "event types starting with `_` are the agent's own",
+            format!(
+                "event type `{}` is reserved: types starting with `_` are the agent's own (such \
+                 as `{}`); choose a name without the leading `_`",
+                event.kind,
+                crate::gossip::KEYRING_EVENT
+            ),
         ));
     }
     if event.payload.len() > opsbro_gossip::codec::MAX_EVENT_PAYLOAD {
@@ -749,8 +754,8 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Refuse bodies announced bigger than the limit with a JSON 413 before reading them. (Bodies
-/// without a length are still capped by `DefaultBodyLimit` in the extractors.)
+/// Refuse bodies announced bigger than the limit with a JSON 413 before reading them, and read
+/// the others within a deadline.
 async fn limit_body(request: Request, next: Next) -> Response {
     let announced = request
         .headers()

@@ -35,6 +35,17 @@ use crate::gossip::{KvConnection, Peer};
 
 /// How long a node waits for another's answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Why a node's list did not come back.
+enum ListError {
+    /// The node did not answer in full (another copy may cover it).
+    Failed(String),
+    /// The prefix holds more than [`MAX_LIST_BYTES`].
+    TooBig(String),
+}
+
+/// The most a list gathers from one node (keys and values): a bigger prefix is refused with
+/// 413, so that one request cannot make the agent hold the whole store several times over.
+const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
 /// How long a node waits for the coordinator it forwarded a write to.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
 /// Clock difference tolerated between nodes for forwarded-write deadlines.
@@ -632,6 +643,7 @@ impl Kv {
                 continue;
             };
             let req = Request::Write {
+                to: *owner,
                 key: key.to_owned(),
                 op: op.clone(),
                 // Our wait, plus room for clocks a little apart.
@@ -737,7 +749,7 @@ impl Kv {
         }
         Err(KvError::new(
             409,
-            "the write was not applied: another owner holds a newer version of the key that this node cannot write above",
+            "the write was overtaken: another owner holds a newer version of the key, stamped ahead of this node's clock, and that version stands (read the key to see it)",
         ))
     }
 
@@ -886,9 +898,7 @@ impl Kv {
                     .await;
                 // The replica's version of each key it did not take (it holds a newer one).
                 let held: HashMap<String, u64> = match &answer {
-                    Ok(Response::Superseded(newer)) => {
-                        newer.iter().map(|(k, e)| (k.clone(), e.index)).collect()
-                    }
+                    Ok(Response::Superseded(newer)) => newer.iter().cloned().collect(),
                     _ => HashMap::new(),
                 };
                 for ((key, index), w) in versions.into_iter().zip(waiters) {
@@ -940,7 +950,8 @@ impl Kv {
                     answered.push(node);
                     take(entries);
                 }
-                Err(e) => failures.push(e),
+                Err(ListError::TooBig(e)) => return Err(KvError::new(413, e)),
+                Err(ListError::Failed(e)) => failures.push(e),
             }
         }
         // A silent node is fine as long as every key has another owner that answered; an
@@ -966,13 +977,20 @@ impl Kv {
         self: &Arc<Self>,
         node: NodeUuid,
         prefix: String,
-    ) -> Result<Vec<(String, Entry)>, String> {
+    ) -> Result<Vec<(String, Entry)>, ListError> {
         let addr = self
             .addr_of(&node)
-            .ok_or_else(|| format!("{node}: no address"))?;
+            .ok_or_else(|| ListError::Failed(format!("{node}: no address")))?;
         let mut all = Vec::new();
         let mut after = String::new();
+        let mut bytes = 0usize;
         loop {
+            if bytes > MAX_LIST_BYTES {
+                return Err(ListError::TooBig(format!(
+                    "more than {} MiB under this prefix on {addr}: narrow the prefix",
+                    MAX_LIST_BYTES >> 20
+                )));
+            }
             let req = Request::List {
                 prefix: prefix.clone(),
                 after: after.clone(),
@@ -980,16 +998,28 @@ impl Kv {
             match self.peers.request(addr, &req, PEER_TIMEOUT).await {
                 Ok(Response::Entries { entries, more }) => {
                     let last = entries.last().map(|(k, _)| k.clone());
+                    bytes += entries
+                        .iter()
+                        .map(|(k, e)| k.len() + e.value.len() + 32)
+                        .sum::<usize>();
                     all.extend(entries);
                     match (more, last) {
                         (true, Some(last)) if last > after => after = last,
-                        (true, _) => return Err(format!("{addr}: a page that does not advance")),
+                        (true, _) => {
+                            return Err(ListError::Failed(format!(
+                                "{addr}: a page that does not advance"
+                            )));
+                        }
                         (false, _) => return Ok(all),
                     }
                 }
-                Ok(Response::Refused { message, .. }) => return Err(format!("{addr}: {message}")),
-                Ok(other) => return Err(format!("{addr}: unexpected {other:?}")),
-                Err(e) => return Err(format!("{addr}: {e}")),
+                Ok(Response::Refused { message, .. }) => {
+                    return Err(ListError::Failed(format!("{addr}: {message}")));
+                }
+                Ok(other) => {
+                    return Err(ListError::Failed(format!("{addr}: unexpected {other:?}")));
+                }
+                Err(e) => return Err(ListError::Failed(format!("{addr}: {e}"))),
             }
         }
     }
@@ -1204,10 +1234,17 @@ impl Kv {
         };
         match req {
             Request::Write {
+                to,
                 key,
                 op,
                 deadline_ms,
             } => {
+                if to != self.me {
+                    return refused(KvError::new(
+                        421,
+                        "this write was addressed to another node (a replay?)",
+                    ));
+                }
                 if let Err(e) = opsbro_kv::validate_key(&key) {
                     return refused(KvError::new(400, e.to_string()));
                 }
@@ -1236,7 +1273,13 @@ impl Kv {
                 };
                 match self.durable().await {
                     Ok(()) if merged.superseded.is_empty() => Response::Stored,
-                    Ok(()) => Response::Superseded(merged.superseded),
+                    Ok(()) => Response::Superseded(
+                        merged
+                            .superseded
+                            .into_iter()
+                            .map(|(k, e)| (k, e.index))
+                            .collect(),
+                    ),
                     Err(e) => refused(e),
                 }
             }

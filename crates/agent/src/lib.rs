@@ -476,6 +476,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         max_connections: host::connection_cap(API_MAX_CONNECTIONS),
         header_timeout: API_HEADER_TIMEOUT,
         grace: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(30),
     };
     tracker.spawn(async move {
         serve::serve_http(

@@ -565,11 +565,16 @@ async fn graphite_tcp(
             Ok(p) => p,
             Err(_) => {
                 // Full: stop the connection quiet for the longest and take its slot.
-                let quietest = lock(&open)
-                    .conns
-                    .values()
-                    .min_by_key(|(last, _)| last.load(Ordering::Relaxed))
-                    .map(|(_, stop)| stop.clone());
+                // Out of the map at once, so that the next newcomer picks another one.
+                let quietest = {
+                    let mut o = lock(&open);
+                    let id = o
+                        .conns
+                        .iter()
+                        .min_by_key(|(_, (last, _))| last.load(Ordering::Relaxed))
+                        .map(|(id, _)| *id);
+                    id.and_then(|id| o.conns.remove(&id)).map(|(_, stop)| stop)
+                };
                 if let Some(stop) = quietest {
                     stop.cancel();
                 }

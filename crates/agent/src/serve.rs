@@ -26,6 +26,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Longest wait for requests in flight at shutdown.
     pub grace: Duration,
+    /// A response write that cannot progress for this long (the client does not read) ends
+    /// the connection.
+    pub write_timeout: Duration,
 }
 
 /// What a listener refused.
@@ -74,8 +77,9 @@ pub async fn serve_http(
         };
         tune(&stream);
         let service = TowerToHyperService::new(app.clone());
+        let io = WriteDeadline::new(stream, limits.write_timeout);
         let mut conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         let (counters, stop) = (counters.clone(), shutdown.clone());
         counters.open.fetch_add(1, Ordering::Relaxed);
@@ -95,4 +99,103 @@ pub async fn serve_http(
     drop(listener);
     connections.close();
     let _ = tokio::time::timeout(limits.grace, connections.wait()).await;
+}
+
+/// A stream whose writes fail once they have been blocked for `limit` (a peer that stops
+/// reading). Reads are not limited: a request may legitimately wait (KV blocking reads), and
+/// headers and bodies have their own deadlines.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    blocked: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            limit,
+            blocked: None,
+        }
+    }
+
+    /// After a write returned Pending: fail once it has been so for `limit`.
+    fn check(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        use std::future::Future as _;
+        let limit = self.limit;
+        let sleep = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read the answer",
+            )),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.check(cx).map(Err),
+            done => {
+                self.blocked = None;
+                done
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Pending => self.check(cx).map(Err),
+            done => {
+                self.blocked = None;
+                done
+            }
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            std::task::Poll::Pending => self.check(cx).map(Err),
+            done => {
+                self.blocked = None;
+                done
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

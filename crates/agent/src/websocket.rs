@@ -63,6 +63,8 @@ impl WsCounters {
 struct WsState {
     bus: EventBus,
     access: crate::access::Access,
+    /// Whether the stream listens on loopback only.
+    loopback: bool,
     counters: Arc<WsCounters>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -92,6 +94,7 @@ pub async fn start(
     let state = WsState {
         bus,
         access,
+        loopback: settings.bind.is_loopback(),
         counters,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
@@ -104,6 +107,8 @@ pub async fn start(
         max_connections: crate::host::connection_cap(MAX_CLIENTS + 16),
         header_timeout: Duration::from_secs(10),
         grace: Duration::from_secs(1),
+        // The stream has its own send timeout for slow clients (5 s).
+        write_timeout: Duration::from_secs(30),
     };
     tracker.spawn(crate::serve::serve_http(
         listener,
@@ -136,18 +141,18 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    // The stream is read-only: open to local callers like the API's read routes. Browsers let
-    // any web page open a websocket to 127.0.0.1 (no same-origin rule), so a request from a
-    // page (it carries Origin) needs the token, as does any request when anonymous reads are
-    // off (a non-loopback bind).
+    // The stream is read-only: open to local callers like the API's read routes (without the
+    // `kv` channel: key names may say too much), when both the API and the stream are on
+    // loopback. Browsers let any web page open a websocket to 127.0.0.1 (no same-origin rule),
+    // so a request from a page (it carries Origin) needs the token.
     let bearer = headers
         .get(opsbro_api::AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let given = bearer.or(query.token.as_deref());
     let from_page = headers.contains_key(axum::http::header::ORIGIN);
-    match given {
-        Some(g) if state.access.token_matches(g) => {}
+    let anonymous = match given {
+        Some(g) if state.access.token_matches(g) => false,
         Some(_) => {
             return refuse(StatusCode::UNAUTHORIZED, "wrong token");
         }
@@ -157,14 +162,14 @@ async fn upgrade(
                 "requests from web pages (with an Origin header) need the API token: pass ?token=",
             );
         }
-        None if !state.access.anonymous_reads => {
+        None if !(state.access.anonymous_reads && state.loopback) => {
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "this stream needs the API token: send Authorization: Bearer <token>",
             );
         }
-        None => {}
-    }
+        None => true,
+    };
     let filter: Option<Vec<&'static str>> = match &query.channels {
         None => None,
         Some(list) => {
@@ -185,6 +190,12 @@ async fn upgrade(
             }
             Some(wanted)
         }
+    };
+    let filter = if anonymous {
+        let all: Vec<&'static str> = filter.unwrap_or_else(|| CHANNELS.to_vec());
+        Some(all.into_iter().filter(|c| *c != "kv").collect())
+    } else {
+        filter
     };
     if state.counters.clients() >= MAX_CLIENTS {
         return refuse(

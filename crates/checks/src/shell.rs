@@ -72,8 +72,9 @@ pub enum Unquoted {
     /// One word, whatever it holds (handler and generator commands).
     Word,
     /// Split into words at blanks, as a value pasted into the text would be (nagios `$macro$`s:
-    /// `$args$` = `-w 80 -c 90` gives four arguments). Splitting is all that happens: the
-    /// value's quotes, `$`, `;` and backquotes are still never read as shell syntax.
+    /// `$args$` = `-w 80 -c 90` gives four arguments), and each word expanded as a file
+    /// pattern like pasted text (`*` lists files). That is all: the value's quotes, `$`, `;`
+    /// and backquotes are never read as shell syntax.
     Split,
 }
 
@@ -88,6 +89,9 @@ enum Ctx {
     },
     /// Inside double quotes.
     Double,
+    /// Inside `$(( ))` or `(( ))`: arithmetic, where bash evaluates variables' text as
+    /// expressions (`a[$(cmd)]` runs `cmd`), so no value may go there.
+    Arith { parens: u32 },
 }
 
 const TOP: Ctx = Ctx::Plain {
@@ -140,24 +144,36 @@ pub fn place_arguments(
     while let Some(c) = chars.next() {
         let top = *stack.last().unwrap_or(&TOP);
         if c == MARK_START {
-            let quote = if top == Ctx::Double {
-                Quote::Double
-            } else {
-                Quote::None
+            let quote = match top {
+                Ctx::Double => Quote::Double,
+                Ctx::Plain { .. } => Quote::None,
+                Ctx::Arith { .. } => {
+                    return Err(ShellError(
+                        "a value cannot go into arithmetic ($((...)) or ((...))): bash would \
+                         evaluate its text; compare it as text (case, [ = ]) instead"
+                            .into(),
+                    ));
+                }
             };
             reference(&mut out, &mut chars, quote)?;
             continue;
         }
+        let word_start = out
+            .chars()
+            .last()
+            .is_none_or(|p| p.is_whitespace() || matches!(p, ';' | '&' | '|' | '(' | ')'));
         out.push(c);
         match (top, c) {
             // A backslash takes the next character literally (in double quotes only `$ ` " \`
-            // and newline).
+            // and newline); a value right after one would lose its quoting.
+            (Ctx::Plain { .. } | Ctx::Double, '\\') if chars.peek() == Some(&MARK_START) => {
+                return Err(ShellError(
+                    "a value cannot follow a backslash in a command".into(),
+                ));
+            }
             (Ctx::Plain { .. }, '\\') => {
-                if let Some(&next) = chars.peek()
-                    && next != MARK_START
-                {
+                if let Some(next) = chars.next() {
                     out.push(next);
-                    chars.next();
                 }
             }
             (Ctx::Double, '\\') => {
@@ -168,6 +184,43 @@ pub fn place_arguments(
                     chars.next();
                 }
             }
+            // A comment runs to the end of the line (its quotes mean nothing).
+            (Ctx::Plain { .. }, '#') if word_start => {
+                while let Some(&next) = chars.peek() {
+                    if next == '\n' {
+                        break;
+                    }
+                    chars.next();
+                    if next == MARK_START {
+                        reference(&mut out, &mut chars, Quote::None)?;
+                    } else {
+                        out.push(next);
+                    }
+                }
+            }
+            // `((` as a command, `$((`: arithmetic.
+            (Ctx::Plain { .. }, '(') if word_start && chars.peek() == Some(&'(') => {
+                out.push('(');
+                chars.next();
+                stack.push(Ctx::Arith { parens: 0 });
+            }
+            (Ctx::Arith { .. }, '(') => {
+                if let Some(Ctx::Arith { parens }) = stack.last_mut() {
+                    *parens += 1;
+                }
+            }
+            (Ctx::Arith { parens }, ')') => {
+                if parens == 0 {
+                    stack.pop();
+                    if chars.peek() == Some(&')') {
+                        out.push(')');
+                        chars.next();
+                    }
+                } else if let Some(Ctx::Arith { parens }) = stack.last_mut() {
+                    *parens -= 1;
+                }
+            }
+            (Ctx::Arith { .. }, _) => {}
             // Single quotes: nothing is special until the closing quote.
             (Ctx::Plain { .. }, '\'') => loop {
                 match chars.next() {
@@ -200,11 +253,17 @@ pub fn place_arguments(
             (_, '$') if chars.peek() == Some(&'(') => {
                 out.push('(');
                 chars.next();
-                stack.push(Ctx::Plain {
-                    parens: 0,
-                    subst: true,
-                    backquote: false,
-                });
+                if chars.peek() == Some(&'(') {
+                    out.push('(');
+                    chars.next();
+                    stack.push(Ctx::Arith { parens: 0 });
+                } else {
+                    stack.push(Ctx::Plain {
+                        parens: 0,
+                        subst: true,
+                        backquote: false,
+                    });
+                }
             }
             (Ctx::Plain { subst: true, .. }, '(') => {
                 if let Some(Ctx::Plain { parens, .. }) = stack.last_mut() {
@@ -354,6 +413,34 @@ mod tests {
         let cmd = place_arguments(&format!("printf '%s,' {text}"), values, Unquoted::Word)
             .expect("build");
         assert_eq!(run(&cmd), "v0,v1,v2,v3,v4,v5,v6,v7,v8,v9,v10,v11,");
+    }
+
+    #[test]
+    fn arithmetic_backslashes_and_comments() {
+        let err = |t: &str| {
+            place_arguments(
+                &t.replace("{}", &marker(0)),
+                vec!["a[$(id)]".into()],
+                Unquoted::Word,
+            )
+            .expect_err(t)
+        };
+        // bash evaluates the text of variables in arithmetic: refused.
+        err("echo $(( {} + 1 ))");
+        err("(( {} > 3 )) && echo big");
+        err("echo \\{}");
+        err("echo \"\\{}\"");
+        // After the arithmetic, values are fine again.
+        assert_eq!(
+            build("echo $(( 1 + (2 * 3) )) {}", &["v"]).script,
+            "echo $(( 1 + (2 * 3) )) \"${1}\""
+        );
+        // A quote in a comment does not change what follows.
+        let cmd = build("# don't\nprintf '%s|' {}", &["a b"]);
+        assert_eq!(cmd.script, "# don't\nprintf '%s|' \"${1}\"");
+        assert_eq!(run(&cmd), "a b|");
+        // `#` inside a word is not a comment.
+        assert_eq!(build("echo a#{}", &["v"]).script, "echo a#\"${1}\"");
     }
 
     #[test]

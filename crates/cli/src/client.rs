@@ -90,6 +90,15 @@ impl Client {
             .clone()
     }
 
+    /// Look the token up now when none was given (as a 401 would), for a caller that is served
+    /// less without it rather than refused (the event stream's `kv` channel). Without access to
+    /// the token file the client stays anonymous.
+    pub async fn find_token(&self) {
+        if !self.explicit && self.token().is_none() {
+            let _ = self.discover_token().await;
+        }
+    }
+
     /// The host:port this client talks to.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -236,42 +245,22 @@ impl Client {
         }
         let info: opsbro_api::AuthInfo =
             serde_json::from_slice(&bytes).map_err(|_| HOW.to_owned())?;
-        let path = std::path::Path::new(&info.token_file);
-        let token = match std::fs::read_to_string(path) {
-            Ok(t) => t.trim().to_owned(),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(format!(
-                    "{} is not readable by this user: {HOW}",
-                    path.display()
-                ));
-            }
-            Err(e) => return Err(format!("cannot read {}: {e}; {HOW}", path.display())),
-        };
-        // `localhost:6770` too: the address the name gives on this host.
+        // Only for an agent on this host (`localhost:6770` too): the address the name gives here.
         let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&self.addr)
             .ok()
             .and_then(|mut addrs| addrs.find(|a| a.ip().is_loopback()))
             .or_else(|| self.addr.parse().ok())
+            .filter(|a: &std::net::SocketAddr| {
+                a.ip().is_loopback() || opsbro_agent::host::interface_addrs().contains(&a.ip())
+            })
             .ok_or_else(|| format!("the agent at {} is not on this host: {HOW}", self.addr))?;
-        let owner = std::os::unix::fs::MetadataExt::uid(
-            &std::fs::metadata(path).map_err(|e| e.to_string())?,
-        );
-        match listener_uid(addr) {
-            Some(uid) if uid == owner => {}
-            Some(uid) => {
-                return Err(format!(
-                    "the process listening on {addr} runs as uid {uid}, not as the owner of {} \
-                     (uid {owner}): not sending it the token",
-                    path.display()
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "no listening socket for {addr} on this host: the token is only looked up \
-                     for a local agent; {HOW}"
-                ));
-            }
-        }
+        let Some(listener) = listener_uid(addr) else {
+            return Err(format!(
+                "no listening socket for {addr} on this host: {HOW}"
+            ));
+        };
+        let path = std::path::Path::new(&info.token_file);
+        let token = read_token_owned_by(path, listener).map_err(|e| format!("{e}: {HOW}"))?;
         *self.token.lock().unwrap_or_else(PoisonError::into_inner) = Some(token);
         Ok(())
     }
@@ -294,6 +283,44 @@ impl Client {
             ))
         }
     }
+}
+
+/// Read the token at `path` if it is a small regular file owned by `uid` (the owner of the
+/// listening socket). The file is opened once (without blocking: the agent names the path, and a
+/// FIFO must not hang us) and everything is checked on that open file, so it cannot be swapped
+/// between the check and the read.
+fn read_token_owned_by(path: &std::path::Path, uid: u32) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nonblock)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                format!("{} is not readable by this user", path.display())
+            }
+            _ => format!("cannot read {}: {e}", path.display()),
+        })?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() || meta.len() > 4096 {
+        return Err(format!("{} is not a token file", path.display()));
+    }
+    if meta.uid() != uid {
+        return Err(format!(
+            "the process listening on the API port runs as uid {uid}, not as the owner of {} \
+             (uid {}): not sending it the token",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let mut text = String::new();
+    file.by_ref()
+        .take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(text.trim().to_owned())
 }
 
 fn error_message(bytes: &[u8]) -> String {

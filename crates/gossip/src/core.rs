@@ -156,6 +156,8 @@ struct Relay {
     requester_seq: u32,
     deadline: Time,
     want_nack: bool,
+    /// Asked by an unauthenticated datagram: answer with bare messages (no piggyback).
+    capped: bool,
 }
 
 /// One entry of the membership history.
@@ -225,6 +227,8 @@ pub struct Gossip {
     reply_cap: Option<usize>,
     /// New members introduced per peer IP in the current window: (window start, count).
     introduced: HashMap<IpAddr, (Time, usize)>,
+    /// How far others moved our own incarnation in the current hour: (hour start, total).
+    self_jumps: (Time, u64),
 }
 
 impl Gossip {
@@ -275,6 +279,7 @@ impl Gossip {
             source: Source::Local,
             reply_cap: None,
             introduced: HashMap::default(),
+            self_jumps: (now, 0),
             cfg,
         }
     }
@@ -554,7 +559,11 @@ impl Gossip {
                         seq: r.requester_seq,
                         from: self.me.uuid,
                     };
-                    self.send_with_piggyback(r.requester, &ack);
+                    if r.capped {
+                        self.send_bare(r.requester, &ack);
+                    } else {
+                        self.send_with_piggyback(r.requester, &ack);
+                    }
                 }
             }
             Message::Nack { seq } => {
@@ -570,13 +579,29 @@ impl Gossip {
                 target_addr,
                 want_nack,
             } => {
+                let capped = self.reply_cap.is_some();
+                if capped
+                    && self
+                        .members
+                        .get(&target)
+                        .is_none_or(|m| m.record.addr != target_addr)
+                {
+                    // Unauthenticated: ping only a member we know, at its own address (a forged
+                    // request must not aim our traffic at an address of its choosing).
+                    self.stats.replies_capped += 1;
+                    return;
+                }
                 let my_seq = self.next_seq();
                 let ping = Message::Ping {
                     seq: my_seq,
                     target,
                     from: self.me.uuid,
                 };
-                self.send_ping(target_addr, &ping, target);
+                if capped {
+                    self.send_bare(target_addr, &ping);
+                } else {
+                    self.send_ping(target_addr, &ping, target);
+                }
                 self.relays.insert(
                     my_seq,
                     Relay {
@@ -584,6 +609,7 @@ impl Gossip {
                         requester_seq: seq,
                         deadline: now + ms(self.cfg.probe_timeout),
                         want_nack,
+                        capped,
                     },
                 );
             }
@@ -922,7 +948,11 @@ impl Gossip {
                 let nack = Message::Nack {
                     seq: r.requester_seq,
                 };
-                self.send_with_piggyback(r.requester, &nack);
+                if r.capped {
+                    self.send_bare(r.requester, &nack);
+                } else {
+                    self.send_with_piggyback(r.requester, &nack);
+                }
             }
         }
     }
@@ -1027,6 +1057,14 @@ impl Gossip {
         }
     }
 
+    /// One message alone in a datagram.
+    fn send_bare(&mut self, to: SocketAddr, msg: &Message) {
+        self.effects.push(Effect::Send {
+            to,
+            bytes: codec::datagram([codec::encode_message(msg).as_slice()]),
+        });
+    }
+
     fn send_with_piggyback(&mut self, to: SocketAddr, msg: &Message) {
         let main = codec::encode_message(msg);
         let mut room = self.cfg.max_datagram;
@@ -1083,7 +1121,9 @@ impl Gossip {
             // Someone spreads news of us newer than what we know (e.g. from before a restart
             // that lost our incarnation): move above it.
             if record.incarnation > self.me.incarnation && !self.leaving {
-                if !self.plausible(self.me.incarnation, record.incarnation) {
+                if !self.plausible(self.me.incarnation, record.incarnation)
+                    || !self.self_jump_allowed(now, record.incarnation)
+                {
                     return;
                 }
                 self.me.incarnation = record.incarnation;
@@ -1286,7 +1326,9 @@ impl Gossip {
             return;
         }
         if incarnation >= self.me.incarnation {
-            if self.plausible(self.me.incarnation, incarnation) {
+            if self.plausible(self.me.incarnation, incarnation)
+                && self.self_jump_allowed(now, incarnation)
+            {
                 self.refute(incarnation);
             }
         } else {
@@ -1308,6 +1350,24 @@ impl Gossip {
             self.stats.incarnations_refused += 1;
         }
         ok
+    }
+
+    /// Whether others may move our own incarnation up to `to` now: honest news is at most a few
+    /// steps ahead of us (after a restart that lost the incarnation file), so the total of such
+    /// moves in an hour is capped at [`MAX_INCARNATION_STEP`] — a member repeating far-ahead
+    /// accusations cannot walk our incarnation to its limit.
+    fn self_jump_allowed(&mut self, now: Time, to: u64) -> bool {
+        const HOUR: Time = 3_600_000;
+        if now.saturating_sub(self.self_jumps.0) >= HOUR {
+            self.self_jumps = (now, 0);
+        }
+        let step = to.saturating_sub(self.me.incarnation);
+        if self.self_jumps.1.saturating_add(step) > MAX_INCARNATION_STEP {
+            self.stats.incarnations_refused += 1;
+            return false;
+        }
+        self.self_jumps.1 += step;
+        true
     }
 
     /// Whether a new member may enter the table now: the peer it came from still has room in
@@ -1713,6 +1773,29 @@ mod security_tests {
     }
 
     #[test]
+    fn repeated_accusations_cannot_walk_our_incarnation_to_its_limit() {
+        // Regression (review): each accusation one step ahead was refuted above it, so enough
+        // of them walked the incarnation to 2^48 and cut the node off for good.
+        let mut a = Gossip::new(GossipConfig::default(), record(1), 1, 0);
+        let start = a.me().incarnation;
+        for i in 0..100u64 {
+            let accusation = Message::Suspect {
+                node: record(1).uuid,
+                incarnation: a.me().incarnation + MAX_INCARNATION_STEP / 4,
+                from: record(9).uuid,
+            };
+            a.handle_datagram(10 + i, addr(9), &datagram(&accusation))
+                .expect("decode");
+        }
+        assert!(
+            a.me().incarnation <= start + MAX_INCARNATION_STEP + 100,
+            "walked to {}",
+            a.me().incarnation
+        );
+        assert!(a.stats().incarnations_refused >= 90);
+    }
+
+    #[test]
     fn a_far_ahead_alive_cannot_hijack_a_known_member() {
         let mut a = Gossip::new(GossipConfig::default(), record(1), 1, 0);
         a.handle_datagram(10, addr(2), &datagram(&Message::Alive(record(2))))
@@ -1884,6 +1967,53 @@ mod security_tests {
                     "{} > {}",
                     bytes.len(),
                     ping.len()
+                );
+            }
+        }
+        // Regression (review): an indirect ping aimed our traffic, news piggybacked, at any
+        // address. Unauthenticated, only known members at their own address are pinged, bare.
+        let aim = |target: NodeUuid, at: SocketAddr| {
+            datagram(&Message::IndirectPing {
+                seq: 4,
+                target,
+                target_addr: at,
+                want_nack: true,
+            })
+        };
+        let victim = SocketAddr::from(([192, 0, 2, 1], 53));
+        let request = aim(record(3).uuid, victim);
+        b.handle_datagram(4000, addr(9), &request).expect("decode");
+        assert!(b.take_effects().is_empty(), "nothing sent to the victim");
+        let request = aim(record(3).uuid, addr(3));
+        b.handle_datagram(4001, addr(9), &request).expect("decode");
+        let sent: Vec<(SocketAddr, usize)> = b
+            .take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, bytes } => Some((to, bytes.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, addr(3));
+        // A bare ping to the member itself: nothing piggybacked.
+        let bare_ping = datagram(&Message::Ping {
+            seq: 1,
+            target: record(3).uuid,
+            from: record(2).uuid,
+        });
+        assert!(sent[0].1 <= bare_ping.len(), "{sent:?}");
+        // The nack at the deadline goes back bare too.
+        b.handle_tick(4001 + 1000);
+        for e in b.take_effects() {
+            if let Effect::Send { to, bytes } = e
+                && to == addr(9)
+            {
+                assert!(
+                    bytes.len() <= request.len(),
+                    "{} > {}",
+                    bytes.len(),
+                    request.len()
                 );
             }
         }

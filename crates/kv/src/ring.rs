@@ -105,11 +105,12 @@ impl Ring {
     /// Whether every key has at least one of its first `n` owners among `answered` (a
     /// cluster-wide listing that heard from those nodes saw every key).
     pub fn covered_by(&self, answered: &[NodeUuid], n: usize) -> bool {
-        if self.nodes.iter().all(|node| answered.contains(node)) {
+        let set: std::collections::HashSet<&NodeUuid> = answered.iter().collect();
+        let answered: Vec<bool> = self.nodes.iter().map(|n| set.contains(n)).collect();
+        if answered.iter().all(|a| *a) {
             return true;
         }
         let want = n.min(self.nodes.len());
-        let answered: Vec<bool> = self.nodes.iter().map(|n| answered.contains(n)).collect();
         // Keys between two points are owned from the second point on: check each arc's owners.
         for start in 0..self.points.len() {
             let mut seen: Vec<u32> = Vec::with_capacity(want);

@@ -3,6 +3,8 @@
 //! [`KIND_RESPONSE`]; the id matches a response to its request on a multiplexed connection.
 //! Decoding is bounded and never panics.
 
+use opsbro_types::NodeUuid;
+
 use crate::entry::Entry;
 
 /// Frame kind of a KV request (push-pull is 1).
@@ -55,6 +57,9 @@ pub enum WriteOp {
 pub enum Request {
     /// Coordinate a client write (you are the key's first live owner).
     Write {
+        /// The node asked to coordinate: any other node refuses it (a sealed request captured
+        /// on its way cannot be replayed to another node).
+        to: NodeUuid,
         /// Key.
         key: String,
         /// What to do.
@@ -115,8 +120,9 @@ pub enum Response {
     /// Replicated entries are durable here.
     Stored,
     /// Replicated entries are durable here, except these keys, for which this node holds a
-    /// newer version (returned): the write did not take effect here.
-    Superseded(Vec<(String, Entry)>),
+    /// newer version (its `modify_index` is returned, not the value: the answer stays small):
+    /// the write did not take effect here.
+    Superseded(Vec<(String, u64)>),
     /// A key's entry here.
     Entry(Option<Entry>),
     /// A page of entries (at most [`PAGE_BYTES`]); `more`: ask again after the last key.
@@ -178,11 +184,13 @@ pub fn encode_request(id: u64, r: &Request) -> Vec<u8> {
     put_varint(&mut out, id);
     match r {
         Request::Write {
+            to,
             key,
             op,
             deadline_ms,
         } => {
             out.push(1);
+            out.extend_from_slice(to.as_bytes());
             put_bytes(&mut out, key.as_bytes());
             match op {
                 WriteOp::Put { value, cas, ttl_ms } => {
@@ -263,9 +271,13 @@ pub fn encode_response(id: u64, r: &Response) -> Vec<u8> {
             put_entries(&mut out, entries);
             out.push(u8::from(*more));
         }
-        Response::Superseded(entries) => {
+        Response::Superseded(versions) => {
             out.push(7);
-            put_entries(&mut out, entries);
+            put_varint(&mut out, versions.len() as u64);
+            for (k, v) in versions {
+                put_bytes(&mut out, k.as_bytes());
+                put_varint(&mut out, *v);
+            }
         }
         Response::Digest { need, newer } => {
             out.push(6);
@@ -395,6 +407,10 @@ impl<'a> Reader<'a> {
     fn request(&mut self) -> Result<Request, WireError> {
         Ok(match self.u8()? {
             1 => {
+                let raw = self.take(16)?;
+                let mut to = [0u8; 16];
+                to.copy_from_slice(raw);
+                let to = NodeUuid::from_bytes(to);
                 let key = self.string()?;
                 let op = match self.u8()? {
                     1 => WriteOp::Put {
@@ -406,6 +422,7 @@ impl<'a> Reader<'a> {
                     _ => return Err(WireError::Invalid("write op")),
                 };
                 Request::Write {
+                    to,
                     key,
                     op,
                     deadline_ms: self.varint()?,
@@ -461,7 +478,14 @@ impl<'a> Reader<'a> {
                     _ => return Err(WireError::Invalid("flag")),
                 },
             },
-            7 => Response::Superseded(self.entries()?),
+            7 => {
+                let n = self.count()?;
+                let mut versions = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    versions.push((self.string()?, self.varint()?));
+                }
+                Response::Superseded(versions)
+            }
             6 => {
                 let n = self.count()?;
                 let mut need = Vec::with_capacity(n.min(1024));
@@ -505,6 +529,7 @@ mod tests {
     fn every_message_round_trips() {
         let requests = vec![
             Request::Write {
+                to: NodeUuid::from_bytes([7; 16]),
                 key: "a/b".into(),
                 op: WriteOp::Put {
                     value: b"v".to_vec(),
@@ -514,6 +539,7 @@ mod tests {
                 deadline_ms: 0,
             },
             Request::Write {
+                to: NodeUuid::from_bytes([8; 16]),
                 key: "k".into(),
                 op: WriteOp::Delete { cas: None },
                 deadline_ms: 1_700_000_000_000,
@@ -552,7 +578,7 @@ mod tests {
                 entries: vec![("k".into(), entry(1))],
                 more: true,
             },
-            Response::Superseded(vec![("k".into(), entry(9))]),
+            Response::Superseded(vec![("k".into(), 9 << 16)]),
             Response::Digest {
                 need: vec!["a".into()],
                 newer: vec![("b".into(), entry(2))],

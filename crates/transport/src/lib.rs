@@ -33,6 +33,9 @@ pub const REPLAY_WINDOW_MS: u64 = 60_000;
 /// shrinks rather than the memory growing.
 pub const REPLAY_MAX_NONCES: usize = 262_144;
 const TIME_LEN: usize = 8;
+/// When the nonce memory is nearly full, packets stamped more than this far ahead of our clock
+/// are refused (they would stay remembered the longest).
+const AHEAD_UNDER_PRESSURE_MS: u64 = 1000;
 /// Length of a key id.
 pub const KEY_ID_LEN: usize = 4;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN;
@@ -62,21 +65,58 @@ pub enum OpenError {
     Stale,
 }
 
-/// Hashes a nonce by its first eight bytes: nonces are random (and only authentic packets, from
-/// key holders, ever reach the guard), so they need no keyed hash.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NonceHasher(u64);
+/// Hashes a nonce with a random per-process key (multiply-xorshift): cheaper than SipHash on
+/// this path, and a key holder who chooses its nonces still cannot aim them at one bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct NonceHashKey(u64, u64);
+
+impl Default for NonceHashKey {
+    fn default() -> Self {
+        let mut bytes = [0u8; 16];
+        if system_random().fill(&mut bytes).is_err() {
+            panic!("the OS random number generator failed");
+        }
+        let (a, b) = bytes.split_at(8);
+        let word = |s: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(s);
+            u64::from_le_bytes(w)
+        };
+        NonceHashKey(word(a), word(b) | 1)
+    }
+}
+
+impl std::hash::BuildHasher for NonceHashKey {
+    type Hasher = NonceHasher;
+
+    fn build_hasher(&self) -> NonceHasher {
+        NonceHasher {
+            state: self.0,
+            mul: self.1,
+        }
+    }
+}
+
+/// See [`NonceHashKey`].
+#[derive(Debug, Clone, Copy)]
+pub struct NonceHasher {
+    state: u64,
+    mul: u64,
+}
 
 impl std::hash::Hasher for NonceHasher {
     fn finish(&self) -> u64 {
-        self.0
+        let x = self.state.wrapping_mul(self.mul);
+        x ^ (x >> 29)
     }
 
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+            self.state = (self.state ^ u64::from_le_bytes(word))
+                .wrapping_mul(self.mul)
+                .rotate_left(31);
         }
     }
 }
@@ -84,9 +124,11 @@ impl std::hash::Hasher for NonceHasher {
 /// Remembers the nonces of accepted packets for the replay window (see the crate docs).
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
-    seen: std::collections::HashSet<[u8; NONCE_LEN], std::hash::BuildHasherDefault<NonceHasher>>,
-    /// (sent_ms, nonce) in the order they were accepted.
-    order: std::collections::VecDeque<(u64, [u8; NONCE_LEN])>,
+    seen: std::collections::HashSet<[u8; NONCE_LEN], NonceHashKey>,
+    /// (sent_ms, nonce), the earliest sent first: the memory is kept by send time, so a full
+    /// guard forgets the oldest packets (and only packets sent before them become stale), and
+    /// a peer whose clock runs ahead cannot push the others' packets out.
+    order: std::collections::BinaryHeap<std::cmp::Reverse<(u64, [u8; NONCE_LEN])>>,
     /// Packets sent at or before this time are refused: their nonces may have been forgotten.
     floor_ms: u64,
     /// Replays refused.
@@ -104,11 +146,11 @@ impl ReplayGuard {
         nonce: [u8; NONCE_LEN],
     ) -> Result<(), OpenError> {
         // Forget what is out of the window anyway.
-        while let Some((sent, n)) = self.order.front().copied() {
+        while let Some(std::cmp::Reverse((sent, n))) = self.order.peek().copied() {
             if sent.saturating_add(REPLAY_WINDOW_MS) >= now_ms {
                 break;
             }
-            self.order.pop_front();
+            self.order.pop();
             self.seen.remove(&n);
         }
         if sent_ms.saturating_add(REPLAY_WINDOW_MS) < now_ms
@@ -118,13 +160,22 @@ impl ReplayGuard {
             self.stale += 1;
             return Err(OpenError::Stale);
         }
+        // A packet stamped ahead of our clock must be remembered for longer; when the memory is
+        // nearly full, in-sync peers come first (a peer with a fast clock is counted as stale
+        // rather than crowding everyone else out).
+        if sent_ms > now_ms.saturating_add(AHEAD_UNDER_PRESSURE_MS)
+            && self.order.len() >= REPLAY_MAX_NONCES / 10 * 9
+        {
+            self.stale += 1;
+            return Err(OpenError::Stale);
+        }
         if !self.seen.insert(nonce) {
             self.replayed += 1;
             return Err(OpenError::Replayed);
         }
-        self.order.push_back((sent_ms, nonce));
+        self.order.push(std::cmp::Reverse((sent_ms, nonce)));
         while self.order.len() > REPLAY_MAX_NONCES {
-            if let Some((sent, n)) = self.order.pop_front() {
+            if let Some(std::cmp::Reverse((sent, n))) = self.order.pop() {
                 self.seen.remove(&n);
                 self.floor_ms = self.floor_ms.max(sent);
             }
@@ -608,6 +659,34 @@ mod tests {
         g.check(T + 2 * REPLAY_WINDOW_MS, T + 2 * REPLAY_WINDOW_MS, nonce(7))
             .expect("new");
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn a_peer_whose_clock_runs_ahead_cannot_push_the_others_out() {
+        // Regression (review): the memory was kept in arrival order, so under load the floor
+        // followed the peer furthest ahead and in-sync peers' packets became "stale".
+        let mut g = ReplayGuard::default();
+        let nonce = |i: u64| {
+            let mut n = [0u8; NONCE_LEN];
+            n[..8].copy_from_slice(&i.to_be_bytes());
+            n
+        };
+        // 20 packets per ms for two windows and more; one in ten from a peer 30 s ahead.
+        let mut in_sync_refused = 0;
+        for i in 0..(20 * 150_000u64) {
+            let now = T + i / 20;
+            let ahead = i % 10 == 0;
+            let sent = if ahead { now + 30_000 } else { now };
+            if g.check(now, sent, nonce(i)).is_err() && !ahead {
+                in_sync_refused += 1;
+            }
+        }
+        assert_eq!(
+            in_sync_refused, 0,
+            "the in-sync peers' packets are all accepted"
+        );
+        assert!(g.len() <= REPLAY_MAX_NONCES);
+        assert!(g.stale > 0, "the fast clock is counted");
     }
 
     proptest! {

@@ -42,6 +42,13 @@ fn check(
             bad.escape_default()
         )));
     }
+    // A name that starts like an option (`-oProxyCommand=...`) must never reach a command line.
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(NameError(format!(
+            "{what} `{}` must start with a letter, a digit or `_`",
+            name.escape_default()
+        )));
+    }
     Ok(())
 }
 
@@ -177,6 +184,9 @@ mod tests {
             "a{b}",
             "*",
             "",
+            "-oProxyCommand=id",
+            "--help",
+            ".hidden",
         ] {
             assert!(node_name(bad).is_err(), "node name {bad:?}");
             assert!(group(bad).is_err(), "group {bad:?}");

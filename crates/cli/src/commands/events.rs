@@ -87,6 +87,8 @@ pub async fn watch(
         .as_str()
         .into_client_request()
         .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
+    // Anonymous local readers get every channel but `kv`: send the token when we may read it.
+    client.find_token().await;
     if let Some(t) = client.token() {
         let value = format!("Bearer {t}")
             .parse()
