@@ -18,6 +18,7 @@ declare -A NEEDED=(
     [carbon-cache]=graphite-carbon
     [whisper-fetch]=python3-whisper
     [promtool]=prometheus
+    [dot]=graphviz
 )
 
 missing=()

@@ -259,7 +259,13 @@ fn api_errors_are_json_with_the_right_status() {
     }
     let state = http(agent.api, "GET", "/agent/state", &[], b"").expect("still up");
     assert_eq!(state.status, 200);
-    assert_eq!(state.json(), "ok");
+    // Still running (`Agent::start` returns before the first detector pass: it may still be
+    // initializing, but never stopping).
+    assert!(
+        ["initializing", "ok"].contains(&state.json().as_str().unwrap_or("")),
+        "{}",
+        state.body
+    );
 }
 
 #[test]

@@ -366,3 +366,45 @@ fn bursts_of_mixed_queries_each_get_their_own_answer() {
         String::from_utf8_lossy(&human.stdout)
     );
 }
+
+/// The `dns:` block of the original README, as it renders (aligned colons, `domain: ".opsbro"`
+/// with its leading dot): before issue 20 the leading dot was refused.
+const README_DNS_BLOCK: &str =
+    "dns:\n    enabled    : true\n    port       : 6766\n    domain     : \".opsbro\"\n";
+
+/// Regression: a domain written with a leading dot (the original README's `.opsbro`) made the
+/// configuration invalid; it is the same domain without the dot, and the server answers for it.
+#[test]
+fn a_leading_dot_domain_from_the_readme_block_is_served() {
+    let a = node(
+        "readme",
+        "127.0.0.41",
+        &format!("zone: dc1\ngroups: [redis]\n{README_DNS_BLOCK}"),
+    );
+    let dns = a.dns.expect("the README block enables DNS");
+    let redis = wait_for("the README's query answered", DEADLINE, || {
+        let v = short(dns, "redis.group.dc1.opsbro", "A");
+        (!v.is_empty()).then_some(v)
+    })
+    .expect("answer");
+    assert_eq!(redis, ["127.0.0.41"]);
+
+    // Another domain written the same way: the server answers for it, not for the default.
+    let b = node(
+        "dotted",
+        "127.0.0.42",
+        &format!(
+            "zone: dc1\ngroups: [redis]\n{}",
+            README_DNS_BLOCK.replace(".opsbro", ".cluster.example")
+        ),
+    );
+    let dns = b.dns.expect("dns");
+    let v = wait_for("an answer under .cluster.example", DEADLINE, || {
+        let v = short(dns, "redis.group.dc1.cluster.example", "A");
+        (!v.is_empty()).then_some(v)
+    })
+    .expect("answer");
+    assert_eq!(v, ["127.0.0.42"]);
+    let other = dig(dns, &["redis.group.dc1.opsbro", "A"]);
+    assert!(other.contains("status: REFUSED"), "{other}");
+}

@@ -441,3 +441,98 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Regression (issue 20): a user event sent from a node showed twice on that node's stream —
+/// published when it was sent, and again when the gossip core reported it as news.
+#[test]
+fn a_user_event_shows_once_on_the_sending_nodes_stream() {
+    let a = Agent::start_with(
+        AgentOptions::default()
+            .name("sender")
+            .config("websocket:\n  enabled: true\n  port: 0\n"),
+    )
+    .expect("agent");
+    let b = Agent::start_with(AgentOptions::default().name("peer")).expect("peer");
+    let out = b.cli(["gossip", "join", &a.gossip.to_string()]);
+    assert!(out.status.success(), "join: {}", stderr(&out));
+    let watch = Watch::start(&a, &["--channel", "event"]);
+    wait_for("the watcher connected", DEADLINE, || {
+        (info(&a)["websocket"]["clients"] == 1).then_some(())
+    })
+    .expect("client");
+    let out = a.cli(["gossip", "events", "add", "deploy-once", "--payload", "v1"]);
+    assert!(out.status.success(), "event: {}", stderr(&out));
+    watch.wait("the event", "event", |p| p["type"] == "deploy-once");
+    // An event from the peer comes back through gossip: once it is in, anything the first
+    // event would still produce on this stream has been published before it.
+    let out = b.cli(["gossip", "events", "add", "marker"]);
+    assert!(out.status.success(), "event: {}", stderr(&out));
+    watch.wait("the peer's event", "event", |p| p["type"] == "marker");
+    let seen: Vec<Value> = watch
+        .frames()
+        .into_iter()
+        .filter(|f| f["payload"]["type"] == "deploy-once")
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0]["payload"]["payload"], "v1");
+}
+
+/// Issue 20: event types starting with `_` are the agent's own (`_keyring` spreads key
+/// changes): the API and the CLI refuse them with a 400 that says why, and the agent's own
+/// `_keyring` events still go through.
+#[test]
+fn underscore_event_types_are_refused_from_the_api_and_keyring_events_still_spread() {
+    let key = opsbro_tests::keygen();
+    let keyed = format!("encryption_key: {key}\n");
+    let a = Agent::start_with(AgentOptions::default().name("alpha").config(&keyed)).expect("a");
+    let b = Agent::start_with(AgentOptions::default().name("bravo").config(&keyed)).expect("b");
+    let out = b.cli(["gossip", "join", &a.gossip.to_string()]);
+    assert!(out.status.success(), "join: {}", stderr(&out));
+
+    for kind in ["_keyring", "_x"] {
+        let out = a.cli(["gossip", "events", "add", kind]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("400") && err.contains(&format!("event type `{kind}` is reserved")),
+            "{err}"
+        );
+        let body = serde_json::json!({ "type": kind, "payload": "" }).to_string();
+        let r = http(
+            a.api,
+            "POST",
+            "/agent/events",
+            &[&a.auth(), "Content-Type: application/json"],
+            body.as_bytes(),
+        )
+        .expect("post");
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("starting with `_` are the agent's own")),
+            "{}",
+            r.body
+        );
+    }
+    // A name with `_` elsewhere is fine.
+    let out = a.cli(["gossip", "events", "add", "deploy_v2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The agent's own `_keyring` event: a key installed on alpha reaches bravo.
+    let new = opsbro_tests::keygen();
+    let out = a.cli(["gossip", "keyring", "install", &new]);
+    assert!(out.status.success(), "install: {}", stderr(&out));
+    wait_for("the new key on bravo", DEADLINE, || {
+        let out = b.cli(["gossip", "keyring", "list", "--json"]);
+        let ring: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (ring["keys"].as_array()?.len() == 2).then_some(())
+    })
+    .expect("the _keyring event spread");
+    let events =
+        String::from_utf8_lossy(&a.cli(["gossip", "events", "list", "--json"]).stdout).into_owned();
+    assert!(
+        events.contains("deploy_v2") && !events.contains("_keyring"),
+        "{events}"
+    );
+}

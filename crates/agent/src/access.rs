@@ -74,8 +74,7 @@ impl Access {
         match given {
             Some(t) if self.token_matches(t) => Ok(()),
             Some(_) => Err(Refusal::Unauthorized("invalid API token".into())),
-            None if path == opsbro_api::routes::AGENT_AUTH => Ok(()),
-            None if self.anonymous_reads && is_public_read(method, path) => Ok(()),
+            None if !self.route_needs_token(method, path) => Ok(()),
             None => Err(Refusal::Unauthorized(format!(
                 "this route needs the API token: run the CLI as a user who can read {} (root \
                  for a system agent), or pass --token / OPSBRO_API_TOKEN (HTTP: `Authorization: \
@@ -83,6 +82,16 @@ impl Access {
                 self.token_file
             ))),
         }
+    }
+
+    /// Whether a caller without the token is refused `method path` (`GET /api` shows it).
+    pub fn needs_token(&self, method: &str, path: &str) -> bool {
+        Method::from_bytes(method.as_bytes()).map_or(true, |m| self.route_needs_token(&m, path))
+    }
+
+    fn route_needs_token(&self, method: &Method, path: &str) -> bool {
+        !(path == opsbro_api::routes::AGENT_AUTH
+            || (self.anonymous_reads && is_public_read(method, path)))
     }
 
     /// Whether `given` is the token (compared in constant time).
@@ -112,6 +121,8 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
     use opsbro_api::{collectors, detectors, evaluator, gossip as g, metrics, monitoring, routes};
     let get = method == Method::GET || method == Method::HEAD;
     let exact = [
+        routes::INDEX,
+        routes::API,
         routes::AGENT_STATE,
         routes::AGENT_INFO,
         routes::METRICS,
@@ -121,8 +132,12 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
         g::KEYRING,
         evaluator::LIST,
         detectors::STATE,
+        detectors::HISTORY,
         detectors::PACKS,
+        opsbro_api::dashboards::ALL,
+        opsbro_api::dashboards::TUTORIALS,
         collectors::ALL,
+        collectors::HISTORY,
         monitoring::STATE,
         monitoring::HISTORY,
         monitoring::HANDLERS,
@@ -130,7 +145,12 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
         opsbro_api::generators::STATE,
         opsbro_api::generators::HISTORY,
     ];
-    let prefixes = ["/agent/ping/", "/collectors/", "/monitoring/state/"];
+    let prefixes = [
+        "/agent/ping/",
+        "/collectors/",
+        "/monitoring/state/",
+        "/dashboards/",
+    ];
     // Grafana sends its queries as POST forms: still reads.
     let query = [metrics::RENDER, metrics::FIND];
     (get && (exact.contains(&path) || prefixes.iter().any(|p| path.starts_with(p))))
@@ -220,6 +240,36 @@ mod tests {
                 .is_err()
         );
         assert_eq!(closed.check(&Method::GET, "/agent/auth", &local), Ok(()));
+    }
+
+    /// `GET /api` tells which routes need the token, with the rule `check` applies.
+    #[test]
+    fn the_route_list_and_the_check_agree_on_the_token() {
+        let a = access();
+        let local = headers(&[("host", "127.0.0.1:6770")]);
+        for r in opsbro_api::ROUTES {
+            let method = Method::from_bytes(r.method.as_bytes()).expect("method");
+            let refused = matches!(
+                a.check(&method, r.path, &local),
+                Err(Refusal::Unauthorized(_))
+            );
+            assert_eq!(a.needs_token(r.method, r.path), refused, "{r:?}");
+        }
+        for open in [
+            "/",
+            "/api",
+            "/agent/detectors/history",
+            "/agent/collectors/history",
+        ] {
+            assert!(!a.needs_token("GET", open), "{open}");
+        }
+        assert!(a.needs_token("POST", "/collectors/{name}/run"));
+        let closed = Access {
+            anonymous_reads: false,
+            ..access()
+        };
+        assert!(closed.needs_token("GET", "/api"));
+        assert!(!closed.needs_token("GET", "/agent/auth"));
     }
 
     #[test]

@@ -137,6 +137,67 @@ pub struct DetectorsSetup {
     pub collected_once: tokio::sync::watch::Receiver<bool>,
     /// Where group changes are published.
     pub bus: crate::events::EventBus,
+    /// This node's zone: the core group `zone::<zone>`.
+    pub zone: String,
+}
+
+/// Render a detector's group template (`ec2-region::{{collector.ec2.region}}`) with
+/// `resolve`: a placeholder takes the value at its path (`{{collector.x||default}}`: the
+/// default when the path has none); a list value gives one group per item, and the text is
+/// split on `,` as the original did. A placeholder without a value, or a result that is not a
+/// group name, leaves the group out with the reason.
+pub fn render_groups(
+    template: &str,
+    resolve: &dyn Fn(&str) -> Option<serde_json::Value>,
+) -> Result<Vec<String>, String> {
+    let mut text = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        text.push_str(&rest[..start]);
+        let Some(len) = rest[start + 2..].find("}}") else {
+            return Err(format!("`{template}`: unclosed `{{{{`"));
+        };
+        let inner = rest[start + 2..start + 2 + len].trim();
+        rest = &rest[start + 2 + len + 2..];
+        let (path, default) = match inner.split_once("||") {
+            Some((p, d)) => (p.trim(), Some(d.trim())),
+            None => (inner, None),
+        };
+        let value = match (resolve(path), default) {
+            (Some(v), _) if !v.is_null() => v,
+            (_, Some(d)) => {
+                let unquoted = d
+                    .strip_prefix('\'')
+                    .and_then(|d| d.strip_suffix('\''))
+                    .or_else(|| d.strip_prefix('"').and_then(|d| d.strip_suffix('"')))
+                    .unwrap_or(d);
+                serde_json::Value::String(unquoted.to_owned())
+            }
+            _ => return Err(format!("`{template}` left out: {path} has no value")),
+        };
+        let piece = match value {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Bool(b) => if b { "True" } else { "False" }.to_owned(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => return Err(format!("`{template}` left out: {path} is not a value")),
+        };
+        text.push_str(&piece);
+    }
+    text.push_str(rest);
+    let mut groups = Vec::new();
+    for g in text.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        opsbro_config::check_group(g).map_err(|e| format!("`{template}` left out: {e}"))?;
+        groups.push(g.to_owned());
+    }
+    Ok(groups)
 }
 
 /// Run the detectors until `shutdown`.
@@ -149,7 +210,10 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
         collected,
         mut collected_once,
         bus,
+        zone,
     } = setup;
+    // The core group of the zone, as the original's core-gossip pack.
+    let zone_group = format!("zone::{zone}");
     // Expressions may read collector values: wait for the first collection.
     tokio::select! {
         () = shutdown.cancelled() => return,
@@ -165,6 +229,8 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
                 interval_secs: d.interval.as_secs_f64(),
                 apply_if: d.apply_if.clone(),
                 groups: d.add_groups.clone(),
+                rendered_groups: Vec::new(),
+                skipped_groups: Vec::new(),
                 matched: None,
                 error: None,
                 last_run_ms: None,
@@ -196,18 +262,39 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
             if let Some(err) = &error {
                 tracing::warn!(detector = %d.name, error = %err, "detector failed");
             }
+            // Groups are rendered on each run (their templates read collector values).
+            let (mut rendered, mut skipped) = (Vec::new(), Vec::new());
+            if matched == Some(true) {
+                let resolve = crate::collect::resolver(&collected);
+                for template in &d.add_groups {
+                    match render_groups(template, &resolve) {
+                        Ok(groups) => rendered.extend(groups),
+                        Err(why) => skipped.push(why),
+                    }
+                }
+                rendered.sort();
+                rendered.dedup();
+            }
             let mut state = handle.state.write().unwrap_or_else(PoisonError::into_inner);
             if let Some(s) = state.get_mut(i) {
+                if s.skipped_groups != skipped {
+                    for why in &skipped {
+                        tracing::info!(detector = %d.name, "{why}");
+                    }
+                }
                 s.matched = matched;
                 s.error = error;
+                s.rendered_groups = rendered;
+                s.skipped_groups = skipped;
                 s.last_run_ms = Some(crate::host::unix_ms());
             }
         }
         let groups: Vec<String> = {
             let state = handle.state.read().unwrap_or_else(PoisonError::into_inner);
             let mut set: BTreeSet<String> = handle.statics();
+            set.insert(zone_group.clone());
             for s in state.iter().filter(|s| s.matched == Some(true)) {
-                set.extend(s.groups.iter().cloned());
+                set.extend(s.rendered_groups.iter().cloned());
             }
             set.into_iter().collect()
         };
@@ -260,5 +347,56 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
                 next_run.iter_mut().for_each(|t| *t = now);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_groups;
+    use serde_json::json;
+
+    fn facts(path: &str) -> Option<serde_json::Value> {
+        match path {
+            "collector.ec2.region" => Some(json!("eu-west-1")),
+            "collector.system.os.linux.distribution" => Some(json!("debian")),
+            "collector.roles" => Some(json!(["web", "db"])),
+            "collector.bad" => Some(json!("two words")),
+            "collector.count" => Some(json!(3)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn group_templates_render_from_collector_values() {
+        assert_eq!(
+            render_groups("ec2-region::{{collector.ec2.region}}", &facts),
+            Ok(vec!["ec2-region::eu-west-1".to_owned()])
+        );
+        assert_eq!(
+            render_groups("{{collector.system.os.linux.distribution}}", &facts),
+            Ok(vec!["debian".to_owned()])
+        );
+        assert_eq!(
+            render_groups("{{collector.roles}}", &facts),
+            Ok(vec!["web".to_owned(), "db".to_owned()])
+        );
+        assert_eq!(
+            render_groups("linux, x{{collector.count}}", &facts),
+            Ok(vec!["linux".to_owned(), "x3".to_owned()])
+        );
+        assert_eq!(
+            render_groups("az::{{collector.ec2.zone||'unknown'}}", &facts),
+            Ok(vec!["az::unknown".to_owned()])
+        );
+        assert_eq!(render_groups("plain", &facts), Ok(vec!["plain".to_owned()]));
+    }
+
+    #[test]
+    fn a_placeholder_without_a_value_leaves_the_group_out_never_a_literal() {
+        let e = render_groups("ec2-region::{{collector.ec2.nope}}", &facts).expect_err("out");
+        assert!(e.contains("collector.ec2.nope has no value"), "{e}");
+        let e = render_groups("{{collector.bad}}", &facts).expect_err("out");
+        assert!(e.contains("left out"), "{e}");
+        assert!(render_groups("x{{collector.ec2.region", &facts).is_err());
     }
 }

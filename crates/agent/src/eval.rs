@@ -2,7 +2,9 @@
 //! the gossip driver refreshes whenever membership or events change (rhai functions are
 //! synchronous, so they cannot ask the gossip task).
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::path::Path;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use opsbro_eval::EvalContext;
 
@@ -15,20 +17,60 @@ pub struct ClusterView {
     pub members: Vec<(Vec<String>, String)>,
     /// Types of the user events of the last 5 minutes.
     pub event_types: Vec<String>,
+    /// This node's zone.
+    pub zone: String,
+    /// Every known member's (uuid, zone), this node included.
+    pub zones: Vec<(String, String)>,
 }
 
-/// Shared, refreshed snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct SharedView(pub Arc<RwLock<ClusterView>>);
+/// How long `kv_get()` waits for the store before answering its default.
+pub const KV_GET_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Shared, refreshed snapshot (and the handles the store functions use).
+#[derive(Clone, Default)]
+pub struct SharedView {
+    view: Arc<RwLock<ClusterView>>,
+    /// The hosting driver of this host, found once.
+    hosting: Arc<OnceLock<String>>,
+    /// Reads the KV store, once it runs.
+    kv: Arc<OnceLock<KvReader>>,
+}
+
+/// `kv_get(key)`: the live text value, or None (absent, deleted, no answer in time). Called on
+/// blocking threads.
+pub type KvReader = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+impl std::fmt::Debug for SharedView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedView").finish_non_exhaustive()
+    }
+}
 
 impl SharedView {
     /// Replace the snapshot.
     pub fn set(&self, view: ClusterView) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = view;
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = view;
+    }
+
+    /// Number of known members, this node included.
+    pub fn member_count(&self) -> usize {
+        self.read(|v| v.members.len())
+    }
+
+    /// Give `kv_get()` the store (once it runs); it should wait at most [`KV_GET_TIMEOUT`].
+    pub fn set_kv(&self, reader: KvReader) {
+        let _ = self.kv.set(reader);
+    }
+
+    /// The hosting driver of this host (`ec2`, `docker-container`, ..., `on-premise`).
+    pub fn hosting_driver(&self) -> String {
+        self.hosting
+            .get_or_init(|| hosting_driver(Path::new("/")))
+            .clone()
     }
 
     fn read<T>(&self, f: impl FnOnce(&ClusterView) -> T) -> T {
-        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+        f(&self.view.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -51,5 +93,131 @@ impl EvalContext for SharedView {
 
     fn has_event_type(&self, kind: &str) -> bool {
         self.read(|v| v.event_types.iter().any(|t| t == kind))
+    }
+
+    fn zone(&self, node_uuid: &str) -> String {
+        self.read(|v| {
+            if node_uuid.is_empty() {
+                return v.zone.clone();
+            }
+            v.zones
+                .iter()
+                .find(|(u, _)| u == node_uuid)
+                .map(|(_, z)| z.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    fn hosting_driver_active(&self, name: &str) -> bool {
+        self.hosting_driver() == name
+    }
+
+    /// The store's live value (see [`KvReader`]); None before the store runs.
+    fn kv_get(&self, key: &str) -> Option<String> {
+        self.kv.get()?(key)
+    }
+}
+
+/// The hosting driver of the host whose filesystem is at `root`, from the files that clouds,
+/// containers and NAS systems leave (DMI strings, `/.dockerenv`...): `docker-container`,
+/// `ec2`, `google-cloud`, `azure`, `digitalocean`, `scaleway`, `alibaba`, `synology`, or
+/// `on-premise` when none matches (the original's driver names).
+pub fn hosting_driver(root: &Path) -> String {
+    let read = |rel: &str| {
+        std::fs::read_to_string(root.join(rel))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cgroup = read("proc/1/cgroup");
+    if root.join(".dockerenv").exists() || cgroup.contains("/docker") {
+        return "docker-container".into();
+    }
+    let vendor = read("sys/class/dmi/id/sys_vendor");
+    let product = read("sys/class/dmi/id/product_name");
+    let bios = read("sys/class/dmi/id/bios_vendor");
+    let board = read("sys/class/dmi/id/board_vendor");
+    let asset = read("sys/class/dmi/id/chassis_asset_tag");
+    let hypervisor = read("sys/hypervisor/uuid");
+    let driver = if board == "Amazon EC2"
+        || vendor == "Amazon EC2"
+        || bios.contains("Amazon")
+        || hypervisor.to_ascii_lowercase().starts_with("ec2")
+    {
+        "ec2"
+    } else if product.contains("Google Compute Engine") || vendor == "Google" {
+        "google-cloud"
+    } else if asset == "7783-7084-3265-9085-8269-3286-77"
+        || (vendor == "Microsoft Corporation" && product == "Virtual Machine")
+    {
+        "azure"
+    } else if vendor == "DigitalOcean" {
+        "digitalocean"
+    } else if vendor.to_ascii_lowercase().contains("scaleway") {
+        "scaleway"
+    } else if vendor.contains("Alibaba") || product.contains("Alibaba") {
+        "alibaba"
+    } else if root.join("etc/synoinfo.conf").exists() {
+        "synology"
+    } else {
+        "on-premise"
+    };
+    driver.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tmp");
+        for (rel, text) in files {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn the_hosting_driver_comes_from_what_the_host_shows() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "on-premise"),
+            (&[(".dockerenv", "")], "docker-container"),
+            (&[("sys/class/dmi/id/board_vendor", "Amazon EC2\n")], "ec2"),
+            (
+                &[("sys/class/dmi/id/product_name", "Google Compute Engine\n")],
+                "google-cloud",
+            ),
+            (
+                &[(
+                    "sys/class/dmi/id/chassis_asset_tag",
+                    "7783-7084-3265-9085-8269-3286-77\n",
+                )],
+                "azure",
+            ),
+            (
+                &[("sys/class/dmi/id/sys_vendor", "DigitalOcean\n")],
+                "digitalocean",
+            ),
+            (&[("etc/synoinfo.conf", "x")], "synology"),
+        ];
+        for (files, want) in cases {
+            let dir = host(files);
+            assert_eq!(hosting_driver(dir.path()), *want, "{files:?}");
+        }
+    }
+
+    #[test]
+    fn zones_are_looked_up_by_uuid_and_empty_means_this_node() {
+        let view = SharedView::default();
+        view.set(ClusterView {
+            zone: "lan".into(),
+            zones: vec![("u1".into(), "lan".into()), ("u2".into(), "dmz".into())],
+            ..ClusterView::default()
+        });
+        assert_eq!(view.zone(""), "lan");
+        assert_eq!(view.zone("u2"), "dmz");
+        assert_eq!(view.zone("nope"), "");
+        assert!(view.kv_get("x").is_none(), "no store yet: no value");
     }
 }

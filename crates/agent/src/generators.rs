@@ -21,7 +21,7 @@ use opsbro_api::generators::{GeneratorView, HistoryEntry};
 use opsbro_gossip::MemberState;
 use opsbro_packs::GeneratorSpec;
 use opsbro_types::NodeUuid;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::collect::CollectedData;
@@ -42,11 +42,13 @@ const HISTORY: usize = 500;
 struct Shared {
     views: BTreeMap<String, GeneratorView>,
     history: VecDeque<HistoryEntry>,
+    /// Callers of [`GeneratorsHandle::render_all`] waiting for the next full pass.
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 /// Generator states and history, for the API.
 #[derive(Clone, Default)]
-pub struct GeneratorsHandle(Arc<Mutex<Shared>>);
+pub struct GeneratorsHandle(Arc<Mutex<Shared>>, Arc<Notify>);
 
 impl GeneratorsHandle {
     /// Every generator.
@@ -58,6 +60,21 @@ impl GeneratorsHandle {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Render every generator now and return once a pass that started after this call is done
+    /// (at once when there is no generator or the loop has stopped).
+    pub async fn render_all(&self) {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if s.views.is_empty() {
+                return;
+            }
+            s.waiting.push(tx);
+        }
+        self.1.notify_one();
+        let _ = rx.await;
     }
 
     /// Changes, oldest first.
@@ -462,11 +479,7 @@ async fn apply(g: &mut Generator, setup: &GeneratorsSetup, peers: Arc<Vec<Peer>>
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key.to_owned());
-        let entry = runtime.block_on(tokio::time::timeout(KV_TIMEOUT, kv.get(key)));
-        match entry {
-            Ok(Ok(Some(e))) if !e.deleted => Some(String::from_utf8_lossy(&e.value).into_owned()),
-            _ => None,
-        }
+        kv.get_text_blocking(&runtime, key, KV_TIMEOUT)
     });
     let (source, name, me) = (g.template.clone(), spec.name.clone(), setup.me);
     let rendered =
@@ -639,6 +652,8 @@ pub async fn run(mut setup: GeneratorsSetup, shutdown: CancellationToken) {
     let mut membership = setup.membership.clone();
     // Which generators must render now (all, the first time).
     let mut due: Vec<bool> = vec![true; gens.len()];
+    // Callers of `render_all` this pass serves.
+    let mut serving: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let peers = membership.borrow_and_update().clone();
         for (i, g) in gens.iter_mut().enumerate() {
@@ -684,6 +699,9 @@ pub async fn run(mut setup: GeneratorsSetup, shutdown: CancellationToken) {
                 }
             });
         }
+        for tx in serving.drain(..) {
+            let _ = tx.send(());
+        }
         // Sleep until the next interval or a change that matters, then let changes settle.
         let wake = gens
             .iter()
@@ -695,6 +713,13 @@ pub async fn run(mut setup: GeneratorsSetup, shutdown: CancellationToken) {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep_until(wake) => break,
+                () = setup.handle.1.notified() => {
+                    serving = std::mem::take(
+                        &mut setup.handle.0.lock().unwrap_or_else(PoisonError::into_inner).waiting,
+                    );
+                    due.iter_mut().for_each(|d| *d = true);
+                    break;
+                }
                 r = membership.changed() => {
                     if r.is_err() {
                         return;

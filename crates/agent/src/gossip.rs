@@ -579,10 +579,10 @@ impl Driver {
                 let _ = tx.send(self.core.force_leave(now, uuid));
             }
             Command::AddEvent(kind, payload, tx) => {
+                // The core reports its own new event as `Effect::UserEvent` too, which `perform`
+                // publishes: publishing here as well showed every event twice on this node.
                 let event = self.core.add_event(now, kind, payload, now);
-                let view = event_view(&event);
-                self.publish_user_event(&view);
-                let _ = tx.send(view);
+                let _ = tx.send(event_view(&event));
             }
             Command::Incarnation(tx) => {
                 let _ = tx.send(self.core.me().incarnation);
@@ -773,6 +773,12 @@ impl Driver {
                 .map(|r| (r.groups.clone(), r.state.as_str().to_owned()))
                 .collect(),
             event_types: self.core.recent_events().map(|e| e.kind.clone()).collect(),
+            zone: me.zone.clone(),
+            zones: self
+                .core
+                .members()
+                .map(|r| (r.uuid.to_string(), r.zone.clone()))
+                .collect(),
         });
     }
 
@@ -840,7 +846,11 @@ impl Driver {
                     }
                 }
                 Effect::UserEvent(e) => {
-                    tracing::info!(event = %e.kind, origin = %e.origin, "user event received");
+                    if e.origin == self.core.me().uuid {
+                        tracing::info!(event = %e.kind, "user event sent");
+                    } else {
+                        tracing::info!(event = %e.kind, origin = %e.origin, "user event received");
+                    }
                     self.publish_user_event(&event_view(&e));
                 }
                 Effect::ProbeAcked { rtt_ms } => {

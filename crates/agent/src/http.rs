@@ -4,124 +4,32 @@
 //! configured every request must carry it, whatever the route.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use opsbro_api::gossip as g;
-use opsbro_api::{
-    Addresses, AgentInfo, ErrorBody, GossipInfo, MAX_BODY_BYTES, Ports, StopAnswer, routes,
-};
-use opsbro_types::{AgentState, NodeUuid};
-use tokio_util::sync::CancellationToken;
+use opsbro_api::{AgentInfo, GossipInfo, MAX_BODY_BYTES, StopAnswer, routes};
+use opsbro_types::AgentState;
 
-use crate::gossip::{GossipHandle, GossipStopped, count_by_state, find_member};
+use crate::gossip::{GossipStopped, count_by_state, find_member};
 use crate::host;
-use crate::status::Status;
 
-/// What the HTTP handlers read; built once by the agent.
-pub struct ApiContext {
-    /// Node name.
-    pub name: String,
-    /// Display name.
-    pub display_name: String,
-    /// Node uuid.
-    pub uuid: NodeUuid,
-    /// Zone.
-    pub zone: String,
-    /// Proxy flag.
-    pub is_proxy: bool,
-    /// Static groups (detected ones join them in a later subsystem).
-    pub groups: Vec<String>,
-    /// Addresses.
-    pub addresses: Addresses,
-    /// Ports.
-    pub ports: Ports,
-    /// Data dir, for display.
-    pub data_dir: String,
-    /// Start instant, for uptime and CPU.
-    pub started: Instant,
-    /// Subsystem registry.
-    pub status: Status,
-    /// Cancelled to stop the agent.
-    pub shutdown: CancellationToken,
-    /// Grace period announced by `/agent/stop`.
-    pub grace_period_secs: u64,
-    /// Who may use which route (token, anonymous reads, Host and Origin rules).
-    pub access: crate::access::Access,
-    /// The API listener's connection counters.
-    pub api_connections: Arc<crate::serve::ServeCounters>,
-    /// The gossip subsystem.
-    pub gossip: GossipHandle,
-    /// The expression evaluator.
-    pub evaluator: Arc<opsbro_eval::Evaluator>,
-    /// Detector states.
-    pub detectors: crate::detectors::DetectorsHandle,
-    /// Loaded packs.
-    pub packs: opsbro_packs::PackSet,
-    /// Latest collector results.
-    pub collected: crate::collect::CollectedData,
-    /// Check states and history.
-    pub monitoring: crate::monitoring::MonitoringHandle,
-    /// Handler counters.
-    pub handlers: crate::handlers::HandlersHandle,
-    /// The KV store.
-    pub kv: crate::kv::KvHandle,
-    /// The DNS server's address and counters.
-    pub dns: (
-        Option<std::net::SocketAddr>,
-        Arc<opsbro_dns::server::Counters>,
-    ),
-    /// The time-series store and the statsd/graphite listeners.
-    pub metrics: crate::metrics::MetricsHandle,
-    /// The event bus (for its counters).
-    pub bus: crate::events::EventBus,
-    /// Histograms and counts for `/metrics`.
-    pub telemetry: crate::telemetry::SharedTelemetry,
-    /// The websocket stream: its address (when it runs) and counters.
-    pub websocket: Arc<crate::websocket::WsCounters>,
-    /// Where the websocket stream listens, when it runs.
-    pub websocket_addr: Option<std::net::SocketAddr>,
-    /// Generator states and history.
-    pub generators: crate::generators::GeneratorsHandle,
-}
+pub use crate::context::{ApiContext, ApiError};
 
-/// An error answer: status + message, rendered as `ErrorBody` JSON.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    /// An error with this status and message.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.message,
-            status: self.status.as_u16(),
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
-/// The API router with its middleware.
-pub fn router(ctx: Arc<ApiContext>) -> Router {
-    Router::new()
-        .route(routes::AGENT_STATE, get(agent_state))
-        .route(
+/// Every route of the API with its handlers. [`opsbro_api::ROUTES`] documents the same paths and
+/// methods for `GET /api` (a unit test compares the paths; the whole-agent tests call each
+/// documented method).
+fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
+    use opsbro_api::{collectors, detectors, evaluator, generators, kv, metrics, monitoring};
+    vec![
+        (routes::INDEX, get(api_index)),
+        (routes::API, get(api_index)),
+        (routes::AGENT_STATE, get(agent_state)),
+        (
             routes::AGENT_AUTH,
             get(|State(ctx): State<Arc<ApiContext>>| async move {
                 Json(opsbro_api::AuthInfo {
@@ -129,58 +37,89 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
                     anonymous_reads: ctx.access.anonymous_reads,
                 })
             }),
-        )
-        .route(routes::AGENT_INFO, get(agent_info))
-        .route(routes::AGENT_STOP, post(agent_stop))
-        .route(
+        ),
+        (routes::AGENT_INFO, get(agent_info)),
+        (routes::AGENT_STOP, post(agent_stop)),
+        (
             routes::AGENT_GROUP,
             axum::routing::put(group_add).delete(group_remove),
-        )
-        .route(g::MEMBERS, get(members))
-        .route(g::HISTORY, get(history))
-        .route(g::JOIN, post(join))
-        .route(g::LEAVE, post(leave))
-        .route(g::LEAVE_NODE, post(leave_node))
-        .route(g::PING, get(ping))
-        .route(g::EVENTS, get(events).post(add_event))
-        .route(g::KEYRING, get(keyring).post(change_keyring))
-        .route(g::DETECT, post(detect))
-        .route(opsbro_api::evaluator::EVAL, post(evaluate))
-        .route(opsbro_api::evaluator::LIST, get(functions))
-        .route(opsbro_api::detectors::STATE, get(detectors_state))
-        .route(opsbro_api::detectors::RUN, post(detectors_run))
-        .route(opsbro_api::detectors::PACKS, get(packs))
-        .route(opsbro_api::collectors::ALL, get(collectors_all))
-        .route(opsbro_api::collectors::ONE, get(collectors_one))
-        .route(opsbro_api::monitoring::STATE, get(monitoring_self))
-        .route(opsbro_api::monitoring::STATE_NODE, get(monitoring_node))
-        .route(opsbro_api::monitoring::HISTORY, get(monitoring_history))
-        .route(opsbro_api::monitoring::HANDLERS, get(monitoring_handlers))
-        .route(opsbro_api::kv::ROOT, get(crate::http_kv::list))
-        .route(
-            opsbro_api::kv::KEY,
+        ),
+        (g::MEMBERS, get(members)),
+        (g::HISTORY, get(history)),
+        (g::JOIN, post(join)),
+        (g::LEAVE, post(leave)),
+        (g::LEAVE_NODE, post(leave_node)),
+        (g::PING, get(ping)),
+        (g::EVENTS, get(events).post(add_event)),
+        (g::KEYRING, get(keyring).post(change_keyring)),
+        (g::DETECT, post(detect)),
+        (evaluator::EVAL, post(evaluate)),
+        (evaluator::LIST, get(functions)),
+        (detectors::STATE, get(detectors_state)),
+        (detectors::RUN, post(detectors_run)),
+        (
+            detectors::HISTORY,
+            get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.group_history.list()) }),
+        ),
+        (detectors::PACKS, get(crate::http_packs::packs)),
+        (
+            opsbro_api::dashboards::ALL,
+            get(crate::http_packs::dashboards),
+        ),
+        (
+            opsbro_api::dashboards::ONE,
+            get(crate::http_packs::dashboard),
+        ),
+        (
+            opsbro_api::dashboards::TUTORIALS,
+            get(crate::http_packs::tutorials),
+        ),
+        (collectors::ALL, get(collectors_all)),
+        (collectors::ONE, get(collectors_one)),
+        (collectors::RUN, post(collectors_run)),
+        (
+            collectors::HISTORY,
+            get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.collected.history()) }),
+        ),
+        (monitoring::STATE, get(monitoring_self)),
+        (monitoring::STATE_NODE, get(monitoring_node)),
+        (monitoring::HISTORY, get(monitoring_history)),
+        (monitoring::HANDLERS, get(monitoring_handlers)),
+        (kv::ROOT, get(crate::http_kv::list)),
+        (
+            kv::KEY,
             get(crate::http_kv::get)
                 .put(crate::http_kv::put)
                 .delete(crate::http_kv::delete),
-        )
-        .route(
-            opsbro_api::metrics::RENDER,
+        ),
+        (
+            metrics::RENDER,
             get(crate::http_metrics::render_get).post(crate::http_metrics::render_post),
-        )
-        .route(
-            opsbro_api::metrics::FIND,
+        ),
+        (
+            metrics::FIND,
             get(crate::http_metrics::find_get).post(crate::http_metrics::find_post),
-        )
-        .route(opsbro_api::metrics::INDEX, get(crate::http_metrics::index))
-        .route(opsbro_api::routes::METRICS, get(prometheus))
-        .route(
-            opsbro_api::generators::STATE,
+        ),
+        (metrics::INDEX, get(crate::http_metrics::index)),
+        (routes::METRICS, get(prometheus)),
+        (
+            generators::STATE,
             get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.generators.views()) }),
-        )
-        .route(
-            opsbro_api::generators::HISTORY,
+        ),
+        (
+            generators::HISTORY,
             get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.generators.history()) }),
-        )
+        ),
+    ]
+}
+
+/// The API router with its middleware.
+pub fn router(ctx: Arc<ApiContext>) -> Router {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -200,7 +139,7 @@ async fn prometheus(
         .get(axum::http::header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
-    match crate::telemetry::render(&ctx).await {
+    match crate::http_prometheus::render(&ctx).await {
         Ok(text) if openmetrics => (
             [(
                 axum::http::header::CONTENT_TYPE,
@@ -214,7 +153,7 @@ async fn prometheus(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            crate::telemetry::to_prometheus_text(&text),
+            crate::http_prometheus::to_prometheus_text(&text),
         )
             .into_response(),
         Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -242,6 +181,21 @@ async fn time_kv(State(ctx): State<Arc<ApiContext>>, request: Request, next: Nex
         .get_or_create(&vec![("op", op.to_owned())])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// `GET /` and `GET /api`: every route, and whether this agent wants the token for it.
+async fn api_index(State(ctx): State<Arc<ApiContext>>) -> Json<Vec<opsbro_api::RouteInfo>> {
+    Json(
+        opsbro_api::ROUTES
+            .iter()
+            .map(|r| opsbro_api::RouteInfo {
+                method: r.method.to_owned(),
+                path: r.path.to_owned(),
+                needs_token: ctx.access.needs_token(r.method, r.path),
+                description: r.description.to_owned(),
+            })
+            .collect(),
+    )
 }
 
 async fn agent_state(State(ctx): State<Arc<ApiContext>>) -> Json<AgentState> {
@@ -337,6 +291,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
                 .slow_dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
         },
+        logs: crate::logcount::LOG_COUNTS.snapshot(),
     })
 }
 
@@ -590,6 +545,22 @@ async fn collectors_one(
     })
 }
 
+async fn collectors_run(
+    State(ctx): State<Arc<ApiContext>>,
+    Path(name): Path<String>,
+) -> Result<Json<opsbro_api::collectors::Collector>, ApiError> {
+    match ctx.collected.run_now(&name).await {
+        Ok(result) => Ok(Json(result)),
+        Err(e @ crate::collect::RunError::Unknown(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ crate::collect::RunError::Stopped) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
+
 async fn detectors_state(
     State(ctx): State<Arc<ApiContext>>,
 ) -> Json<Vec<opsbro_api::detectors::DetectorState>> {
@@ -614,28 +585,6 @@ async fn detectors_run(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-}
-
-async fn packs(State(ctx): State<Arc<ApiContext>>) -> Json<opsbro_api::detectors::Packs> {
-    Json(opsbro_api::detectors::Packs {
-        packs: ctx
-            .packs
-            .packs
-            .values()
-            .map(|p| opsbro_api::detectors::PackInfo {
-                name: p.name.clone(),
-                description: p.description.clone(),
-                source: p.source.to_string(),
-                detectors: p.detectors.len(),
-            })
-            .collect(),
-        diagnostics: ctx
-            .packs
-            .diagnostics
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-    })
 }
 
 async fn detect(
@@ -771,8 +720,34 @@ async fn limit_body(request: Request, next: Next) -> Response {
         )
         .into_response();
     }
-    next.run(request).await
+    // The whole body must arrive within BODY_TIMEOUT (a client that trickles it must not hold a
+    // connection slot): read it here, bounded, then hand it on.
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
+        .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over the {MAX_BODY_BYTES}-byte limit"),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            )
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
+
+/// Longest time a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Host, Origin and token rules ([`crate::access`]) before any route runs.
 async fn require_token(
@@ -795,6 +770,29 @@ async fn require_token(
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// `GET /api` is generated from `opsbro_api::ROUTES`: it must list every path the router
+    /// serves, and nothing else.
+    #[test]
+    fn the_documented_routes_are_the_routed_ones() {
+        let routed: BTreeSet<&str> = super::routes().iter().map(|(p, _)| *p).collect();
+        let documented: BTreeSet<&str> = opsbro_api::ROUTES.iter().map(|r| r.path).collect();
+        assert_eq!(routed, documented);
+        let mut seen = BTreeSet::new();
+        for r in opsbro_api::ROUTES {
+            assert!(
+                ["GET", "POST", "PUT", "DELETE"].contains(&r.method),
+                "{r:?}"
+            );
+            assert!(seen.insert((r.method, r.path)), "documented twice: {r:?}");
+            assert!(!r.description.is_empty(), "{r:?}");
         }
     }
 }

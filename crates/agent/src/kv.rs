@@ -372,6 +372,28 @@ impl KvHandle {
             .collect()
     }
 
+    /// For code on a blocking thread (expressions, templates): the live value of `key` as text
+    /// (lossy UTF-8), read on `runtime` and waited for at most `timeout`. None: absent, deleted,
+    /// or no answer in time. It never blocks a runtime worker's async context: the read runs as
+    /// a task and this thread waits on a channel.
+    pub fn get_text_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        key: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        let (kv, key) = (self.clone(), key.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let got = tokio::time::timeout(timeout, kv.get(&key)).await;
+            let _ = tx.send(got);
+        });
+        match rx.recv_timeout(timeout + Duration::from_millis(200)) {
+            Ok(Ok(Ok(Some(entry)))) => Some(String::from_utf8_lossy(&entry.value).into_owned()),
+            _ => None,
+        }
+    }
+
     /// The live value of `key` (newest copy among its owners).
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, KvError> {
         let e = self.0.read_newest(key).await?;

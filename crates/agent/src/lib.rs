@@ -11,6 +11,7 @@
 pub mod access;
 pub mod cluster;
 pub mod collect;
+pub mod context;
 pub mod datadir;
 pub mod detectors;
 pub mod dns;
@@ -18,14 +19,19 @@ pub mod eval;
 pub mod events;
 pub mod generators;
 pub mod gossip;
+pub mod group_history;
 pub mod handlers;
 pub mod host;
 pub mod http;
 pub mod http_kv;
 pub mod http_metrics;
+pub mod http_packs;
+pub mod http_prometheus;
 pub mod kv;
+pub mod logcount;
 pub mod metrics;
 pub mod monitoring;
+pub mod one_shot;
 pub mod serve;
 pub mod status;
 pub mod telemetry;
@@ -80,6 +86,9 @@ pub enum AgentError {
     /// A setting would open the cluster to anyone (see `AgentConfig::gossip_bind`).
     #[error("{0}")]
     Insecure(String),
+    /// A one-shot run was stopped (signal) before its pass was done.
+    #[error("stopped before the one-shot pass was done")]
+    Interrupted,
 }
 
 fn bind_hint(e: &io::Error) -> &'static str {
@@ -95,6 +104,35 @@ fn bind_hint(e: &io::Error) -> &'static str {
 
 /// Run the agent until it is asked to stop (signal, API, or `shutdown` cancelled by the caller).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    run_agent(config, shutdown, None).await
+}
+
+/// `agent start --one-shot`: run the collectors, the detectors and the generators once, then
+/// stop and return what they did. Nothing listens beyond loopback: DNS, statsd, graphite and the
+/// websocket are off, the API and gossip take ephemeral loopback ports, no cluster is joined.
+pub async fn run_once(mut config: AgentConfig) -> Result<one_shot::Report, AgentError> {
+    let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    config.api_bind = loopback;
+    config.api_port = 0;
+    config.bind_addr = Some(loopback);
+    config.port = 0;
+    config.seeds.clear();
+    config.auto_detect = false;
+    config.dns.enabled = false;
+    config.statsd.enabled = false;
+    config.graphite.enabled = false;
+    config.graphite.forward = None;
+    config.websocket.enabled = false;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    run_agent(config, CancellationToken::new(), Some(tx)).await?;
+    rx.await.map_err(|_| AgentError::Interrupted)
+}
+
+async fn run_agent(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    once: Option<tokio::sync::oneshot::Sender<one_shot::Report>>,
+) -> Result<(), AgentError> {
     install_tls_provider();
     let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
@@ -180,7 +218,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let view_for_collectors = view.clone();
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
     let check = |expr: &str| evaluator.check_syntax(expr).map_err(|e| e.to_string());
-    let packs = opsbro_packs::load(&config.packs_dirs, &check);
+    let packs = opsbro_packs::load_all(
+        &config.packs_dirs,
+        config.objects_dirs.as_deref().unwrap_or_default(),
+        &check,
+    );
     for d in &packs.diagnostics {
         tracing::warn!("pack problem: {d}");
     }
@@ -252,6 +294,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         shutdown.child_token(),
     )
     .map_err(|e| AgentError::Kv(e.message))?;
+    // `kv_get()` in expressions reads the store.
+    let (reader, runtime) = (kv.clone(), tokio::runtime::Handle::current());
+    view.set_kv(Arc::new(move |key: &str| {
+        reader.get_text_blocking(&runtime, key, eval::KV_GET_TIMEOUT)
+    }));
     status.set(
         "kv",
         SubsystemState::Ok,
@@ -353,8 +400,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             collected: collected.clone(),
             collected_once,
             bus: bus.clone(),
+            zone: config.zone.clone(),
         },
         status.clone(),
+        shutdown.child_token(),
+    ));
+    let group_history = group_history::GroupHistory::default();
+    tracker.spawn(group_history::run(
+        group_history.clone(),
+        data_dir.uuid(),
+        kv_membership.clone(),
         shutdown.child_token(),
     ));
     let monitoring_handle = monitoring::MonitoringHandle::default();
@@ -428,6 +483,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         &tracker,
         shutdown.child_token(),
     );
+    if let Some(report) = once {
+        tracker.spawn(one_shot::drive(
+            one_shot::Parts {
+                status: status.clone(),
+                collected: collected.clone(),
+                detectors: detectors_handle.clone(),
+                generators: generators_handle.clone(),
+                gossip: gossip.clone(),
+            },
+            report,
+            shutdown.clone(),
+        ));
+    }
     let ctx = Arc::new(http::ApiContext {
         name: config.node_name.clone(),
         display_name: config.display_name.clone(),
@@ -467,6 +535,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         websocket: ws_counters,
         websocket_addr,
         generators: generators_handle,
+        group_history,
     });
 
     let api_shutdown = shutdown.child_token();

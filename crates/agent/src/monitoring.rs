@@ -266,7 +266,10 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                             RunResult::unknown(i, format!("UNKNOWN: the check failed: {e}"))
                         })
                     }
-                    CheckKind::Script { script } => run_script(i, script, spec, &plugins_dir).await,
+                    CheckKind::Script { script } => {
+                        let params = parameters.get(&spec.pack).unwrap_or(&Value::Null);
+                        run_script(i, script, spec, params, &plugins_dir).await
+                    }
                 };
                 let _ = tx.send(result).await;
             });
@@ -408,6 +411,33 @@ fn save_states(file: &std::path::Path, handle: &MonitoringHandle) {
     }
 }
 
+/// The values a check's `$macro$`s read: its pack's parameters, overridden by the check's own
+/// keys (a mapping in both is merged key by key).
+fn macro_keys(own: &Value, params: &Value) -> Value {
+    match (params, own) {
+        (Value::Object(p), Value::Object(o)) => {
+            let mut merged = p.clone();
+            for (k, v) in o {
+                let v = match merged.get(k) {
+                    Some(base) => macro_keys(v, base),
+                    None => v.clone(),
+                };
+                merged.insert(k.clone(), v);
+            }
+            Value::Object(merged)
+        }
+        (_, Value::Null) => params.clone(),
+        _ => own.clone(),
+    }
+}
+
+/// `{{parameters.<rest>}}` in a pack's parameters; `parameters.a|b` is the first of a, b that
+/// exists (as the original).
+pub fn parameter(params: &Value, rest: &str) -> Option<Value> {
+    rest.split('|')
+        .find_map(|alt| opsbro_collectors::lookup_in(params, alt.trim()).cloned())
+}
+
 /// Placeholders of a check: `collector.`, `parameters.` (its pack's), `configuration.` (its own
 /// keys, e.g. `configuration.thresholds.cpuidle.warning`) and `variables.`.
 fn check_resolver<'a>(
@@ -420,7 +450,7 @@ fn check_resolver<'a>(
         let (root, rest) = path.split_once('.').unwrap_or((path, ""));
         match root {
             "collector" => collected.lookup(rest),
-            "parameters" => opsbro_collectors::lookup_in(params, rest).cloned(),
+            "parameters" => parameter(params, rest),
             "configuration" => opsbro_collectors::lookup_in(&spec.keys, rest).cloned(),
             "variables" => {
                 let (name, more) = rest.split_once('.').unwrap_or((rest, ""));
@@ -519,8 +549,16 @@ pub(crate) async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin) -> (Ve
     }
 }
 
-async fn run_script(index: usize, script: &str, spec: &CheckSpec, plugins_dir: &str) -> RunResult {
-    let command = match nagios::substitute(script, &spec.keys, plugins_dir) {
+async fn run_script(
+    index: usize,
+    script: &str,
+    spec: &CheckSpec,
+    params: &Value,
+    plugins_dir: &str,
+) -> RunResult {
+    // `$macro$`s read the check's own keys first, then its pack's parameters (as the original).
+    let keys = macro_keys(&spec.keys, params);
+    let command = match nagios::substitute(script, &keys, plugins_dir) {
         Ok(c) => c,
         Err(e) => return RunResult::unknown(index, format!("UNKNOWN: {e}")),
     };

@@ -25,6 +25,156 @@ pub mod routes {
     pub const METRICS: &str = "/metrics";
     /// `GET` (never needs the token): [`super::AuthInfo`], where the token file is.
     pub const AGENT_AUTH: &str = "/agent/auth";
+    /// `GET`: this list of routes ([`super::RouteInfo`] list), same as [`API`].
+    pub const INDEX: &str = "/";
+    /// `GET`: every route of this API ([`super::RouteInfo`] list, from [`super::ROUTES`]).
+    pub const API: &str = "/api";
+}
+
+/// One route of the API as documented in [`ROUTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteDoc {
+    /// HTTP method (`GET`, `POST`, `PUT`, `DELETE`).
+    pub method: &'static str,
+    /// Path, with `{name}` for a segment and `{*name}` for the rest of the path.
+    pub path: &'static str,
+    /// What it does, in one line.
+    pub description: &'static str,
+}
+
+/// Every route the agent serves, one entry per method and path: the source of `GET /api` (the
+/// agent's router is checked against it, so the two cannot drift apart).
+pub const ROUTES: &[RouteDoc] = {
+    use self::{collectors as c, detectors as d, evaluator as e, generators as gen_, gossip as g};
+    use self::{kv, metrics as m, monitoring as mon, routes as r};
+    const fn doc(method: &'static str, path: &'static str, description: &'static str) -> RouteDoc {
+        RouteDoc {
+            method,
+            path,
+            description,
+        }
+    }
+    &[
+        doc("GET", r::INDEX, "this list of routes"),
+        doc("GET", r::API, "this list of routes"),
+        doc(
+            "GET",
+            r::AGENT_STATE,
+            "the agent state: initializing, ok or stopping",
+        ),
+        doc(
+            "GET",
+            r::AGENT_AUTH,
+            "where the API token file is (never needs the token)",
+        ),
+        doc(
+            "GET",
+            r::AGENT_INFO,
+            "identity, addresses, groups, resource use, log counts, subsystems",
+        ),
+        doc("POST", r::AGENT_STOP, "stop the agent gracefully"),
+        doc(
+            "PUT",
+            r::AGENT_GROUP,
+            "add a static group (live, kept across restarts)",
+        ),
+        doc("DELETE", r::AGENT_GROUP, "remove a static group"),
+        doc(
+            "GET",
+            r::METRICS,
+            "the agent's metrics in Prometheus text format",
+        ),
+        doc("GET", g::MEMBERS, "every known cluster member"),
+        doc("GET", g::HISTORY, "membership changes, oldest first"),
+        doc("POST", g::JOIN, "join a cluster through one of its members"),
+        doc("POST", g::LEAVE, "this agent leaves the cluster and stops"),
+        doc("POST", g::LEAVE_NODE, "mark another (gone) node as left"),
+        doc("GET", g::PING, "probe a node now and show its state"),
+        doc("GET", g::EVENTS, "user events of the last minutes"),
+        doc(
+            "POST",
+            g::EVENTS,
+            "send a user event to every node (types starting with `_` are reserved)",
+        ),
+        doc("GET", g::KEYRING, "this agent's cluster keys, by id"),
+        doc(
+            "POST",
+            g::KEYRING,
+            "install, use or remove a cluster key on every node",
+        ),
+        doc(
+            "POST",
+            g::DETECT,
+            "find agents on the LAN by UDP broadcast (and join one)",
+        ),
+        doc("POST", e::EVAL, "evaluate an expression on this agent"),
+        doc("GET", e::LIST, "the functions expressions can call"),
+        doc("GET", d::STATE, "every detector and its last result"),
+        doc("POST", d::RUN, "run every detector now"),
+        doc("GET", d::HISTORY, "this node's group changes, oldest first"),
+        doc(
+            "GET",
+            d::PACKS,
+            "loaded packs, their objects and where each comes from, load problems",
+        ),
+        doc("GET", dashboards::ALL, "the packs' dashboards"),
+        doc(
+            "GET",
+            dashboards::ONE,
+            "one dashboard with its values computed now",
+        ),
+        doc("GET", dashboards::TUTORIALS, "the packs' tutorials"),
+        doc("GET", c::ALL, "every collector's latest result"),
+        doc("GET", c::ONE, "one collector's latest result"),
+        doc(
+            "POST",
+            c::RUN,
+            "run one collector now and answer its result",
+        ),
+        doc("GET", c::HISTORY, "collector state changes, oldest first"),
+        doc("GET", mon::STATE, "this node's checks"),
+        doc("GET", mon::STATE_NODE, "any node's checks, by name or uuid"),
+        doc("GET", mon::HISTORY, "this node's check state changes"),
+        doc("GET", mon::HANDLERS, "handlers and their counters"),
+        doc("GET", kv::ROOT, "live keys under ?prefix="),
+        doc(
+            "GET",
+            kv::KEY,
+            "a key's value (?raw, ?index=N&wait=30s, ?locate)",
+        ),
+        doc("PUT", kv::KEY, "write a key (?cas=, ?ttl=)"),
+        doc("DELETE", kv::KEY, "delete a key (?cas=)"),
+        doc("GET", m::RENDER, "graphite-web render: values of targets"),
+        doc("POST", m::RENDER, "graphite-web render (form)"),
+        doc("GET", m::FIND, "graphite-web find: series and branches"),
+        doc("POST", m::FIND, "graphite-web find (form)"),
+        doc("GET", m::INDEX, "every series name"),
+        doc("GET", gen_::STATE, "every generator's state"),
+        doc("GET", gen_::HISTORY, "generator state changes and writes"),
+    ]
+};
+
+/// One route in the answer of `GET /api`: [`RouteDoc`] and whether this agent wants the token
+/// for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// HTTP method.
+    pub method: String,
+    /// Path (`{name}`: a segment, `{*name}`: the rest of the path).
+    pub path: String,
+    /// Whether a caller without the API token is refused.
+    pub needs_token: bool,
+    /// What it does.
+    pub description: String,
+}
+
+/// Warnings and errors the agent logged since it started (`agent info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCounts {
+    /// `ERROR` events.
+    pub errors: u64,
+    /// `WARN` events.
+    pub warnings: u64,
 }
 
 /// Answer of `GET /agent/auth`: how to get the API token of this agent.
@@ -110,6 +260,9 @@ pub struct AgentInfo {
     /// The websocket event stream.
     #[serde(default)]
     pub websocket: WebsocketInfo,
+    /// Warnings and errors logged since start.
+    #[serde(default)]
+    pub logs: LogCounts,
 }
 
 /// The websocket event stream in `agent info`.
@@ -751,6 +904,21 @@ pub mod detectors {
     pub const RUN: &str = "/agent/detectors/run";
     /// `GET`: loaded packs and load diagnostics ([`Packs`]).
     pub const PACKS: &str = "/packs";
+    /// `GET`: this node's group changes, oldest first ([`GroupChange`] list).
+    pub const HISTORY: &str = "/agent/detectors/history";
+
+    /// A change of this node's groups (static ones and detected ones).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GroupChange {
+        /// When, ms since the Unix epoch.
+        pub time_ms: u64,
+        /// Groups the node gained.
+        pub added: Vec<String>,
+        /// Groups the node lost.
+        pub removed: Vec<String>,
+        /// The node's groups after the change.
+        pub groups: Vec<String>,
+    }
 
     /// One detector.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -763,8 +931,16 @@ pub mod detectors {
         pub interval_secs: f64,
         /// The expression.
         pub apply_if: String,
-        /// Groups it adds.
+        /// Groups it adds, as written (a group may be a template:
+        /// `ec2-region::{{collector.ec2.region}}`).
         pub groups: Vec<String>,
+        /// The groups its last run gave, templates rendered.
+        #[serde(default)]
+        pub rendered_groups: Vec<String>,
+        /// Groups of the last run left out, and why (a placeholder without a value, a value
+        /// that is not a group name).
+        #[serde(default)]
+        pub skipped_groups: Vec<String>,
         /// Result of the last run (None: not run yet).
         pub matched: Option<bool>,
         /// Error of the last run.
@@ -774,25 +950,135 @@ pub mod detectors {
     }
 
     /// One pack.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct PackInfo {
         /// Name.
         pub name: String,
         /// Description.
         pub description: String,
-        /// `embedded` or the directory.
+        /// `embedded` or the directory (the highest level that gave it objects).
         pub source: String,
         /// Number of detectors.
         pub detectors: usize,
+        /// Number of checks.
+        #[serde(default)]
+        pub checks: usize,
+        /// Number of handlers.
+        #[serde(default)]
+        pub handlers: usize,
+        /// Number of generators.
+        #[serde(default)]
+        pub generators: usize,
+        /// Number of compliance rules.
+        #[serde(default)]
+        pub compliance: usize,
+        /// Number of dashboards.
+        #[serde(default)]
+        pub dashboards: usize,
+        /// Number of tutorials.
+        #[serde(default)]
+        pub tutorials: usize,
+        /// Every level that gave it objects, lowest first (`embedded`, then directories).
+        #[serde(default)]
+        pub levels: Vec<String>,
+        /// Every object and the file it comes from.
+        #[serde(default)]
+        pub objects: Vec<PackObject>,
+        /// Its parameters (`parameters/*.yml`, merged over the levels).
+        #[serde(default)]
+        pub parameters: serde_json::Value,
+    }
+
+    /// One object of a pack.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PackObject {
+        /// `detector`, `check`, `handler`, `generator`, `compliance`, `dashboard`, `tutorial`.
+        pub kind: String,
+        /// Name.
+        pub name: String,
+        /// The file it was read from.
+        pub file: String,
     }
 
     /// Answer of `GET /packs`.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct Packs {
         /// Loaded packs.
         pub packs: Vec<PackInfo>,
         /// Problems met while loading (`file:line: message`).
         pub diagnostics: Vec<String>,
+    }
+}
+
+/// Dashboards and tutorials of the packs (`opsbro dashboards`, `opsbro tutorials`).
+pub mod dashboards {
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: every dashboard ([`DashboardInfo`] list).
+    pub const ALL: &str = "/dashboards";
+    /// `GET /dashboards/{name}`: one dashboard with its values computed now ([`Dashboard`]);
+    /// `name` is `<pack>/<file>` or just `<file>` when no other pack has one of that name.
+    pub const ONE: &str = "/dashboards/{*name}";
+    /// `GET`: every tutorial ([`Tutorial`] list).
+    pub const TUTORIALS: &str = "/tutorials";
+
+    /// A dashboard in a list.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct DashboardInfo {
+        /// `<pack>/<file>`.
+        pub name: String,
+        /// Title.
+        pub title: String,
+        /// The file it was read from.
+        pub file: String,
+    }
+
+    /// A dashboard with its values.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Dashboard {
+        /// `<pack>/<file>`.
+        pub name: String,
+        /// Title.
+        pub title: String,
+        /// The widget tree.
+        pub content: Widget,
+    }
+
+    /// One widget: a split holds widgets, the others a value.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Widget {
+        /// `vertical_split`, `horizontal_split`, `text`, `horizontal_gauge`,
+        /// `horizontal_chart` or `donut`.
+        pub kind: String,
+        /// Title.
+        #[serde(default)]
+        pub title: String,
+        /// Unit shown after the value.
+        #[serde(default)]
+        pub unit: String,
+        /// The value of its expression.
+        #[serde(default)]
+        pub value: Option<serde_json::Value>,
+        /// Why the expression has no value.
+        #[serde(default)]
+        pub error: Option<String>,
+        /// Widgets of a split.
+        #[serde(default)]
+        pub children: Vec<Widget>,
+    }
+
+    /// A tutorial.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Tutorial {
+        /// `<pack>/<name>`.
+        pub name: String,
+        /// Title.
+        pub title: String,
+        /// The file it was read from.
+        pub file: String,
+        /// The other files of its folder (data the original's web UI played).
+        #[serde(default)]
+        pub files: Vec<String>,
     }
 }
 
@@ -806,6 +1092,25 @@ pub mod collectors {
     pub const ALL: &str = "/collectors";
     /// `GET /collectors/{name}`.
     pub const ONE: &str = "/collectors/{name}";
+    /// `POST /collectors/{name}/run`: run that collector now; answers its [`Collector`].
+    pub const RUN: &str = "/collectors/{name}/run";
+    /// `GET`: collector state changes, oldest first ([`CollectorChange`] list).
+    pub const HISTORY: &str = "/agent/collectors/history";
+
+    /// A collector changed state (`pending` → `ok`, `ok` → `error`, ...).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CollectorChange {
+        /// When, ms since the Unix epoch.
+        pub time_ms: u64,
+        /// Collector.
+        pub name: String,
+        /// Previous state.
+        pub old_state: String,
+        /// New state.
+        pub state: String,
+        /// Why it failed or does not apply, for those states.
+        pub message: Option<String>,
+    }
 
     /// One collector's latest run.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

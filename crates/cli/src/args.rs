@@ -86,14 +86,23 @@ pub enum Command {
     /// The live event stream (websocket): members, groups, checks, KV keys, user events.
     #[command(subcommand)]
     Events(LiveEventsCommand),
-    /// Packs: the detectors, checks and handlers the agent loaded.
+    /// Packs: the detectors, checks, handlers, generators, compliance rules and dashboards the
+    /// agent loaded, and where each comes from.
     #[command(subcommand)]
     Packs(PacksCommand),
+    /// Dashboards of the packs, drawn in the terminal with their values now.
+    #[command(subcommand)]
+    Dashboards(DashboardsCommand),
+    /// Tutorials of the packs.
+    #[command(subcommand)]
+    Tutorials(TutorialsCommand),
     /// Print a shell completion script (e.g. `opsbro completions bash > /etc/bash_completion.d/opsbro`).
     Completions {
         /// The shell.
         shell: Shell,
     },
+    /// Print the version of this opsbro (as `--version` does).
+    Version,
 }
 
 /// `opsbro agent ...`
@@ -127,9 +136,25 @@ pub enum AgentCommand {
     },
     /// Print a new random cluster encryption key (base64 of 32 bytes) for `encryption_key`.
     Keygen,
+    /// Print one value of the agent, raw on one line (for scripts).
+    Print {
+        /// What to print.
+        what: PrintWhat,
+    },
     /// Change this node's static groups live (kept in the data dir across restarts).
     #[command(subcommand)]
     Groups(GroupsCommand),
+}
+
+/// Values `opsbro agent print` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrintWhat {
+    /// The node's uuid.
+    Uuid,
+    /// The address gossip listens on (the announced one when it listens on every address).
+    LocalAddr,
+    /// The address announced to the other nodes.
+    PublicAddr,
 }
 
 /// `opsbro agent groups ...`
@@ -192,6 +217,14 @@ pub struct StartArgs {
     /// port can then join the cluster and write to it. Prefer `opsbro agent keygen`.
     #[arg(long)]
     pub insecure_plaintext_gossip: bool,
+    /// Run the collectors, the detectors and the generators once, print what they did and
+    /// exit (1 if a generator or detector failed). Nothing listens beyond loopback and no
+    /// cluster is joined: for provisioning scripts and image builds.
+    #[arg(long, conflicts_with_all = ["seeds", "auto_detect"])]
+    pub one_shot: bool,
+    /// With --one-shot: print the report as JSON.
+    #[arg(long, requires = "one_shot")]
+    pub json: bool,
 }
 
 /// `opsbro gossip ...`
@@ -252,11 +285,18 @@ pub enum GossipCommand {
     /// Cluster encryption keys: rotate with `install` (everywhere), then `use`, then `remove` the old one.
     #[command(subcommand)]
     Keyring(KeyringCommand),
-    /// Wait until enough alive members are known (optionally of a group); exit 2 on timeout.
+    /// Wait until enough alive members match (a name, a display name, a group); exit 2 on
+    /// timeout.
     WaitMembers {
-        /// How many alive members (this node included).
+        /// How many alive matching members (this node included) [default: 1].
         #[arg(long)]
-        count: usize,
+        count: Option<usize>,
+        /// Only count the member with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only count members with this display name.
+        #[arg(long)]
+        display_name: Option<String>,
         /// Only count members of this group.
         #[arg(long)]
         group: Option<String>,
@@ -349,6 +389,15 @@ pub enum EvaluatorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Evaluate an expression on the agent until it is true; exit 2 when the timeout passes
+    /// first.
+    WaitEvalTrue {
+        /// The expression.
+        expr: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0, value_name = "S")]
+        timeout: f64,
+    },
 }
 
 /// `opsbro detectors ...`
@@ -374,6 +423,20 @@ pub enum DetectorsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// This node's group changes (static and detected), oldest first.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until this node has a group; exit 2 when the timeout passes first.
+    WaitGroup {
+        /// The group.
+        group: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0, value_name = "S")]
+        timeout: f64,
+    },
 }
 
 /// `opsbro packs ...`
@@ -385,9 +448,47 @@ pub enum PacksCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one pack: where it comes from and its detectors.
+    /// Show one pack: its levels, each object with the file it comes from, its parameters.
     Show {
         /// The pack name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `opsbro dashboards ...`
+#[derive(Debug, Subcommand)]
+pub enum DashboardsCommand {
+    /// List the dashboards of the packs.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw one dashboard with its values now (`linux/linux`, or `linux` when unique).
+    Show {
+        /// The dashboard name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `opsbro tutorials ...`
+#[derive(Debug, Subcommand)]
+pub enum TutorialsCommand {
+    /// List the tutorials of the packs.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tutorial: its title and files.
+    Show {
+        /// The tutorial name.
         name: String,
         /// Print JSON.
         #[arg(long)]
@@ -408,6 +509,28 @@ pub enum CollectorsCommand {
     Show {
         /// A collector name.
         name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Collector state changes (pending → ok, ok → error, ...), oldest first.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until a collector's state is ok; exit 2 when the timeout passes first.
+    WaitOk {
+        /// The collector name.
+        name: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0, value_name = "S")]
+        timeout: f64,
+    },
+    /// Ask the agent to run a collector now and show its result; exit 2 unless it is ok.
+    Run {
+        /// The collector name.
+        name: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -8,14 +8,16 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
-    AgentCommand, Cli, CollectorsCommand, Command, DetectorsCommand, EvaluatorCommand,
-    EventsCommand, GeneratorsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand,
-    LiveEventsCommand, MetricsCommand, MonitoringCommand, PacksCommand,
+    AgentCommand, Cli, CollectorsCommand, Command, DashboardsCommand, DetectorsCommand,
+    EvaluatorCommand, EventsCommand, GeneratorsCommand, GossipCommand, GroupsCommand,
+    KeyringCommand, KvCommand, LiveEventsCommand, MetricsCommand, MonitoringCommand, PacksCommand,
+    TutorialsCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
 use opsbro_cli::commands::{
     agent, collectors, detectors, evaluator, events, generators, gossip, kv, metrics, monitoring,
+    packs,
 };
 use opsbro_cli::error::CliError;
 
@@ -36,20 +38,33 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Agent(AgentCommand::Start(args)) => {
             let config = agent::load_config(&args, cli.token)?;
-            init_tracing(args.log_level.is_some(), &config.log_level);
-            tokio::runtime::Builder::new_multi_thread()
+            // One pass prints its report: only problems are logged, unless asked otherwise.
+            let quiet = args.one_shot && args.log_level.is_none();
+            init_tracing(
+                args.log_level.is_some() || quiet,
+                if quiet { "warn" } else { &config.log_level },
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .thread_name("opsbro")
                 .build()
-                .map_err(|e| CliError::Other(e.into()))?
-                .block_on(agent::start(config))
+                .map_err(|e| CliError::Other(e.into()))?;
+            if args.one_shot {
+                runtime.block_on(agent::start_once(config, args.json))
+            } else {
+                runtime.block_on(agent::start(config))
+            }
         }
         Command::Agent(AgentCommand::Keygen) => agent::keygen(),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "opsbro", &mut std::io::stdout());
-            Ok(())
+            // clap_complete panics on a failed write: write the script ourselves so a reader
+            // that stops early (`| head`) ends it quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "opsbro", &mut script);
+            write_stdout(&script)
         }
+        Command::Version => write_stdout(Cli::command().render_version().as_bytes()),
         Command::Gossip(command) => {
             let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {
@@ -92,9 +107,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     }
                     GossipCommand::WaitMembers {
                         count,
+                        name,
+                        display_name,
                         group,
                         timeout,
-                    } => gossip::wait_members(&client, count, group, timeout).await,
+                    } => {
+                        let wanted = gossip::Wanted {
+                            count: count.unwrap_or(1),
+                            name,
+                            display_name,
+                            group,
+                        };
+                        gossip::wait_members(&client, &wanted, timeout).await
+                    }
                 }
             })
         }
@@ -105,6 +130,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     CollectorsCommand::List { json } => collectors::list(&client, json).await,
                     CollectorsCommand::Show { name, json } => {
                         collectors::show(&client, name, json).await
+                    }
+                    CollectorsCommand::History { json } => collectors::history(&client, json).await,
+                    CollectorsCommand::WaitOk { name, timeout } => {
+                        collectors::wait_ok(&client, &name, timeout).await
+                    }
+                    CollectorsCommand::Run { name, json } => {
+                        collectors::run(&client, &name, json).await
                     }
                 }
             })
@@ -196,16 +228,46 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 DetectorsCommand::List { json } => (View::List, None, json),
                 DetectorsCommand::State { json } => (View::State, None, json),
                 DetectorsCommand::Run { name, json } => (View::Run, name, json),
+                DetectorsCommand::History { json } => {
+                    return client_runtime()?.block_on(detectors::history(&client, json));
+                }
+                DetectorsCommand::WaitGroup { group, timeout } => {
+                    return client_runtime()?
+                        .block_on(detectors::wait_group(&client, &group, timeout));
+                }
             };
             client_runtime()?.block_on(detectors::detectors(&client, view, only, json))
         }
-        Command::Packs(PacksCommand::List { json }) => {
+        Command::Packs(command) => {
             let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
-            client_runtime()?.block_on(detectors::packs(&client, json))
+            client_runtime()?.block_on(async {
+                match command {
+                    PacksCommand::List { json } => packs::list(&client, json).await,
+                    PacksCommand::Show { name, json } => packs::show(&client, &name, json).await,
+                }
+            })
         }
-        Command::Packs(PacksCommand::Show { name, json }) => {
+        Command::Dashboards(command) => {
             let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
-            client_runtime()?.block_on(detectors::show_pack(&client, &name, json))
+            client_runtime()?.block_on(async {
+                match command {
+                    DashboardsCommand::List { json } => packs::dashboards(&client, json).await,
+                    DashboardsCommand::Show { name, json } => {
+                        packs::dashboard(&client, &name, json).await
+                    }
+                }
+            })
+        }
+        Command::Tutorials(command) => {
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(async {
+                match command {
+                    TutorialsCommand::List { json } => packs::tutorials(&client, json).await,
+                    TutorialsCommand::Show { name, json } => {
+                        packs::tutorial(&client, &name, json).await
+                    }
+                }
+            })
         }
         Command::Evaluator(command) => {
             let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
@@ -214,6 +276,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     EvaluatorCommand::List { json } => evaluator::list(&client, json).await,
                     EvaluatorCommand::Eval { expr, json } => {
                         evaluator::eval(&client, expr, json).await
+                    }
+                    EvaluatorCommand::WaitEvalTrue { expr, timeout } => {
+                        evaluator::wait_eval_true(&client, expr, timeout).await
                     }
                 }
             })
@@ -234,10 +299,21 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     AgentCommand::Groups(GroupsCommand::Remove { group }) => {
                         agent::groups(&client, &group, false).await
                     }
+                    AgentCommand::Print { what } => agent::print(&client, what).await,
                     AgentCommand::Start(_) | AgentCommand::Keygen => unreachable!("handled above"),
                 }
             })
         }
+    }
+}
+
+/// Write `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Other(e.into())),
+        _ => Ok(()),
     }
 }
 
@@ -271,6 +347,8 @@ fn client_runtime() -> Result<tokio::runtime::Runtime, CliError> {
 /// filter syntax), then `log_level` from the file, then info.
 fn init_tracing(level_from_flag: bool, level: &str) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !level_from_flag && !spec.trim().is_empty() => EnvFilter::try_new(spec)
             .unwrap_or_else(|e| {
@@ -279,9 +357,14 @@ fn init_tracing(level_from_flag: bool, level: &str) {
             }),
         _ => EnvFilter::new(level),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    // The filter applies to every layer: the counts (`agent info`) are of what is logged.
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(opsbro_agent::logcount::CountingLayer)
         .init();
 }

@@ -220,6 +220,8 @@ pub struct Config {
     pub keyring_file: Option<PathBuf>,
     /// `packs_dirs`.
     pub packs_dirs: Vec<PathBuf>,
+    /// `objects_dirs`.
+    pub objects_dirs: Option<Vec<PathBuf>>,
     /// `templates_dir`.
     pub templates_dir: Option<PathBuf>,
     /// `log_level`.
@@ -537,6 +539,9 @@ pub struct AgentConfig {
     pub keyring_file: Option<PathBuf>,
     /// Extra pack directories.
     pub packs_dirs: Vec<PathBuf>,
+    /// Directories of YAML objects of the local configuration (any kind: handlers, checks...),
+    /// loaded as the pack `local`. None: every `<config dir>/*.d/` directory.
+    pub objects_dirs: Option<Vec<PathBuf>>,
     /// Template directory overriding the embedded templates.
     pub templates_dir: Option<PathBuf>,
     /// Log level (trace|debug|info|warn|error).
@@ -632,6 +637,13 @@ pub fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
         .map(|(_, k)| k)
 }
 
+/// Whether the indentation of `line` holds a tab.
+fn indented_with_tab(line: &str) -> bool {
+    line.chars()
+        .take_while(|c| c.is_whitespace())
+        .any(|c| c == '\t')
+}
+
 /// Levenshtein distance; keys are short so the quadratic table is fine.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -716,8 +728,18 @@ impl Config {
                     .next()
                     .unwrap_or_default()
                     .to_owned();
+                // A tab in the indentation (pasted from a Markdown page) is the usual cause of
+                // libyaml's "cannot start any token": say so.
+                let tab_indent = line
+                    .and_then(|l| text.lines().nth(l.saturating_sub(1)))
+                    .is_some_and(indented_with_tab);
                 let message = if message.contains("invalid type") {
                     format!("the file must be a mapping of keys to values ({message})")
+                } else if tab_indent {
+                    format!(
+                        "not valid YAML: {message} (this line is indented with a tab: YAML \
+                         indents with spaces only)"
+                    )
                 } else {
                     format!("not valid YAML: {message}")
                 };
@@ -761,6 +783,7 @@ impl Config {
             encryption_key,
             encryption,
             packs_dirs,
+            objects_dirs,
             templates_dir,
             log_level,
             gossip,
@@ -896,6 +919,7 @@ impl Config {
             }),
             keyring_file: v.take("encryption.keyring_file", keyring_file),
             packs_dirs: v.take("packs_dirs", packs_dirs).unwrap_or_default(),
+            objects_dirs: v.take("objects_dirs", objects_dirs),
             templates_dir: v.take("templates_dir", templates_dir),
             log_level: v.take_with("log_level", log_level, check_log_level),
             gossip,
@@ -1027,7 +1051,11 @@ impl Config {
             port: v.take("dns.port", port).unwrap_or(d.port),
             domain: v
                 .take_with("dns.domain", domain, |dom| {
-                    let dom = dom.trim().trim_end_matches('.').to_ascii_lowercase();
+                    // `.opsbro` (the original's README form), `opsbro.` and `opsbro` are one
+                    // domain: one leading and one trailing dot are dropped.
+                    let dom = dom.trim();
+                    let dom = dom.strip_prefix('.').unwrap_or(dom);
+                    let dom = dom.strip_suffix('.').unwrap_or(dom).to_ascii_lowercase();
                     let ok = !dom.is_empty()
                         && dom.len() <= 200
                         && dom.split('.').all(|l| {
@@ -1271,6 +1299,7 @@ impl Config {
             encryption_key: self.encryption_key,
             keyring_file: self.keyring_file,
             packs_dirs: self.packs_dirs,
+            objects_dirs: self.objects_dirs,
             templates_dir: self.templates_dir,
             log_level: overrides
                 .log_level

@@ -414,3 +414,39 @@ fn gossip_flood_limits_are_configurable_and_bounded() {
     let errs = Config::from_yaml("gossip:\n  max_members: 1\n", "f.yml").expect_err("too small");
     assert!(errs.to_string().contains("gossip.max_members"), "{errs}");
 }
+
+/// Regression: the original README's `dns:` block (as rendered: spaces, aligned colons and a
+/// domain with a leading dot) was refused — `.opsbro` is the domain `opsbro`.
+#[test]
+fn the_readme_dns_block_with_a_leading_dot_domain_is_accepted() {
+    let readme =
+        "dns:\n    enabled    : true\n    port       : 6766\n    domain     : \".opsbro\"\n";
+    let c = Config::from_yaml(readme, "agent.yml").expect("the README's block is valid");
+    assert!(c.dns.enabled);
+    assert_eq!(c.dns.port, 6766);
+    assert_eq!(c.dns.domain, "opsbro");
+    for (written, domain) in [
+        ("opsbro.", "opsbro"),
+        (".Corp.Example.", "corp.example"),
+        ("opsbro", "opsbro"),
+    ] {
+        let c = Config::from_yaml(&format!("dns:\n  domain: \"{written}\"\n"), "f.yml")
+            .expect("valid domain");
+        assert_eq!(c.dns.domain, domain, "{written}");
+    }
+    for bad in ["..opsbro", ".", "a..b"] {
+        let errs =
+            Config::from_yaml(&format!("dns:\n  domain: \"{bad}\"\n"), "f.yml").expect_err(bad);
+        assert_eq!(errs.0[0].key, "dns.domain", "{bad}");
+    }
+}
+
+/// The same block copied from the Markdown source keeps the tab Markdown allows before a code
+/// line: the error says that a tab is the problem.
+#[test]
+fn a_tab_in_the_indentation_is_named_in_the_error() {
+    let pasted = "dns:\n    enabled    : true\n\t    port       : 6766\n";
+    let errs = Config::from_yaml(pasted, "agent.yml").expect_err("tabs are not YAML indentation");
+    assert_eq!(errs.0[0].line, Some(3), "{errs}");
+    assert!(errs.0[0].message.contains("indented with a tab"), "{errs}");
+}

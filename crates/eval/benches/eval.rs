@@ -31,6 +31,17 @@ fn bench(c: &mut Criterion) {
             .expect("eval")
         })
     });
+    g.bench_function("keyword arguments and a default placeholder", |b| {
+        b.iter(|| {
+            e.eval_bool(
+                black_box(
+                    "gossip_count_nodes(state='alive') >= 0 and {{collector.nothing||0}} == 0",
+                ),
+                &idle,
+            )
+            .expect("eval")
+        })
+    });
     g.finish();
 }
 

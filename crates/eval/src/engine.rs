@@ -5,33 +5,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Position};
 
+use crate::context::EvalContext;
+use crate::convert::to_json;
 use crate::front::{self, Resolver};
 use crate::functions;
-
-/// Facts about the cluster that gossip functions read (`is_in_group`, `gossip_count_nodes`, ...).
-pub trait EvalContext: Send + Sync {
-    /// Groups of this node.
-    fn groups(&self) -> Vec<String>;
-    /// Members in `group` (empty: any) and `state` (empty: any), this node included.
-    fn count_nodes(&self, group: &str, state: &str) -> i64;
-    /// Whether a user event of this type was received recently.
-    fn has_event_type(&self, kind: &str) -> bool;
-}
-
-/// A context for evaluations outside an agent (tests, `--one-shot` tools): no groups, no nodes.
-pub struct NoContext;
-
-impl EvalContext for NoContext {
-    fn groups(&self) -> Vec<String> {
-        Vec::new()
-    }
-    fn count_nodes(&self, _: &str, _: &str) -> i64 {
-        0
-    }
-    fn has_event_type(&self, _: &str) -> bool {
-        false
-    }
-}
+use crate::signature::FunctionDoc;
 
 /// Why an expression has no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,19 +44,6 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::Limit => "limit",
         })
     }
-}
-
-/// One library function, for `opsbro evaluator list`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FunctionDoc {
-    /// Name.
-    pub name: &'static str,
-    /// Call shape, e.g. `grep_file(string, path, regexp=False)`.
-    pub prototype: &'static str,
-    /// What it does.
-    pub doc: &'static str,
-    /// Family: basic, filesystem, system, gossip, network, package, time, hash, string, random.
-    pub group: &'static str,
 }
 
 /// Limits applied to every evaluation.
@@ -133,12 +98,13 @@ impl Evaluator {
     /// Check that `expr` parses (placeholders count as values); nothing runs.
     pub fn check_syntax(&self, expr: &str) -> Result<(), EvalError> {
         let resolver = |_: &str| Some(serde_json::Value::from(0));
-        let translated = front::translate(expr, &resolver).map_err(|e| EvalError {
-            kind: ErrorKind::Syntax,
-            message: e.message,
-            position: Some(column(expr, e.offset)),
-            near: near(expr, e.offset),
-        })?;
+        let translated =
+            front::translate_with(expr, &resolver, functions::DOCS).map_err(|e| EvalError {
+                kind: ErrorKind::Syntax,
+                message: e.message,
+                position: Some(column(expr, e.offset)),
+                near: near(expr, e.offset),
+            })?;
         self.engine
             .compile(&translated.source)
             .map(|_| ())
@@ -173,12 +139,13 @@ impl Evaluator {
     }
 
     fn eval_dynamic(&self, expr: &str, resolver: &dyn Resolver) -> Result<Dynamic, EvalError> {
-        let translated = front::translate(expr, resolver).map_err(|e| EvalError {
-            kind: ErrorKind::Syntax,
-            message: e.message,
-            position: Some(column(expr, e.offset)),
-            near: near(expr, e.offset),
-        })?;
+        let translated =
+            front::translate_with(expr, resolver, functions::DOCS).map_err(|e| EvalError {
+                kind: ErrorKind::Syntax,
+                message: e.message,
+                position: Some(column(expr, e.offset)),
+                near: near(expr, e.offset),
+            })?;
         let ast = {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             match cache.get(&translated.source) {
@@ -290,57 +257,4 @@ pub fn truthy(v: &Dynamic) -> bool {
         return !m.is_empty();
     }
     true
-}
-
-/// A rhai value as JSON.
-pub fn to_json(v: &Dynamic) -> serde_json::Value {
-    use serde_json::Value;
-    if v.is_unit() {
-        return Value::Null;
-    }
-    if let Some(b) = v.clone().try_cast::<bool>() {
-        return Value::Bool(b);
-    }
-    if let Some(i) = v.clone().try_cast::<i64>() {
-        return Value::from(i);
-    }
-    if let Some(f) = v.clone().try_cast::<f64>() {
-        return serde_json::Number::from_f64(f)
-            .map(Value::Number)
-            .unwrap_or(Value::Null);
-    }
-    if let Ok(s) = v.clone().into_immutable_string() {
-        return Value::String(s.to_string());
-    }
-    if let Some(c) = v.clone().try_cast::<char>() {
-        return Value::String(c.to_string());
-    }
-    if let Some(a) = v.clone().try_cast::<rhai::Array>() {
-        return Value::Array(a.iter().map(to_json).collect());
-    }
-    if let Some(m) = v.clone().try_cast::<rhai::Map>() {
-        return Value::Object(m.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect());
-    }
-    Value::String(v.to_string())
-}
-
-/// JSON into a rhai value (for function results built from files).
-pub fn from_json(v: &serde_json::Value) -> Dynamic {
-    use serde_json::Value;
-    match v {
-        Value::Null => Dynamic::UNIT,
-        Value::Bool(b) => Dynamic::from(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => Dynamic::from(i),
-            (None, Some(f)) => Dynamic::from(f),
-            _ => Dynamic::UNIT,
-        },
-        Value::String(s) => Dynamic::from(s.clone()),
-        Value::Array(a) => Dynamic::from(a.iter().map(from_json).collect::<rhai::Array>()),
-        Value::Object(m) => Dynamic::from(
-            m.iter()
-                .map(|(k, v)| (k.as_str().into(), from_json(v)))
-                .collect::<rhai::Map>(),
-        ),
-    }
 }

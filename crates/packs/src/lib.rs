@@ -20,6 +20,7 @@ use opsbro_config::LineIndex;
 
 mod generators;
 mod monitoring;
+pub mod yaml;
 
 pub use generators::GeneratorSpec;
 pub use monitoring::{CheckKind, CheckSpec, HandlerKind, HandlerSpec, MailSpec, SlackSpec};
@@ -82,6 +83,64 @@ pub struct Pack {
     pub parameters: serde_json::Value,
     /// `templates/<name>` → contents.
     pub templates: BTreeMap<String, String>,
+    /// Its dashboards (shown by `opsbro dashboards`).
+    pub dashboards: Vec<Dashboard>,
+    /// Its tutorials (shown by `opsbro tutorials`).
+    pub tutorials: Vec<Tutorial>,
+    /// Its compliance rules, loaded as written (the compliance subsystem runs them).
+    pub compliance: Vec<RawObject>,
+    /// Every object with the file it comes from, after the levels merged.
+    pub objects: Vec<ObjectInfo>,
+    /// Every directory that gave this pack objects, lowest level first (an embedded pack then
+    /// the `packs_dirs` that hold a pack of the same name).
+    pub levels: Vec<Source>,
+}
+
+/// One object of a pack and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// `detector`, `check`, `handler`, `generator`, `compliance`, `dashboard` or `tutorial`.
+    pub kind: &'static str,
+    /// Its name (`<pack>/<file stem>`, or a handler's `id`).
+    pub name: String,
+    /// The file it was read from.
+    pub file: String,
+}
+
+/// A `dashboard:` object: a title and a tree of widgets (`vertical_split`, `horizontal_split`,
+/// `text`, `horizontal_gauge`, `horizontal_chart`, `donut`) whose `value`s are expressions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dashboard {
+    /// `<pack>/<file stem>`.
+    pub name: String,
+    /// `title`.
+    pub title: String,
+    /// `content`, as written.
+    pub content: serde_json::Value,
+    /// The file it was read from.
+    pub file: String,
+}
+
+/// A `tutorial:` object: a title and the files next to it (`tutorial-data.json`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tutorial {
+    /// `<pack>/<folder or file stem>`.
+    pub name: String,
+    /// `title`.
+    pub title: String,
+    /// The file it was read from.
+    pub file: String,
+}
+
+/// An object kept as written (a kind another subsystem interprets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawObject {
+    /// `<pack>/<file stem>`.
+    pub name: String,
+    /// The body, as JSON.
+    pub body: serde_json::Value,
+    /// The file it was read from.
+    pub file: String,
 }
 
 /// A problem in a pack file; the object is skipped, the rest loads.
@@ -93,13 +152,16 @@ pub struct Diagnostic {
     pub line: Option<usize>,
     /// What is wrong.
     pub message: String,
+    /// A warning: the object still loaded (e.g. a key given twice, last one wins).
+    pub warning: bool,
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = if self.warning { "warning: " } else { "" };
         match self.line {
-            Some(l) => write!(f, "{}:{l}: {}", self.file, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
+            Some(l) => write!(f, "{}:{l}: {level}{}", self.file, self.message),
+            None => write!(f, "{}: {level}{}", self.file, self.message),
         }
     }
 }
@@ -138,8 +200,30 @@ impl PackSet {
 /// Checks an expression (syntax), returning a message on error.
 pub type ExprCheck<'a> = &'a dyn Fn(&str) -> Result<(), String>;
 
-/// Load the embedded packs, then the packs in `dirs` (later ones override earlier ones by name).
+/// Load the embedded packs, then the packs in `dirs` (see [`load_all`]).
 pub fn load(dirs: &[PathBuf], check: ExprCheck<'_>) -> PackSet {
+    load_all(dirs, &[], check)
+}
+
+/// Name of the pack that holds the objects of the local configuration (`objects_dirs`).
+pub const LOCAL_PACK: &str = "local";
+
+/// Load every pack, lowest level first, and merge them as the original's levels did (core <
+/// global < zone < local):
+///
+/// 1. the packs built into the binary;
+/// 2. each directory of `dirs` in order (a directory holding a `packs/` folder, like the
+///    original's `/var/lib/opsbro/global-configuration`, is read through it);
+/// 3. the objects of `objects`: YAML files of any object kind (a handler in
+///    `/etc/opsbro/handlers.d/mail.yml`), gathered in the pack [`LOCAL_PACK`].
+///
+/// A pack met again at a higher level is merged into the lower one object by object: an
+/// object (same kind, same name: `<pack>/<file stem>`, or a handler's `id`) replaces the
+/// lower one, the others stay; parameters merge key by key, the higher level winning. So a
+/// `linux` pack on disk with one detector adds it to the built-in `linux` pack instead of
+/// dropping the built-in detectors. The pack's name is its `package.yml` `name` when given,
+/// else its folder's name.
+pub fn load_all(dirs: &[PathBuf], objects: &[PathBuf], check: ExprCheck<'_>) -> PackSet {
     let mut set = PackSet::default();
     let mut embedded: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (rel, text) in EMBEDDED {
@@ -154,16 +238,24 @@ pub fn load(dirs: &[PathBuf], check: ExprCheck<'_>) -> PackSet {
             .into_iter()
             .map(|(rel, text)| (format!("embedded:{rel}"), rel, text))
             .collect();
-        load_pack(&mut set, &name, Source::Embedded, files, check);
+        let pack = load_pack(&mut set.diagnostics, &name, Source::Embedded, files, check);
+        merge(&mut set, pack);
     }
     for dir in dirs {
-        let entries = match std::fs::read_dir(dir) {
+        // The original's level directories hold their packs in `packs/`.
+        let dir = if dir.join("packs").is_dir() && !dir.join("package.yml").exists() {
+            dir.join("packs")
+        } else {
+            dir.clone()
+        };
+        let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) => {
                 set.diagnostics.push(Diagnostic {
                     file: dir.display().to_string(),
                     line: None,
                     message: format!("cannot read pack directory: {e}"),
+                    warning: false,
                 });
                 continue;
             }
@@ -175,22 +267,124 @@ pub fn load(dirs: &[PathBuf], check: ExprCheck<'_>) -> PackSet {
             .collect();
         packs.sort();
         for pack_dir in packs {
-            let name = pack_dir
+            let folder = pack_dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let name = package_name(&pack_dir).unwrap_or(folder);
             let mut files = Vec::new();
+            let mut skipped = BTreeMap::new();
             collect_files(
                 &pack_dir,
                 &pack_dir,
                 &name,
                 &mut files,
+                &mut skipped,
                 &mut set.diagnostics,
             );
-            load_pack(&mut set, &name, Source::Dir(pack_dir.clone()), files, check);
+            for (sub, count) in skipped {
+                set.diagnostics.push(Diagnostic {
+                    file: pack_dir.join(&sub).display().to_string(),
+                    line: None,
+                    message: unsupported_code(&sub, count),
+                    warning: true,
+                });
+            }
+            let pack = load_pack(
+                &mut set.diagnostics,
+                &name,
+                Source::Dir(pack_dir.clone()),
+                files,
+                check,
+            );
+            merge(&mut set, pack);
         }
     }
+    for dir in objects {
+        let mut files = Vec::new();
+        let mut skipped = BTreeMap::new();
+        if !dir.is_dir() {
+            set.diagnostics.push(Diagnostic {
+                file: dir.display().to_string(),
+                line: None,
+                message: "cannot read the objects directory: not a directory".into(),
+                warning: false,
+            });
+            continue;
+        }
+        collect_files(
+            dir,
+            dir,
+            LOCAL_PACK,
+            &mut files,
+            &mut skipped,
+            &mut set.diagnostics,
+        );
+        let pack = load_pack(
+            &mut set.diagnostics,
+            LOCAL_PACK,
+            Source::Dir(dir.clone()),
+            files,
+            check,
+        );
+        merge(&mut set, pack);
+    }
+    // A generator's template must be in its pack (at any level).
+    for pack in set.packs.values_mut() {
+        let templates = &pack.templates;
+        let (ok, missing): (Vec<GeneratorSpec>, Vec<GeneratorSpec>) =
+            std::mem::take(&mut pack.generators)
+                .into_iter()
+                .partition(|g| templates.contains_key(&g.template));
+        for g in missing {
+            set.diagnostics.push(Diagnostic {
+                file: format!("{}/generators", pack.name),
+                line: None,
+                message: format!(
+                    "generator {}: template `{}` is not in the pack's templates/ (have: {})",
+                    g.name,
+                    g.template,
+                    templates.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                warning: false,
+            });
+            pack.objects
+                .retain(|o| !(o.kind == "generator" && o.name == g.name));
+        }
+        pack.generators = ok;
+    }
     set
+}
+
+/// `name` from a pack folder's `package.yml`.
+fn package_name(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("package.yml")).ok()?;
+    let doc = yaml::parse(&text).ok()?;
+    let name = doc.value.get("name")?.as_str()?.trim().to_owned();
+    (!name.is_empty() && !name.contains(['/', '\\'])).then_some(name)
+}
+
+/// The warning for code of the original (Python collectors, modules...) found in a pack.
+fn unsupported_code(sub: &str, count: usize) -> String {
+    let what = match sub {
+        "collectors" => {
+            "Python collectors are not loaded: the agent's collectors are built in (`opsbro collectors show`)"
+        }
+        "hostingdrivers" | "hostingcontexts" => {
+            "Python hosting drivers are not loaded: hosting_driver_is_active() uses the built-in ones"
+        }
+        "module" => "Python modules are not loaded: their features are built in (see agent.yml)",
+        "cli" => "Python CLI extensions are not loaded",
+        "compliancebackends" => "Python compliance backends are not loaded",
+        _ => "Python files are not loaded",
+    };
+    format!("{count} file(s) ignored: {what}")
+}
+
+/// Folders of a pack whose Python files are the original's code, reported once per folder.
+fn code_folder(rel: &Path) -> Option<String> {
+    let first = rel.components().next()?.as_os_str().to_string_lossy();
+    Some(first.into_owned())
 }
 
 fn collect_files(
@@ -198,6 +392,7 @@ fn collect_files(
     dir: &Path,
     pack: &str,
     out: &mut Vec<(String, String, String)>,
+    skipped: &mut BTreeMap<String, usize>,
     diags: &mut Vec<Diagnostic>,
 ) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -206,46 +401,143 @@ fn collect_files(
     let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     paths.sort();
     for p in paths {
+        let rel_path = p.strip_prefix(root).unwrap_or(&p).to_owned();
         if p.is_dir() {
-            collect_files(root, &p, pack, out, diags);
+            collect_files(root, &p, pack, out, skipped, diags);
         } else if p.extension().is_some_and(|e| e == "yml" || e == "yaml")
-            || p.strip_prefix(root)
-                .is_ok_and(|r| r.starts_with("templates"))
+            || rel_path.starts_with("templates")
+            || rel_path.components().any(|c| c.as_os_str() == "templates")
         {
-            let rel = format!(
-                "{pack}/{}",
-                p.strip_prefix(root).unwrap_or(&p).to_string_lossy()
-            );
+            let rel = format!("{pack}/{}", rel_path.to_string_lossy());
             match std::fs::read_to_string(&p) {
                 Ok(text) => out.push((p.display().to_string(), rel, text)),
                 Err(e) => diags.push(Diagnostic {
                     file: p.display().to_string(),
                     line: None,
                     message: format!("cannot read: {e}"),
+                    warning: false,
                 }),
             }
+        } else if p.extension().is_some_and(|e| e == "py")
+            && let Some(folder) = code_folder(&rel_path)
+        {
+            *skipped.entry(folder).or_default() += 1;
         }
+    }
+}
+
+/// Merge `pack` into the set: a new pack is added; a pack already there (a lower level) takes
+/// the objects of this one, replacing those of the same kind and name.
+fn merge(set: &mut PackSet, mut pack: Pack) {
+    let Some(low) = set.packs.get_mut(&pack.name) else {
+        set.packs.insert(pack.name.clone(), pack);
+        return;
+    };
+    fn replace<T>(low: &mut Vec<T>, high: Vec<T>, name: impl Fn(&T) -> &str) {
+        for item in high {
+            low.retain(|l| name(l) != name(&item));
+            low.push(item);
+        }
+    }
+    replace(
+        &mut low.detectors,
+        std::mem::take(&mut pack.detectors),
+        |d| &d.name,
+    );
+    replace(&mut low.checks, std::mem::take(&mut pack.checks), |c| {
+        &c.name
+    });
+    replace(&mut low.handlers, std::mem::take(&mut pack.handlers), |h| {
+        &h.name
+    });
+    replace(
+        &mut low.generators,
+        std::mem::take(&mut pack.generators),
+        |g| &g.name,
+    );
+    replace(
+        &mut low.dashboards,
+        std::mem::take(&mut pack.dashboards),
+        |d| &d.name,
+    );
+    replace(
+        &mut low.tutorials,
+        std::mem::take(&mut pack.tutorials),
+        |t| &t.name,
+    );
+    replace(
+        &mut low.compliance,
+        std::mem::take(&mut pack.compliance),
+        |c| &c.name,
+    );
+    for o in pack.objects {
+        low.objects
+            .retain(|l| !(l.kind == o.kind && l.name == o.name));
+        low.objects.push(o);
+    }
+    merge_json(&mut low.parameters, pack.parameters);
+    low.templates.extend(pack.templates);
+    if !pack.description.is_empty() {
+        low.description = pack.description;
+    }
+    low.source = pack.source;
+    low.levels.extend(pack.levels);
+}
+
+/// Deep merge: `high`'s keys win, mappings merge key by key.
+fn merge_json(low: &mut serde_json::Value, high: serde_json::Value) {
+    match (low, high) {
+        (serde_json::Value::Object(l), serde_json::Value::Object(h)) => {
+            for (k, v) in h {
+                match l.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge_json(existing, v);
+                    }
+                    _ => {
+                        l.insert(k, v);
+                    }
+                }
+            }
+        }
+        (low, high) => *low = high,
+    }
+}
+
+/// Warnings for the keys given twice in a file (the last one wins, as in the original).
+fn repeated_keys(display: &str, text: &str, doc: &yaml::Lenient, diags: &mut Vec<Diagnostic>) {
+    for key in &doc.repeated {
+        diags.push(Diagnostic {
+            file: display.to_owned(),
+            line: yaml::last_line_of_key(text, key),
+            message: format!("the key `{key}` is given more than once: the last one is used"),
+            warning: true,
+        });
     }
 }
 
 /// (display name, path relative to packs/, text) of each file of one pack.
 fn load_pack(
-    set: &mut PackSet,
+    diagnostics: &mut Vec<Diagnostic>,
     name: &str,
     source: Source,
     files: Vec<(String, String, String)>,
     check: ExprCheck<'_>,
-) {
+) -> Pack {
     let mut pack = Pack {
         name: name.to_owned(),
         description: String::new(),
-        source,
+        source: source.clone(),
         detectors: Vec::new(),
         checks: Vec::new(),
         handlers: Vec::new(),
         generators: Vec::new(),
         parameters: serde_json::Value::Object(serde_json::Map::new()),
         templates: BTreeMap::new(),
+        dashboards: Vec::new(),
+        tutorials: Vec::new(),
+        compliance: Vec::new(),
+        objects: Vec::new(),
+        levels: vec![source],
     };
     for (display, rel, text) in files {
         if let Some(template) = rel.split_once("/templates/").map(|(_, t)| t) {
@@ -254,73 +546,51 @@ fn load_pack(
         }
         let file_name = rel.rsplit('/').next().unwrap_or_default();
         if file_name == "package.yml" {
-            match serde_yaml::from_str::<serde_yaml::Value>(&text) {
-                Ok(v) => {
-                    pack.description = v
+            match yaml::parse(&text) {
+                Ok(doc) => {
+                    repeated_keys(&display, &text, &doc, diagnostics);
+                    pack.description = doc
+                        .value
                         .get("description")
                         .and_then(|d| d.as_str())
                         .unwrap_or_default()
                         .to_owned();
                 }
-                Err(e) => set.diagnostics.push(yaml_error(&display, &e)),
+                Err(e) => diagnostics.push(yaml_error(&display, &e)),
             }
             continue;
         }
         // `parameters/*.yml` hold the pack's parameters (read by checks), not objects.
         if rel.contains("/parameters/") {
-            match serde_yaml::from_str::<serde_yaml::Value>(&text) {
-                Ok(v) => match monitoring::yaml_to_json(&v) {
-                    Ok(serde_json::Value::Object(map)) => {
-                        if let serde_json::Value::Object(all) = &mut pack.parameters {
-                            all.extend(map);
+            match yaml::parse(&text) {
+                Ok(doc) => {
+                    repeated_keys(&display, &text, &doc, diagnostics);
+                    match monitoring::yaml_to_json(&doc.value) {
+                        Ok(serde_json::Value::Object(map)) => {
+                            merge_json(&mut pack.parameters, serde_json::Value::Object(map));
                         }
+                        Ok(serde_json::Value::Null) => {}
+                        Ok(_) => diagnostics.push(Diagnostic {
+                            file: display.clone(),
+                            line: Some(1),
+                            message: "parameters must be a mapping of names to values".into(),
+                            warning: false,
+                        }),
+                        Err(message) => diagnostics.push(Diagnostic {
+                            file: display.clone(),
+                            line: None,
+                            message,
+                            warning: false,
+                        }),
                     }
-                    Ok(serde_json::Value::Null) => {}
-                    Ok(_) => set.diagnostics.push(Diagnostic {
-                        file: display.clone(),
-                        line: Some(1),
-                        message: "parameters must be a mapping of names to values".into(),
-                    }),
-                    Err(message) => set.diagnostics.push(Diagnostic {
-                        file: display.clone(),
-                        line: None,
-                        message,
-                    }),
-                },
-                Err(e) => set.diagnostics.push(yaml_error(&display, &e)),
+                }
+                Err(e) => diagnostics.push(yaml_error(&display, &e)),
             }
             continue;
         }
-        parse_object(
-            &mut pack,
-            &display,
-            &rel,
-            &text,
-            check,
-            &mut set.diagnostics,
-        );
+        parse_object(&mut pack, &display, &rel, &text, check, diagnostics);
     }
-    // A generator's template must be in the pack (templates load with the other files).
-    let templates = &pack.templates;
-    let (ok, missing): (Vec<GeneratorSpec>, Vec<GeneratorSpec>) =
-        std::mem::take(&mut pack.generators)
-            .into_iter()
-            .partition(|g| templates.contains_key(&g.template));
-    for g in missing {
-        set.diagnostics.push(Diagnostic {
-            file: format!("{name}/generators"),
-            line: None,
-            message: format!(
-                "generator {}: template `{}` is not in the pack's templates/ (have: {})",
-                g.name,
-                g.template,
-                templates.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        });
-    }
-    pack.generators = ok;
-    // A pack from a directory replaces an embedded one of the same name, wholesale.
-    set.packs.insert(name.to_owned(), pack);
+    pack
 }
 
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
@@ -331,12 +601,32 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
             "not valid YAML: {}",
             e.to_string().split(" at line ").next().unwrap_or_default()
         ),
+        warning: false,
     }
 }
 
-/// Object kinds of opsbro packs; those not handled yet are accepted and reported once loaded by
-/// the subsystems that own them.
-const KINDS: &[&str] = &["detector", "check", "handler", "generator", "compliance"];
+/// Object kinds of opsbro packs.
+const KINDS: &[&str] = &[
+    "detector",
+    "check",
+    "handler",
+    "generator",
+    "compliance",
+    "dashboard",
+    "tutorial",
+];
+
+/// Kinds of the original that this agent does not take from packs (with the reason).
+fn unsupported_kind(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "service" => "`service` objects are not supported in packs yet",
+        "installor" => "`installor` objects of the original are not supported (use compliance)",
+        "zone" => "zones are agent configuration (`zone` in agent.yml), not pack objects",
+        "dns" | "statsd" | "graphite" | "websocket" | "api" | "gossip" | "kv" | "shinken"
+        | "grafana" => "this is agent configuration: put it in agent.yml",
+        _ => return None,
+    })
+}
 
 fn parse_object(
     pack: &mut Pack,
@@ -351,14 +641,21 @@ fn parse_object(
         file: display.to_owned(),
         line: lines.line_of(key),
         message,
+        warning: false,
     };
-    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+    let doc = match yaml::parse(text) {
         Ok(v) => v,
         Err(e) => {
             diags.push(yaml_error(display, &e));
             return;
         }
     };
+    repeated_keys(display, text, &doc, diags);
+    let value = doc.value;
+    if value.is_null() {
+        // An empty file (or only comments), as the original: nothing to load.
+        return;
+    }
     let Some(map) = value.as_mapping() else {
         diags.push(diag(
             "",
@@ -366,24 +663,41 @@ fn parse_object(
         ));
         return;
     };
+    let stem = rel
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(".yml")
+        .trim_end_matches(".yaml");
     for (k, body) in map {
         let kind = k.as_str().unwrap_or_default();
         if !KINDS.contains(&kind) {
-            diags.push(diag(
-                kind,
-                format!("unknown object kind `{kind}` (known: {})", KINDS.join(", ")),
-            ));
+            match unsupported_kind(kind) {
+                Some(why) => diags.push(Diagnostic {
+                    warning: true,
+                    ..diag(kind, format!("`{kind}`: {why}; skipped"))
+                }),
+                None => diags.push(diag(
+                    kind,
+                    format!("unknown object kind `{kind}` (known: {})", KINDS.join(", ")),
+                )),
+            }
             continue;
         }
-        let stem = rel
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches(".yml")
-            .trim_end_matches(".yaml");
+        let mut record = |kind: &'static str, name: &str| {
+            pack.objects.retain(|o| !(o.kind == kind && o.name == name));
+            pack.objects.push(ObjectInfo {
+                kind,
+                name: name.to_owned(),
+                file: display.to_owned(),
+            });
+        };
         match kind {
             "detector" => match parse_detector(body, &pack.name, stem, display, check) {
-                Ok(d) => pack.detectors.push(d),
+                Ok(d) => {
+                    record("detector", &d.name);
+                    pack.detectors.push(d);
+                }
                 Err((key, message)) => diags.push(diag(&key, message)),
             },
             "check" => match monitoring::parse_check(body, &pack.name, stem, display, check) {
@@ -399,23 +713,155 @@ fn parse_object(
                             format!("a check named {} already exists in this pack", c.name),
                         ));
                     } else {
+                        record("check", &c.name);
                         pack.checks.push(c);
                     }
                 }
                 Err((key, message)) => diags.push(diag(&key, message)),
             },
             "handler" => match monitoring::parse_handler(body, &pack.name, stem, display) {
-                Ok(h) => pack.handlers.push(h),
+                Ok(h) => {
+                    record("handler", &h.name);
+                    pack.handlers.push(h);
+                }
                 Err((key, message)) => diags.push(diag(&key, message)),
             },
             "generator" => match generators::parse_generator(body, &pack.name, stem, check) {
-                Ok(g) => pack.generators.push(g),
+                Ok(g) => {
+                    record("generator", &g.name);
+                    pack.generators.push(g);
+                }
                 Err((key, message)) => diags.push(diag(&key, message)),
             },
-            // Compliance arrives with its subsystem.
+            "dashboard" => match parse_dashboard(body, &pack.name, stem, display) {
+                Ok(d) => {
+                    record("dashboard", &d.name);
+                    pack.dashboards.push(d);
+                }
+                Err((key, message)) => diags.push(diag(&key, message)),
+            },
+            "tutorial" => {
+                // The original names a tutorial by its folder (tutorials/<name>/tutorial.yml).
+                let name = match rel.rsplit('/').nth(1) {
+                    Some(folder) if stem == "tutorial" && folder != "tutorials" => folder,
+                    _ => stem,
+                };
+                let title = body
+                    .get("title")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or(name)
+                    .to_owned();
+                let t = Tutorial {
+                    name: format!("{}/{name}", pack.name),
+                    title,
+                    file: display.to_owned(),
+                };
+                record("tutorial", &t.name);
+                pack.tutorials.push(t);
+            }
+            "compliance" => match monitoring::yaml_to_json(body) {
+                Ok(body) => {
+                    let name = format!("{}/{stem}", pack.name);
+                    record("compliance", &name);
+                    pack.compliance.push(RawObject {
+                        name,
+                        body,
+                        file: display.to_owned(),
+                    });
+                }
+                Err(message) => diags.push(diag(kind, message)),
+            },
             _ => {}
         }
     }
+}
+
+/// Widget kinds of a dashboard.
+pub const WIDGETS: &[&str] = &[
+    "vertical_split",
+    "horizontal_split",
+    "text",
+    "horizontal_gauge",
+    "horizontal_chart",
+    "donut",
+];
+
+fn parse_dashboard(
+    body: &serde_yaml::Value,
+    pack: &str,
+    stem: &str,
+    file: &str,
+) -> Result<Dashboard, (String, String)> {
+    let map = body.as_mapping().ok_or_else(|| {
+        (
+            "dashboard".to_owned(),
+            "`dashboard` must be a mapping with `title` and `content`".to_owned(),
+        )
+    })?;
+    let title = match map.get("title") {
+        Some(t) => monitoring::text(t, "dashboard.title")?,
+        None => stem.to_owned(),
+    };
+    let content = match map.get("content") {
+        Some(c) => monitoring::yaml_to_json(c).map_err(|e| ("dashboard.content".to_owned(), e))?,
+        None => {
+            return Err((
+                "dashboard".to_owned(),
+                "a dashboard needs `content` (a tree of widgets)".to_owned(),
+            ));
+        }
+    };
+    check_widgets(&content, "dashboard.content")?;
+    Ok(Dashboard {
+        name: format!("{pack}/{stem}"),
+        title,
+        content,
+        file: file.to_owned(),
+    })
+}
+
+/// Every widget of a dashboard tree is a known kind (`path`: where it is, for the line).
+fn check_widgets(node: &serde_json::Value, path: &str) -> Result<(), (String, String)> {
+    let serde_json::Value::Object(map) = node else {
+        return Err((
+            path.to_owned(),
+            "each widget is a mapping such as `text: {title, value}`".to_owned(),
+        ));
+    };
+    for (kind, inner) in map {
+        let here = format!("{path}.{kind}");
+        if !WIDGETS.contains(&kind.as_str()) {
+            return Err((
+                here,
+                format!("unknown widget `{kind}` (known: {})", WIDGETS.join(", ")),
+            ));
+        }
+        if kind.ends_with("_split") {
+            let items = inner
+                .as_array()
+                .ok_or_else(|| (here.clone(), format!("`{kind}` is a list of widgets")))?;
+            for (i, item) in items.iter().enumerate() {
+                check_widgets(item, &format!("{here}[{i}]"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `text` with each `{{...}}` replaced by `x` (to check the literal parts of a group template).
+pub fn strip_placeholders(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            return Err(format!("`{text}`: a `{{{{` is not closed by `}}}}`"));
+        };
+        out.push('x');
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn parse_detector(
@@ -463,7 +909,12 @@ fn parse_detector(
                 let list: Vec<String> = serde_yaml::from_value(v.clone())
                     .map_err(|_| (path.clone(), format!("{key} must be a list of group names")))?;
                 for g in &list {
-                    opsbro_config::check_group(g).map_err(|e| (path.clone(), e))?;
+                    // A group may be a template (`ec2-region::{{collector.ec2.region}}`),
+                    // rendered on each run: its literal parts follow the group rules.
+                    let literal = strip_placeholders(g).map_err(|e| (path.clone(), e))?;
+                    for part in literal.split(',') {
+                        opsbro_config::check_group(part.trim()).map_err(|e| (path.clone(), e))?;
+                    }
                 }
                 groups = Some(list);
             }
@@ -527,7 +978,14 @@ mod tests {
     fn every_file_under_packs_is_embedded() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
         let mut files = Vec::new();
-        collect_files(&root, &root, "", &mut files, &mut Vec::new());
+        collect_files(
+            &root,
+            &root,
+            "",
+            &mut files,
+            &mut BTreeMap::new(),
+            &mut Vec::new(),
+        );
         assert_eq!(files.len(), EMBEDDED.len());
     }
 
@@ -594,7 +1052,7 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_pack_replaces_the_embedded_one_of_the_same_name() {
+    fn a_disk_pack_named_like_a_built_in_one_merges_object_by_object() {
         let dir = tempfile::tempdir().expect("tmp");
         let pack = dir.path().join("linux/detectors");
         std::fs::create_dir_all(&pack).expect("mkdir");
@@ -603,10 +1061,201 @@ mod tests {
             "detector:\n  apply_if: \"True\"\n  add_groups: [custom]\n",
         )
         .expect("w");
+        // Same file name as a built-in detector: this one replaces it.
+        std::fs::write(
+            pack.join("debian.yml"),
+            "detector:\n  apply_if: \"False\"\n  add_groups: [debian]\n",
+        )
+        .expect("w");
+        let params = dir.path().join("linux/parameters");
+        std::fs::create_dir_all(&params).expect("mkdir");
+        std::fs::write(params.join("parameters.yml"), "cpu_critical: 80\n").expect("w");
         let set = load(&[dir.path().to_owned()], &ok);
+        assert!(set.diagnostics.is_empty(), "{:?}", set.diagnostics);
         let linux = &set.packs["linux"];
-        assert_eq!(linux.detectors.len(), 1);
+        let names: Vec<&str> = linux.detectors.iter().map(|d| d.name.as_str()).collect();
+        assert!(names.contains(&"linux/only"), "{names:?}");
+        assert!(
+            names.contains(&"linux/linux"),
+            "the built-in detector that gives `linux` stays: {names:?}"
+        );
+        let debian = linux
+            .detectors
+            .iter()
+            .find(|d| d.name == "linux/debian")
+            .expect("debian");
+        assert_eq!(debian.apply_if, "False", "the higher level wins");
+        assert_eq!(
+            names.iter().filter(|n| **n == "linux/debian").count(),
+            1,
+            "{names:?}"
+        );
+        // Parameters merge key by key.
+        assert_eq!(linux.parameters["cpu_critical"], 80);
+        assert_eq!(
+            linux.parameters["cpu_warning"], 95,
+            "the other built-in values stay"
+        );
         assert_eq!(linux.source, Source::Dir(dir.path().join("linux")));
+        assert_eq!(
+            linux.levels,
+            vec![Source::Embedded, Source::Dir(dir.path().join("linux"))]
+        );
+        // Each object says where it comes from.
+        let origin = |name: &str| {
+            linux
+                .objects
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| o.file.clone())
+                .unwrap_or_default()
+        };
+        assert!(origin("linux/linux").starts_with("embedded:"));
+        assert!(origin("linux/debian").ends_with("linux/detectors/debian.yml"));
+    }
+
+    /// Packs written as the original's (`/var/lib/opsbro/global-configuration/packs/...`).
+    /// Writes `text` at `<base>/<rel>`, making the folders.
+    fn writer(base: PathBuf) -> impl Fn(&str, &str) {
+        move |rel, text| {
+            let p = base.join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("w");
+        }
+    }
+
+    #[test]
+    fn packs_in_the_original_format_load() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().join("global-configuration");
+        let write = writer(root.join("packs"));
+        write(
+            "ec2/package.yml",
+            "name: ec2\ntopics:\n    - automatic detection\ndescription: Look if we are running on ec2\n",
+        );
+        write(
+            "ec2/detectors/ec2-region.yml",
+            "detector:\n    add_groups:\n        - 'ec2-region::{{collector.ec2.region}}'\n    apply_if: \"hosting_driver_is_active('ec2')\"\n    interval: \"86400s\"\n\n",
+        );
+        write(
+            "ec2/collectors/collector_ec2.py",
+            "class Ec2(Collector): pass\n",
+        );
+        write("mysql/package.yml", "name: mysql\ndescription: mysql\n");
+        write(
+            "mysql/parameters/parameters.yml",
+            "# Which port to connect\nport: 3306\nuser: root\nport: 3307\n",
+        );
+        write(
+            "mysql/monitoring/mysql.yml",
+            "check:\n    script: \"check_mysql -P $port$ -u $user$\"\n    interval: \"60s\"\n",
+        );
+        write("linux/package.yml", "name: linux\n");
+        write(
+            "linux/dashboards/linux.yml",
+            "dashboard:\n    title:  Linux system overall\n    content:\n        vertical_split:\n            - text:\n                 title: General\n                 value: \"'Linux %s' % {{collector.system.os.linux.distribution}}\"\n            - horizontal_split:\n                - donut:\n                     title: Memory\n                     value: \"{{collector.memory.phys_used}}\"\n                     unit: \"%\"\n",
+        );
+        write(
+            "linux/tutorials/linux-dashboard/tutorial.yml",
+            "tutorial:\n   title: Example of the standard linux dashboard\n",
+        );
+        write(
+            "linux/compliance/passwd.yml",
+            "compliance:\n    mode: audit\n    rules:\n      - type: file-rights\n",
+        );
+        write("linux/installors/x.yml", "installor:\n   name: x\n");
+        let set = load(std::slice::from_ref(&root), &ok);
+        let msgs: Vec<String> = set.diagnostics.iter().map(ToString::to_string).collect();
+        let errors: Vec<&Diagnostic> = set.diagnostics.iter().filter(|d| !d.warning).collect();
+        assert!(errors.is_empty(), "{msgs:#?}");
+        assert!(
+            msgs.iter().any(|m| m.ends_with("mysql/parameters/parameters.yml:4: warning: the key `port` is given more than once: the last one is used")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("ec2/collectors")
+                    && m.contains("Python collectors are not loaded")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("x.yml:1: warning: `installor`")),
+            "{msgs:#?}"
+        );
+        assert_eq!(set.packs["mysql"].parameters["port"], 3307);
+        let ec2 = set
+            .detectors()
+            .find(|d| d.name == "ec2/ec2-region")
+            .expect("ec2 detector");
+        assert_eq!(ec2.add_groups, vec!["ec2-region::{{collector.ec2.region}}"]);
+        let linux = &set.packs["linux"];
+        assert_eq!(linux.dashboards.len(), 1);
+        assert_eq!(linux.dashboards[0].title, "Linux system overall");
+        assert_eq!(linux.tutorials[0].name, "linux/linux-dashboard");
+        assert_eq!(linux.compliance[0].name, "linux/passwd");
+        assert!(
+            linux
+                .detectors
+                .iter()
+                .any(|d| d.add_groups == vec!["linux"]),
+            "the built-in linux detector is still there"
+        );
+    }
+
+    #[test]
+    fn a_bad_group_template_and_an_unknown_widget_are_diagnostics() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let write = writer(dir.path().join("site"));
+        write(
+            "detectors/open.yml",
+            "detector:\n  apply_if: \"True\"\n  add_groups: ['x-{{collector.a']\n",
+        );
+        write(
+            "detectors/space.yml",
+            "detector:\n  apply_if: \"True\"\n  add_groups: ['bad group {{collector.a}}']\n",
+        );
+        write(
+            "dashboards/d.yml",
+            "dashboard:\n  title: t\n  content:\n    pie_chart:\n      value: 1\n",
+        );
+        let set = load(&[dir.path().to_owned()], &ok);
+        let msgs: Vec<String> = set.diagnostics.iter().map(ToString::to_string).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("open.yml:3:") && m.contains("not closed")),
+            "{msgs:#?}"
+        );
+        assert!(msgs.iter().any(|m| m.contains("space.yml:3:")), "{msgs:#?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("d.yml:4: unknown widget `pie_chart`")),
+            "{msgs:#?}"
+        );
+        assert!(set.packs["site"].detectors.is_empty());
+    }
+
+    #[test]
+    fn objects_of_the_local_configuration_load_in_the_local_pack() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let handlers = dir.path().join("handlers.d");
+        std::fs::create_dir_all(&handlers).expect("mkdir");
+        std::fs::write(
+            handlers.join("mail.yml"),
+            "handler:\n    type: mail\n    contacts: [\"admin@mydomain.com\"]\n    addr_from: \"opsbro@mydomain.com\"\n    smtp_server: localhost\n",
+        )
+        .expect("w");
+        std::fs::write(handlers.join("dns.yml"), "dns:\n  enabled: true\n").expect("w");
+        let set = load_all(&[], std::slice::from_ref(&handlers), &ok);
+        let local = &set.packs[LOCAL_PACK];
+        assert_eq!(local.handlers.len(), 1);
+        assert_eq!(local.handlers[0].name, "mail");
+        let msgs: Vec<String> = set.diagnostics.iter().map(ToString::to_string).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("dns.yml:1: warning: `dns`: this is agent configuration")),
+            "{msgs:#?}"
+        );
     }
 
     #[test]
@@ -631,11 +1280,7 @@ mod tests {
     #[test]
     fn checks_and_handlers_parse_with_their_errors() {
         let dir = tempfile::tempdir().expect("tmp");
-        let write = |rel: &str, text: &str| {
-            let p = dir.path().join("site").join(rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            std::fs::write(p, text).expect("w");
-        };
+        let write = writer(dir.path().join("site"));
         // The opsbro README's cpu check, as written.
         write(
             "monitoring/cpu.yml",

@@ -1,4 +1,4 @@
-//! `opsbro agent start|stop|info|state|wait-initialized|keygen`.
+//! `opsbro agent start|stop|info|print|state|wait-initialized|keygen|groups`.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -12,7 +12,7 @@ use opsbro_types::AgentState;
 use rand::TryRngCore as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::StartArgs;
+use crate::args::{PrintWhat, StartArgs};
 use crate::client::Client;
 use crate::commands::{secs, to_json};
 use crate::error::CliError;
@@ -26,11 +26,15 @@ pub fn load_config(
     args: &StartArgs,
     token: Option<String>,
 ) -> Result<opsbro_config::AgentConfig, CliError> {
-    let file = match &args.config {
-        Some(path) => Config::from_file(path),
+    let config_path: Option<std::path::PathBuf> = match &args.config {
+        Some(path) => Some(path.clone()),
         None if Path::new(opsbro_config::DEFAULT_CONFIG_PATH).exists() => {
-            Config::from_file(Path::new(opsbro_config::DEFAULT_CONFIG_PATH))
+            Some(opsbro_config::DEFAULT_CONFIG_PATH.into())
         }
+        None => None,
+    };
+    let file = match &config_path {
+        Some(path) => Config::from_file(path),
         None => Ok(Config::default()),
     };
     let mut errors = Vec::new();
@@ -91,7 +95,21 @@ pub fn load_config(
     };
     let resolved = file.resolve(overrides, &host_facts());
     match resolved {
-        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(mut config) if errors.is_empty() => {
+            // The local configuration's objects: `objects_dirs`, else every `*.d/` folder next
+            // to agent.yml (`/etc/opsbro/handlers.d/mail.yml`), as the original read every
+            // YAML file under /etc/opsbro.
+            if config.objects_dirs.is_none() {
+                config.objects_dirs = Some(
+                    config_path
+                        .as_deref()
+                        .and_then(Path::parent)
+                        .map(local_object_dirs)
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(config)
+        }
         Ok(_) => Err(CliError::Usage(
             opsbro_config::ConfigErrors(errors).to_string(),
         )),
@@ -102,6 +120,20 @@ pub fn load_config(
             ))
         }
     }
+}
+
+/// The `*.d/` directories of `dir`, sorted.
+fn local_object_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<std::path::PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.extension().is_some_and(|e| e == "d"))
+        .collect();
+    dirs.sort();
+    dirs
 }
 
 fn host_facts() -> HostFacts {
@@ -130,6 +162,77 @@ pub async fn start(config: opsbro_config::AgentConfig) -> Result<(), CliError> {
             opsbro_agent::AgentError::Insecure(message) => CliError::Usage(message),
             e => CliError::Other(e.into()),
         })
+}
+
+/// `opsbro agent start --one-shot`: one pass of collectors, detectors and generators, printed.
+pub async fn start_once(config: opsbro_config::AgentConfig, json: bool) -> Result<(), CliError> {
+    let report = opsbro_agent::run_once(config).await.map_err(|e| match e {
+        opsbro_agent::AgentError::Insecure(message) => CliError::Usage(message),
+        e => CliError::Other(e.into()),
+    })?;
+    if json {
+        println!("{}", to_json(&report)?);
+    } else {
+        print!("{}", one_shot_text(&report));
+    }
+    if report.failed() {
+        return Err(CliError::Other(anyhow::anyhow!(
+            "{}",
+            report
+                .timed_out
+                .clone()
+                .unwrap_or_else(|| "a detector or a generator failed".into())
+        )));
+    }
+    Ok(())
+}
+
+/// The one-shot report for a terminal.
+fn one_shot_text(r: &opsbro_agent::one_shot::Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in r.collectors.values() {
+        *by_state.entry(c.state.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let _ = writeln!(out, "collectors: {}", counts.join(", "));
+    for (name, c) in r.collectors.iter().filter(|(_, c)| c.state == "error") {
+        let _ = writeln!(
+            out,
+            "  {name}: error: {}",
+            c.message.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(out, "groups: {}", r.groups.join(", "));
+    let _ = writeln!(out, "detectors:");
+    for d in &r.detectors {
+        let verdict = match (&d.error, d.matched) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, Some(true)) => format!("matched -> {}", d.rendered_groups.join(", ")),
+            (None, _) => "no match".into(),
+        };
+        let _ = writeln!(out, "  {:<36} {verdict}", d.name);
+        for why in &d.skipped_groups {
+            let _ = writeln!(out, "  {:<36}   skipped: {why}", "");
+        }
+    }
+    let _ = writeln!(out, "generators:");
+    if r.generators.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for g in &r.generators {
+        // Several passes may have run (groups changing at start): say if this run wrote it.
+        let message = match g.message.as_deref() {
+            _ if g.state != "error" && g.writes > 0 => format!("{} written", g.path),
+            m => m.unwrap_or_default().to_owned(),
+        };
+        let _ = writeln!(out, "  {:<36} {:<12} {message}", g.name, g.state);
+    }
+    if let Some(t) = &r.timed_out {
+        let _ = writeln!(out, "incomplete: {t}");
+    }
+    out
 }
 
 /// `opsbro agent stop`.
@@ -300,6 +403,13 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
             },
         ),
         ("Refused", refused(&info.gossip.counters)),
+        (
+            "Logs",
+            format!(
+                "{} errors {} warnings",
+                info.logs.errors, info.logs.warnings
+            ),
+        ),
         ("Data dir", info.data_dir.clone()),
         ("Uptime", render::duration(info.uptime_secs)),
         (
@@ -331,6 +441,20 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
         .collect();
     out += &render::key_values(&rows);
     print!("{out}");
+    Ok(())
+}
+
+/// `opsbro agent print uuid|local-addr|public-addr`: the raw value on one line.
+pub async fn print(client: &Client, what: PrintWhat) -> Result<(), CliError> {
+    let info: AgentInfo = client.get(routes::AGENT_INFO).await?;
+    let value = match what {
+        PrintWhat::Uuid => info.uuid.to_string(),
+        PrintWhat::LocalAddr if !info.addresses.bind.is_unspecified() => {
+            info.addresses.bind.to_string()
+        }
+        PrintWhat::LocalAddr | PrintWhat::PublicAddr => info.addresses.advertise.to_string(),
+    };
+    println!("{value}");
     Ok(())
 }
 

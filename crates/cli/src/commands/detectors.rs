@@ -1,9 +1,13 @@
-//! `opsbro detectors list|state|run` and `opsbro packs list`.
+//! `opsbro detectors list|state|run|history|wait-group` and `opsbro packs list`.
 
-use opsbro_api::detectors::{DetectorState, PACKS, Packs, RUN, STATE};
+use std::time::Instant;
+
+use opsbro_api::detectors::{DetectorState, GroupChange, HISTORY, RUN, STATE};
+use opsbro_api::gossip::{MEMBERS, Member};
 
 use crate::client::Client;
-use crate::commands::to_json;
+use crate::commands::gossip::{POLL, format_time};
+use crate::commands::{secs, to_json};
 use crate::error::CliError;
 use crate::render;
 
@@ -87,73 +91,62 @@ pub async fn detectors(
     Ok(())
 }
 
-/// `packs list`.
-pub async fn packs(client: &Client, json: bool) -> Result<(), CliError> {
-    let packs: Packs = client.get(PACKS).await?;
+/// `detectors history`.
+pub async fn history(client: &Client, json: bool) -> Result<(), CliError> {
+    let changes: Vec<GroupChange> = client.get(HISTORY).await?;
     if json {
-        println!("{}", to_json(&packs)?);
+        println!("{}", to_json(&changes)?);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = packs
-        .packs
+    let list = |groups: &[String]| {
+        if groups.is_empty() {
+            "-".to_owned()
+        } else {
+            groups.join(",")
+        }
+    };
+    let rows: Vec<Vec<String>> = changes
         .iter()
-        .map(|p| {
+        .map(|c| {
             vec![
-                p.name.clone(),
-                p.source.clone(),
-                p.detectors.to_string(),
-                p.description.clone(),
+                format_time(c.time_ms),
+                list(&c.added),
+                list(&c.removed),
+                list(&c.groups),
             ]
         })
         .collect();
     print!(
         "{}",
-        render::table(&["PACK", "SOURCE", "DETECTORS", "DESCRIPTION"], &rows)
+        render::table(&["TIME (UTC)", "ADDED", "REMOVED", "GROUPS NOW"], &rows)
     );
-    if !packs.diagnostics.is_empty() {
-        println!("problems:");
-        for d in &packs.diagnostics {
-            println!("  {d}");
-        }
-    }
     Ok(())
 }
 
-/// `packs show NAME`.
-pub async fn show_pack(client: &Client, name: &str, json: bool) -> Result<(), CliError> {
-    let packs: Packs = client.get(PACKS).await?;
-    let Some(pack) = packs.packs.iter().find(|p| p.name == name) else {
-        return Err(CliError::Negative(format!(
-            "no pack named `{name}` (see `opsbro packs list`)"
-        )));
-    };
-    let detectors: Vec<DetectorState> = client.get(STATE).await?;
-    let mine: Vec<&DetectorState> = detectors.iter().filter(|d| d.pack == name).collect();
-    if json {
-        let v = serde_json::json!({ "pack": pack, "detectors": mine });
-        println!("{}", to_json(&v)?);
-        return Ok(());
+/// `detectors wait-group GROUP`: poll this node's gossiped groups.
+pub async fn wait_group(client: &Client, group: &str, timeout: f64) -> Result<(), CliError> {
+    let deadline = Instant::now() + secs(timeout);
+    loop {
+        let members: Vec<Member> = client.get(MEMBERS).await?;
+        let groups = members
+            .into_iter()
+            .find(|m| m.is_self)
+            .map(|m| m.groups)
+            .unwrap_or_default();
+        if groups.iter().any(|g| g == group) {
+            println!("this node is in group {group}");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Negative(format!(
+                "this node is still not in group {group} after {timeout}s (its groups: {})",
+                if groups.is_empty() {
+                    "none".to_owned()
+                } else {
+                    groups.join(", ")
+                }
+            )));
+        }
+        tokio::time::sleep(POLL).await;
     }
-    print!(
-        "{}",
-        render::key_values(&[
-            ("Pack", pack.name.clone()),
-            ("Source", pack.source.clone()),
-            ("Description", pack.description.clone()),
-        ])
-    );
-    let rows: Vec<Vec<String>> = mine
-        .iter()
-        .map(|d| vec![d.name.clone(), d.groups.join(","), d.apply_if.clone()])
-        .collect();
-    print!("{}", render::table(&["DETECTOR", "GROUPS", "IF"], &rows));
-    let problems: Vec<&String> = packs
-        .diagnostics
-        .iter()
-        .filter(|d| d.contains(&format!("{name}/")))
-        .collect();
-    for p in problems {
-        println!("problem: {p}");
-    }
-    Ok(())
 }

@@ -1,8 +1,12 @@
-//! `opsbro evaluator list|eval`.
+//! `opsbro evaluator list|eval|wait-eval-true`.
+
+use std::time::Instant;
 
 use opsbro_api::evaluator::{EVAL, EvalAnswer, EvalRequest, FunctionInfo, LIST};
 
 use crate::client::Client;
+use crate::commands::gossip::POLL;
+use crate::commands::secs;
 use crate::error::CliError;
 use crate::render;
 
@@ -32,4 +36,35 @@ pub async fn eval(client: &Client, expr: String, json: bool) -> Result<(), CliEr
         (v, _) => println!("{v}"),
     }
     Ok(())
+}
+
+/// `evaluator wait-eval-true EXPR`: evaluate until the value is `true`. An evaluation error
+/// (collector data not there yet, say) is retried like a false value and shown at the timeout.
+pub async fn wait_eval_true(client: &Client, expr: String, timeout: f64) -> Result<(), CliError> {
+    let deadline = Instant::now() + secs(timeout);
+    let request = EvalRequest { expr };
+    loop {
+        let last = match client.post_json::<EvalAnswer, _>(EVAL, &request).await {
+            Ok(EvalAnswer {
+                value: serde_json::Value::Bool(true),
+            }) => {
+                println!("true");
+                return Ok(());
+            }
+            Ok(answer) => format!("it is {}", answer.value),
+            Err(CliError::Api {
+                status: 400,
+                message,
+                ..
+            }) => format!("it fails: {message}"),
+            Err(e) => return Err(e),
+        };
+        if Instant::now() >= deadline {
+            return Err(CliError::Negative(format!(
+                "`{}` is still not true after {timeout}s: {last}",
+                request.expr
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }

@@ -79,7 +79,8 @@ pub async fn members(
 /// Graphviz picture: one box per zone holding its nodes (coloured by state), group nodes
 /// linked to their members.
 pub fn dot(members: &[Member]) -> String {
-    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let quote = |s: &str| format!("\"{}\"", escape(s));
     let mut zones: Vec<&str> = members.iter().map(|m| m.zone.as_str()).collect();
     zones.sort();
     zones.dedup();
@@ -97,11 +98,16 @@ pub fn dot(members: &[Member]) -> String {
                 "dead" => "red",
                 _ => "gray",
             };
-            let label = format!("{}\\n{}\\n{}", m.name, m.addr, m.state);
+            // Each part escaped on its own, then joined with DOT's line break `\n` (written as
+            // backslash + n): escaping the joined label turned the breaks into a literal `\n`.
+            let label = [m.name.clone(), m.addr.to_string(), m.state.clone()]
+                .iter()
+                .map(|part| escape(part))
+                .collect::<Vec<_>>()
+                .join("\\n");
             out += &format!(
-                "    {} [label={}, color={colour}{}];\n",
+                "    {} [label=\"{label}\", color={colour}{}];\n",
                 quote(&m.uuid.to_string()),
-                quote(&label),
                 if m.is_proxy { ", peripheries=2" } else { "" }
             );
         }
@@ -370,32 +376,62 @@ pub async fn wait_event(client: &Client, kind: String, timeout: f64) -> Result<(
     }
 }
 
+/// What `gossip wait-members` waits for: `count` alive members matching every filter given.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    /// How many.
+    pub count: usize,
+    /// Only the member with this name.
+    pub name: Option<String>,
+    /// Only members with this display name.
+    pub display_name: Option<String>,
+    /// Only members of this group.
+    pub group: Option<String>,
+}
+
+impl Wanted {
+    /// Whether `m` counts.
+    pub fn matches(&self, m: &Member) -> bool {
+        m.state == "alive"
+            && self.name.as_ref().is_none_or(|n| m.name == *n)
+            && self
+                .display_name
+                .as_ref()
+                .is_none_or(|n| m.display_name == *n)
+            && self.group.as_ref().is_none_or(|g| m.groups.contains(g))
+    }
+
+    /// ` named x in group g` for messages.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        if let Some(n) = &self.name {
+            out += &format!(" named {n}");
+        }
+        if let Some(n) = &self.display_name {
+            out += &format!(" displayed as {n}");
+        }
+        if let Some(g) = &self.group {
+            out += &format!(" in group {g}");
+        }
+        out
+    }
+}
+
 /// `gossip wait-members`.
-pub async fn wait_members(
-    client: &Client,
-    count: usize,
-    group: Option<String>,
-    timeout: f64,
-) -> Result<(), CliError> {
+pub async fn wait_members(client: &Client, wanted: &Wanted, timeout: f64) -> Result<(), CliError> {
     let deadline = Instant::now() + secs(timeout);
     loop {
         let members: Vec<Member> = client.get(g::MEMBERS).await?;
-        let n = members
-            .iter()
-            .filter(|m| m.state == "alive")
-            .filter(|m| group.as_ref().is_none_or(|g| m.groups.contains(g)))
-            .count();
-        if n >= count {
-            println!("{n} alive members");
+        let n = members.iter().filter(|m| wanted.matches(m)).count();
+        if n >= wanted.count {
+            println!("{n} alive members{}", wanted.describe());
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(CliError::Negative(format!(
-                "only {n} alive members{} after {timeout}s (wanted {count})",
-                group
-                    .as_ref()
-                    .map(|g| format!(" in group {g}"))
-                    .unwrap_or_default()
+                "only {n} alive members{} after {timeout}s (wanted {})",
+                wanted.describe(),
+                wanted.count
             )));
         }
         tokio::time::sleep(POLL).await;
@@ -451,5 +487,31 @@ mod tests {
         assert!(out.starts_with("digraph opsbro {"));
         assert!(out.contains("label=\"zone dc1\""));
         assert!(out.contains("\"00000000-0000-0000-0000-000000000001\" -> \"group:web\""));
+    }
+
+    /// Regression: labels showed a literal `\n` (the escape itself was escaped, `\\n`).
+    #[test]
+    fn dot_labels_break_lines_with_the_dot_escape() {
+        let m = Member {
+            uuid: "00000000-0000-0000-0000-000000000002"
+                .parse()
+                .expect("uuid"),
+            name: r#"we"b\1"#.into(),
+            display_name: "x".into(),
+            addr: "127.0.0.1:6768".parse().expect("addr"),
+            zone: "dc1".into(),
+            groups: vec![],
+            is_proxy: false,
+            incarnation: 1,
+            state: "alive".into(),
+            version: "0.1.0".into(),
+            is_self: false,
+            checks: vec![],
+        };
+        let out = dot(&[m]);
+        assert!(
+            out.contains(r#"[label="we\"b\\1\n127.0.0.1:6768\nalive", color=darkgreen]"#),
+            "{out}"
+        );
     }
 }

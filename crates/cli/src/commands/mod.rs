@@ -10,6 +10,7 @@ pub mod gossip;
 pub mod kv;
 pub mod metrics;
 pub mod monitoring;
+pub mod packs;
 
 use std::time::Duration;
 
