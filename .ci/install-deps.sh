@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite uses, only when something is missing (idempotent;
-# `apt-get update` runs at most once). Add a line to NEEDED when a test starts using a new tool.
+# `apt-get update` runs at most once). Add a line to NEEDED when a test starts using a new tool:
+# tests/tests/deps.rs fails when a test runs a tool that is not listed here.
+#
+#   bash .ci/install-deps.sh           install what is missing (as root)
+#   bash .ci/install-deps.sh --check   list what is missing and exit 1, install nothing
 set -euo pipefail
+check_only=false
+[ "${1:-}" = "--check" ] && check_only=true
 
 # command → Debian package
 declare -A NEEDED=(
@@ -15,6 +21,7 @@ declare -A NEEDED=(
     [python3]=python3
     [/usr/bin/python3]=python3
     [/usr/lib/nagios/plugins/check_dummy]=monitoring-plugins-basic
+    [/usr/lib/nagios/plugins/check_tcp]=monitoring-plugins-basic
     [carbon-cache]=graphite-carbon
     [whisper-fetch]=python3-whisper
     [promtool]=prometheus
@@ -29,6 +36,14 @@ done
 VENV=/var/tmp/opsbro-venv
 if ! "$VENV/bin/python" -c "import aiosmtpd" >/dev/null 2>&1; then
     python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
+fi
+
+if $check_only; then
+    if [ "${#missing[@]}" -gt 0 ] || ! "$VENV/bin/python" -c "import aiosmtpd" >/dev/null 2>&1; then
+        echo "missing for the tests: $(printf '%s\n' "${missing[@]}" aiosmtpd | sort -u | tr '\n' ' ')" >&2
+        exit 1
+    fi
+    exit 0
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

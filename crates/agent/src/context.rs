@@ -54,7 +54,9 @@ pub struct ApiContext {
     /// Detector states.
     pub detectors: crate::detectors::DetectorsHandle,
     /// Loaded packs.
-    pub packs: opsbro_packs::PackSet,
+    pub objects: tokio::sync::watch::Receiver<Arc<opsbro_packs::PackSet>>,
+    /// Live reload (`POST /agent/reload`, SIGHUP).
+    pub reloader: Arc<crate::reload::Reloader>,
     /// Latest collector results.
     pub collected: crate::collect::CollectedData,
     /// Check states and history.
@@ -82,6 +84,15 @@ pub struct ApiContext {
     pub generators: crate::generators::GeneratorsHandle,
     /// This node's group changes.
     pub group_history: crate::group_history::GroupHistory,
+    /// The store and data dir, for `GET /agent/snapshot`.
+    pub snapshot: crate::snapshot::SnapshotSource,
+}
+
+impl ApiContext {
+    /// The packs in use now (a reload replaces them).
+    pub fn packs(&self) -> Arc<opsbro_packs::PackSet> {
+        self.objects.borrow().clone()
+    }
 }
 
 /// An error answer: status + message, rendered as `ErrorBody` JSON.

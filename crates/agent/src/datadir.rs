@@ -58,41 +58,7 @@ pub struct DataDir {
 impl DataDir {
     /// Create (mode 0700) and lock `path`, then read or create the node uuid.
     pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
-        let io_err = |source| DataDirError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(io_err)?;
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path.join(LOCK_FILE))
-            .map_err(io_err)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let pid = lock
-                    .read_to_string(&mut text)
-                    .ok()
-                    .and_then(|_| text.trim().parse().ok());
-                return Err(DataDirError::Locked {
-                    path: path.to_owned(),
-                    pid,
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
-        }
-        lock.set_len(0).map_err(io_err)?;
-        lock.rewind().map_err(io_err)?;
-        writeln!(lock, "{}", std::process::id()).map_err(io_err)?;
+        let lock = lock(path)?;
         let uuid = load_or_create_uuid(&path.join(UUID_FILE))?;
         Ok(DataDir {
             path: path.to_owned(),
@@ -116,6 +82,48 @@ impl DataDir {
     pub fn write_atomic(&self, name: &str, contents: &[u8]) -> io::Result<()> {
         write_atomic(&self.path.join(name), contents)
     }
+}
+
+/// Create (mode 0700) and lock `path` with the OS lock an agent holds while it runs, without
+/// reading or creating the uuid (restoring a snapshot takes it so no agent starts meanwhile);
+/// held until the returned file is dropped.
+pub fn lock(path: &Path) -> Result<File, DataDirError> {
+    let io_err = |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io_err)?;
+    let mut lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path.join(LOCK_FILE))
+        .map_err(io_err)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let pid = lock
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            return Err(DataDirError::Locked {
+                path: path.to_owned(),
+                pid,
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+    }
+    lock.set_len(0).map_err(io_err)?;
+    lock.rewind().map_err(io_err)?;
+    writeln!(lock, "{}", std::process::id()).map_err(io_err)?;
+    Ok(lock)
 }
 
 /// Write `contents` to `path` atomically (temp file + rename), mode 0600.

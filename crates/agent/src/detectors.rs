@@ -113,6 +113,34 @@ impl DetectorsHandle {
         Ok(effective)
     }
 
+    /// The configuration's static groups changed (a reload): apply them now.
+    pub fn set_configured(&self, groups: Vec<String>) {
+        self.statics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .configured = groups;
+        self.run_now();
+    }
+
+    /// Fresh states for these detectors (none has run).
+    fn reset(&self, detectors: &[Detector]) {
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = detectors
+            .iter()
+            .map(|d| DetectorState {
+                name: d.name.clone(),
+                pack: d.pack.clone(),
+                interval_secs: d.interval.as_secs_f64(),
+                apply_if: d.apply_if.clone(),
+                groups: d.add_groups.clone(),
+                rendered_groups: Vec::new(),
+                skipped_groups: Vec::new(),
+                matched: None,
+                error: None,
+                last_run_ms: None,
+            })
+            .collect();
+    }
+
     fn statics(&self) -> BTreeSet<String> {
         self.statics
             .read()
@@ -123,8 +151,8 @@ impl DetectorsHandle {
 
 /// What the detector loop works with.
 pub struct DetectorsSetup {
-    /// Every detector of every pack.
-    pub detectors: Vec<Detector>,
+    /// The objects of every pack (replaced by a reload).
+    pub objects: tokio::sync::watch::Receiver<Arc<opsbro_packs::PackSet>>,
     /// Evaluates `apply_if`.
     pub evaluator: Arc<Evaluator>,
     /// Receives the resulting groups.
@@ -203,7 +231,7 @@ pub fn render_groups(
 /// Run the detectors until `shutdown`.
 pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationToken) {
     let DetectorsSetup {
-        detectors,
+        mut objects,
         evaluator,
         gossip,
         handle,
@@ -219,24 +247,8 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
         () = shutdown.cancelled() => return,
         _ = collected_once.wait_for(|done| *done) => {}
     }
-    {
-        let mut state = handle.state.write().unwrap_or_else(PoisonError::into_inner);
-        *state = detectors
-            .iter()
-            .map(|d| DetectorState {
-                name: d.name.clone(),
-                pack: d.pack.clone(),
-                interval_secs: d.interval.as_secs_f64(),
-                apply_if: d.apply_if.clone(),
-                groups: d.add_groups.clone(),
-                rendered_groups: Vec::new(),
-                skipped_groups: Vec::new(),
-                matched: None,
-                error: None,
-                last_run_ms: None,
-            })
-            .collect();
-    }
+    let mut detectors: Vec<Detector> = objects.borrow_and_update().detectors().cloned().collect();
+    handle.reset(&detectors);
     let mut next_run: Vec<Instant> = vec![Instant::now(); detectors.len()];
     let mut applied: Option<Vec<String>> = None;
     let mut first_pass = true;
@@ -345,6 +357,12 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
             () = handle.run_now.notified() => {
                 let now = Instant::now();
                 next_run.iter_mut().for_each(|t| *t = now);
+            }
+            Ok(()) = objects.changed() => {
+                // A reload: the new detectors all run now.
+                detectors = objects.borrow_and_update().detectors().cloned().collect();
+                handle.reset(&detectors);
+                next_run = vec![Instant::now(); detectors.len()];
             }
         }
     }

@@ -113,10 +113,8 @@ impl GeneratorsHandle {
 
 /// What the generator loop needs.
 pub struct GeneratorsSetup {
-    /// Every generator of every pack.
-    pub specs: Vec<GeneratorSpec>,
-    /// Pack name → its templates.
-    pub templates: BTreeMap<String, BTreeMap<String, String>>,
+    /// The objects of every pack: generators and their templates (replaced by a reload).
+    pub objects: watch::Receiver<Arc<opsbro_packs::PackSet>>,
     /// Evaluates `generate_if`.
     pub evaluator: Arc<opsbro_eval::Evaluator>,
     /// Collector values for expressions.
@@ -604,50 +602,66 @@ async fn apply(g: &mut Generator, setup: &GeneratorsSetup, peers: Arc<Vec<Peer>>
 }
 
 /// Run every generator until `shutdown`.
-pub async fn run(mut setup: GeneratorsSetup, shutdown: CancellationToken) {
-    let mut gens: Vec<Generator> = Vec::new();
-    {
-        let mut shared = setup
-            .handle
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for spec in std::mem::take(&mut setup.specs) {
-            let Some(template) = setup
-                .templates
-                .get(&spec.pack)
-                .and_then(|t| t.get(&spec.template))
-                .cloned()
-            else {
-                continue;
-            };
-            shared.views.insert(
-                spec.name.clone(),
-                GeneratorView {
-                    name: spec.name.clone(),
-                    pack: spec.pack.clone(),
-                    path: spec.path.display().to_string(),
-                    state: "pending".into(),
-                    message: None,
-                    last_run_ms: None,
-                    last_change_ms: None,
-                    diff: None,
-                    command_output: None,
-                    runs: 0,
-                    writes: 0,
-                },
-            );
-            gens.push(Generator {
-                spec,
-                template,
-                keys: HashSet::new(),
-                next_run: tokio::time::Instant::now(),
-            });
-        }
+/// The generators of `objects`, keeping what the previous ones knew (KV keys read, next run)
+/// for those whose name is still there; the API views follow (new ones `pending`, gone ones
+/// removed, kept ones as they were).
+fn build(
+    objects: &opsbro_packs::PackSet,
+    mut old: Vec<Generator>,
+    handle: &GeneratorsHandle,
+) -> Vec<Generator> {
+    let mut gens = Vec::new();
+    let mut shared = handle.0.lock().unwrap_or_else(PoisonError::into_inner);
+    for spec in objects.generators() {
+        let Some(template) = objects
+            .packs
+            .get(&spec.pack)
+            .and_then(|p| p.templates.get(&spec.template))
+            .cloned()
+        else {
+            continue;
+        };
+        let previous = old
+            .iter()
+            .position(|g| g.spec.name == spec.name)
+            .map(|i| old.swap_remove(i));
+        shared
+            .views
+            .entry(spec.name.clone())
+            .or_insert_with(|| GeneratorView {
+                name: spec.name.clone(),
+                pack: spec.pack.clone(),
+                path: spec.path.display().to_string(),
+                state: "pending".into(),
+                message: None,
+                last_run_ms: None,
+                last_change_ms: None,
+                diff: None,
+                command_output: None,
+                runs: 0,
+                writes: 0,
+            })
+            .path = spec.path.display().to_string();
+        gens.push(Generator {
+            spec: spec.clone(),
+            template,
+            keys: previous
+                .as_ref()
+                .map(|g| g.keys.clone())
+                .unwrap_or_default(),
+            next_run: tokio::time::Instant::now(),
+        });
     }
-    if gens.is_empty() {
-        return;
-    }
+    shared
+        .views
+        .retain(|name, _| gens.iter().any(|g| &g.spec.name == name));
+    gens
+}
+
+/// Render every generator now, then on changes (membership, KV keys read, interval, a reload).
+pub async fn run(setup: GeneratorsSetup, shutdown: CancellationToken) {
+    let mut objects = setup.objects.clone();
+    let mut gens = build(&objects.borrow_and_update(), Vec::new(), &setup.handle);
     let mut events: broadcast::Receiver<Arc<Event>> = setup.bus.subscribe();
     let mut membership = setup.membership.clone();
     // Which generators must render now (all, the first time).
@@ -713,6 +727,12 @@ pub async fn run(mut setup: GeneratorsSetup, shutdown: CancellationToken) {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep_until(wake) => break,
+                Ok(()) = objects.changed() => {
+                    // A reload: every generator renders with its new spec and template.
+                    gens = build(&objects.borrow_and_update(), std::mem::take(&mut gens), &setup.handle);
+                    due = vec![true; gens.len()];
+                    break;
+                }
                 () = setup.handle.1.notified() => {
                     serving = std::mem::take(
                         &mut setup.handle.0.lock().unwrap_or_else(PoisonError::into_inner).waiting,

@@ -285,6 +285,9 @@ pub struct GossipSetup {
     pub membership: tokio::sync::watch::Sender<Arc<Vec<Peer>>>,
     /// Probe round-trip times and suspicions for `/metrics`.
     pub telemetry: crate::telemetry::SharedTelemetry,
+    /// Where the members seen are remembered across restarts (`<data_dir>/members.json`), with
+    /// what it held at start; None: nothing is remembered (one-shot runs).
+    pub members_file: Option<(PathBuf, Vec<crate::members_file::Remembered>)>,
 }
 
 /// A cluster connection whose first frame is a KV request.
@@ -389,6 +392,7 @@ pub fn start(
     let clock = Clock::new();
     let seed = u64::from_le_bytes(setup.me.uuid.as_bytes()[..8].try_into().unwrap_or([0; 8]))
         ^ clock.now();
+    let me_uuid = setup.me.uuid;
     let core = Gossip::new(setup.config, setup.me, seed, clock.now());
     let udp = Arc::new(sockets.udp);
 
@@ -410,6 +414,15 @@ pub fn start(
     ));
     if !setup.seeds.is_empty() {
         tracker.spawn(join_seeds(setup.seeds, handle.clone(), shutdown.clone()));
+    }
+    if let Some((path, known)) = setup.members_file {
+        tracker.spawn(crate::members_file::keep(
+            path,
+            me_uuid,
+            setup.membership.subscribe(),
+            known,
+            shutdown.clone(),
+        ));
     }
     if setup.auto_detect {
         tracker.spawn(auto_detect(handle.clone(), shutdown.clone()));

@@ -14,7 +14,7 @@ use opsbro_api::monitoring::HandlerView;
 use opsbro_checks::notify::{NodeInfo, Notification, Renderer};
 use opsbro_packs::{HandlerKind, HandlerSpec, MailSpec, SlackSpec};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::eval::SharedView;
@@ -56,7 +56,7 @@ impl HandlersHandle {
 
 /// Where templates come from: `templates_dir`, then the handler's pack `templates/`, then the
 /// embedded defaults.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Templates {
     /// `templates_dir` from agent.yml.
     pub dir: Option<PathBuf>,
@@ -92,12 +92,11 @@ impl Templates {
 
 /// What the handlers need.
 pub struct HandlersSetup {
-    /// Every handler of every pack.
-    pub handlers: Vec<HandlerSpec>,
-    /// Check name → the handlers it names.
-    pub check_handlers: HashMap<String, Vec<String>>,
-    /// Template lookup.
-    pub templates: Templates,
+    /// The objects of every pack: handlers, the checks that name them, templates (replaced by
+    /// a reload).
+    pub objects: watch::Receiver<Arc<opsbro_packs::PackSet>>,
+    /// `templates_dir` from agent.yml.
+    pub templates_dir: Option<PathBuf>,
     /// This node (groups are read live from `view`).
     pub node: NodeInfo,
     /// This node's groups.
@@ -108,69 +107,157 @@ pub struct HandlersSetup {
     pub handle: HandlersHandle,
 }
 
-/// Start one worker per handler and the dispatcher; all stop with `shutdown`.
+/// A running handler: its spec, the templates it was checked with, and its worker's queue.
+struct Running {
+    spec: HandlerSpec,
+    templates: Templates,
+    queue: Option<mpsc::Sender<Value>>,
+}
+
+/// What the dispatcher needs to (re)start workers.
+struct Starter<'a> {
+    templates_dir: &'a Option<PathBuf>,
+    renderer: &'a Arc<Renderer>,
+    handle: &'a HandlersHandle,
+    tracker: &'a tokio_util::task::TaskTracker,
+    shutdown: &'a CancellationToken,
+}
+
+impl Starter<'_> {
+    /// The handlers of `objects`. One whose spec and templates are unchanged keeps its worker;
+    /// others get a new one (the old one ends once its queue is sent: dropping its sender).
+    /// Counters of a handler still there are kept.
+    fn build(&self, objects: &opsbro_packs::PackSet, mut old: Vec<Running>) -> Vec<Running> {
+        let templates = Templates {
+            dir: self.templates_dir.clone(),
+            packs: objects
+                .packs
+                .values()
+                .map(|p| (p.name.clone(), p.templates.clone()))
+                .collect(),
+        };
+        let mut running = Vec::new();
+        for spec in objects.handlers() {
+            if let Some(i) = old
+                .iter()
+                .position(|r| r.spec == *spec && r.templates == templates)
+            {
+                running.push(old.swap_remove(i));
+                continue;
+            }
+            let problem = validate(spec, &templates, self.renderer).err();
+            if let Some(p) = &problem {
+                tracing::error!(handler = %spec.name, "handler cannot send: {p}");
+            }
+            {
+                let mut views = self
+                    .handle
+                    .views
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let view = views
+                    .entry(spec.name.clone())
+                    .or_insert_with(|| HandlerView {
+                        name: spec.name.clone(),
+                        pack: spec.pack.clone(),
+                        kind: String::new(),
+                        enabled: false,
+                        severities: Vec::new(),
+                        events: Vec::new(),
+                        sent: 0,
+                        failed: 0,
+                        retried: 0,
+                        dropped: 0,
+                        last_error: None,
+                        last_sent_ms: None,
+                    });
+                view.kind = spec.kind.type_name().into();
+                view.enabled = spec.enabled;
+                view.severities = spec.severities.iter().map(|s| s.as_str().into()).collect();
+                view.events = spec.events.iter().map(|e| e.as_str().into()).collect();
+                view.last_error = problem.clone();
+            }
+            let queue = (spec.enabled && problem.is_none()).then(|| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let worker = Worker {
+                    spec: spec.clone(),
+                    templates: templates.clone(),
+                    renderer: self.renderer.clone(),
+                    handle: self.handle.clone(),
+                    http: None,
+                    mailer: None,
+                };
+                self.tracker
+                    .spawn(worker.run(rx, self.shutdown.child_token()));
+                tx
+            });
+            running.push(Running {
+                spec: spec.clone(),
+                templates: templates.clone(),
+                queue,
+            });
+        }
+        self.handle
+            .views
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|name, _| running.iter().any(|r| &r.spec.name == name));
+        running
+    }
+}
+
+/// Check name → the handlers it names.
+fn check_handlers(objects: &opsbro_packs::PackSet) -> HashMap<String, Vec<String>> {
+    objects
+        .checks()
+        .map(|c| (c.name.clone(), c.handlers.clone()))
+        .collect()
+}
+
+/// Start one worker per handler and the dispatcher; all stop with `shutdown`. A reload
+/// (new `objects`) starts, keeps or ends workers to match.
 pub fn start(
     setup: HandlersSetup,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) {
     let HandlersSetup {
-        handlers,
-        check_handlers,
-        templates,
+        mut objects,
+        templates_dir,
         node,
         view,
         bus,
         handle,
     } = setup;
     let renderer = Arc::new(Renderer::new());
-    let mut queues: Vec<(HandlerSpec, mpsc::Sender<Value>)> = Vec::new();
-    for spec in handlers {
-        let problem = validate(&spec, &templates, &renderer).err();
-        if let Some(p) = &problem {
-            tracing::error!(handler = %spec.name, "handler cannot send: {p}");
-        }
-        handle
-            .views
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                spec.name.clone(),
-                HandlerView {
-                    name: spec.name.clone(),
-                    pack: spec.pack.clone(),
-                    kind: spec.kind.type_name().into(),
-                    enabled: spec.enabled,
-                    severities: spec.severities.iter().map(|s| s.as_str().into()).collect(),
-                    events: spec.events.iter().map(|e| e.as_str().into()).collect(),
-                    sent: 0,
-                    failed: 0,
-                    retried: 0,
-                    dropped: 0,
-                    last_error: problem.clone(),
-                    last_sent_ms: None,
-                },
-            );
-        if !spec.enabled || problem.is_some() {
-            continue;
-        }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let worker = Worker {
-            spec: spec.clone(),
-            templates: templates.clone(),
-            renderer: renderer.clone(),
-            handle: handle.clone(),
-            http: None,
-            mailer: None,
-        };
-        tracker.spawn(worker.run(rx, shutdown.child_token()));
-        queues.push((spec, tx));
+    let tracker = tracker.clone();
+    let mut queues = Starter {
+        templates_dir: &templates_dir,
+        renderer: &renderer,
+        handle: &handle,
+        tracker: &tracker,
+        shutdown: &shutdown,
     }
+    .build(&objects.borrow_and_update(), Vec::new());
+    let mut check_handlers = check_handlers(&objects.borrow());
     let mut events = bus.subscribe_notifications();
-    tracker.spawn(async move {
+    tracker.clone().spawn(async move {
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => return,
+                Ok(()) = objects.changed() => {
+                    let set = objects.borrow_and_update().clone();
+                    queues = Starter {
+                        templates_dir: &templates_dir,
+                        renderer: &renderer,
+                        handle: &handle,
+                        tracker: &tracker,
+                        shutdown: &shutdown,
+                    }
+                    .build(&set, std::mem::take(&mut queues));
+                    check_handlers = self::check_handlers(&set);
+                    continue;
+                }
                 e = events.recv() => e,
             };
             let event = match event {
@@ -178,8 +265,8 @@ pub fn start(
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "handlers fell behind the event bus");
                     bus.record_dropped(n);
-                    for (spec, _) in &queues {
-                        handle.update(&spec.name, |v| v.dropped += n);
+                    for r in &queues {
+                        handle.update(&r.spec.name, |v| v.dropped += n);
                     }
                     continue;
                 }
@@ -191,7 +278,10 @@ pub fn start(
             let mut me = node.clone();
             me.groups = opsbro_eval::EvalContext::groups(&view);
             let ctx = event.context(&me, crate::host::unix_ms() / 1000);
-            for (spec, tx) in &queues {
+            for Running { spec, queue, .. } in &queues {
+                let Some(tx) = queue else {
+                    continue;
+                };
                 if !wants(spec, &check_handlers, event) {
                     continue;
                 }

@@ -39,7 +39,14 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
             }),
         ),
         (routes::AGENT_INFO, get(agent_info)),
+        (routes::AGENT_LOG_FOLLOW, get(crate::logstream::follow)),
         (routes::AGENT_STOP, post(agent_stop)),
+        (
+            routes::AGENT_RELOAD,
+            post(
+                |State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.reloader.reload().await) },
+            ),
+        ),
         (
             routes::AGENT_GROUP,
             axum::routing::put(group_add).delete(group_remove),
@@ -92,6 +99,9 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
                 .put(crate::http_kv::put)
                 .delete(crate::http_kv::delete),
         ),
+        (kv::EXPORT, get(crate::http_kv::export)),
+        (kv::IMPORT, post(crate::http_kv::import)),
+        (routes::AGENT_SNAPSHOT, get(crate::snapshot::serve)),
         (
             metrics::RENDER,
             get(crate::http_metrics::render_get).post(crate::http_metrics::render_post),

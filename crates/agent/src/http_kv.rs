@@ -206,3 +206,235 @@ pub async fn delete(
         deleted: true,
     }))
 }
+
+/// Largest export page answered (keys and values before base64): well under the CLI's
+/// patience and memory, several pages of the nodes' 1 MiB listings.
+const EXPORT_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Query parameters of `GET /kv-backup/export`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ExportQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+}
+
+/// Query parameters of `POST /kv-backup/import`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ImportQuery {
+    line: Option<u64>,
+}
+
+/// An entry as an export line.
+pub fn export_entry(key: String, e: &opsbro_kv::Entry) -> api::ExportEntry {
+    api::ExportEntry {
+        key,
+        value: base64::engine::general_purpose::STANDARD.encode(&e.value),
+        modify_index: e.index,
+        create_index: e.create_index,
+        deleted: e.deleted,
+        expires_ms: (e.expires_ms > 0).then_some(e.expires_ms),
+    }
+}
+
+/// One line of an export body (no newline) as an entry to import, checked as a replica checks
+/// what it is sent (key rules, value size, versions not ahead of this node's clock at
+/// `now_ms`); the error says what is wrong with the line.
+pub fn import_line(raw: &[u8], now_ms: u64) -> Result<(String, opsbro_kv::Entry), String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "not UTF-8 text".to_owned())?;
+    let e = match api::ExportLine::parse(text.trim())? {
+        api::ExportLine::Entry(e) => e,
+        api::ExportLine::Header(_) => {
+            return Err(
+                "a header line in the middle of the file (two exports one after the other? import them one at a time)"
+                    .into(),
+            );
+        }
+        api::ExportLine::Footer(_) => {
+            return Err("an end line in the middle of the file".into());
+        }
+    };
+    opsbro_kv::validate_key(&e.key)
+        .map_err(|why| format!("bad key `{}`: {why}", e.key.escape_debug()))?;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(&e.value)
+        .map_err(|why| format!("value is not base64: {why}"))?;
+    if value.len() > opsbro_kv::MAX_VALUE_BYTES {
+        return Err(format!(
+            "the value is {} bytes; the limit is {} KiB",
+            value.len(),
+            opsbro_kv::MAX_VALUE_BYTES / 1024
+        ));
+    }
+    if e.deleted && !value.is_empty() {
+        return Err("a deleted entry (tombstone) with a value".into());
+    }
+    if e.modify_index == 0 {
+        return Err("modify_index is 0".into());
+    }
+    let entry = opsbro_kv::Entry {
+        value,
+        index: e.modify_index,
+        create_index: e.create_index,
+        deleted: e.deleted,
+        expires_ms: e.expires_ms.unwrap_or(0),
+    };
+    if entry.create_index > entry.index {
+        return Err("create_index is after modify_index".into());
+    }
+    if entry.index > opsbro_kv::Hlc::latest_acceptable(now_ms) {
+        return Err(format!(
+            "modify_index is a stamp more than {} s ahead of this node's clock",
+            opsbro_kv::MAX_CLOCK_AHEAD_MS / 1000
+        ));
+    }
+    if !entry.is_plausible(now_ms) {
+        return Err("expires_ms is more than a year ahead".into());
+    }
+    Ok((e.key, entry))
+}
+
+/// `GET /kv-backup/export`: one page of the cluster's entries with their versions.
+pub async fn export(
+    State(ctx): State<Arc<ApiContext>>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Json<api::ExportPage>, ApiError> {
+    let prefix = q.prefix.unwrap_or_default();
+    let after = q.after.unwrap_or_default();
+    let (entries, next) = ctx
+        .kv
+        .export_page(&prefix, &after, EXPORT_PAGE_BYTES)
+        .await?;
+    Ok(Json(api::ExportPage {
+        entries: entries
+            .into_iter()
+            .map(|(k, e)| export_entry(k, &e))
+            .collect(),
+        next,
+    }))
+}
+
+/// `POST /kv-backup/import`: merge the body's entry lines by version; every bad line is
+/// reported with its number (`?line=` is the number of the first) and the others imported.
+pub async fn import(
+    State(ctx): State<Arc<ApiContext>>,
+    Query(q): Query<ImportQuery>,
+    body: Bytes,
+) -> Result<Json<api::ImportAnswer>, ApiError> {
+    let first = q.line.unwrap_or(1).max(1);
+    let now = crate::host::unix_ms();
+    let mut answer = api::ImportAnswer::default();
+    let mut lines = Vec::new();
+    let mut entries = Vec::new();
+    for (n, raw) in body.split(|b| *b == b'\n').enumerate() {
+        let line = first.saturating_add(n as u64);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match import_line(raw, now) {
+            Ok(entry) => {
+                lines.push(line);
+                entries.push(entry);
+            }
+            Err(error) => answer.errors.push(api::LineError { line, error }),
+        }
+    }
+    for (line, outcome) in lines.into_iter().zip(ctx.kv.import(entries).await) {
+        match outcome {
+            crate::kv::Imported::Stored => answer.imported += 1,
+            crate::kv::Imported::Older => answer.skipped_older += 1,
+            crate::kv::Imported::Failed(error) => {
+                answer.errors.push(api::LineError { line, error })
+            }
+        }
+    }
+    answer.errors.sort_by_key(|e| e.line);
+    Ok(Json(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn line(e: &opsbro_kv::Entry, key: &str) -> String {
+        api::ExportLine::Entry(export_entry(key.to_owned(), e)).to_line()
+    }
+
+    #[test]
+    fn entries_round_trip_through_an_export_line() {
+        let stamp = opsbro_kv::Hlc::default().stamp(NOW);
+        let entries = [
+            opsbro_kv::Entry {
+                value: (0..=255).collect(),
+                index: stamp,
+                create_index: stamp - 5,
+                deleted: false,
+                expires_ms: 0,
+            },
+            opsbro_kv::Entry {
+                value: Vec::new(),
+                index: stamp + 1,
+                create_index: stamp,
+                deleted: true,
+                expires_ms: 0,
+            },
+            opsbro_kv::Entry {
+                value: "ttl ✓".as_bytes().to_vec(),
+                index: stamp + 2,
+                create_index: stamp + 2,
+                deleted: false,
+                expires_ms: NOW + 60_000,
+            },
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            let key = format!("dir/ключ-{i}");
+            let text = line(e, &key);
+            assert_eq!(import_line(text.as_bytes(), NOW), Ok((key, e.clone())));
+        }
+    }
+
+    #[test]
+    fn bad_lines_are_refused_with_the_reason() {
+        let stamp = NOW << 16;
+        let ok = opsbro_kv::Entry {
+            value: b"v".to_vec(),
+            index: stamp,
+            create_index: stamp,
+            deleted: false,
+            expires_ms: 0,
+        };
+        let err = |text: &str| import_line(text.as_bytes(), NOW).expect_err(text);
+        assert!(err(&line(&ok, "a//b")).contains("bad key"));
+        assert!(err(&line(&ok, "k").replace("\"dg==\"", "\"!!\"")).contains("base64"));
+        let ahead = opsbro_kv::Entry {
+            index: (NOW + 120_000) << 16,
+            ..ok.clone()
+        };
+        assert!(err(&line(&ahead, "k")).contains("ahead of this node's clock"));
+        let backwards = opsbro_kv::Entry {
+            create_index: stamp + 1,
+            ..ok.clone()
+        };
+        assert!(err(&line(&backwards, "k")).contains("create_index"));
+        let forever = opsbro_kv::Entry {
+            expires_ms: NOW + opsbro_kv::MAX_TTL_MS * 2,
+            ..ok.clone()
+        };
+        assert!(err(&line(&forever, "k")).contains("year"));
+        let ghost = opsbro_kv::Entry {
+            deleted: true,
+            ..ok.clone()
+        };
+        assert!(err(&line(&ghost, "k")).contains("tombstone"));
+        assert!(
+            err(r#"{"format":"opsbro-kv-export","version":1,"created_ms":0}"#).contains("header")
+        );
+        assert!(err(r#"{"end":"opsbro-kv-export","entries":3}"#).contains("end line"));
+        assert_eq!(
+            import_line(&[b'{', 0xff, b'}'], NOW),
+            Err("not UTF-8 text".to_owned())
+        );
+        assert!(err("{\"key\":").contains("not JSON"));
+    }
+}

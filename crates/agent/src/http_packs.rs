@@ -13,9 +13,9 @@ use crate::context::{ApiContext, ApiError};
 
 /// `GET /packs`.
 pub async fn packs(State(ctx): State<Arc<ApiContext>>) -> Json<Packs> {
+    let packs = ctx.packs();
     Json(Packs {
-        packs: ctx
-            .packs
+        packs: packs
             .packs
             .values()
             .map(|p| PackInfo {
@@ -42,19 +42,15 @@ pub async fn packs(State(ctx): State<Arc<ApiContext>>) -> Json<Packs> {
                 parameters: p.parameters.clone(),
             })
             .collect(),
-        diagnostics: ctx
-            .packs
-            .diagnostics
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        diagnostics: packs.diagnostics.iter().map(ToString::to_string).collect(),
     })
 }
 
 /// `GET /dashboards`.
 pub async fn dashboards(State(ctx): State<Arc<ApiContext>>) -> Json<Vec<d::DashboardInfo>> {
+    let packs = ctx.packs();
     Json(
-        ctx.packs
+        packs
             .packs
             .values()
             .flat_map(|p| p.dashboards.iter())
@@ -72,8 +68,8 @@ pub async fn dashboard(
     State(ctx): State<Arc<ApiContext>>,
     Path(name): Path<String>,
 ) -> Result<Json<d::Dashboard>, ApiError> {
-    let all: Vec<&opsbro_packs::Dashboard> = ctx
-        .packs
+    let packs = ctx.packs();
+    let all: Vec<&opsbro_packs::Dashboard> = packs
         .packs
         .values()
         .flat_map(|p| p.dashboards.iter())
@@ -110,8 +106,7 @@ pub async fn dashboard(
         }
     };
     // `{{parameters.x}}` are those of the dashboard's pack, as in its checks.
-    let params = ctx
-        .packs
+    let params = packs
         .packs
         .values()
         .find(|p| p.dashboards.iter().any(|b| b.file == board.file))
@@ -188,8 +183,9 @@ fn widget(
 
 /// `GET /tutorials`.
 pub async fn tutorials(State(ctx): State<Arc<ApiContext>>) -> Json<Vec<d::Tutorial>> {
+    let packs = ctx.packs();
     Json(
-        ctx.packs
+        packs
             .packs
             .values()
             .flat_map(|p| p.tutorials.iter())

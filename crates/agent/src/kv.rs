@@ -33,6 +33,9 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{self, SharedKeyring};
 use crate::gossip::{KvConnection, Peer};
 
+mod backup;
+pub use backup::Imported;
+
 /// How long a node waits for another's answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Why a node's list did not come back.
@@ -454,6 +457,15 @@ impl KvHandle {
 }
 
 impl Kv {
+    /// The ring as it is now (a copy: it can change while a request waits).
+    fn ring_now(&self) -> Ring {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ring
+            .clone()
+    }
+
     /// Rebuild the ring from the membership; true when the set of nodes changed.
     fn update_ring(&self, members: &[Peer]) -> bool {
         use opsbro_gossip::MemberState;
@@ -941,12 +953,7 @@ impl Kv {
     async fn list(self: &Arc<Self>, prefix: &str) -> Result<Vec<(String, Entry)>, KvError> {
         // The ring as it is now: completeness is judged against the nodes we asked, even if a
         // silent one leaves the ring while we wait for it.
-        let ring = self
-            .view
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ring
-            .clone();
+        let ring = self.ring_now();
         let nodes: Vec<NodeUuid> = ring.nodes().to_vec();
         let mut merged: BTreeMap<String, Entry> = BTreeMap::new();
         let mut take = |entries: Vec<(String, Entry)>| {

@@ -29,10 +29,15 @@ pub mod http_packs;
 pub mod http_prometheus;
 pub mod kv;
 pub mod logcount;
+pub mod logfile;
+pub mod logstream;
+pub mod members_file;
 pub mod metrics;
 pub mod monitoring;
 pub mod one_shot;
+pub mod reload;
 pub mod serve;
+pub mod snapshot;
 pub mod status;
 pub mod telemetry;
 pub mod websocket;
@@ -104,7 +109,17 @@ fn bind_hint(e: &io::Error) -> &'static str {
 
 /// Run the agent until it is asked to stop (signal, API, or `shutdown` cancelled by the caller).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    run_agent(config, shutdown, None).await
+    run_agent(config, None, shutdown, None).await
+}
+
+/// [`run`], with a way to read the configuration again for a live reload (`opsbro agent
+/// reload`, SIGHUP): the binary passes one that reads the same file and flags.
+pub async fn run_with_reload(
+    config: AgentConfig,
+    loader: reload::ConfigLoader,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    run_agent(config, Some(loader), shutdown, None).await
 }
 
 /// `agent start --one-shot`: run the collectors, the detectors and the generators once, then
@@ -124,12 +139,13 @@ pub async fn run_once(mut config: AgentConfig) -> Result<one_shot::Report, Agent
     config.graphite.forward = None;
     config.websocket.enabled = false;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    run_agent(config, CancellationToken::new(), Some(tx)).await?;
+    run_agent(config, None, CancellationToken::new(), Some(tx)).await?;
     rx.await.map_err(|_| AgentError::Interrupted)
 }
 
 async fn run_agent(
     config: AgentConfig,
+    loader: Option<reload::ConfigLoader>,
     shutdown: CancellationToken,
     once: Option<tokio::sync::oneshot::Sender<one_shot::Report>>,
 ) -> Result<(), AgentError> {
@@ -217,15 +233,19 @@ async fn run_agent(
     let view = eval::SharedView::default();
     let view_for_collectors = view.clone();
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
-    let check = |expr: &str| evaluator.check_syntax(expr).map_err(|e| e.to_string());
-    let packs = opsbro_packs::load_all(
-        &config.packs_dirs,
-        config.objects_dirs.as_deref().unwrap_or_default(),
-        &check,
-    );
+    let packs = reload::load_packs(&config, &evaluator);
     for d in &packs.diagnostics {
         tracing::warn!("pack problem: {d}");
     }
+    // Every subsystem takes its objects from here; a reload sends new ones.
+    let (objects_tx, objects) = tokio::sync::watch::channel(Arc::new(packs));
+    // A one-shot run neither uses nor updates the remembered members (it joins no cluster).
+    let members_path = data_dir.path().join(members_file::FILE_NAME);
+    let remembered = if once.is_none() {
+        members_file::load_or_warn(&members_path)
+    } else {
+        Vec::new()
+    };
     let gossip = gossip::start(
         gossip::GossipSetup {
             me,
@@ -236,7 +256,12 @@ async fn run_agent(
                 ..gossip_config(&config.gossip)
             },
             keyring,
-            seeds: config.seeds.clone(),
+            seeds: members_file::seeds_at_start(
+                &config.seeds,
+                &remembered,
+                data_dir.uuid(),
+                gossip_addr,
+            ),
             incarnation_file,
             keyring_file,
             auto_detect: config.auto_detect,
@@ -245,6 +270,7 @@ async fn run_agent(
             kv_connections,
             membership,
             telemetry: telemetry.clone(),
+            members_file: once.is_none().then_some((members_path, remembered)),
         },
         sockets,
         status.clone(),
@@ -265,6 +291,13 @@ async fn run_agent(
             kv_dir.display()
         ))
     })?;
+    // Snapshots read every tree of the same sled database (`GET /agent/snapshot`).
+    let snapshot = snapshot::SnapshotSource {
+        store: store.clone(),
+        data_dir: data_dir.path().to_owned(),
+        uuid: data_dir.uuid(),
+        node: config.node_name.clone(),
+    };
     let defaults = kv::KvConfig::default();
     let kv = kv::KvHandle::start(
         data_dir.uuid(),
@@ -393,7 +426,7 @@ async fn run_agent(
     ));
     tracker.spawn(detectors::run(
         detectors::DetectorsSetup {
-            detectors: packs.detectors().cloned().collect(),
+            objects: objects.clone(),
             evaluator: evaluator.clone(),
             gossip: gossip.clone(),
             handle: detectors_handle.clone(),
@@ -415,12 +448,7 @@ async fn run_agent(
     let monitoring_handle = monitoring::MonitoringHandle::default();
     tracker.spawn(monitoring::run(
         monitoring::MonitoringSetup {
-            checks: packs.checks().cloned().collect(),
-            parameters: packs
-                .packs
-                .values()
-                .map(|p| (p.name.clone(), p.parameters.clone()))
-                .collect(),
+            objects: objects.clone(),
             evaluator: evaluator.clone(),
             view: view.clone(),
             gossip: gossip.clone(),
@@ -437,12 +465,7 @@ async fn run_agent(
     let generators_handle = generators::GeneratorsHandle::default();
     tracker.spawn(generators::run(
         generators::GeneratorsSetup {
-            specs: packs.generators().cloned().collect(),
-            templates: packs
-                .packs
-                .values()
-                .map(|p| (p.name.clone(), p.templates.clone()))
-                .collect(),
+            objects: objects.clone(),
             evaluator: evaluator.clone(),
             collected: collected.clone(),
             membership: kv_membership.clone(),
@@ -456,19 +479,8 @@ async fn run_agent(
     let handlers_handle = handlers::HandlersHandle::default();
     handlers::start(
         handlers::HandlersSetup {
-            handlers: packs.handlers().cloned().collect(),
-            check_handlers: packs
-                .checks()
-                .map(|c| (c.name.clone(), c.handlers.clone()))
-                .collect(),
-            templates: handlers::Templates {
-                dir: config.templates_dir.clone(),
-                packs: packs
-                    .packs
-                    .values()
-                    .map(|p| (p.name.clone(), p.templates.clone()))
-                    .collect(),
-            },
+            objects: objects.clone(),
+            templates_dir: config.templates_dir.clone(),
             node: opsbro_checks::notify::NodeInfo {
                 name: config.node_name.clone(),
                 display_name: config.display_name.clone(),
@@ -496,6 +508,14 @@ async fn run_agent(
             shutdown.clone(),
         ));
     }
+    let reloader = Arc::new(reload::Reloader::new(
+        loader,
+        config.clone(),
+        objects_tx,
+        evaluator.clone(),
+        detectors_handle.clone(),
+    ));
+    tracker.spawn(reload_on_sighup(reloader.clone(), shutdown.child_token()));
     let ctx = Arc::new(http::ApiContext {
         name: config.node_name.clone(),
         display_name: config.display_name.clone(),
@@ -523,7 +543,8 @@ async fn run_agent(
         gossip,
         evaluator,
         detectors: detectors_handle,
-        packs,
+        objects,
+        reloader,
         collected,
         monitoring: monitoring_handle,
         handlers: handlers_handle,
@@ -536,6 +557,7 @@ async fn run_agent(
         websocket_addr,
         generators: generators_handle,
         group_history,
+        snapshot,
     });
 
     let api_shutdown = shutdown.child_token();
@@ -611,6 +633,27 @@ async fn run_agent(
         tracing::info!("agent stopped");
     }
     result
+}
+
+/// SIGHUP reloads, as for most daemons.
+async fn reload_on_sighup(reloader: Arc<reload::Reloader>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with `opsbro agent reload`");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading");
+                let report = reloader.reload().await;
+                for e in &report.errors {
+                    tracing::error!("reload: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// Record how an optional listener (DNS, websocket) started: its address, or the error — the

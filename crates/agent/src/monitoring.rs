@@ -74,10 +74,8 @@ impl MonitoringHandle {
 
 /// What the check loop works with.
 pub struct MonitoringSetup {
-    /// Every check of every pack.
-    pub checks: Vec<CheckSpec>,
-    /// Pack name → its parameters (`{{parameters.x}}`).
-    pub parameters: HashMap<String, Value>,
+    /// The objects of every pack: checks and pack parameters (replaced by a reload).
+    pub objects: tokio::sync::watch::Receiver<Arc<opsbro_packs::PackSet>>,
     /// Evaluates expressions.
     pub evaluator: Arc<Evaluator>,
     /// This node's groups (`if_group`).
@@ -147,11 +145,69 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(rand::random_range(0.9..1.1))
 }
 
-/// Run the checks until `shutdown`.
+/// One check the loop runs: its spec and everything that must survive a reload of it.
+struct Slot {
+    /// Results name their slot by this id (positions move when checks are added or removed).
+    id: usize,
+    spec: Arc<CheckSpec>,
+    tracker: Tracker,
+    next_run: Instant,
+    in_flight: bool,
+    active: bool,
+}
+
+/// The slots for `checks`: a check whose name was there keeps its state, its damping counters
+/// (unless its damping changed: then it restarts from its confirmed state) and its next run;
+/// a new one starts from the state saved at the last stop, or pending.
+fn build_slots(
+    checks: &[CheckSpec],
+    mut old: Vec<Slot>,
+    saved: &BTreeMap<String, String>,
+    next_id: &mut usize,
+) -> Vec<Slot> {
+    let start = Instant::now();
+    checks
+        .iter()
+        .map(|c| {
+            let spec = Arc::new(c.clone());
+            if let Some(i) = old.iter().position(|s| s.spec.name == c.name) {
+                let mut slot = old.swap_remove(i);
+                if slot.spec.damping != c.damping {
+                    slot.tracker = Tracker::restore(c.damping, slot.tracker.state());
+                }
+                slot.spec = spec;
+                return slot;
+            }
+            let tracker = match saved
+                .get(&c.name)
+                .and_then(|s| CheckState::parse(s))
+                .filter(|s| *s != CheckState::Pending)
+            {
+                Some(state) => Tracker::restore(c.damping, state),
+                None => Tracker::new(c.damping),
+            };
+            *next_id += 1;
+            Slot {
+                id: *next_id,
+                spec,
+                tracker,
+                // Spread the first runs over up to 2 s so an agent start is not a burst.
+                next_run: start
+                    + c.interval
+                        .min(Duration::from_secs(2))
+                        .mul_f64(rand::random::<f64>()),
+                in_flight: false,
+                active: false,
+            }
+        })
+        .collect()
+}
+
+/// Run the checks until `shutdown`; a reload (new `objects`) adds, changes and removes checks
+/// without losing the state of those still there.
 pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
     let MonitoringSetup {
-        checks,
-        parameters,
+        mut objects,
         evaluator,
         view,
         gossip,
@@ -172,75 +228,67 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let mut trackers: Vec<Tracker> = checks
-        .iter()
-        .map(|c| {
-            match saved
-                .get(&c.name)
-                .and_then(|s| CheckState::parse(s))
-                .filter(|s| *s != CheckState::Pending)
-            {
-                Some(state) => Tracker::restore(c.damping, state),
-                None => Tracker::new(c.damping),
-            }
-        })
-        .collect();
-    let checks: Arc<Vec<CheckSpec>> = Arc::new(checks);
-    let parameters = Arc::new(parameters);
+    let mut next_id = 0;
+    let (mut slots, mut parameters) = {
+        let set = objects.borrow_and_update();
+        let checks: Vec<CheckSpec> = set.checks().cloned().collect();
+        (
+            build_slots(&checks, Vec::new(), &saved, &mut next_id),
+            Arc::new(pack_parameters(&set)),
+        )
+    };
     let plugins_dir = plugins_dir.display().to_string();
-    let start = Instant::now();
-    // Spread the first runs over up to 2 s so an agent start is not a burst.
-    let mut next_run: Vec<Instant> = checks
-        .iter()
-        .map(|c| {
-            start
-                + c.interval
-                    .min(Duration::from_secs(2))
-                    .mul_f64(rand::random::<f64>())
-        })
-        .collect();
-    let mut in_flight = vec![false; checks.len()];
-    let mut active: Vec<bool> = vec![false; checks.len()];
-    let (tx, mut rx) = mpsc::channel::<RunResult>(checks.len().max(1));
+    // A reload changes the checks: their views must follow even if the groups did not change.
+    let mut views_stale = true;
+    let (tx, mut rx) = mpsc::channel::<RunResult>(64);
     let mut tasks = tokio::task::JoinSet::new();
-    // Which check each running task is, to free the check if its task panics.
-    let mut task_checks: HashMap<tokio::task::Id, usize> = HashMap::new();
+    // Which slot each running task is, to free it if its task panics.
+    let mut task_slots: HashMap<tokio::task::Id, usize> = HashMap::new();
     loop {
         // `if_group` follows the node's groups as detectors change them.
         let groups = view.groups();
-        let now_active: Vec<bool> = checks
-            .iter()
-            .map(|c| c.if_group == "*" || groups.contains(&c.if_group))
-            .collect();
-        if now_active != active {
-            active = now_active;
+        let mut changed = std::mem::take(&mut views_stale);
+        for slot in &mut slots {
+            let active = slot.spec.if_group == "*" || groups.contains(&slot.spec.if_group);
+            changed |= active != slot.active;
+            slot.active = active;
+        }
+        if changed {
             handle.update(|s| {
-                s.checks.retain(|name, _| {
-                    checks
-                        .iter()
-                        .zip(&active)
-                        .any(|(c, a)| *a && c.name == *name)
-                });
-                for (i, c) in checks.iter().enumerate() {
-                    if active[i] && !s.checks.contains_key(&c.name) {
-                        s.checks.insert(
-                            c.name.clone(),
-                            initial_view(c, trackers[i].state(), &trackers[i]),
-                        );
+                s.checks
+                    .retain(|name, _| slots.iter().any(|c| c.active && c.spec.name == *name));
+                for c in slots.iter().filter(|c| c.active) {
+                    let fresh = initial_view(&c.spec, c.tracker.state(), &c.tracker);
+                    match s.checks.get_mut(&c.spec.name) {
+                        // Kept: the run results stay, what the spec says is updated.
+                        Some(v) => {
+                            v.display_name = fresh.display_name;
+                            v.pack = fresh.pack;
+                            v.kind = fresh.kind;
+                            v.attempts_needed = fresh.attempts_needed;
+                            v.interval_secs = fresh.interval_secs;
+                            v.if_group = fresh.if_group;
+                            v.handlers = fresh.handlers;
+                            v.error = fresh.error;
+                        }
+                        None => {
+                            s.checks.insert(c.spec.name.clone(), fresh);
+                        }
                     }
                 }
             });
             publish_summary(&gossip, &handle).await;
         }
         let now = Instant::now();
-        for i in 0..checks.len() {
-            if !active[i] || in_flight[i] || next_run[i] > now {
+        for slot in &mut slots {
+            if !slot.active || slot.in_flight || slot.next_run > now {
                 continue;
             }
-            in_flight[i] = true;
-            next_run[i] = now + jittered(checks[i].interval);
-            let (checks, parameters, evaluator, collected, plugins_dir, tx) = (
-                checks.clone(),
+            slot.in_flight = true;
+            slot.next_run = now + jittered(slot.spec.interval);
+            let (i, spec, parameters, evaluator, collected, plugins_dir, tx) = (
+                slot.id,
+                slot.spec.clone(),
                 parameters.clone(),
                 evaluator.clone(),
                 collected.clone(),
@@ -248,18 +296,16 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                 tx.clone(),
             );
             let task = tasks.spawn(async move {
-                let spec = &checks[i];
                 let result = match &spec.kind {
                     _ if spec.error.is_some() => RunResult::unknown(
                         i,
                         format!("UNKNOWN: {}", spec.error.clone().unwrap_or_default()),
                     ),
                     CheckKind::Expression { .. } => {
-                        let checks2 = checks.clone();
+                        let spec = spec.clone();
                         tokio::task::spawn_blocking(move || {
-                            let spec = &checks2[i];
                             let params = parameters.get(&spec.pack).cloned().unwrap_or(Value::Null);
-                            run_expression(i, spec, &evaluator, &collected, &params)
+                            run_expression(i, &spec, &evaluator, &collected, &params)
                         })
                         .await
                         .unwrap_or_else(|e| {
@@ -268,16 +314,17 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                     }
                     CheckKind::Script { script } => {
                         let params = parameters.get(&spec.pack).unwrap_or(&Value::Null);
-                        run_script(i, script, spec, params, &plugins_dir).await
+                        run_script(i, script, &spec, params, &plugins_dir).await
                     }
                 };
                 let _ = tx.send(result).await;
             });
-            task_checks.insert(task.id(), i);
+            task_slots.insert(task.id(), slot.id);
         }
-        let wake = (0..checks.len())
-            .filter(|i| active[*i] && !in_flight[*i])
-            .map(|i| next_run[i])
+        let wake = slots
+            .iter()
+            .filter(|s| s.active && !s.in_flight)
+            .map(|s| s.next_run)
             .min()
             .unwrap_or(now + Duration::from_secs(1))
             // Look at the groups at least every second.
@@ -288,16 +335,19 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                 return;
             }
             Some(result) = rx.recv() => {
-                let i = result.index;
-                in_flight[i] = false;
+                // A check removed by a reload while it ran: its result goes nowhere.
+                let Some(slot) = slots.iter_mut().find(|s| s.id == result.index) else {
+                    continue;
+                };
+                slot.in_flight = false;
                 if !result.perfdata.is_empty() {
                     metrics.ingest(&crate::metrics::perfdata_points(
-                        &checks[i].name,
+                        &slot.spec.name,
                         result.perfdata.iter().map(|p| (p.label.as_str(), p.value)),
                         crate::host::unix_ms() / 1000,
                     ));
                 }
-                if active[i] && apply(&checks[i], &mut trackers[i], result, &handle, &bus) {
+                if slot.active && apply(&slot.spec, &mut slot.tracker, result, &handle, &bus) {
                     publish_summary(&gossip, &handle).await;
                     save_states(&state_file, &handle);
                 }
@@ -305,15 +355,16 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
             Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 match joined {
                     Ok((id, ())) => {
-                        task_checks.remove(&id);
+                        task_slots.remove(&id);
                     }
                     Err(e) => {
                         // A bug, not a check result: report it as UNKNOWN and keep running.
-                        if let Some(i) = task_checks.remove(&e.id()) {
-                            tracing::error!(check = %checks[i].name, error = %e, "check task failed");
-                            in_flight[i] = false;
-                            let failed = RunResult::unknown(i, format!("UNKNOWN: the check task failed: {e}"));
-                            if active[i] && apply(&checks[i], &mut trackers[i], failed, &handle, &bus) {
+                        let id = task_slots.remove(&e.id());
+                        if let Some(slot) = slots.iter_mut().find(|s| Some(s.id) == id) {
+                            tracing::error!(check = %slot.spec.name, error = %e, "check task failed");
+                            slot.in_flight = false;
+                            let failed = RunResult::unknown(slot.id, format!("UNKNOWN: the check task failed: {e}"));
+                            if slot.active && apply(&slot.spec, &mut slot.tracker, failed, &handle, &bus) {
                                 publish_summary(&gossip, &handle).await;
                                 save_states(&state_file, &handle);
                             }
@@ -321,9 +372,25 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                     }
                 }
             }
+            Ok(()) = objects.changed() => {
+                let set = objects.borrow_and_update().clone();
+                let checks: Vec<CheckSpec> = set.checks().cloned().collect();
+                slots = build_slots(&checks, std::mem::take(&mut slots), &saved, &mut next_id);
+                parameters = Arc::new(pack_parameters(&set));
+                views_stale = true;
+                save_states(&state_file, &handle);
+            }
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
     }
+}
+
+/// Pack name → its parameters (`{{parameters.x}}`, `$macro$` defaults).
+fn pack_parameters(set: &opsbro_packs::PackSet) -> HashMap<String, Value> {
+    set.packs
+        .values()
+        .map(|p| (p.name.clone(), p.parameters.clone()))
+        .collect()
 }
 
 /// Record a result; true when it confirmed a change of state.

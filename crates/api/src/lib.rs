@@ -21,14 +21,23 @@ pub mod routes {
     pub const AGENT_STOP: &str = "/agent/stop";
     /// `PUT` adds, `DELETE` removes a static group (live, persisted); answers the static groups.
     pub const AGENT_GROUP: &str = "/agent/groups/{group}";
+    /// `POST`: re-read `agent.yml`, the local objects and the packs; answers
+    /// [`super::ReloadReport`] (also what SIGHUP does).
+    pub const AGENT_RELOAD: &str = "/agent/reload";
     /// `GET`: the agent's metrics in Prometheus (OpenMetrics) text format.
     pub const METRICS: &str = "/metrics";
+    /// `GET` (`?level=info`): the agent's log lines as they are logged, one
+    /// [`super::LogLine`] JSON per line (NDJSON), until the client goes away.
+    pub const AGENT_LOG_FOLLOW: &str = "/agent/log/follow";
     /// `GET` (never needs the token): [`super::AuthInfo`], where the token file is.
     pub const AGENT_AUTH: &str = "/agent/auth";
     /// `GET`: this list of routes ([`super::RouteInfo`] list), same as [`API`].
     pub const INDEX: &str = "/";
     /// `GET`: every route of this API ([`super::RouteInfo`] list, from [`super::ROUTES`]).
     pub const API: &str = "/api";
+    /// `GET`: a snapshot of this node's data (every store tree and the small data-dir files),
+    /// streamed in the `opsbro agent snapshot` format (`application/octet-stream`).
+    pub const AGENT_SNAPSHOT: &str = "/agent/snapshot";
 }
 
 /// One route of the API as documented in [`ROUTES`].
@@ -74,6 +83,11 @@ pub const ROUTES: &[RouteDoc] = {
         ),
         doc("POST", r::AGENT_STOP, "stop the agent gracefully"),
         doc(
+            "POST",
+            r::AGENT_RELOAD,
+            "re-read agent.yml, local objects and packs without a restart (as SIGHUP)",
+        ),
+        doc(
             "PUT",
             r::AGENT_GROUP,
             "add a static group (live, kept across restarts)",
@@ -83,6 +97,11 @@ pub const ROUTES: &[RouteDoc] = {
             "GET",
             r::METRICS,
             "the agent's metrics in Prometheus text format",
+        ),
+        doc(
+            "GET",
+            r::AGENT_LOG_FOLLOW,
+            "the agent's log lines as they come (NDJSON, ?level=), until the client goes away",
         ),
         doc("GET", g::MEMBERS, "every known cluster member"),
         doc("GET", g::HISTORY, "membership changes, oldest first"),
@@ -144,6 +163,21 @@ pub const ROUTES: &[RouteDoc] = {
         ),
         doc("PUT", kv::KEY, "write a key (?cas=, ?ttl=)"),
         doc("DELETE", kv::KEY, "delete a key (?cas=)"),
+        doc(
+            "GET",
+            kv::EXPORT,
+            "one page of every key with its versions, tombstones included (?prefix=, ?after=)",
+        ),
+        doc(
+            "POST",
+            kv::IMPORT,
+            "merge exported entries (NDJSON body, ?line=) by version: newer copies stay",
+        ),
+        doc(
+            "GET",
+            r::AGENT_SNAPSHOT,
+            "a snapshot of this node's stores and data-dir files (a stream)",
+        ),
         doc("GET", m::RENDER, "graphite-web render: values of targets"),
         doc("POST", m::RENDER, "graphite-web render (form)"),
         doc("GET", m::FIND, "graphite-web find: series and branches"),
@@ -177,6 +211,27 @@ pub struct LogCounts {
     pub warnings: u64,
 }
 
+/// One line of `GET /agent/log/follow` (NDJSON: one JSON object per line; a blank line is sent
+/// every 15 s while nothing is logged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When it was logged (Unix milliseconds).
+    pub time_ms: u64,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
+    pub level: String,
+    /// Where it comes from (the Rust module path, e.g. `opsbro_agent::gossip`).
+    pub target: String,
+    /// The message followed by its fields (`member discovered node=web-1 ...`).
+    pub message: String,
+    /// Lines this reader missed because it fell behind (only on the line saying so).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Answer of `GET /agent/auth`: how to get the API token of this agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthInfo {
@@ -199,6 +254,23 @@ pub struct ErrorBody {
     pub error: String,
     /// The HTTP status code, repeated for clients that only see the body.
     pub status: u16,
+}
+
+/// Answer of `POST /agent/reload`: what a reload applied, what it could not, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// True when the new configuration and objects are in use (nothing was refused).
+    pub applied: bool,
+    /// What changed, one line per kind (`checks: +1 added, 1 changed, 1 removed`).
+    pub changes: Vec<String>,
+    /// Settings that changed in the file but only take effect at the next start
+    /// (`port: 6768 -> 6769`).
+    pub restart_needed: Vec<String>,
+    /// Why the reload was refused (configuration or object errors, with file and line); the
+    /// previous good version keeps running.
+    pub errors: Vec<String>,
+    /// Problems that did not stop the reload (pack warnings).
+    pub warnings: Vec<String>,
 }
 
 /// Answer of `POST /agent/stop`.
@@ -1285,6 +1357,15 @@ pub mod kv {
     /// `modify_index` passes N; `?locate` answers [`Location`]), `PUT` (body = value;
     /// `?cas=INDEX`, `?ttl=30s`; answers [`Written`]), `DELETE` ([`Written`]).
     pub const KEY: &str = "/kv/{*key}";
+    /// `GET`: one page of a whole-cluster export ([`ExportPage`]): every entry with its
+    /// versions, tombstones included, newest copy of each key, in key order; `?prefix=P`,
+    /// `?after=KEY` (the previous page's `next`). A page some keys could be missing from (too
+    /// many nodes silent) is refused with 503, never answered short.
+    pub const EXPORT: &str = "/kv-backup/export";
+    /// `POST`: merge exported entries by version (body: [`ExportEntry`] lines, NDJSON, at most
+    /// [`crate::MAX_BODY_BYTES`]; `?line=N`: the file line number of the first body line, for
+    /// the error messages); answers [`ImportAnswer`].
+    pub const IMPORT: &str = "/kv-backup/import";
 
     /// A key and its value.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1332,5 +1413,235 @@ pub mod kv {
         pub key: String,
         /// Owners, coordinator first.
         pub owners: Vec<Owner>,
+    }
+
+    /// The format name in an export's first line ([`ExportHeader::format`]) and last line
+    /// ([`ExportFooter::end`]).
+    pub const EXPORT_FORMAT: &str = "opsbro-kv-export";
+    /// The export format version this build writes and reads (a future format bumps it, so
+    /// an old importer refuses a file it would misread).
+    pub const EXPORT_VERSION: u32 = 1;
+
+    /// First line of an export (`opsbro kv export`): one JSON object per line (NDJSON), then
+    /// one [`ExportEntry`] per line, then an [`ExportFooter`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ExportHeader {
+        /// Always [`EXPORT_FORMAT`].
+        pub format: String,
+        /// [`EXPORT_VERSION`] when written.
+        pub version: u32,
+        /// When the export started (ms since the Unix epoch).
+        pub created_ms: u64,
+        /// Name of the node that gathered it.
+        #[serde(default)]
+        pub source: String,
+        /// The key prefix exported (empty: every key).
+        #[serde(default)]
+        pub prefix: String,
+    }
+
+    /// One entry of an export, with the versions that decide which copy wins on import.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ExportEntry {
+        /// Key.
+        pub key: String,
+        /// Value, standard base64 (any bytes round-trip).
+        pub value: String,
+        /// Version of the last write (a hybrid-logical-clock stamp).
+        pub modify_index: u64,
+        /// Version of the write that created the key.
+        pub create_index: u64,
+        /// A delete (tombstone): importing it deletes an older copy.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub deleted: bool,
+        /// Expiry (ms since the Unix epoch) of a key written with a TTL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub expires_ms: Option<u64>,
+    }
+
+    /// Last line of an export: a file without it was cut short.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ExportFooter {
+        /// Always [`EXPORT_FORMAT`].
+        pub end: String,
+        /// Entry lines in the file.
+        pub entries: u64,
+    }
+
+    /// One line of an export file, told apart by its fields (`key`, `end` or `format`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ExportLine {
+        /// The first line.
+        Header(ExportHeader),
+        /// An entry.
+        Entry(ExportEntry),
+        /// The last line.
+        Footer(ExportFooter),
+    }
+
+    impl ExportLine {
+        /// Parse one line (without its newline); the error says what is wrong with it.
+        pub fn parse(line: &str) -> Result<ExportLine, String> {
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+            let Some(object) = value.as_object() else {
+                return Err("not a JSON object".to_owned());
+            };
+            let shape = |e: serde_json::Error| e.to_string();
+            if object.contains_key("key") {
+                serde_json::from_value(value)
+                    .map(ExportLine::Entry)
+                    .map_err(shape)
+            } else if object.contains_key("end") {
+                serde_json::from_value(value)
+                    .map(ExportLine::Footer)
+                    .map_err(shape)
+            } else if object.contains_key("format") {
+                serde_json::from_value(value)
+                    .map(ExportLine::Header)
+                    .map_err(shape)
+            } else {
+                Err("neither an entry (`key`), a header (`format`) nor an end line (`end`)".into())
+            }
+        }
+
+        /// The line as JSON text (no newline).
+        pub fn to_line(&self) -> String {
+            let text = match self {
+                ExportLine::Header(h) => serde_json::to_string(h),
+                ExportLine::Entry(e) => serde_json::to_string(e),
+                ExportLine::Footer(f) => serde_json::to_string(f),
+            };
+            // Plain structs of strings and numbers always serialize.
+            text.unwrap_or_default()
+        }
+    }
+
+    impl ExportHeader {
+        /// Why this build cannot read a file with this header, if it cannot.
+        pub fn check(&self) -> Result<(), String> {
+            if self.format != EXPORT_FORMAT {
+                return Err(format!(
+                    "not an opsbro KV export (format `{}`, expected `{EXPORT_FORMAT}`)",
+                    self.format
+                ));
+            }
+            if self.version != EXPORT_VERSION {
+                return Err(format!(
+                    "export format version {} is not supported by this opsbro (it reads version {EXPORT_VERSION})",
+                    self.version
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    /// Answer of `GET /kv-backup/export`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ExportPage {
+        /// Entries in key order.
+        pub entries: Vec<ExportEntry>,
+        /// Ask again with `?after=` this key; none: this was the last page.
+        pub next: Option<String>,
+    }
+
+    /// A rejected line of an import.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LineError {
+        /// Line number in the file (the first line is 1).
+        pub line: u64,
+        /// What is wrong.
+        pub error: String,
+    }
+
+    /// Answer of `POST /kv-backup/import`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ImportAnswer {
+        /// Entries the cluster now holds at the version of the file (written, or already
+        /// there at that version).
+        pub imported: u64,
+        /// Entries left alone: the cluster holds a newer version of the key.
+        pub skipped_older: u64,
+        /// Lines refused (malformed, bad key, implausible version, not enough owners).
+        pub errors: Vec<LineError>,
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn export_lines_round_trip_and_are_told_apart() {
+            let header = ExportLine::Header(ExportHeader {
+                format: EXPORT_FORMAT.into(),
+                version: EXPORT_VERSION,
+                created_ms: 1_700_000_000_000,
+                source: "alpha".into(),
+                prefix: String::new(),
+            });
+            let entry = ExportLine::Entry(ExportEntry {
+                key: "app/ключ".into(),
+                value: "AP8=".into(),
+                modify_index: 111_411_200_000_000_000,
+                create_index: 7,
+                deleted: false,
+                expires_ms: Some(1_700_000_060_000),
+            });
+            let tombstone = ExportLine::Entry(ExportEntry {
+                key: "gone".into(),
+                value: String::new(),
+                modify_index: 9,
+                create_index: 9,
+                deleted: true,
+                expires_ms: None,
+            });
+            let footer = ExportLine::Footer(ExportFooter {
+                end: EXPORT_FORMAT.into(),
+                entries: 2,
+            });
+            for line in [header, entry, tombstone, footer] {
+                let text = line.to_line();
+                assert!(!text.contains('\n'), "one line: {text}");
+                assert_eq!(ExportLine::parse(&text), Ok(line));
+            }
+            // Defaults keep entry lines short: no `deleted: false`, no `expires_ms: null`.
+            let plain = r#"{"key":"k","value":"","modify_index":2,"create_index":1}"#;
+            let ExportLine::Entry(e) = ExportLine::parse(plain).expect("entry") else {
+                panic!("not an entry");
+            };
+            assert_eq!(ExportLine::Entry(e).to_line(), plain);
+        }
+
+        #[test]
+        fn bad_lines_say_what_is_wrong() {
+            let err = |line: &str| ExportLine::parse(line).expect_err(line);
+            assert!(err("{\"key\": \"k\"").starts_with("not JSON"));
+            assert_eq!(err("[1]"), "not a JSON object");
+            assert!(err(r#"{"key":"k","value":"","create_index":1}"#).contains("modify_index"));
+            assert!(
+                err(r#"{"key":"k","value":"","modify_index":-1,"create_index":1}"#)
+                    .contains("invalid value")
+            );
+            assert!(err(r#"{"hello":1}"#).contains("neither"));
+            let ExportLine::Header(future) =
+                ExportLine::parse(r#"{"format":"opsbro-kv-export","version":2,"created_ms":0}"#)
+                    .expect("header")
+            else {
+                panic!("not a header");
+            };
+            assert!(future.check().expect_err("v2").contains("version 2"));
+            let ExportLine::Header(other) =
+                ExportLine::parse(r#"{"format":"consul","version":1,"created_ms":0}"#)
+                    .expect("header")
+            else {
+                panic!("not a header");
+            };
+            assert!(
+                other
+                    .check()
+                    .expect_err("consul")
+                    .contains("not an opsbro KV export")
+            );
+        }
     }
 }

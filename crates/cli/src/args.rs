@@ -110,6 +110,18 @@ pub enum Command {
 pub enum AgentCommand {
     /// Run the agent in the foreground (use the init.d script or systemd unit to run it in the background).
     Start(StartArgs),
+    /// Re-read agent.yml, the local objects and the packs without a restart (as SIGHUP): checks,
+    /// handlers, detectors and generators are added, changed and removed, check states kept;
+    /// settings that need a restart are listed; a broken file keeps the previous version.
+    /// Exit 1 when the reload was refused.
+    Reload {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or edit agent.yml (comments kept, each change noted in a comment), then reload.
+    #[command(subcommand)]
+    Parameters(ParametersCommand),
     /// Ask the running agent to stop gracefully, and wait until it has.
     Stop {
         /// Seconds to wait for the agent to exit.
@@ -144,6 +156,12 @@ pub enum AgentCommand {
     /// Change this node's static groups live (kept in the data dir across restarts).
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// Save or restore a snapshot of this node's data (KV entries, time series, check states).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// The agent's log.
+    #[command(subcommand)]
+    Log(LogCommand),
 }
 
 /// Values `opsbro agent print` shows.
@@ -155,6 +173,55 @@ pub enum PrintWhat {
     LocalAddr,
     /// The address announced to the other nodes.
     PublicAddr,
+}
+
+/// `opsbro agent log ...`
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Print the agent's log lines as they are logged, until Ctrl-C.
+    Follow {
+        /// Least severe level shown: trace, debug, info, warn or error (lines below the
+        /// agent's own log_level are never logged).
+        #[arg(long, value_name = "L")]
+        level: Option<String>,
+        /// Print each line as the agent sends it (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `opsbro agent snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a snapshot of this node's data, taken while the agent runs: every store tree (this
+    /// node's KV entries, the time series) and the small data-dir files (check states, static
+    /// groups). FILE is written whole or not at all (mode 0600).
+    Save {
+        /// Where to write it.
+        file: PathBuf,
+    },
+    /// Restore a snapshot into the data dir of a stopped agent (refused while an agent runs on
+    /// it), then start the agent. The node keeps the snapshot's uuid unless --new-uuid.
+    Restore {
+        /// The snapshot.
+        file: PathBuf,
+        /// Data directory to restore into [default: `data_dir` of the configuration file, else
+        /// the agent's default].
+        #[arg(long, env = "OPSBRO_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Configuration file to read `data_dir` from [default: /etc/opsbro/agent.yml when it
+        /// exists].
+        #[arg(long, env = "OPSBRO_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Give the restored node a new uuid (a copy of a node on another host, while the
+        /// original may still run).
+        #[arg(long)]
+        new_uuid: bool,
+        /// Replace the store already in the data dir, and take the snapshot's uuid even if the
+        /// data dir belongs to another node.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `opsbro agent groups ...`
@@ -172,8 +239,58 @@ pub enum GroupsCommand {
     },
 }
 
+/// `opsbro agent parameters ...`: agent.yml keys by their dotted name (`dns.port`).
+#[derive(Debug, Subcommand)]
+pub enum ParametersCommand {
+    /// Print every key set in the file, `name: value` (dotted names for sections).
+    Show {
+        /// The configuration file.
+        #[arg(long, env = "OPSBRO_CONFIG", default_value = opsbro_config::DEFAULT_CONFIG_PATH, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the value of one key (exit 2 when the file does not set it).
+    Get {
+        /// The key (`zone`, `dns.port`).
+        name: String,
+        /// The configuration file.
+        #[arg(long, env = "OPSBRO_CONFIG", default_value = opsbro_config::DEFAULT_CONFIG_PATH, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Set a key that is not a list (use add/remove for lists), check the new file, save it
+    /// and reload the agent.
+    Set {
+        /// The key (`zone`, `dns.port`).
+        name: String,
+        /// The value, as YAML (`true`, `8600`, `eu-west`).
+        value: String,
+        /// The configuration file.
+        #[arg(long, env = "OPSBRO_CONFIG", default_value = opsbro_config::DEFAULT_CONFIG_PATH, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Add a value to a list key (`groups`, `seeds`, `packs_dirs`...), then reload.
+    Add {
+        /// The list key.
+        name: String,
+        /// The value to add.
+        value: String,
+        /// The configuration file.
+        #[arg(long, env = "OPSBRO_CONFIG", default_value = opsbro_config::DEFAULT_CONFIG_PATH, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Remove a value from a list key, then reload.
+    Remove {
+        /// The list key.
+        name: String,
+        /// The value to remove.
+        value: String,
+        /// The configuration file.
+        #[arg(long, env = "OPSBRO_CONFIG", default_value = opsbro_config::DEFAULT_CONFIG_PATH, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
 /// Options of `opsbro agent start`; each one overrides the configuration file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StartArgs {
     /// Configuration file [default: /etc/opsbro/agent.yml when it exists].
     #[arg(long, env = "OPSBRO_CONFIG", value_name = "FILE")]
@@ -631,6 +748,22 @@ pub enum KvCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write every key of the cluster with its versions (tombstones and TTLs included), one
+    /// JSON object per line, for `kv import`. Fails (exit 1) rather than write a partial export.
+    Export {
+        /// Only keys under this prefix.
+        prefix: Option<String>,
+        /// Write to FILE, whole or not at all, instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Merge an export into the cluster: a key is replaced only by a newer version, so an old
+    /// export never overwrites newer writes. Bad lines are reported with their number (exit 2)
+    /// and the others imported.
+    Import {
+        /// The export file [default: standard input].
+        file: Option<PathBuf>,
     },
 }
 

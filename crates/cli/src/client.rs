@@ -146,9 +146,63 @@ impl Client {
         self.decode(&bytes)
     }
 
+    /// `POST path` with a body of `content_type`, decoded as `T`.
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<T, CliError> {
+        let bytes = self
+            .send_raw(Method::POST, path, Some((content_type, body)))
+            .await?;
+        self.decode(&bytes)
+    }
+
     /// `GET path`, the answer's bytes as they are.
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CliError> {
         self.send_raw(Method::GET, path, None).await
+    }
+
+    /// `GET path` for an answer that does not end (`agent log follow`): the response once its
+    /// status is a success, for the caller to read chunk by chunk, with no overall time limit.
+    pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, CliError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| CliError::Other(e.into()))?;
+        let url = format!("{}{path}", self.base);
+        let send = || async {
+            let mut request = http.get(&url);
+            if let Some(token) = self.token() {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.map_err(|e| self.transport_error(e))
+        };
+        let mut response = send().await?;
+        // As in `send_raw`: a 401 means look the token up and try once more.
+        let mut why = None;
+        if response.status() == StatusCode::UNAUTHORIZED && !self.explicit && self.token().is_none()
+        {
+            match self.discover_token().await {
+                Ok(()) => response = send().await?,
+                Err(w) => why = Some(w),
+            }
+        }
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        let message = error_message(&bytes);
+        Err(CliError::Api {
+            addr: self.addr.clone(),
+            status: status.as_u16(),
+            message: match why {
+                Some(w) => format!("{message} ({w})"),
+                None => message,
+            },
+        })
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str) -> Result<T, CliError> {

@@ -37,12 +37,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Agent(AgentCommand::Start(args)) => {
-            let config = agent::load_config(&args, cli.token)?;
+            let config = agent::load_config(&args, cli.token.clone())?;
             // One pass prints its report: only problems are logged, unless asked otherwise.
             let quiet = args.one_shot && args.log_level.is_none();
+            // A one-shot pass reports on stdout; it does not write the agent's log file.
+            let log_file = match &config.log_file {
+                Some(path) if !args.one_shot => Some(open_log_file(path, config.log_keep_days)?),
+                _ => None,
+            };
             init_tracing(
                 args.log_level.is_some() || quiet,
                 if quiet { "warn" } else { &config.log_level },
+                log_file,
             );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -53,10 +59,28 @@ fn run(cli: Cli) -> Result<(), CliError> {
             if args.one_shot {
                 runtime.block_on(agent::start_once(config, args.json))
             } else {
-                runtime.block_on(agent::start(config))
+                // A reload reads the same file with the same flags again.
+                let token = cli.token.clone();
+                let loader: opsbro_agent::reload::ConfigLoader = std::sync::Arc::new(move || {
+                    agent::load_config(&args, token.clone()).map_err(|e| e.to_string())
+                });
+                runtime.block_on(agent::start(config, loader))
             }
         }
         Command::Agent(AgentCommand::Keygen) => agent::keygen(),
+        // Offline: the agent is stopped, no API to talk to.
+        Command::Agent(AgentCommand::Snapshot(opsbro_cli::args::SnapshotCommand::Restore {
+            file,
+            data_dir,
+            config,
+            new_uuid,
+            force,
+        })) => opsbro_cli::commands::snapshot::restore(
+            &file,
+            data_dir,
+            config,
+            opsbro_agent::snapshot::RestoreOptions { new_uuid, force },
+        ),
         Command::Completions { shell } => {
             // clap_complete panics on a failed write: write the script ourselves so a reader
             // that stops early (`| head`) ends it quietly.
@@ -158,6 +182,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         kv::wait_exists(&client, &key, timeout).await
                     }
                     KvCommand::Locate { key, json } => kv::locate(&client, &key, json).await,
+                    KvCommand::Export { prefix, output } => {
+                        kv::export(&client, prefix, output).await
+                    }
+                    KvCommand::Import { file } => kv::import(&client, file).await,
                 }
             })
         }
@@ -299,8 +327,24 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     AgentCommand::Groups(GroupsCommand::Remove { group }) => {
                         agent::groups(&client, &group, false).await
                     }
+                    AgentCommand::Log(opsbro_cli::args::LogCommand::Follow { level, json }) => {
+                        opsbro_cli::commands::log::follow(&client, level, json).await
+                    }
                     AgentCommand::Print { what } => agent::print(&client, what).await,
-                    AgentCommand::Start(_) | AgentCommand::Keygen => unreachable!("handled above"),
+                    AgentCommand::Reload { json } => {
+                        opsbro_cli::commands::parameters::reload(&client, json).await
+                    }
+                    AgentCommand::Parameters(command) => {
+                        opsbro_cli::commands::parameters::parameters(&client, command).await
+                    }
+                    AgentCommand::Snapshot(opsbro_cli::args::SnapshotCommand::Save { file }) => {
+                        opsbro_cli::commands::snapshot::save(&client, &file).await
+                    }
+                    AgentCommand::Start(_)
+                    | AgentCommand::Keygen
+                    | AgentCommand::Snapshot(opsbro_cli::args::SnapshotCommand::Restore {
+                        ..
+                    }) => unreachable!("handled above"),
                 }
             })
         }
@@ -343,9 +387,33 @@ fn client_runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Other(e.into()))
 }
 
-/// Logs go to stderr. Level: `--log-level`/`OPSBRO_LOG_LEVEL` first, then `RUST_LOG` (full
-/// filter syntax), then `log_level` from the file, then info.
-fn init_tracing(level_from_flag: bool, level: &str) {
+/// `log_file`, rotated daily and kept `keep` days; `FORCE_LOG_ROTATION_PERIOD` (seconds, as the
+/// original opsbro) rotates it that often instead, for tests.
+fn open_log_file(
+    path: &std::path::Path,
+    keep: u32,
+) -> Result<opsbro_agent::logfile::RotatingFile, CliError> {
+    let period = std::env::var("FORCE_LOG_ROTATION_PERIOD")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(std::time::Duration::from_secs);
+    opsbro_agent::logfile::RotatingFile::open(path, keep, period).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot open the log file {} ({e}): fix `log_file` or the directory's permissions",
+            path.display()
+        ))
+    })
+}
+
+/// Logs go to stderr, to `log_file` when set, and to `agent log follow` readers. Level:
+/// `--log-level`/`OPSBRO_LOG_LEVEL` first, then `RUST_LOG` (full filter syntax), then `log_level`
+/// from the file, then info.
+fn init_tracing(
+    level_from_flag: bool,
+    level: &str,
+    log_file: Option<opsbro_agent::logfile::RotatingFile>,
+) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -365,6 +433,12 @@ fn init_tracing(level_from_flag: bool, level: &str) {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
+        .with(log_file.map(|file| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(file)
+                .with_ansi(false)
+        }))
         .with(opsbro_agent::logcount::CountingLayer)
+        .with(opsbro_agent::logstream::StreamLayer)
         .init();
 }

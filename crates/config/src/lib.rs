@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod edit;
 mod lines;
 pub mod raw;
 
@@ -34,6 +35,8 @@ pub const DEFAULT_DNS_PORT: u16 = 6766;
 pub const DEFAULT_ZONE: &str = "internet";
 /// Where Debian's `monitoring-plugins` install the nagios plugins.
 pub const DEFAULT_NAGIOS_PLUGINS_DIR: &str = "/usr/lib/nagios/plugins";
+/// Rotated log files kept by default (`log_keep_days`).
+pub const DEFAULT_LOG_KEEP_DAYS: u32 = 7;
 /// The configuration file read when none is named and it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/opsbro/agent.yml";
 /// The log levels `log_level` accepts.
@@ -226,6 +229,10 @@ pub struct Config {
     pub templates_dir: Option<PathBuf>,
     /// `log_level`.
     pub log_level: Option<String>,
+    /// `log_file`.
+    pub log_file: Option<PathBuf>,
+    /// `log_keep_days`.
+    pub log_keep_days: Option<u32>,
     /// `gossip:` tuning.
     pub gossip: GossipTuning,
     /// `auto_detect`.
@@ -546,6 +553,10 @@ pub struct AgentConfig {
     pub templates_dir: Option<PathBuf>,
     /// Log level (trace|debug|info|warn|error).
     pub log_level: String,
+    /// A file the log lines also go to, rotated daily (`<file>.YYYY-MM-DD`).
+    pub log_file: Option<PathBuf>,
+    /// How many rotated log files (days) are kept.
+    pub log_keep_days: u32,
     /// Gossip protocol tuning.
     pub gossip: GossipTuning,
     /// Find a cluster on the LAN by broadcast at start.
@@ -786,6 +797,8 @@ impl Config {
             objects_dirs,
             templates_dir,
             log_level,
+            log_file,
+            log_keep_days,
             gossip,
             auto_detect,
             insecure_plaintext_gossip,
@@ -922,6 +935,23 @@ impl Config {
             objects_dirs: v.take("objects_dirs", objects_dirs),
             templates_dir: v.take("templates_dir", templates_dir),
             log_level: v.take_with("log_level", log_level, check_log_level),
+            log_file: v.take_with("log_file", log_file, |p| {
+                if p.is_absolute() && p.file_name().is_some() {
+                    Ok(p)
+                } else {
+                    Err(format!(
+                        "`{}` must be the absolute path of a file",
+                        p.display()
+                    ))
+                }
+            }),
+            log_keep_days: v.take_with("log_keep_days", log_keep_days, |d| {
+                if (1..=3650).contains(&d) {
+                    Ok(d)
+                } else {
+                    Err(format!("{d} is outside 1..3650"))
+                }
+            }),
             gossip,
             auto_detect: v.take("auto_detect", auto_detect),
             insecure_plaintext_gossip: v
@@ -1305,6 +1335,8 @@ impl Config {
                 .log_level
                 .or(self.log_level)
                 .unwrap_or_else(|| "info".to_owned()),
+            log_file: self.log_file,
+            log_keep_days: self.log_keep_days.unwrap_or(DEFAULT_LOG_KEEP_DAYS),
             gossip: self.gossip,
             auto_detect: overrides.auto_detect || self.auto_detect.unwrap_or(false),
             nagios_plugins_dir: self

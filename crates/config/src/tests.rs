@@ -450,3 +450,34 @@ fn a_tab_in_the_indentation_is_named_in_the_error() {
     assert_eq!(errs.0[0].line, Some(3), "{errs}");
     assert!(errs.0[0].message.contains("indented with a tab"), "{errs}");
 }
+
+#[test]
+fn log_file_and_retention_are_read_and_checked_with_lines() {
+    let c = Config::from_yaml(
+        "log_file: /var/log/opsbro/agent.log\nlog_keep_days: 30\n",
+        "agent.yml",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.log_file.as_deref(),
+        Some(Path::new("/var/log/opsbro/agent.log"))
+    );
+    assert_eq!(c.log_keep_days, Some(30));
+    let resolved = Config::default()
+        .resolve(Overrides::default(), &host(0))
+        .expect("defaults");
+    assert_eq!(resolved.log_file, None);
+    assert_eq!(resolved.log_keep_days, DEFAULT_LOG_KEEP_DAYS);
+    let errs = Config::from_yaml(
+        "node_name: a\nlog_file: agent.log\nlog_keep_days: 0\n",
+        "f.yml",
+    )
+    .expect_err("invalid");
+    let keys: Vec<(&str, Option<usize>)> =
+        errs.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        keys,
+        [("log_file", Some(2)), ("log_keep_days", Some(3))],
+        "{errs}"
+    );
+}

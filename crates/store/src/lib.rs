@@ -80,7 +80,11 @@ fn page(
     Ok((out, false))
 }
 
+/// A (key, value) pair of a tree as raw bytes ([`SledStore::raw_items`]).
+pub type RawItem = (Vec<u8>, Vec<u8>);
+
 /// sled, one tree.
+#[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
@@ -105,6 +109,33 @@ impl SledStore {
             db: self.db.clone(),
             tree: self.db.open_tree(name)?,
         })
+    }
+
+    /// The names of every tree of the database (sled's own default tree included), sorted:
+    /// what a snapshot of the whole database walks.
+    pub fn tree_names(&self) -> Vec<Vec<u8>> {
+        let mut names: Vec<Vec<u8>> = self.db.tree_names().iter().map(|n| n.to_vec()).collect();
+        names.sort();
+        names
+    }
+
+    /// Every (key, value) of the tree `name` as raw bytes, in key order, read lazily. Each
+    /// pair is whole, but the walk is not a point-in-time view: a write made during the walk
+    /// may or may not be seen.
+    pub fn raw_items(
+        &self,
+        name: &[u8],
+    ) -> Result<impl Iterator<Item = Result<RawItem, StoreError>> + use<>, StoreError> {
+        Ok(self.db.open_tree(name)?.iter().map(|kv| {
+            kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(StoreError::from)
+        }))
+    }
+
+    /// Set `key` in the tree `name` (created when missing), as raw bytes: restoring a snapshot.
+    pub fn raw_insert(&self, name: &[u8], key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db.open_tree(name)?.insert(key, value)?;
+        Ok(())
     }
 }
 

@@ -136,7 +136,8 @@ fn local_object_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
     dirs
 }
 
-fn host_facts() -> HostFacts {
+/// This host as the configuration defaults see it (hostname, euid, XDG dirs).
+pub(crate) fn host_facts() -> HostFacts {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_owned())
@@ -154,8 +155,11 @@ fn host_facts() -> HostFacts {
 }
 
 /// `opsbro agent start`: run the agent in the foreground until it is stopped.
-pub async fn start(config: opsbro_config::AgentConfig) -> Result<(), CliError> {
-    opsbro_agent::run(config, CancellationToken::new())
+pub async fn start(
+    config: opsbro_config::AgentConfig,
+    loader: opsbro_agent::reload::ConfigLoader,
+) -> Result<(), CliError> {
+    opsbro_agent::run_with_reload(config, loader, CancellationToken::new())
         .await
         .map_err(|e| match e {
             // A configuration that would open the cluster: a configuration error (exit 2).

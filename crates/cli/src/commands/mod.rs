@@ -8,9 +8,12 @@ pub mod events;
 pub mod generators;
 pub mod gossip;
 pub mod kv;
+pub mod log;
 pub mod metrics;
 pub mod monitoring;
 pub mod packs;
+pub mod parameters;
+pub mod snapshot;
 
 use std::time::Duration;
 
