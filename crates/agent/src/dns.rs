@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::gossip::Peer;
+use crate::membership::Peer;
 
 fn directory(peers: &[Peer]) -> Vec<Node> {
     use opsbro_gossip::MemberState;

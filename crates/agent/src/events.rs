@@ -9,28 +9,85 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use opsbro_api::events::{CheckChanged, GroupAction, GroupChanged, NodeChanged, Payload};
 use opsbro_checks::notify::Notification;
-use serde_json::Value;
 use tokio::sync::broadcast;
+
+pub use opsbro_api::events::CHANNELS;
 
 /// Events kept for a subscriber that is behind.
 const CAPACITY: usize = 4096;
 
-/// Every channel, in the order `opsbro events watch --help` lists them.
-pub const CHANNELS: [&str; 5] = ["node", "group", "check", "kv", "event"];
-
 /// One event.
 #[derive(Debug)]
 pub struct Event {
-    /// One of [`CHANNELS`].
-    pub channel: &'static str,
-    /// What happened, as sent to websocket clients.
-    pub payload: Value,
+    /// What happened (its channel is its kind), as sent to websocket clients.
+    pub payload: Payload,
     /// Unix milliseconds.
     pub time_ms: u64,
     /// What handlers are told, for the events they may act on (a member becoming suspect, or a
     /// check's first OK after start, is not news for a mail).
     pub notification: Option<Notification>,
+}
+
+impl Event {
+    /// One of [`CHANNELS`].
+    pub fn channel(&self) -> &'static str {
+        self.payload.channel()
+    }
+
+    /// The stream's frame for this event.
+    pub fn frame(&self) -> opsbro_api::events::Frame {
+        opsbro_api::events::Frame {
+            time_ms: self.time_ms,
+            event: self.payload.clone(),
+        }
+    }
+}
+
+/// A notification as the stream shows it.
+fn payload_of(n: &Notification) -> Payload {
+    match n {
+        Notification::Check {
+            name,
+            display_name,
+            pack,
+            state,
+            old_state,
+            output,
+            long_output,
+        } => Payload::Check(CheckChanged {
+            name: name.clone(),
+            display_name: display_name.clone(),
+            pack: pack.clone(),
+            state: state.as_str().into(),
+            old_state: old_state.as_str().into(),
+            state_id: state.state_id(),
+            output: output.clone(),
+            long_output: long_output.clone(),
+        }),
+        Notification::Group { group, added } => Payload::Group(GroupChanged {
+            group: group.clone(),
+            action: if *added {
+                GroupAction::Add
+            } else {
+                GroupAction::Remove
+            },
+        }),
+        Notification::Node {
+            name,
+            uuid,
+            addr,
+            state,
+            old_state,
+        } => Payload::Node(NodeChanged {
+            name: name.clone(),
+            uuid: uuid.clone(),
+            addr: addr.clone(),
+            state: state.clone(),
+            old_state: old_state.clone(),
+        }),
+    }
 }
 
 /// Bus counters.
@@ -63,15 +120,9 @@ impl Default for EventBus {
 
 impl EventBus {
     /// Publish an event (nobody listening is fine).
-    pub fn publish(
-        &self,
-        channel: &'static str,
-        payload: Value,
-        notification: Option<Notification>,
-    ) {
+    pub fn publish(&self, payload: Payload, notification: Option<Notification>) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         let event = Arc::new(Event {
-            channel,
             payload,
             time_ms: crate::host::unix_ms(),
             notification,
@@ -85,10 +136,7 @@ impl EventBus {
     /// Publish a notification on its channel (`check`, `group`, `node`); handlers see it when
     /// `for_handlers`, websocket clients always.
     pub fn notify(&self, n: Notification, for_handlers: bool) {
-        // EventKind names are the channel names.
-        let channel = n.kind().as_str();
-        let payload = n.payload();
-        self.publish(channel, payload, for_handlers.then_some(n));
+        self.publish(payload_of(&n), for_handlers.then_some(n));
     }
 
     /// Receive the events that carry a notification (handlers), on their own channel.

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collect::CollectedData;
 use crate::events::{Event, EventBus};
-use crate::gossip::Peer;
 use crate::kv::KvHandle;
+use crate::membership::Peer;
 
 /// Changes closer together than this make one render.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -748,8 +748,11 @@ pub async fn run(setup: GeneratorsSetup, shutdown: CancellationToken) {
                     changed = true;
                 }
                 e = events.recv() => match e {
-                    Ok(ev) if ev.channel == "kv" => {
-                        let key = ev.payload["key"].as_str().unwrap_or_default();
+                    Ok(ev) if ev.channel() == "kv" => {
+                        let key = match &ev.payload {
+                            opsbro_api::events::Payload::Kv(k) => k.key.as_str(),
+                            _ => "",
+                        };
                         for (i, g) in gens.iter().enumerate() {
                             if g.keys.contains(key) {
                                 due[i] = true;

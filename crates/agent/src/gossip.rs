@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::{self, open, read_frame, write_frame};
+use crate::membership::Peer;
 use crate::status::Status;
 
 /// Kind byte of a cluster TCP frame carrying a push-pull (2 and 3 are the KV store's).
@@ -285,9 +286,6 @@ pub struct GossipSetup {
     pub membership: tokio::sync::watch::Sender<Arc<Vec<Peer>>>,
     /// Probe round-trip times and suspicions for `/metrics`.
     pub telemetry: crate::telemetry::SharedTelemetry,
-    /// Where the members seen are remembered across restarts (`<data_dir>/members.json`), with
-    /// what it held at start; None: nothing is remembered (one-shot runs).
-    pub members_file: Option<(PathBuf, Vec<crate::members_file::Remembered>)>,
 }
 
 /// A cluster connection whose first frame is a KV request.
@@ -298,25 +296,6 @@ pub struct KvConnection {
     pub peer: SocketAddr,
     /// The first frame, opened.
     pub first: Vec<u8>,
-}
-
-/// A member as the KV store sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// Identity.
-    pub uuid: NodeUuid,
-    /// Name.
-    pub name: String,
-    /// Cluster address.
-    pub addr: SocketAddr,
-    /// Groups.
-    pub groups: Vec<String>,
-    /// State.
-    pub state: MemberState,
-    /// Zone.
-    pub zone: String,
-    /// One of its checks is CRITICAL (as it gossips them).
-    pub critical: bool,
 }
 
 /// Bound gossip sockets: UDP and TCP on the same port.
@@ -392,7 +371,6 @@ pub fn start(
     let clock = Clock::new();
     let seed = u64::from_le_bytes(setup.me.uuid.as_bytes()[..8].try_into().unwrap_or([0; 8]))
         ^ clock.now();
-    let me_uuid = setup.me.uuid;
     let core = Gossip::new(setup.config, setup.me, seed, clock.now());
     let udp = Arc::new(sockets.udp);
 
@@ -414,15 +392,6 @@ pub fn start(
     ));
     if !setup.seeds.is_empty() {
         tracker.spawn(join_seeds(setup.seeds, handle.clone(), shutdown.clone()));
-    }
-    if let Some((path, known)) = setup.members_file {
-        tracker.spawn(crate::members_file::keep(
-            path,
-            me_uuid,
-            setup.membership.subscribe(),
-            known,
-            shutdown.clone(),
-        ));
     }
     if setup.auto_detect {
         tracker.spawn(auto_detect(handle.clone(), shutdown.clone()));
@@ -921,17 +890,8 @@ impl Driver {
     }
 
     fn publish_user_event(&self, e: &Event) {
-        self.bus.publish(
-            "event",
-            serde_json::json!({
-                "id": e.id,
-                "type": e.kind,
-                "payload": e.payload,
-                "origin": e.origin.to_string(),
-                "created_ms": e.created_ms,
-            }),
-            None,
-        );
+        self.bus
+            .publish(opsbro_api::events::Payload::Event(e.clone()), None);
     }
 
     fn seal(&self, bytes: &[u8]) -> Vec<u8> {

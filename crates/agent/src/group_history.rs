@@ -11,7 +11,7 @@ use opsbro_types::NodeUuid;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::gossip::Peer;
+use crate::membership::Peer;
 
 /// Changes kept (the oldest go first).
 const KEEP: usize = 500;

@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::{self, SharedKeyring};
-use crate::gossip::{KvConnection, Peer};
+use crate::gossip::KvConnection;
+use crate::membership::Peer;
 
 mod backup;
 pub use backup::Imported;
@@ -548,11 +549,14 @@ impl Kv {
                 self.commits.store().put(key, &e.to_bytes())?;
                 merged.taken += 1;
                 self.bus.publish(
-                    "kv",
-                    serde_json::json!({
-                        "key": key,
-                        "action": if e.deleted { "delete" } else { "put" },
-                        "modify_index": e.index,
+                    opsbro_api::events::Payload::Kv(opsbro_api::events::KeyChanged {
+                        key: key.clone(),
+                        action: if e.deleted {
+                            opsbro_api::events::KeyAction::Delete
+                        } else {
+                            opsbro_api::events::KeyAction::Put
+                        },
+                        modify_index: e.index,
                     }),
                     None,
                 );

@@ -2,16 +2,16 @@
 //! server, and wires the IO-free cores of the other crates to them.
 //!
 //! Main entry: [`run`], which opens and locks the data dir, binds the listeners, serves the local
-//! HTTP API ([`http`]) and runs until SIGTERM/SIGINT or `POST /agent/stop`, then shuts every task
+//! HTTP API ([`api`]) and runs until SIGTERM/SIGINT or `POST /agent/stop`, then shuts every task
 //! down within [`GRACE_PERIOD`]. Invariant: only this crate spawns tasks; every task is tracked by
 //! one `TaskTracker` and watches one root `CancellationToken`.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod api;
 pub mod cluster;
 pub mod collect;
-pub mod context;
 pub mod datadir;
 pub mod detectors;
 pub mod dns;
@@ -22,22 +22,19 @@ pub mod gossip;
 pub mod group_history;
 pub mod handlers;
 pub mod host;
-pub mod http;
-pub mod http_kv;
-pub mod http_metrics;
-pub mod http_packs;
-pub mod http_prometheus;
 pub mod kv;
 pub mod logcount;
 pub mod logfile;
 pub mod logstream;
 pub mod members_file;
+pub mod membership;
 pub mod metrics;
 pub mod monitoring;
 pub mod one_shot;
 pub mod reload;
 pub mod serve;
 pub mod snapshot;
+mod start;
 pub mod status;
 pub mod telemetry;
 pub mod websocket;
@@ -47,10 +44,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opsbro_api::{Addresses, Ports, RUNTIME_FILE_NAME, RuntimeFile};
+use opsbro_api::{Addresses, Ports, RuntimeFile};
 use opsbro_config::AgentConfig;
 use opsbro_types::{AgentState, SubsystemState};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -157,19 +153,7 @@ async fn run_agent(
     let tracker = TaskTracker::new();
 
     status.set("api", SubsystemState::Starting, None);
-    let api_addr = SocketAddr::new(config.api_bind, config.api_port);
-    let listener = TcpListener::bind(api_addr)
-        .await
-        .map_err(|source| AgentError::Bind {
-            what: "the local API",
-            addr: api_addr,
-            source,
-        })?;
-    let api_addr = listener.local_addr().map_err(|source| AgentError::Bind {
-        what: "the local API",
-        addr: api_addr,
-        source,
-    })?;
+    let (listener, api_addr) = start::bind_api(&config).await?;
 
     let keyring_file = config
         .keyring_file
@@ -197,41 +181,13 @@ async fn run_agent(
     let gossip_port = sockets.local.port();
     let gossip_addr = SocketAddr::new(advertise, gossip_port);
     let incarnation_file = data_dir.path().join("incarnation");
-    // Continue above the last incarnation so a restarted node overrides news of its old self.
-    let incarnation = std::fs::read_to_string(&incarnation_file)
-        .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        // A damaged file must not start us at a number peers refuse.
-        .min(opsbro_gossip::member::MAX_INCARNATION / 2)
-        + 1;
-    if let Err(e) = datadir::write_atomic(&incarnation_file, format!("{incarnation}\n").as_bytes())
-    {
-        tracing::warn!(error = %e, "cannot persist the incarnation");
-    }
-    let mut groups = config.groups.clone();
-    groups.sort();
-    groups.dedup();
-    let me = opsbro_gossip::NodeRecord {
-        uuid: data_dir.uuid(),
-        name: config.node_name.clone(),
-        display_name: config.display_name.clone(),
-        addr: gossip_addr,
-        zone: config.zone.clone(),
-        groups,
-        is_proxy: config.proxy_node,
-        incarnation,
-        state: opsbro_gossip::MemberState::Alive,
-        version: opsbro_types::VERSION.to_owned(),
-        checks: Vec::new(),
-    };
+    let me = start::node_record(&config, &data_dir, gossip_addr, &incarnation_file);
     let bus = events::EventBus::default();
     let telemetry = Arc::new(telemetry::Telemetry::default());
     let (kv_connections, kv_incoming) = tokio::sync::mpsc::channel(64);
     let (membership, membership_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let kv_membership = membership_rx.clone();
     let view = eval::SharedView::default();
-    let view_for_collectors = view.clone();
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
     let packs = reload::load_packs(&config, &evaluator);
     for d in &packs.diagnostics {
@@ -246,6 +202,15 @@ async fn run_agent(
     } else {
         Vec::new()
     };
+    if once.is_none() {
+        tracker.spawn(members_file::keep(
+            members_path,
+            data_dir.uuid(),
+            membership.subscribe(),
+            remembered.clone(),
+            shutdown.child_token(),
+        ));
+    }
     let gossip = gossip::start(
         gossip::GossipSetup {
             me,
@@ -270,7 +235,6 @@ async fn run_agent(
             kv_connections,
             membership,
             telemetry: telemetry.clone(),
-            members_file: once.is_none().then_some((members_path, remembered)),
         },
         sockets,
         status.clone(),
@@ -278,19 +242,7 @@ async fn run_agent(
         shutdown.child_token(),
     );
     status.set("kv", SubsystemState::Starting, None);
-    let kv_dir = data_dir.path().join("kv");
-    let store = opsbro_store::SledStore::open(&kv_dir).map_err(|e| {
-        AgentError::Kv(format!(
-            "cannot open the KV store in {}: {e}",
-            kv_dir.display()
-        ))
-    })?;
-    let ts_store = store.open_tree("ts").map_err(|e| {
-        AgentError::Kv(format!(
-            "cannot open the metrics store in {}: {e}",
-            kv_dir.display()
-        ))
-    })?;
+    let (kv_dir, store, ts_store) = start::open_stores(&data_dir)?;
     // Snapshots read every tree of the same sled database (`GET /agent/snapshot`).
     let snapshot = snapshot::SnapshotSource {
         store: store.clone(),
@@ -298,27 +250,10 @@ async fn run_agent(
         uuid: data_dir.uuid(),
         node: config.node_name.clone(),
     };
-    let defaults = kv::KvConfig::default();
     let kv = kv::KvHandle::start(
         data_dir.uuid(),
         Arc::new(store),
-        kv::KvConfig {
-            replication_factor: config
-                .kv
-                .replication_factor
-                .unwrap_or(defaults.replication_factor),
-            write_acks: config
-                .kv
-                .write_acks
-                .as_deref()
-                .and_then(opsbro_kv::WriteAcks::parse)
-                .unwrap_or(defaults.write_acks),
-            tombstone_ttl: config.kv.tombstone_ttl.unwrap_or(defaults.tombstone_ttl),
-            anti_entropy_interval: config
-                .kv
-                .anti_entropy_interval
-                .unwrap_or(defaults.anti_entropy_interval),
-        },
+        start::kv_config(&config),
         gossip.keyring.clone(),
         membership_rx.clone(),
         kv_incoming,
@@ -366,26 +301,7 @@ async fn run_agent(
     )
     .await
     .map_err(|e| AgentError::Kv(format!("cannot open the metrics store: {e}")))?;
-    if metric_problems.is_empty() {
-        let mut parts = vec!["store".to_owned()];
-        if let Some(a) = metrics.statsd_addr() {
-            parts.push(format!("statsd udp {a}"));
-        }
-        if let Some(a) = metrics.graphite_addr() {
-            parts.push(format!("graphite {a}"));
-        }
-        status.set("metrics", SubsystemState::Ok, Some(parts.join(", ")));
-    } else {
-        for p in &metric_problems {
-            tracing::error!("{p}");
-        }
-        // Listeners are a convenience; the agent runs on without them, loudly.
-        status.set(
-            "metrics",
-            SubsystemState::Error,
-            Some(metric_problems.join("; ")),
-        );
-    }
+    start::report_metrics(&status, &metrics, &metric_problems);
     let ws_counters = Arc::new(websocket::WsCounters::default());
     let api_connections = Arc::new(serve::ServeCounters::default());
     let websocket_addr = if config.websocket.enabled {
@@ -405,96 +321,30 @@ async fn run_agent(
     } else {
         None
     };
-    status.set("collectors", SubsystemState::Starting, None);
-    let collected = collect::CollectedData::default();
-    let (first_collection, collected_once) = tokio::sync::watch::channel(false);
-    let monitoring_once = collected_once.clone();
-    tracker.spawn(collect::run(
-        collected.clone(),
-        view_for_collectors,
-        config.zone.clone(),
-        status.clone(),
-        metrics.clone(),
-        first_collection,
-        shutdown.child_token(),
-    ));
-    status.set("detectors", SubsystemState::Starting, None);
-    let detectors_handle = detectors::DetectorsHandle::default();
-    detectors_handle.set_statics(detectors::StaticGroups::load(
-        config.groups.clone(),
-        data_dir.path().join("static-groups.json"),
-    ));
-    tracker.spawn(detectors::run(
-        detectors::DetectorsSetup {
-            objects: objects.clone(),
-            evaluator: evaluator.clone(),
-            gossip: gossip.clone(),
-            handle: detectors_handle.clone(),
-            collected: collected.clone(),
-            collected_once,
-            bus: bus.clone(),
-            zone: config.zone.clone(),
-        },
-        status.clone(),
-        shutdown.child_token(),
-    ));
-    let group_history = group_history::GroupHistory::default();
-    tracker.spawn(group_history::run(
-        group_history.clone(),
-        data_dir.uuid(),
-        kv_membership.clone(),
-        shutdown.child_token(),
-    ));
-    let monitoring_handle = monitoring::MonitoringHandle::default();
-    tracker.spawn(monitoring::run(
-        monitoring::MonitoringSetup {
-            objects: objects.clone(),
-            evaluator: evaluator.clone(),
-            view: view.clone(),
-            gossip: gossip.clone(),
-            collected: collected.clone(),
-            collected_once: monitoring_once,
-            plugins_dir: config.nagios_plugins_dir.clone(),
-            state_file: data_dir.path().join("check-states.json"),
-            bus: bus.clone(),
-            handle: monitoring_handle.clone(),
-            metrics: metrics.clone(),
-        },
-        shutdown.child_token(),
-    ));
-    let generators_handle = generators::GeneratorsHandle::default();
-    tracker.spawn(generators::run(
-        generators::GeneratorsSetup {
-            objects: objects.clone(),
-            evaluator: evaluator.clone(),
-            collected: collected.clone(),
-            membership: kv_membership.clone(),
-            me: data_dir.uuid(),
-            kv: kv.clone(),
-            bus: bus.clone(),
-            handle: generators_handle.clone(),
-        },
-        shutdown.child_token(),
-    ));
-    let handlers_handle = handlers::HandlersHandle::default();
-    handlers::start(
-        handlers::HandlersSetup {
-            objects: objects.clone(),
-            templates_dir: config.templates_dir.clone(),
-            node: opsbro_checks::notify::NodeInfo {
-                name: config.node_name.clone(),
-                display_name: config.display_name.clone(),
-                uuid: data_dir.uuid().to_string(),
-                addr: gossip_addr.to_string(),
-                groups: Vec::new(),
-            },
-            view,
-            bus: bus.clone(),
-            handle: handlers_handle.clone(),
-        },
-        &tracker,
-        shutdown.child_token(),
-    );
+    let work = start::host_work(start::HostWorkSetup {
+        config: &config,
+        data_dir: &data_dir,
+        status: &status,
+        tracker: &tracker,
+        shutdown: &shutdown,
+        objects: &objects,
+        evaluator: &evaluator,
+        view,
+        gossip: &gossip,
+        bus: &bus,
+        metrics: &metrics,
+        membership: &kv_membership,
+        kv: &kv,
+        gossip_addr,
+    });
+    let start::HostWork {
+        collected,
+        detectors: detectors_handle,
+        group_history,
+        monitoring: monitoring_handle,
+        generators: generators_handle,
+        handlers: handlers_handle,
+    } = work;
     if let Some(report) = once {
         tracker.spawn(one_shot::drive(
             one_shot::Parts {
@@ -516,7 +366,7 @@ async fn run_agent(
         detectors_handle.clone(),
     ));
     tracker.spawn(reload_on_sighup(reloader.clone(), shutdown.child_token()));
-    let ctx = Arc::new(http::ApiContext {
+    let ctx = Arc::new(api::ApiContext {
         name: config.node_name.clone(),
         display_name: config.display_name.clone(),
         uuid: data_dir.uuid(),
@@ -560,51 +410,27 @@ async fn run_agent(
         snapshot,
     });
 
-    let api_shutdown = shutdown.child_token();
-    let api_status = status.clone();
-    let app = http::router(ctx);
-    let limits = serve::Limits {
-        max_connections: host::connection_cap(API_MAX_CONNECTIONS),
-        header_timeout: API_HEADER_TIMEOUT,
-        grace: Duration::from_secs(5),
-        write_timeout: Duration::from_secs(30),
-    };
-    tracker.spawn(async move {
-        serve::serve_http(
-            listener,
-            app,
-            limits,
-            api_connections,
-            |tcp| {
-                let _ = tcp.set_nodelay(true);
-            },
-            api_shutdown,
-        )
-        .await;
-        api_status.set("api", SubsystemState::Stopped, None);
-    });
-    status.set(
-        "api",
-        SubsystemState::Ok,
-        Some(format!("http://{api_addr}")),
+    start::serve_api(
+        listener,
+        api::router(ctx),
+        api_connections,
+        &status,
+        &tracker,
+        shutdown.child_token(),
     );
-
-    let runtime = RuntimeFile {
-        pid: std::process::id(),
-        api_addr,
-        uuid: data_dir.uuid(),
-        gossip_addr: Some(gossip_addr),
-        dns_addr,
-        statsd_addr: metrics.statsd_addr(),
-        graphite_addr: metrics.graphite_addr(),
-        websocket_addr,
-    };
-    if let Err(e) = serde_json::to_vec_pretty(&runtime)
-        .map_err(io::Error::other)
-        .and_then(|bytes| data_dir.write_atomic(RUNTIME_FILE_NAME, &bytes))
-    {
-        tracing::warn!(error = %e, "cannot write the runtime file");
-    }
+    start::write_runtime_file(
+        &data_dir,
+        &RuntimeFile {
+            pid: std::process::id(),
+            api_addr,
+            uuid: data_dir.uuid(),
+            gossip_addr: Some(gossip_addr),
+            dns_addr,
+            statsd_addr: metrics.statsd_addr(),
+            graphite_addr: metrics.graphite_addr(),
+            websocket_addr,
+        },
+    );
 
     tracing::info!(
         node = %config.node_name,
@@ -619,20 +445,7 @@ async fn run_agent(
         tracing::info!("agent initialized");
     }
 
-    let forced = wait_for_stop(&shutdown).await;
-    status.set_stopping();
-    tracing::info!(grace_period = ?GRACE_PERIOD, "stopping");
-    tracker.close();
-    let result = tokio::select! {
-        () = tracker.wait() => Ok(()),
-        () = tokio::time::sleep(GRACE_PERIOD) => Err(AgentError::GraceExceeded(GRACE_PERIOD)),
-        () = forced.cancelled() => Err(AgentError::Forced),
-    };
-    let _ = std::fs::remove_file(data_dir.path().join(RUNTIME_FILE_NAME));
-    if result.is_ok() {
-        tracing::info!("agent stopped");
-    }
-    result
+    start::wait_and_stop(&shutdown, &status, &tracker, &data_dir).await
 }
 
 /// SIGHUP reloads, as for most daemons.

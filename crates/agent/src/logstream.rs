@@ -8,28 +8,17 @@
 //! the subscriber's filter lets through (the agent's `log_level`) reaches the layer: `?level=`
 //! can narrow it, not widen it.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::Response;
 use opsbro_api::LogLine;
 use tokio::sync::broadcast;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
-use crate::context::{ApiContext, ApiError};
-
 /// Lines kept for a follower that is behind.
 const CAPACITY: usize = 1024;
-/// While nothing is logged, a blank line this often: a follower that went away is noticed when
-/// the write fails.
-const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// A formatted event and its level (for `?level=`).
 #[derive(Debug)]
@@ -111,64 +100,15 @@ impl Visit for Text {
     }
 }
 
-/// `?level=`.
-#[derive(Debug, serde::Deserialize)]
-pub struct FollowQuery {
-    /// Least severe level shown (default: everything the agent logs).
-    pub level: Option<String>,
-}
-
-/// `GET /agent/log/follow`: stream the log lines until the client goes away or the agent stops.
-pub async fn follow(
-    State(ctx): State<Arc<ApiContext>>,
-    Query(query): Query<FollowQuery>,
-) -> Result<Response, ApiError> {
-    let wanted = match query.level {
-        None => Level::TRACE,
-        Some(text) => opsbro_config::check_log_level(text)
-            .ok()
-            .and_then(|l| l.parse::<Level>().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "level must be one of trace, debug, info, warn, error",
-                )
-            })?,
-    };
-    let lines = subscribe();
-    let stop = ctx.shutdown.clone();
-    let stream = futures_util::stream::unfold((lines, stop), move |(mut lines, stop)| async move {
-        let chunk = loop {
-            let received = tokio::select! {
-                () = stop.cancelled() => return None,
-                () = tokio::time::sleep(KEEPALIVE) => break b"\n".to_vec(),
-                r = lines.recv() => r,
-            };
-            match received {
-                // Lower levels are the more severe ones (ERROR < WARN < ... < TRACE).
-                Ok(logged) if logged.level <= wanted => break ndjson(&logged.line),
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => break ndjson(&skipped(n)),
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        };
-        Some((Ok::<_, Infallible>(chunk), (lines, stop)))
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-fn ndjson(line: &LogLine) -> Vec<u8> {
+/// One line as NDJSON (followers read one object per line).
+pub fn ndjson(line: &LogLine) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(line).unwrap_or_default();
     bytes.push(b'\n');
     bytes
 }
 
 /// The line telling a follower that fell behind what it missed.
-fn skipped(n: u64) -> LogLine {
+pub fn skipped(n: u64) -> LogLine {
     LogLine {
         time_ms: crate::host::unix_ms(),
         level: Level::WARN.as_str().to_owned(),

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::gossip::Peer;
+use crate::membership::Peer;
 
 /// The file's name in the data dir.
 pub const FILE_NAME: &str = "members.json";

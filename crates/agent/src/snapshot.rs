@@ -34,17 +34,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use opsbro_store::{SledStore, Store as _};
 use opsbro_types::NodeUuid;
 use serde::{Deserialize, Serialize};
 
-use crate::context::ApiContext;
 use crate::datadir;
 
 /// First bytes of a snapshot file.
@@ -64,8 +58,6 @@ pub const FILES: &[&str] = &[
 pub const STORE_DIR: &str = "kv";
 /// Largest record (a store value, a file): values are at most 512 KiB, files far smaller.
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
-/// Chunks of the HTTP stream.
-const CHUNK: usize = 64 * 1024;
 /// How old a snapshot may be before restoring it risks bringing deleted keys back (the default
 /// `kv.tombstone_ttl`: tombstones older than that are forgotten cluster-wide).
 const TOMBSTONE_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -276,70 +268,6 @@ pub fn write_snapshot<W: Write>(source: &SnapshotSource, out: W) -> Result<W, Sn
         }
     }
     w.finish().map_err(io_err)
-}
-
-/// Sends what is written as chunks of an HTTP body, from a blocking thread.
-struct ChannelWriter {
-    buf: Vec<u8>,
-    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
-    }
-}
-
-/// `GET /agent/snapshot`: the snapshot as a stream. An error after the first bytes cannot
-/// change the status any more: the stream is cut instead (the CLI then refuses the file, which
-/// also lacks its end record).
-pub async fn serve(State(ctx): State<Arc<ApiContext>>) -> Response {
-    let source = ctx.snapshot.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
-        let out = ChannelWriter {
-            buf: Vec::with_capacity(CHUNK),
-            tx: tx.clone(),
-        };
-        match write_snapshot(&source, out) {
-            Ok(_) => {}
-            Err(SnapshotError::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
-                tracing::debug!("the snapshot's client went away");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "snapshot cut short");
-                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-            }
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    (
-        [
-            (header::CONTENT_TYPE, "application/octet-stream"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"opsbro.snapshot\"",
-            ),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response()
 }
 
 /// One record read back.

@@ -1,6 +1,6 @@
 //! The few distributions no subsystem keeps by itself (probe round-trip times, KV request
 //! durations, suspicions), fed as things happen and exposed by `GET /metrics`
-//! ([`crate::http_prometheus`]).
+//! ([`crate::api::prometheus`]).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

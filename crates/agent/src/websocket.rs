@@ -218,12 +218,7 @@ async fn upgrade(
 const MAX_INCOMING: usize = 4096;
 
 fn frame(event: &Event) -> String {
-    serde_json::json!({
-        "channel": event.channel,
-        "time_ms": event.time_ms,
-        "payload": event.payload,
-    })
-    .to_string()
+    serde_json::to_string(&event.frame()).unwrap_or_default()
 }
 
 /// Why a client's stream ended.
@@ -252,7 +247,7 @@ async fn client(
             () = state.shutdown.cancelled() => break End::Shutdown,
             e = events.recv() => match e {
                 Ok(event) => {
-                    if filter.as_ref().is_some_and(|f| !f.contains(&event.channel)) {
+                    if filter.as_ref().is_some_and(|f| !f.contains(&event.channel())) {
                         continue;
                     }
                     let send = sink.send(Message::Text(frame(&event).into()));

@@ -1645,3 +1645,155 @@ pub mod kv {
         }
     }
 }
+
+/// The event stream (websocket `ws://.../`, one text frame per event): what the agent's event bus
+/// carries, as typed values. A frame is `{"channel": "...", "time_ms": N, "payload": {...}}`.
+pub mod events {
+    use serde::{Deserialize, Serialize};
+
+    /// Every channel, in the order `opsbro events watch --help` lists them.
+    pub const CHANNELS: [&str; 5] = ["node", "group", "check", "kv", "event"];
+
+    /// One event: when, and what (its channel is its kind).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Frame {
+        /// Unix milliseconds.
+        pub time_ms: u64,
+        /// What happened, tagged with its channel.
+        #[serde(flatten)]
+        pub event: Payload,
+    }
+
+    /// What happened, by channel.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "channel", content = "payload", rename_all = "lowercase")]
+    pub enum Payload {
+        /// A member joined, became suspect, died, left or came back.
+        Node(NodeChanged),
+        /// This node's groups changed (detectors, static groups).
+        Group(GroupChanged),
+        /// A check of this node changed state.
+        Check(CheckChanged),
+        /// A key changed in this node's copy of the store.
+        Kv(KeyChanged),
+        /// A user event arrived.
+        Event(super::gossip::Event),
+    }
+
+    impl Payload {
+        /// The channel name (one of [`CHANNELS`]).
+        pub fn channel(&self) -> &'static str {
+            match self {
+                Payload::Node(_) => "node",
+                Payload::Group(_) => "group",
+                Payload::Check(_) => "check",
+                Payload::Kv(_) => "kv",
+                Payload::Event(_) => "event",
+            }
+        }
+    }
+
+    /// `node`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct NodeChanged {
+        /// Node name.
+        pub name: String,
+        /// Node uuid.
+        pub uuid: String,
+        /// Gossip address.
+        pub addr: String,
+        /// New state (`alive`, `suspect`, `dead`, `left`).
+        pub state: String,
+        /// Previous state.
+        pub old_state: String,
+    }
+
+    /// Whether a group came or went.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum GroupAction {
+        /// Added.
+        Add,
+        /// Removed.
+        Remove,
+    }
+
+    /// `group`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GroupChanged {
+        /// The group.
+        pub group: String,
+        /// Added or removed.
+        pub action: GroupAction,
+    }
+
+    /// `check`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CheckChanged {
+        /// `<pack>/<name>`.
+        pub name: String,
+        /// Display name.
+        pub display_name: String,
+        /// Pack.
+        pub pack: String,
+        /// New state (`ok`, `warning`, `critical`, `unknown`).
+        pub state: String,
+        /// Previous state.
+        pub old_state: String,
+        /// Nagios-style state id of the new state (0 ok .. 3 unknown).
+        pub state_id: u8,
+        /// First line of output.
+        pub output: String,
+        /// The rest of the output.
+        pub long_output: String,
+    }
+
+    /// What happened to a key.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum KeyAction {
+        /// Written.
+        Put,
+        /// Deleted.
+        Delete,
+    }
+
+    /// `kv`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyChanged {
+        /// The key.
+        pub key: String,
+        /// Written or deleted.
+        pub action: KeyAction,
+        /// The version now held.
+        pub modify_index: u64,
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn frames_keep_the_stream_shape_and_read_back() {
+            let f = Frame {
+                time_ms: 5,
+                event: Payload::Kv(KeyChanged {
+                    key: "a/b".into(),
+                    action: KeyAction::Delete,
+                    modify_index: 9,
+                }),
+            };
+            let text = serde_json::to_string(&f).expect("json");
+            assert_eq!(
+                text,
+                r#"{"time_ms":5,"channel":"kv","payload":{"key":"a/b","action":"delete","modify_index":9}}"#
+            );
+            assert_eq!(serde_json::from_str::<Frame>(&text).expect("back"), f);
+            let g: Frame = serde_json::from_str(
+                r#"{"channel":"group","time_ms":1,"payload":{"group":"web","action":"add"}}"#,
+            )
+            .expect("group");
+            assert_eq!(g.event.channel(), "group");
+        }
+    }
+}

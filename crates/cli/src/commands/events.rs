@@ -3,7 +3,6 @@
 use futures_util::{SinkExt, StreamExt};
 use opsbro_api::AgentInfo;
 use opsbro_api::routes::AGENT_INFO;
-use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -11,47 +10,38 @@ use crate::client::Client;
 use crate::commands::gossip::format_time;
 use crate::error::CliError;
 
-/// One line for a person.
-fn describe(frame: &Value) -> String {
-    let p = &frame["payload"];
-    let s = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
-    let what = match frame["channel"].as_str().unwrap_or_default() {
-        "node" => format!(
-            "{} {} → {} ({})",
-            s("name"),
-            s("old_state"),
-            s("state"),
-            s("addr")
-        ),
-        "group" => format!(
+/// One line for a person (a frame this CLI does not know, from a newer agent, as it came).
+fn describe(text: &str) -> String {
+    use opsbro_api::events::{Frame, GroupAction, Payload};
+    let Ok(frame) = serde_json::from_str::<Frame>(text) else {
+        return text.to_owned();
+    };
+    let what = match &frame.event {
+        Payload::Node(n) => format!("{} {} → {} ({})", n.name, n.old_state, n.state, n.addr),
+        Payload::Group(g) => format!(
             "group {} {}",
-            s("group"),
-            if s("action") == "add" {
-                "added"
-            } else {
-                "removed"
+            g.group,
+            match g.action {
+                GroupAction::Add => "added",
+                GroupAction::Remove => "removed",
             }
         ),
-        "check" => format!(
-            "{} {} → {}: {}",
-            s("name"),
-            s("old_state"),
-            s("state"),
-            s("output")
-        ),
-        "kv" => format!(
+        Payload::Check(c) => format!("{} {} → {}: {}", c.name, c.old_state, c.state, c.output),
+        Payload::Kv(k) => format!(
             "{} {} (modify_index {})",
-            s("key"),
-            s("action"),
-            p["modify_index"]
+            k.key,
+            serde_json::to_value(k.action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            k.modify_index
         ),
-        "event" => format!("{} from {}: {}", s("type"), s("origin"), s("payload")),
-        other => format!("{other}: {p}"),
+        Payload::Event(e) => format!("{} from {}: {}", e.kind, e.origin, e.payload),
     };
     format!(
         "{} [{}] {what}",
-        format_time(frame["time_ms"].as_u64().unwrap_or(0)),
-        frame["channel"].as_str().unwrap_or("?")
+        format_time(frame.time_ms),
+        frame.event.channel()
     )
 }
 
@@ -116,8 +106,7 @@ pub async fn watch(
                 if json {
                     println!("{text}");
                 } else {
-                    let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    println!("{}", describe(&frame));
+                    println!("{}", describe(&text));
                 }
                 seen += 1;
                 if count.is_some_and(|c| seen >= c) {
@@ -133,4 +122,18 @@ pub async fn watch(
     Err(CliError::Negative(
         "the agent closed the event stream".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn frames_read_as_one_line_and_unknown_ones_stay_as_they_came() {
+        let line =
+            describe(r#"{"channel":"group","time_ms":0,"payload":{"group":"web","action":"add"}}"#);
+        assert_eq!(line, "1970-01-01 00:00:00 [group] group web added");
+        let newer = r#"{"channel":"service","time_ms":0,"payload":{}}"#;
+        assert_eq!(describe(newer), newer);
+    }
 }

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use opsbro_api::metrics::{FindNode, RenderSeries};
 use opsbro_metrics::render::{Range, RenderError, parse_time};
 
-use crate::context::{ApiContext, ApiError};
+use crate::api::context::{ApiContext, ApiError};
 
 impl From<RenderError> for ApiError {
     fn from(e: RenderError) -> Self {

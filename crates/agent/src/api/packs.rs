@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use opsbro_api::dashboards as d;
 use opsbro_api::detectors::{PackInfo, PackObject, Packs};
 
-use crate::context::{ApiContext, ApiError};
+use crate::api::context::{ApiContext, ApiError};
 
 /// `GET /packs`.
 pub async fn packs(State(ctx): State<Arc<ApiContext>>) -> Json<Packs> {

@@ -18,7 +18,15 @@ use opsbro_types::AgentState;
 use crate::gossip::{GossipStopped, count_by_state, find_member};
 use crate::host;
 
-pub use crate::context::{ApiContext, ApiError};
+pub mod context;
+pub mod kv_store;
+pub mod log;
+pub mod packs;
+pub mod prometheus;
+pub mod snapshot;
+pub mod timeseries;
+
+pub use context::{ApiContext, ApiError};
 
 /// Every route of the API with its handlers. [`opsbro_api::ROUTES`] documents the same paths and
 /// methods for `GET /api` (a unit test compares the paths; the whole-agent tests call each
@@ -39,7 +47,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
             }),
         ),
         (routes::AGENT_INFO, get(agent_info)),
-        (routes::AGENT_LOG_FOLLOW, get(crate::logstream::follow)),
+        (routes::AGENT_LOG_FOLLOW, get(log::follow)),
         (routes::AGENT_STOP, post(agent_stop)),
         (
             routes::AGENT_RELOAD,
@@ -68,18 +76,18 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
             detectors::HISTORY,
             get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.group_history.list()) }),
         ),
-        (detectors::PACKS, get(crate::http_packs::packs)),
+        (detectors::PACKS, get(crate::api::packs::packs)),
         (
             opsbro_api::dashboards::ALL,
-            get(crate::http_packs::dashboards),
+            get(crate::api::packs::dashboards),
         ),
         (
             opsbro_api::dashboards::ONE,
-            get(crate::http_packs::dashboard),
+            get(crate::api::packs::dashboard),
         ),
         (
             opsbro_api::dashboards::TUTORIALS,
-            get(crate::http_packs::tutorials),
+            get(crate::api::packs::tutorials),
         ),
         (collectors::ALL, get(collectors_all)),
         (collectors::ONE, get(collectors_one)),
@@ -92,25 +100,25 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
         (monitoring::STATE_NODE, get(monitoring_node)),
         (monitoring::HISTORY, get(monitoring_history)),
         (monitoring::HANDLERS, get(monitoring_handlers)),
-        (kv::ROOT, get(crate::http_kv::list)),
+        (kv::ROOT, get(crate::api::kv_store::list)),
         (
             kv::KEY,
-            get(crate::http_kv::get)
-                .put(crate::http_kv::put)
-                .delete(crate::http_kv::delete),
+            get(crate::api::kv_store::get)
+                .put(crate::api::kv_store::put)
+                .delete(crate::api::kv_store::delete),
         ),
-        (kv::EXPORT, get(crate::http_kv::export)),
-        (kv::IMPORT, post(crate::http_kv::import)),
-        (routes::AGENT_SNAPSHOT, get(crate::snapshot::serve)),
+        (kv::EXPORT, get(crate::api::kv_store::export)),
+        (kv::IMPORT, post(crate::api::kv_store::import)),
+        (routes::AGENT_SNAPSHOT, get(snapshot::serve)),
         (
             metrics::RENDER,
-            get(crate::http_metrics::render_get).post(crate::http_metrics::render_post),
+            get(crate::api::timeseries::render_get).post(crate::api::timeseries::render_post),
         ),
         (
             metrics::FIND,
-            get(crate::http_metrics::find_get).post(crate::http_metrics::find_post),
+            get(crate::api::timeseries::find_get).post(crate::api::timeseries::find_post),
         ),
-        (metrics::INDEX, get(crate::http_metrics::index)),
+        (metrics::INDEX, get(crate::api::timeseries::index)),
         (routes::METRICS, get(prometheus)),
         (
             generators::STATE,
@@ -149,7 +157,7 @@ async fn prometheus(
         .get(axum::http::header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
-    match crate::http_prometheus::render(&ctx).await {
+    match crate::api::prometheus::render(&ctx).await {
         Ok(text) if openmetrics => (
             [(
                 axum::http::header::CONTENT_TYPE,
@@ -163,7 +171,7 @@ async fn prometheus(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            crate::http_prometheus::to_prometheus_text(&text),
+            crate::api::prometheus::to_prometheus_text(&text),
         )
             .into_response(),
         Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

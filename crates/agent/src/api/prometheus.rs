@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::context::ApiContext;
+use crate::api::context::ApiContext;
 
 type Labels = Vec<(&'static str, String)>;
 

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use opsbro_api::kv as api;
 use opsbro_kv::wire::WriteOp;
 
-use crate::context::{ApiContext, ApiError};
+use crate::api::context::{ApiContext, ApiError};
 use crate::kv::KvError;
 
 /// Longest blocking read.
