@@ -276,41 +276,42 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
             },
         ),
         kv: ctx.kv.info(),
-        dns: {
-            use std::sync::atomic::Ordering::Relaxed;
-            let c = &ctx.dns.1;
-            opsbro_api::DnsInfo {
-                addr: ctx.dns.0,
-                queries: c.queries.load(Relaxed),
-                noerror: c.noerror.load(Relaxed),
-                nxdomain: c.nxdomain.load(Relaxed),
-                refused: c.refused.load(Relaxed),
-                servfail: c.servfail.load(Relaxed),
-                formerr: c.formerr.load(Relaxed),
-                forwarded: c.forwarded.load(Relaxed),
-                malformed: c.malformed.load(Relaxed),
-                tcp_refused: c.tcp_refused.load(Relaxed),
-            }
-        },
+        dns: dns_info(&ctx),
         metrics: ctx.metrics.info(),
-        websocket: opsbro_api::WebsocketInfo {
-            addr: ctx.websocket_addr,
-            clients: ctx.websocket.clients(),
-            accepted: ctx
-                .websocket
-                .accepted
-                .load(std::sync::atomic::Ordering::Relaxed),
-            sent: ctx
-                .websocket
-                .sent
-                .load(std::sync::atomic::Ordering::Relaxed),
-            slow_dropped: ctx
-                .websocket
-                .slow_dropped
-                .load(std::sync::atomic::Ordering::Relaxed),
-        },
+        websocket: websocket_info(&ctx),
         logs: crate::logcount::LOG_COUNTS.snapshot(),
     })
+}
+
+/// The DNS server's counters now: `agent info` and `/metrics` read the same snapshot.
+pub fn dns_info(ctx: &ApiContext) -> opsbro_api::DnsInfo {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &ctx.dns.1;
+    opsbro_api::DnsInfo {
+        addr: ctx.dns.0,
+        queries: c.queries.load(Relaxed),
+        noerror: c.noerror.load(Relaxed),
+        nxdomain: c.nxdomain.load(Relaxed),
+        refused: c.refused.load(Relaxed),
+        servfail: c.servfail.load(Relaxed),
+        formerr: c.formerr.load(Relaxed),
+        forwarded: c.forwarded.load(Relaxed),
+        malformed: c.malformed.load(Relaxed),
+        tcp_refused: c.tcp_refused.load(Relaxed),
+    }
+}
+
+/// The websocket stream's counters now (shared by `agent info` and `/metrics`).
+pub fn websocket_info(ctx: &ApiContext) -> opsbro_api::WebsocketInfo {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ws = &ctx.websocket;
+    opsbro_api::WebsocketInfo {
+        addr: ctx.websocket_addr,
+        clients: ws.clients(),
+        accepted: ws.accepted.load(Relaxed),
+        sent: ws.sent.load(Relaxed),
+        slow_dropped: ws.slow_dropped.load(Relaxed),
+    }
 }
 
 async fn members(State(ctx): State<Arc<ApiContext>>) -> Result<Json<Vec<g::Member>>, ApiError> {

@@ -239,43 +239,37 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
         ctx.telemetry.kv_duration.clone(),
     );
 
-    let dns = &ctx.dns.1;
-    counter(r, "dns_queries", "DNS queries", dns.queries.load(Relaxed));
+    let dns = super::dns_info(ctx);
+    counter(r, "dns_queries", "DNS queries", dns.queries);
     counter_family(
         r,
         "dns_responses",
         "DNS answers by response code",
         &[
-            (vec![("rcode", "noerror".into())], dns.noerror.load(Relaxed)),
-            (
-                vec![("rcode", "nxdomain".into())],
-                dns.nxdomain.load(Relaxed),
-            ),
-            (vec![("rcode", "refused".into())], dns.refused.load(Relaxed)),
-            (
-                vec![("rcode", "servfail".into())],
-                dns.servfail.load(Relaxed),
-            ),
-            (vec![("rcode", "formerr".into())], dns.formerr.load(Relaxed)),
+            (vec![("rcode", "noerror".into())], dns.noerror),
+            (vec![("rcode", "nxdomain".into())], dns.nxdomain),
+            (vec![("rcode", "refused".into())], dns.refused),
+            (vec![("rcode", "servfail".into())], dns.servfail),
+            (vec![("rcode", "formerr".into())], dns.formerr),
         ],
     );
     counter(
         r,
         "dns_forwarded",
         "DNS queries forwarded to a recursor",
-        dns.forwarded.load(Relaxed),
+        dns.forwarded,
     );
     counter(
         r,
         "dns_malformed",
         "DNS datagrams that were not queries, dropped without an answer",
-        dns.malformed.load(Relaxed),
+        dns.malformed,
     );
     counter(
         r,
         "dns_tcp_refused",
         "DNS TCP connections refused because too many were open",
-        dns.tcp_refused.load(Relaxed),
+        dns.tcp_refused,
     );
 
     let m = ctx.metrics.info();
@@ -350,24 +344,24 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
         "Event bus subscribers",
         as_i64(ctx.bus.subscribers()),
     );
-    let ws = &ctx.websocket;
+    let ws = super::websocket_info(ctx);
     gauge(
         r,
         "websocket_clients",
         "Websocket clients connected",
-        as_i64(ws.clients()),
+        as_i64(ws.clients),
     );
     counter(
         r,
         "websocket_slow_clients_dropped",
         "Websocket clients disconnected because they did not keep up",
-        ws.slow_dropped.load(Relaxed),
+        ws.slow_dropped,
     );
     counter(
         r,
         "websocket_messages_sent",
         "Websocket messages sent",
-        ws.sent.load(Relaxed),
+        ws.sent,
     );
     counter_family(
         r,
@@ -380,7 +374,7 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
             ),
             (
                 vec![("listener", "websocket".into())],
-                ws.connections.refused.load(Relaxed),
+                ctx.websocket.connections.refused.load(Relaxed),
             ),
         ],
     );
