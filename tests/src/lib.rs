@@ -370,10 +370,13 @@ pub fn http(
     stream.write_all(body)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no HTTP header end in {text:?}"))?;
+    // Chunk sizes count bytes: split and de-chunk the bytes, decode (lossily) at the end.
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header end in {:?}", String::from_utf8_lossy(&raw)))?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let body = &raw[end + 4..];
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -390,7 +393,7 @@ pub fn http(
     let body = if chunked {
         dechunk(body)
     } else {
-        body.to_owned()
+        String::from_utf8_lossy(body).into_owned()
     };
     Ok(HttpAnswer {
         status,
@@ -399,19 +402,21 @@ pub fn http(
     })
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
+fn dechunk(mut body: &[u8]) -> String {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..eol]);
         let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
             break;
         };
+        let rest = &body[eol + 2..];
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A new cluster key from `opsbro agent keygen`.
