@@ -4,19 +4,37 @@
 //! owner coordinates, the next ones hold replicas), how many copies acknowledge a write
 //! ([`WriteAcks`]) and how nodes talk about it ([`wire`]).
 //!
-//! The agent owns the sockets, the store (sled) and the tasks; everything here is a value or a
-//! pure function so the placement and merge rules are property-tested.
+//! The protocol itself — coordination, replication, reads with repair, handoff and
+//! anti-entropy, listings, expiry, tombstones, CAS — is [`core::Core`], a state machine fed
+//! with time, messages and client requests that returns effects; [`sim`] runs many of them on
+//! virtual time over a lossy, partitionable network and checks the history of client
+//! operations ([`sim::check`]).
+//!
+//! The agent owns the sockets, the store (sled) and the tasks; everything here is a value, a
+//! pure function or a state machine without IO, so the rules are property-tested and
+//! simulated. Nothing here reads a clock, opens a socket or spawns a task.
 
 #![forbid(unsafe_code)]
 
+pub mod core;
 pub mod entry;
+pub mod error;
 pub mod key;
 pub mod ring;
+pub mod rng;
+pub mod sim;
+pub mod storage;
 pub mod wire;
 
 pub use entry::{Entry, Hlc, MAX_CLOCK_AHEAD_MS, MAX_TTL_MS};
 pub use key::{KeyError, MAX_KEY_BYTES, MAX_VALUE_BYTES, validate_key};
 pub use ring::Ring;
+
+pub use crate::core::{
+    ClientAnswer, ClientId, ClientRequest, Config, Core, Effect, Imported, Inbound,
+};
+pub use error::{KvError, WriteEffect};
+pub use storage::{MemStorage, Storage, StorageError};
 
 /// How many copies must be durable before a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
