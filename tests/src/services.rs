@@ -26,11 +26,14 @@ pub fn free_port_outside_ephemeral() -> Result<u16> {
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    // Start at a point that depends on the process, so parallel test runs spread out.
+    // Start at a point that depends on the process, so parallel test runs spread out, and
+    // move on at every call, so two tests of one process never get the same port.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let span = low.saturating_sub(10_000).max(1);
-    let start = 10_000 + (std::process::id() as u16 % span);
+    let call = CALLS.fetch_add(97, std::sync::atomic::Ordering::Relaxed);
+    let offset = (std::process::id() as u16).wrapping_add(call) % span;
     for i in 0..span {
-        let port = 10_000 + (start - 10_000 + i) % span;
+        let port = 10_000 + (offset + i) % span;
         if TcpListener::bind(("127.0.0.1", port)).is_ok()
             && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
         {

@@ -14,10 +14,14 @@ fn three_ports() -> Vec<u16> {
     let mut ports = Vec::new();
     while ports.len() < 3 {
         let port = opsbro_tests::services::free_port_outside_ephemeral().expect("a free port");
-        let tcp = TcpListener::bind(("127.0.0.1", port)).expect("hold tcp");
-        let udp = UdpSocket::bind(("127.0.0.1", port)).expect("hold udp");
-        held.push((tcp, udp));
-        ports.push(port);
+        // Another test may have taken it since it was seen free: then choose again.
+        if let (Ok(tcp), Ok(udp)) = (
+            TcpListener::bind(("127.0.0.1", port)),
+            UdpSocket::bind(("127.0.0.1", port)),
+        ) {
+            held.push((tcp, udp));
+            ports.push(port);
+        }
     }
     ports
 }
