@@ -25,7 +25,9 @@
 //!
 //! # Where this differs from `kv.rs`, on purpose
 //!
-//! Each of these was found, or confirmed, by the simulator's checker (`sim`, `tests/sim.rs`):
+//! Each was found or confirmed with the simulator's checker ([`crate::sim`]), and each is
+//! pinned by a test that fails when it is undone (named scenarios in `tests/sim.rs`, unit
+//! tests in `core/tests.rs`; the report of the change lists which):
 //!
 //! 1. **Forwarding waits out the deadline before failing over.** `kv.rs` sends a forwarded
 //!    write with `deadline = now + 6 s + 2 s` and tries the next owner after 6 s, so for 2 s
@@ -36,9 +38,10 @@
 //! 2. **No stamp after the deadline.** A coordinator stamps a write (first stamp, or the one
 //!    retry above a replica's newer version) only before the forwarded deadline (or, for a
 //!    write from its own client, `forward_timeout` after it arrived); later it answers
-//!    [`KvError::TooLate`]. `kv.rs` checks the deadline once on arrival: a coordinator frozen
-//!    while replicating came back, met a `Superseded`, and stamped the stale write above
-//!    everything written while it was away.
+//!    [`KvError::TooLate`]. `kv.rs` checks the deadline once, on arrival: a coordinator frozen
+//!    in the middle of a write (during a CAS's read, or before its one stamp again above a
+//!    replica's newer version) stamped it when it thawed, above everything written while it
+//!    was away.
 //! 3. **CAS is atomic on its coordinator and never retried.** `kv.rs` compares with the newest
 //!    copy read from the owners, awaits, then stamps: two CAS on the same index through one
 //!    node both succeeded. Here the comparison is made again against the local copy in the
@@ -47,17 +50,28 @@
 //!    being stamped again above a version it never compared with. A CAS read must hear from
 //!    `owners - write_acks + 1` owners (read and write quorums intersect), not just one, and a
 //!    CAS is coordinated only by the key's first owner (no failover to the next owner: two
-//!    coordinators could each accept a CAS on the same index).
+//!    coordinators could each accept a CAS on the same index) — still its first owner when it
+//!    stamps. After a ring change a node coordinates no CAS for [`Config::cas_pause_ms`]
+//!    (every CAS begun under the previous ring has ended by then), and for
+//!    [`Config::joint_read_ms`] a CAS read needs a quorum of the owners under each recent ring
+//!    (it sees what the previous owners acknowledged before handoff moved it). A node's first
+//!    ring counts as a change. This holds while nodes' ring views agree within the pause
+//!    (gossip converges in about a second on a LAN); views split by a partition give each side
+//!    its own coordinator, and CAS is then not exclusive. The cost: CAS answers 503 for
+//!    `cas_pause_ms` (11 s) after a node joins or leaves, and with `write_acks: one` (whose
+//!    read quorum is every owner) until `joint_read_ms` while an owner under the previous
+//!    ring is down.
 //! 4. **A write is not routed forever.** A route starts no attempt later than every owner
 //!    tried in turn would have (`(owners - 1) × (forward_timeout + clock_slack) + clock_slack`
 //!    after it began); an entry node stalled past that (frozen) answers
 //!    [`KvError::Unavailable`] instead of sending the write on. In `kv.rs` the HTTP handler's
 //!    future was dropped with its client; a core has no futures to drop, so the bound is
 //!    explicit, and with (2) it bounds when any write can take effect.
-//! 5. **A definite refusal after an uncertain attempt is not definite.** When a forwarded write
-//!    timed out (the coordinator may have applied it) and the next coordinator then refuses it
-//!    (say, CAS failed because the first one applied it), the client gets
-//!    [`KvError::Unavailable`] ("may have been applied"), not the refusal.
+//! 5. **A definite refusal after an uncertain attempt is not definite** (defensive). When a
+//!    forwarded write timed out (the coordinator may have applied it) and the next coordinator
+//!    refuses it, the client gets [`KvError::Unavailable`] ("may have been applied"), not the
+//!    refusal: `kv.rs` answered "CAS failed" for a CAS the first coordinator had applied. With
+//!    CAS confined to its first owner (3), no definite refusal follows a timeout today.
 //! 6. **A replica never answers `Stored` for an entry it dropped.** `kv.rs` skips entries
 //!    with a bad key or a stamp too far ahead and still answers `Stored`, so the coordinator
 //!    counted a durable copy that did not exist. Here the answer is `Refused` (400) when any
@@ -149,6 +163,24 @@ pub struct Config {
     pub max_list_bytes: usize,
     /// Replication batches in flight to one peer.
     pub replication_in_flight: usize,
+}
+
+impl Config {
+    /// After a ring change, how long a node refuses to coordinate CAS: long enough for every
+    /// CAS begun under the previous ring to be stamped (before its forwarding deadline, plus
+    /// clock slack) and copied (a peer timeout), so two coordinators never overlap.
+    pub fn cas_pause_ms(&self) -> u64 {
+        self.forward_timeout_ms
+            .saturating_add(self.clock_slack_ms)
+            .saturating_add(self.peer_timeout_ms)
+    }
+
+    /// After a ring change, how long CAS reads also need a quorum of the owners under the
+    /// previous ring (until handoff has brought its writes to the new owners).
+    pub fn joint_read_ms(&self) -> u64 {
+        self.cas_pause_ms()
+            .saturating_add(self.anti_entropy_interval_ms.saturating_mul(2))
+    }
 }
 
 impl Default for Config {
@@ -378,7 +410,6 @@ enum ReadFor {
 struct ReadOp {
     key: String,
     target: ReadFor,
-    asked: usize,
     answers: Vec<(NodeUuid, Option<Entry>)>,
     waiting: usize,
 }
@@ -528,6 +559,13 @@ struct SyncRound {
     peers: BTreeMap<NodeUuid, PeerSync>,
 }
 
+/// A ring this node used until `at`.
+#[derive(Debug)]
+struct RingChange {
+    at: Time,
+    previous: Arc<Ring>,
+}
+
 /// What a merge of entries did.
 #[derive(Debug, Default)]
 struct Merged {
@@ -575,6 +613,9 @@ pub struct Core<S> {
     /// as a copy of a write only when it is one of these (see `copy_answer`).
     own_stamps: BTreeMap<String, VecDeque<(u64, Time)>>,
     next_prune: Time,
+    /// Recent ring changes (within [`Config::joint_read_ms`]): CAS pauses after one and reads
+    /// a quorum under each previous ring too.
+    ring_changes: Vec<RingChange>,
     announced: Option<Time>,
     effects: Vec<Effect>,
     stats: Stats,
@@ -638,6 +679,7 @@ impl<S: Storage> Core<S> {
             next_gc: now.saturating_add(cfg.tombstone_gc_interval_ms),
             own_stamps: BTreeMap::new(),
             next_prune: Time::MAX,
+            ring_changes: Vec::new(),
             announced: None,
             effects: Vec::new(),
             stats: Stats::default(),
@@ -668,6 +710,30 @@ impl<S: Storage> Core<S> {
     /// The owners of `key`, coordinator first (`kv locate`).
     pub fn owners(&self, key: &str) -> Vec<NodeUuid> {
         self.ring.owners(key, self.cfg.replication_factor)
+    }
+
+    /// Whether CAS is paused after a recent ring change (see [`Config::cas_pause_ms`]).
+    pub fn cas_paused(&self, now: Time) -> bool {
+        let pause = self.cfg.cas_pause_ms();
+        self.ring_changes
+            .iter()
+            .any(|c| now < c.at.saturating_add(pause))
+    }
+
+    /// The owner sets a CAS read must each hear a quorum of: the key's owners now, and under
+    /// every ring used within [`Config::joint_read_ms`].
+    fn cas_owner_sets(&self, key: &str) -> Vec<Vec<NodeUuid>> {
+        let window = self.cfg.joint_read_ms();
+        let mut sets = vec![self.owners(key)];
+        for c in &self.ring_changes {
+            if self.now < c.at.saturating_add(window) {
+                let set = c.previous.owners(key, self.cfg.replication_factor);
+                if !set.is_empty() && !sets.contains(&set) {
+                    sets.push(set);
+                }
+            }
+        }
+        sets
     }
 
     /// Counters.
@@ -804,6 +870,19 @@ impl<S: Storage> Core<S> {
         sorted.dedup();
         let changed = self.ring.nodes() != sorted.as_slice();
         if changed {
+            // A node's first ring follows the ring the others had without it (it was down, or
+            // new): CAS treats it as a change like any other.
+            let previous = if self.ring.is_empty() {
+                let others: Vec<NodeUuid> =
+                    sorted.iter().copied().filter(|n| *n != self.me).collect();
+                Arc::new(Ring::new(&others))
+            } else {
+                self.ring.clone()
+            };
+            let window = self.cfg.joint_read_ms();
+            self.ring_changes
+                .retain(|c| c.at.saturating_add(window) > now);
+            self.ring_changes.push(RingChange { at: now, previous });
             self.ring = Arc::new(Ring::new(&sorted));
             // Let a burst of changes settle, then hand data off.
             self.next_sync = now.saturating_add(self.cfg.handoff_delay_ms);

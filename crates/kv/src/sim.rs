@@ -53,6 +53,9 @@ pub struct SimConfig {
     /// Clocks set off on purpose: (node, offset in ms), beyond `max_skew_ms` (which the
     /// checker assumes as the bound).
     pub clock_offsets_ms: Vec<(usize, i64)>,
+    /// Chance that a message to a crashed node is refused at once (its host is up, the agent
+    /// is not); otherwise it goes unanswered (the host is gone).
+    pub down_refuses: f64,
 }
 
 impl Default for SimConfig {
@@ -74,6 +77,7 @@ impl Default for SimConfig {
             settle_ms: None,
             uuid_salt: 0,
             clock_offsets_ms: Vec::new(),
+            down_refuses: 0.5,
         }
     }
 }
@@ -325,6 +329,9 @@ pub struct OpRecord {
     pub request: ClientRequest,
     /// When (virtual ms, true time).
     pub invoked: Time,
+    /// When the entry node took it (None: never). Later than `invoked` when the node was
+    /// frozen: the request waited, as in a socket buffer.
+    pub received: Option<Time>,
     /// When it was answered (None: never, or after the client gave up).
     pub completed: Option<Time>,
     /// The outcome.
@@ -482,9 +489,13 @@ impl Sim {
             versions: BTreeMap::new(),
             stats: SimStats::default(),
         };
+        // The cluster has been running for a while when a scenario starts: boot it a minute
+        // early (past the CAS pause of a first ring).
+        sim.now = START - 60_000;
         for i in 0..sim.nodes.len() {
             sim.restart(i);
         }
+        sim.now = START;
         sim
     }
 
@@ -678,6 +689,7 @@ impl Sim {
             node,
             request,
             invoked: self.now,
+            received: None,
             completed: None,
             outcome: Outcome::Pending,
             final_read: false,
@@ -808,7 +820,10 @@ impl Sim {
         }
         let now = self.node_now(i);
         let request = match &ev {
-            Ev::Client { op } => Some(self.history[*op].request.clone()),
+            Ev::Client { op } => {
+                self.history[*op].received = Some(self.now);
+                Some(self.history[*op].request.clone())
+            }
             _ => None,
         };
         let from_uuid = match &ev {
@@ -875,7 +890,7 @@ impl Sim {
                     if self.nodes[j].state == State::Down {
                         // A host whose agent is not running refuses the connection, sometimes;
                         // a host that is gone just does not answer.
-                        if self.rng.chance(0.5) {
+                        if self.rng.chance(self.cfg.down_refuses) {
                             let at = self.now + self.delay() * 2;
                             self.push(at, i, generation, Ev::Unreachable { id });
                         }

@@ -562,12 +562,16 @@ fn an_acknowledged_write_survives_a_crash_right_after_its_answer() {
 /// A node that was down comes back as its keys' first owner with stale copies, alone on its
 /// side of a partition. A CAS through it on the version it still holds — which an earlier CAS
 /// already replaced — must not succeed on its copy alone: a CAS reads `owners - write_acks +
-/// 1` owners (here all three, with `write_acks: one`).
+/// 1` owners (here all three, with `write_acks: one`), under the current ring and the one
+/// before it.
 #[test]
 fn cas_needs_a_read_quorum_after_a_stale_node_rejoins() {
     let mut cfg = quiet();
     cfg.core.write_acks = opsbro_kv::WriteAcks::One;
     let key = cfg.key_coordinated_by(0, "q/");
+    // Every CAS comes after the joint reads that follow a ring change (with `write_acks: one`
+    // they need every owner under the previous ring, the crashed node included): it is the
+    // read quorum of the current ring that must stop the stale one.
     let s = Scenario::new("CAS through a stale node", cfg)
         .at(
             0,
@@ -580,7 +584,7 @@ fn cas_needs_a_read_quorum_after_a_stale_node_rejoins() {
         .at(1_000, Action::Crash(0))
         .at(2_000, Action::Ring(vec![1, 2, 3, 4]))
         .at(
-            3_000,
+            24_000,
             Action::Cas {
                 node: 2,
                 key: key.clone(),
@@ -588,19 +592,19 @@ fn cas_needs_a_read_quorum_after_a_stale_node_rejoins() {
             },
         )
         .at(
-            4_000,
+            25_000,
             Action::Put {
                 node: 3,
                 key: key.clone(),
                 ttl_ms: 0,
             },
         )
-        .at(10_000, Action::Restart(0))
-        .at(10_000, Action::Ring(vec![0, 1, 2, 3, 4]))
-        .at(10_000, Action::Partition(vec![vec![0]]))
+        .at(30_000, Action::Restart(0))
+        .at(30_000, Action::Ring(vec![0, 1, 2, 3, 4]))
+        .at(30_000, Action::Partition(vec![vec![0]]))
         // The node's own (stale) copy becomes this client's last seen version...
         .at(
-            10_500,
+            54_000,
             Action::Get {
                 node: 0,
                 key: key.clone(),
@@ -608,15 +612,15 @@ fn cas_needs_a_read_quorum_after_a_stale_node_rejoins() {
         )
         // ... and a CAS on it goes to the stale node.
         .at(
-            14_000,
+            58_000,
             Action::Cas {
                 node: 0,
                 key: key.clone(),
                 expect: Expect::LastSeen,
             },
         )
-        .at(20_000, Action::Heal)
-        .at(21_000, Action::Check);
+        .at(65_000, Action::Heal)
+        .at(66_000, Action::Check);
     for seed in 0..10 {
         let r = s.run(seed);
         assert_passed(&r);
@@ -777,5 +781,188 @@ fn a_cas_that_meets_a_newer_version_fails_instead_of_stamping_above_it() {
             .filter(|o| matches!(o.outcome, Outcome::Done(Err(KvError::Overtaken))))
             .count();
         assert!(overtaken > 0, "seed {seed}: no CAS met the newer version");
+    }
+}
+
+/// Regression (random seed 8534): a CAS coordinated by a key's second owner, while the first
+/// was out of the ring, was still under way (its read waiting on the dead node) when the first
+/// owner rejoined and took a CAS on the same version; the rejoined node's copy to the second
+/// owner was lost, and both succeeded. A CAS is stamped only by the key's first owner, and a
+/// node coordinates no CAS right after its ring changed (or it joined).
+#[test]
+fn cas_across_a_ring_change_has_one_coordinator() {
+    let cfg = SimConfig {
+        nodes: 3,
+        // The crashed node's host is gone: requests to it go unanswered.
+        down_refuses: 0.0,
+        ..quiet()
+    };
+    let key = cfg.key_coordinated_by(0, "g/");
+    let owners = cfg.owners(&key);
+    let (first, second, third) = (owners[0], owners[1], owners[2]);
+    let s = Scenario::new("CAS across a ring change", cfg)
+        .at(
+            0,
+            Action::Put {
+                node: second,
+                key: key.clone(),
+                ttl_ms: 0,
+            },
+        )
+        .at(1_000, Action::Crash(first))
+        .at(2_000, Action::Ring(vec![second, third]))
+        .at(
+            13_500,
+            Action::Get {
+                node: third,
+                key: key.clone(),
+            },
+        )
+        // After its CAS pause, the second owner coordinates; its read waits on the dead node
+        // (an owner under the previous ring).
+        .at(
+            14_000,
+            Action::Cas {
+                node: third,
+                key: key.clone(),
+                expect: Expect::LastSeen,
+            },
+        )
+        // The first owner rejoins, cut off from the second; a CAS on the same version goes
+        // to it.
+        .at(14_500, Action::Restart(first))
+        .at(14_500, Action::Cut(first, second))
+        .at(14_500, Action::Ring(vec![first, second, third]))
+        .at(
+            14_600,
+            Action::Cas {
+                node: third,
+                key: key.clone(),
+                expect: Expect::LastSeen,
+            },
+        )
+        .at(40_000, Action::Heal)
+        .at(41_000, Action::Check);
+    for seed in 0..10 {
+        assert_passed(&s.run(seed));
+    }
+}
+
+/// After a ring change, a CAS read needs a quorum of the owners under the previous ring too:
+/// a CAS acknowledged by the old first owner and the third owner (the second missed it) must
+/// be seen by the new first owner — the old second — even while handoff cannot reach it.
+#[test]
+fn a_cas_after_a_ring_change_reads_the_previous_owners_too() {
+    let cfg = quiet();
+    let key = cfg.key_coordinated_by(0, "h/");
+    let old = cfg.owners(&key);
+    let new = owners_among(&cfg, &key, &[1, 2, 3, 4]);
+    let (a, b, c) = (old[0], old[1], old[2]);
+    let d = new.iter().copied().find(|n| !old.contains(n)).unwrap_or(4);
+    assert_eq!(
+        new[0], b,
+        "the second owner coordinates once the first is gone"
+    );
+    let mut s = Scenario::new("CAS reads the previous owners", cfg).at(
+        0,
+        Action::Put {
+            node: b,
+            key: key.clone(),
+            ttl_ms: 0,
+        },
+    );
+    s.check.cas_linearizable = true;
+    s = s
+        .at(
+            500,
+            Action::Get {
+                node: d,
+                key: key.clone(),
+            },
+        )
+        // The second owner misses the first owner's CAS, and the third owner cannot hand it
+        // to the second or to the node that becomes an owner.
+        .at(1_000, Action::Cut(a, b))
+        .at(1_000, Action::Cut(b, c))
+        .at(1_000, Action::Cut(c, d))
+        .at(
+            2_000,
+            Action::Cas {
+                node: a,
+                key: key.clone(),
+                expect: Expect::LastSeen,
+            },
+        )
+        .at(6_000, Action::Crash(a))
+        .at(7_000, Action::Ring(vec![1, 2, 3, 4]))
+        // After the CAS pause, a client that read the stale version through the new first
+        // owner (the read waits 3 s for the third owner) tries a CAS on it.
+        .at(
+            18_500,
+            Action::Get {
+                node: b,
+                key: key.clone(),
+            },
+        )
+        .at(
+            22_500,
+            Action::Cas {
+                node: b,
+                key: key.clone(),
+                expect: Expect::LastSeen,
+            },
+        )
+        .at(30_000, Action::Heal)
+        .at(30_000, Action::Restart(a))
+        .at(30_000, Action::Ring(vec![0, 1, 2, 3, 4]))
+        .at(31_000, Action::Check);
+    for seed in 0..10 {
+        let r = s.run(seed);
+        assert_passed(&r);
+        let first_cas = r.history.iter().find(|o| o.node == a && cas_ok(o));
+        assert!(first_cas.is_some(), "seed {seed}: the first CAS succeeds");
+    }
+}
+
+/// An entry node freezes while its client's write waits on the key's coordinator, for longer
+/// than the client waits. When it thaws, it must not send the write on to the next owner —
+/// over writes acknowledged long after its client gave up.
+#[test]
+fn a_write_held_by_a_frozen_entry_node_is_not_sent_on_when_it_thaws() {
+    let cfg = quiet();
+    let key = cfg.key_coordinated_by(0, "e/");
+    let entry = (1..5).find(|n| !cfg.owners(&key).contains(n)).unwrap_or(4);
+    let other = (1..5)
+        .find(|n| *n != entry && !cfg.owners(&key).contains(n))
+        .unwrap_or(3);
+    let mut s = Scenario::new("frozen entry node", cfg)
+        .at(500, Action::Cut(entry, 0))
+        .at(
+            1_000,
+            Action::Put {
+                node: entry,
+                key: key.clone(),
+                ttl_ms: 0,
+            },
+        )
+        .at(1_100, Action::Freeze(entry));
+    for t in (34_000..45_000).step_by(2_000) {
+        s = s.at(
+            t,
+            Action::Put {
+                node: other,
+                key: key.clone(),
+                ttl_ms: 0,
+            },
+        );
+    }
+    s = s
+        .at(46_000, Action::Thaw(entry))
+        .at(46_000, Action::Heal)
+        .at(50_000, Action::Check);
+    for seed in 0..10 {
+        let r = s.run(seed);
+        assert_passed(&r);
+        assert_eq!(r.history[0].outcome, Outcome::TimedOut, "seed {seed}");
     }
 }

@@ -19,16 +19,19 @@ impl<S: Storage> Core<S> {
     /// Ask every owner; the newest copy wins and stale owners are repaired.
     pub(super) fn start_read(&mut self, key: String, target: ReadFor) {
         let owners = self.owners(&key);
+        self.start_read_from(key, owners, target);
+    }
+
+    /// Ask `owners` for their copies of `key`.
+    pub(super) fn start_read_from(&mut self, key: String, owners: Vec<NodeUuid>, target: ReadFor) {
         let mut op = ReadOp {
             key,
             target,
-            asked: owners.len(),
             answers: Vec::new(),
             waiting: 0,
         };
         if owners.is_empty() {
             // No ring yet: this node's copy is all there is.
-            op.asked = 1;
             if let Ok(e) = self.local_get(&op.key) {
                 op.answers.push((self.me, e));
             }
@@ -130,8 +133,8 @@ impl<S: Storage> Core<S> {
                 );
             }
             ReadFor::Cas(coord) => {
-                let answered = op.answers.len();
-                self.cas_read_done(coord, result, answered, op.asked);
+                let answered: Vec<NodeUuid> = op.answers.iter().map(|(n, _)| *n).collect();
+                self.cas_read_done(coord, result, &answered);
             }
         }
     }

@@ -51,14 +51,16 @@ impl Net {
     }
 
     fn with(n: usize, cfg: &Config) -> Net {
+        // Booted a minute ago: past the CAS pause that follows a node's first ring.
+        let boot = T0 - 60_000;
         let mut cores: Vec<Core<MemStorage>> = (0..n)
             .map(|i| {
-                Core::new(uuid(i), cfg.clone(), MemStorage::new(), T0, i as u64).expect("memory")
+                Core::new(uuid(i), cfg.clone(), MemStorage::new(), boot, i as u64).expect("memory")
             })
             .collect();
         let members: Vec<NodeUuid> = (0..n).map(uuid).collect();
         for c in &mut cores {
-            c.handle_members(T0, &members);
+            c.handle_members(boot, &members);
             c.take_effects();
         }
         Net {

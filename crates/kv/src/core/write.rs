@@ -184,8 +184,24 @@ impl<S: Storage> Core<S> {
             retried: false,
         }));
         if cas {
-            // CAS compares with the newest copy anywhere, not just ours.
-            self.start_read(key, ReadFor::Cas(id));
+            if self.cas_paused(self.now) {
+                let e = KvError::Unavailable(format!(
+                    "the ring changed less than {} s ago: CAS waits for the writes coordinated under the previous ring; try again",
+                    self.cfg.cas_pause_ms() / 1000
+                ));
+                return self.finish_coordinate(id, Err(e));
+            }
+            // CAS compares with the newest copy anywhere, not just ours: a quorum of the
+            // owners under this ring and under any ring used lately.
+            let mut asked: Vec<NodeUuid> = Vec::new();
+            for set in self.cas_owner_sets(&key) {
+                for n in set {
+                    if !asked.contains(&n) {
+                        asked.push(n);
+                    }
+                }
+            }
+            self.start_read_from(key, asked, ReadFor::Cas(id));
         } else {
             self.coordinate_checked(id, None);
         }
@@ -195,8 +211,7 @@ impl<S: Storage> Core<S> {
         &mut self,
         id: OpId,
         result: Result<Option<Entry>, KvError>,
-        answered: usize,
-        asked: usize,
+        answered: &[NodeUuid],
     ) {
         let Some(Op::Coordinate(c)) = self.ops.get(&id) else {
             return;
@@ -205,14 +220,18 @@ impl<S: Storage> Core<S> {
             Ok(e) => e,
             Err(e) => return self.finish_coordinate(id, Err(e)),
         };
-        // Read and write quorums must intersect, or a CAS could miss an acknowledged one.
-        let needed = self.cfg.write_acks.needed(c.owners.len().max(1));
-        let quorum = asked.saturating_sub(needed) + 1;
-        if answered < quorum {
-            let e = KvError::Unavailable(format!(
-                "a CAS needs {quorum} owners of the key to answer; {answered} did"
-            ));
-            return self.finish_coordinate(id, Err(e));
+        // Read and write quorums must intersect, or a CAS could miss an acknowledged one:
+        // under each ring a write may have been acknowledged with lately.
+        for set in self.cas_owner_sets(&c.key) {
+            let needed = self.cfg.write_acks.needed(set.len().max(1));
+            let quorum = set.len().saturating_sub(needed) + 1;
+            let heard = set.iter().filter(|n| answered.contains(n)).count();
+            if heard < quorum {
+                let e = KvError::Unavailable(format!(
+                    "a CAS needs {quorum} owners of the key to answer; {heard} did"
+                ));
+                return self.finish_coordinate(id, Err(e));
+            }
         }
         self.coordinate_checked(id, newest);
     }
@@ -267,6 +286,15 @@ impl<S: Storage> Core<S> {
         };
         if now > c.deadline {
             return self.finish_coordinate(id, Err(failed(KvError::TooLate)));
+        }
+        // A CAS has one coordinator: the first owner, under a ring that has not just changed.
+        if cas_of(&c.op).is_some()
+            && (self.owners(&c.key).first() != Some(&self.me) || self.cas_paused(now))
+        {
+            let e = KvError::Unavailable(
+                "the ring changed while this CAS was under way; try again".into(),
+            );
+            return self.finish_coordinate(id, Err(failed(e)));
         }
         let index = self.hlc.stamp(now);
         let entry = match &c.op {

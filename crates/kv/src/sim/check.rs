@@ -5,8 +5,9 @@
 //! written: [`KvError::write_effect`](crate::KvError::write_effect) is `None`, or its node was down) or **unknown** (timed
 //! out, or an error after which a copy may exist). A write takes effect (is stamped) between
 //! its invocation and its end: its answer, whatever the answer; or, when its client gave up,
-//! its invocation plus the protocol's horizon
-//! ([`SimConfig::write_horizon_ms`](super::SimConfig::write_horizon_ms)).
+//! the protocol's horizon ([`SimConfig::write_horizon_ms`](super::SimConfig::write_horizon_ms))
+//! after its entry node took it (a request that waited at a frozen node counts from when the
+//! node got to it: no node can know how long a request sat in its socket).
 //! Clocks differ by up to the skew, so "B after A" means "B invoked more than two skews after
 //! A ended"; last-writer-wins must then keep B over A.
 //!
@@ -37,7 +38,7 @@
 //!   promise this in general: a blind write that failed over to the second owner (its first
 //!   owner silent for the forwarding timeout) can be stamped concurrently with a CAS at the
 //!   first owner, below it, unseen by its read; last-writer-wins then keeps the CAS over a
-//!   write it never compared with (about 1 random seed in 300 shows it). Scenarios where
+//!   write it never compared with (about 1 random seed in 500 shows it). Scenarios where
 //!   every write goes through one coordinator at a time assert it.
 
 use std::collections::BTreeMap;
@@ -190,10 +191,11 @@ fn writes<'a>(history: &'a [OpRecord], horizon: u64) -> Vec<Write<'a>> {
                 _ => Status::Unknown,
             };
             // A write is stamped before its answer, whatever the answer; one never answered
-            // (its client gave up) within the protocol's horizon.
+            // (its client gave up) within the protocol's horizon from when its entry node took
+            // it (a frozen node takes a request late, and cannot know how long it waited).
             let end = match o.completed {
                 Some(done) if matches!(o.outcome, Outcome::Done(_)) => done,
-                _ => o.invoked.saturating_add(horizon),
+                _ => o.received.unwrap_or(o.invoked).saturating_add(horizon),
             };
             Some(Write {
                 op: o.id,
