@@ -1,10 +1,10 @@
-//! The gossip driver: owns the UDP socket and the cluster TCP listener, feeds the sans-IO core
-//! ([`opsbro_gossip::Gossip`]) with packets, frames, commands and ticks, and performs its effects.
-//! Every packet goes through the keyring first; refusals are counted and never reach the core.
+//! The gossip driver: owns the UDP socket, feeds the sans-IO core ([`opsbro_gossip::Gossip`])
+//! with packets, push-pull frames, commands and ticks, and performs its effects. Every packet
+//! goes through the keyring first; refusals are counted and never reach the core.
 //!
 //! One task owns the core. The API talks to it through [`GossipHandle`] (commands with a reply
-//! channel); TCP connections and outgoing push-pulls run in their own tasks and hand their frames
-//! to the core task.
+//! channel); push-pull connections (handed over by the cluster listener, [`crate::cluster`])
+//! and outgoing push-pulls run in their own tasks and hand their frames to the core task.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -27,14 +27,14 @@ use crate::cluster::{self, open, read_frame, write_frame};
 use crate::membership::Peer;
 use crate::status::Status;
 
-/// Kind byte of a cluster TCP frame carrying a push-pull (2 and 3 are the KV store's).
-const FRAME_PUSH_PULL: u8 = 1;
+/// Kind byte of a cluster TCP frame carrying a push-pull.
+const FRAME_PUSH_PULL: u8 = cluster::FrameKind::PushPull as u8;
 /// Largest push-pull part: a state of any size crosses in frames of about this size (the
 /// frame limit is 4 MiB; parts stay well under it).
 const PUSH_PULL_PART: usize = 1024 * 1024;
 /// Most parts in one push-pull (20,000 members take about 5).
 const MAX_PUSH_PULL_PARTS: usize = 64;
-/// Cluster TCP connections served at once; more are closed at once and counted.
+/// Push-pull connections served at once; more are closed at once and counted.
 const MAX_CLUSTER_CONNECTIONS: usize = 64;
 /// Time allowed for a whole push-pull exchange.
 const PUSH_PULL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +68,8 @@ pub struct GossipCounters {
     replies_capped: AtomicU64,
     /// The keyring, for its replay counters.
     keyring: std::sync::OnceLock<Arc<RwLock<Keyring>>>,
+    /// The cluster listener's refusals (first frames of TCP connections), shown with these.
+    listener: std::sync::OnceLock<Arc<cluster::ListenerCounters>>,
 }
 
 fn inc(c: &AtomicU64) {
@@ -98,21 +100,24 @@ impl GossipCounters {
                     .replay_stats()
             })
             .unwrap_or_default();
+        let l = |f: fn(&cluster::ListenerCounters) -> &AtomicU64| {
+            self.listener.get().map_or(0, |c| g(f(c)))
+        };
         Counters {
             udp_in: g(&self.udp_in),
             udp_out: g(&self.udp_out),
             bytes_in: g(&self.bytes_in),
             bytes_out: g(&self.bytes_out),
-            rejected_plaintext: g(&self.rejected_plaintext),
-            rejected_no_key: g(&self.rejected_no_key),
-            rejected_unknown_key: g(&self.rejected_unknown_key),
-            rejected_tampered: g(&self.rejected_tampered),
-            malformed: g(&self.malformed),
+            rejected_plaintext: g(&self.rejected_plaintext) + l(|c| &c.rejected_plaintext),
+            rejected_no_key: g(&self.rejected_no_key) + l(|c| &c.rejected_no_key),
+            rejected_unknown_key: g(&self.rejected_unknown_key) + l(|c| &c.rejected_unknown_key),
+            rejected_tampered: g(&self.rejected_tampered) + l(|c| &c.rejected_tampered),
+            malformed: g(&self.malformed) + l(|c| &c.malformed),
             oversize: g(&self.oversize),
             push_pulls: g(&self.push_pulls),
-            push_pull_errors: g(&self.push_pull_errors),
+            push_pull_errors: g(&self.push_pull_errors) + l(|c| &c.failed),
             overloaded: g(&self.overloaded),
-            connections_refused: g(&self.connections_refused),
+            connections_refused: g(&self.connections_refused) + l(|c| &c.connections_refused),
             rejected_replayed: replayed,
             rejected_stale: stale,
             incarnations_refused: g(&self.incarnations_refused),
@@ -265,8 +270,9 @@ pub struct GossipSetup {
     pub me: NodeRecord,
     /// Protocol settings.
     pub config: GossipConfig,
-    /// Keys (empty: plaintext).
-    pub keyring: Keyring,
+    /// The cluster keyring (empty: plaintext), shared with the cluster listener and the KV
+    /// store.
+    pub keyring: cluster::SharedKeyring,
     /// Seeds to join at start.
     pub seeds: Vec<Seed>,
     /// File where the incarnation is persisted.
@@ -279,35 +285,26 @@ pub struct GossipSetup {
     pub view: crate::eval::SharedView,
     /// Where member changes are published.
     pub bus: crate::events::EventBus,
-    /// Cluster TCP connections that speak KV are handed over here (with their first frame,
-    /// opened).
-    pub kv_connections: mpsc::Sender<KvConnection>,
+    /// Push-pull connections from the cluster listener (first frame opened).
+    pub push_pulls: mpsc::Receiver<cluster::Accepted>,
+    /// The cluster listener's counters (shown with gossip's).
+    pub listener: Arc<cluster::ListenerCounters>,
     /// The live membership, for the KV ring.
     pub membership: tokio::sync::watch::Sender<Arc<Vec<Peer>>>,
     /// Probe round-trip times and suspicions for `/metrics`.
     pub telemetry: crate::telemetry::SharedTelemetry,
 }
 
-/// A cluster connection whose first frame is a KV request.
-pub struct KvConnection {
-    /// The connection.
-    pub stream: TcpStream,
-    /// Who.
-    pub peer: SocketAddr,
-    /// The first frame, opened.
-    pub first: Vec<u8>,
-}
-
-/// Bound gossip sockets: UDP and TCP on the same port.
+/// The bound gossip socket (UDP; the cluster listener has TCP on the same port).
 pub struct GossipSockets {
     udp: UdpSocket,
-    tcp: TcpListener,
     /// The bound address.
     pub local: SocketAddr,
 }
 
-/// Bind UDP and TCP on `bind:port`; with port 0, find a port free for both.
-pub async fn bind(bind: IpAddr, port: u16) -> std::io::Result<GossipSockets> {
+/// Bind UDP (gossip) and TCP (the cluster listener) on `bind:port`; with port 0, find a port
+/// free for both.
+pub async fn bind(bind: IpAddr, port: u16) -> std::io::Result<(GossipSockets, TcpListener)> {
     let mut last_err = None;
     for _ in 0..20 {
         let udp = UdpSocket::bind(SocketAddr::new(bind, port)).await?;
@@ -315,7 +312,7 @@ pub async fn bind(bind: IpAddr, port: u16) -> std::io::Result<GossipSockets> {
         udp.set_broadcast(true)?;
         let local = udp.local_addr()?;
         match TcpListener::bind(local).await {
-            Ok(tcp) => return Ok(GossipSockets { udp, tcp, local }),
+            Ok(tcp) => return Ok((GossipSockets { udp, local }, tcp)),
             Err(e) if port == 0 => last_err = Some(e),
             Err(e) => return Err(e),
         }
@@ -359,8 +356,9 @@ pub fn start(
     let (tx, rx) = mpsc::channel(256);
     let (itx, irx) = mpsc::channel(1024);
     let counters = Arc::new(GossipCounters::default());
-    let keyring = Arc::new(RwLock::new(setup.keyring));
+    let keyring = setup.keyring;
     let _ = counters.keyring.set(keyring.clone());
+    let _ = counters.listener.set(setup.listener);
     let encrypted = keyring.read().map(|k| k.is_enabled()).unwrap_or(true);
     let handle = GossipHandle {
         tx,
@@ -381,12 +379,11 @@ pub fn start(
         itx.clone(),
         shutdown.clone(),
     ));
-    tracker.spawn(tcp_server(
-        sockets.tcp,
+    tracker.spawn(push_pull_server(
+        setup.push_pulls,
         keyring.clone(),
         counters.clone(),
         itx.clone(),
-        setup.kv_connections.clone(),
         tracker.clone(),
         shutdown.clone(),
     ));
@@ -1047,52 +1044,46 @@ async fn udp_reader(
     }
 }
 
-async fn tcp_server(
-    listener: TcpListener,
-    keyring: Arc<RwLock<Keyring>>,
+/// Serve the push-pull connections the cluster listener hands over, at most
+/// [`MAX_CLUSTER_CONNECTIONS`] at once, each within [`PUSH_PULL_TIMEOUT`].
+async fn push_pull_server(
+    mut connections: mpsc::Receiver<cluster::Accepted>,
+    keyring: cluster::SharedKeyring,
     counters: Arc<GossipCounters>,
     itx: mpsc::Sender<Internal>,
-    kv: mpsc::Sender<KvConnection>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    // Bounded: a peer that opens connections and never sends cannot exhaust the agent.
+    // Bounded: a peer that opens connections and never finishes cannot exhaust the agent.
     let slots = Arc::new(tokio::sync::Semaphore::new(crate::host::connection_cap(
         MAX_CLUSTER_CONNECTIONS,
     )));
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cluster accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = connections.recv() => match c { Some(c) => c, None => return },
         };
+        let peer = accepted.peer;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             inc(&counters.connections_refused);
-            tracing::debug!(%peer, "too many cluster connections; refused");
+            tracing::debug!(%peer, "too many push-pull connections; refused");
             continue;
         };
         let keyring = keyring.clone();
         let counters = counters.clone();
         let itx = itx.clone();
-        let kv = kv.clone();
         tracker.spawn(async move {
             let _slot = slot;
             let served = tokio::time::timeout(
                 PUSH_PULL_TIMEOUT,
-                serve_conn(stream, peer, &keyring, &counters, &itx, &kv),
+                serve_push_pull(accepted, &keyring, &counters, &itx),
             )
             .await;
             match served {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     inc(&counters.push_pull_errors);
-                    tracing::debug!(%peer, error = %e, "cluster connection refused");
+                    tracing::debug!(%peer, error = %e, "push-pull refused");
                 }
                 Err(_) => inc(&counters.push_pull_errors),
             }
@@ -1100,32 +1091,20 @@ async fn tcp_server(
     }
 }
 
-async fn serve_conn(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+/// One push-pull exchange: the request comes in parts (the first already read by the
+/// listener); every part but the last is merged as it arrives; the answer goes back in parts.
+async fn serve_push_pull(
+    accepted: cluster::Accepted,
     keyring: &RwLock<Keyring>,
     counters: &GossipCounters,
     itx: &mpsc::Sender<Internal>,
-    kv: &mpsc::Sender<KvConnection>,
 ) -> Result<(), String> {
-    let frame = read_frame(&mut stream).await?;
-    let plain = open(keyring, &frame).map_err(|e| {
-        counters.rejected(e);
-        e.to_string()
-    })?;
-    if plain.first() == Some(&opsbro_kv::wire::KIND_REQUEST) {
-        // A KV peer: the connection is the KV store's from now on (it has its own limits).
-        return kv
-            .send(KvConnection {
-                stream,
-                peer,
-                first: plain,
-            })
-            .await
-            .map_err(|_| "the KV store is not running".to_owned());
-    }
-    // The request comes in parts; every part but the last is merged as it arrives.
-    let mut plain = plain;
+    let cluster::Accepted {
+        mut stream,
+        peer,
+        first,
+    } = accepted;
+    let mut plain = first;
     let mut parts = 0;
     let request = loop {
         parts += 1;

@@ -171,20 +171,38 @@ async fn run_agent(
 
     status.set("gossip", SubsystemState::Starting, None);
     let gossip_bind = SocketAddr::new(bind_addr, config.port);
-    let sockets = gossip::bind(bind_addr, config.port)
-        .await
-        .map_err(|source| AgentError::Bind {
-            what: "gossip (UDP and TCP)",
-            addr: gossip_bind,
-            source,
-        })?;
+    let (sockets, cluster_listener) =
+        gossip::bind(bind_addr, config.port)
+            .await
+            .map_err(|source| AgentError::Bind {
+                what: "gossip (UDP and TCP)",
+                addr: gossip_bind,
+                source,
+            })?;
     let gossip_port = sockets.local.port();
     let gossip_addr = SocketAddr::new(advertise, gossip_port);
     let incarnation_file = data_dir.path().join("incarnation");
     let me = start::node_record(&config, &data_dir, gossip_addr, &incarnation_file);
     let bus = events::EventBus::default();
     let telemetry = Arc::new(telemetry::Telemetry::default());
+    // The cluster port's TCP listener hands each connection to gossip or the KV store by the
+    // kind of its first frame; both seal with the same keyring.
+    let encrypted = keyring.is_enabled();
+    let keyring: cluster::SharedKeyring = Arc::new(std::sync::RwLock::new(keyring));
+    let listener_counters = Arc::new(cluster::ListenerCounters::default());
+    let (push_pull_tx, push_pulls) = tokio::sync::mpsc::channel(64);
     let (kv_connections, kv_incoming) = tokio::sync::mpsc::channel(64);
+    tracker.spawn(cluster::serve(
+        cluster_listener,
+        keyring.clone(),
+        cluster::Routes {
+            push_pull: push_pull_tx,
+            kv: kv_connections,
+        },
+        listener_counters.clone(),
+        tracker.clone(),
+        shutdown.child_token(),
+    ));
     let (membership, membership_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let kv_membership = membership_rx.clone();
     let view = eval::SharedView::default();
@@ -217,10 +235,10 @@ async fn run_agent(
             config: opsbro_gossip::GossipConfig {
                 // Without a key nobody is authenticated: beyond loopback, never answer with more
                 // than was asked (a forged source must not make this agent an amplifier).
-                cap_replies: !keyring.is_enabled() && !bind_addr.is_loopback(),
+                cap_replies: !encrypted && !bind_addr.is_loopback(),
                 ..gossip_config(&config.gossip)
             },
-            keyring,
+            keyring: keyring.clone(),
             seeds: members_file::seeds_at_start(
                 &config.seeds,
                 &remembered,
@@ -232,7 +250,8 @@ async fn run_agent(
             auto_detect: config.auto_detect,
             view: view.clone(),
             bus: bus.clone(),
-            kv_connections,
+            push_pulls,
+            listener: listener_counters,
             membership,
             telemetry: telemetry.clone(),
         },
@@ -251,17 +270,19 @@ async fn run_agent(
         node: config.node_name.clone(),
     };
     let kv = kv::KvHandle::start(
-        data_dir.uuid(),
-        Arc::new(store),
-        start::kv_config(&config),
-        gossip.keyring.clone(),
-        membership_rx.clone(),
-        kv_incoming,
-        bus.clone(),
+        kv::KvSetup {
+            me: data_dir.uuid(),
+            store: Arc::new(store),
+            config: start::kv_config(&config),
+            keyring: keyring.clone(),
+            membership: membership_rx.clone(),
+            connections: kv_incoming,
+            bus: bus.clone(),
+        },
         &tracker,
         shutdown.child_token(),
     )
-    .map_err(|e| AgentError::Kv(e.message))?;
+    .map_err(|e| AgentError::Kv(e.to_string()))?;
     // `kv_get()` in expressions reads the store.
     let (reader, runtime) = (kv.clone(), tokio::runtime::Handle::current());
     view.set_kv(Arc::new(move |key: &str| {

@@ -51,16 +51,19 @@
 //!    `owners - write_acks + 1` owners (read and write quorums intersect), not just one, and a
 //!    CAS is coordinated only by the key's first owner (no failover to the next owner: two
 //!    coordinators could each accept a CAS on the same index) — still its first owner when it
-//!    stamps. After a ring change a node coordinates no CAS for [`Config::cas_pause_ms`]
-//!    (every CAS begun under the previous ring has ended by then), and for
-//!    [`Config::joint_read_ms`] a CAS read needs a quorum of the owners under each recent ring
-//!    (it sees what the previous owners acknowledged before handoff moved it). A node's first
-//!    ring counts as a change. This holds while nodes' ring views agree within the pause
-//!    (gossip converges in about a second on a LAN); views split by a partition give each side
-//!    its own coordinator, and CAS is then not exclusive. The cost: CAS answers 503 for
-//!    `cas_pause_ms` (11 s) after a node joins or leaves, and with `write_acks: one` (whose
-//!    read quorum is every owner) until `joint_read_ms` while an owner under the previous
-//!    ring is down.
+//!    stamps. After a ring change, a node coordinates no CAS on a key whose first owner under
+//!    the previous ring was another node, for [`Config::cas_pause_ms`] (every CAS begun there
+//!    has ended by then): it answers [`KvError::CasPaused`] with the time left, and the
+//!    agent's client waits that long and tries again. For [`Config::joint_read_ms`] a CAS read
+//!    needs a quorum of the owners under each recent ring (it sees what the previous owners
+//!    acknowledged before handoff moved it). A node that saw only itself (its first ring, or
+//!    alone while gossip finds the others) takes the new ring without itself as the previous
+//!    one. This holds while nodes' ring views agree within the pause (gossip converges in
+//!    about a second on a LAN); views split by a partition give each side its own
+//!    coordinator, and CAS is then not exclusive. The cost: a CAS waits up to `cas_pause_ms`
+//!    (11 s) when its key's coordinator just changed (a node joined or left), and with
+//!    `write_acks: one` (whose read quorum is every owner) fails until `joint_read_ms` while
+//!    an owner under the previous ring is down.
 //! 4. **A write is not routed forever.** A route starts no attempt later than every owner
 //!    tried in turn would have (`(owners - 1) × (forward_timeout + clock_slack) + clock_slack`
 //!    after it began); an entry node stalled past that (frozen) answers
@@ -712,12 +715,23 @@ impl<S: Storage> Core<S> {
         self.ring.owners(key, self.cfg.replication_factor)
     }
 
-    /// Whether CAS is paused after a recent ring change (see [`Config::cas_pause_ms`]).
-    pub fn cas_paused(&self, now: Time) -> bool {
+    /// How long CAS on `key` stays paused after a recent ring change (see
+    /// [`Config::cas_pause_ms`]), if it is: a change under whose previous ring another node was
+    /// the key's first owner (and so may still be coordinating a CAS on it). A change that left
+    /// this node first owner of the key does not pause it: its own CAS are serialised here.
+    pub fn cas_pause_left(&self, key: &str, now: Time) -> Option<u64> {
         let pause = self.cfg.cas_pause_ms();
         self.ring_changes
             .iter()
-            .any(|c| now < c.at.saturating_add(pause))
+            .filter(|c| now < c.at.saturating_add(pause))
+            .filter(|c| {
+                c.previous
+                    .owners(key, 1)
+                    .first()
+                    .is_some_and(|first| *first != self.me)
+            })
+            .map(|c| c.at.saturating_add(pause) - now)
+            .max()
     }
 
     /// The owner sets a CAS read must each hear a quorum of: the key's owners now, and under
@@ -870,9 +884,11 @@ impl<S: Storage> Core<S> {
         sorted.dedup();
         let changed = self.ring.nodes() != sorted.as_slice();
         if changed {
-            // A node's first ring follows the ring the others had without it (it was down, or
-            // new): CAS treats it as a change like any other.
-            let previous = if self.ring.is_empty() {
+            // A node that saw only itself (its first ring, or alone while gossip finds the
+            // others) shared no ring with anyone: what the others used is the new ring without
+            // it (it was down, or new). No one else: nothing to wait for.
+            let alone = self.ring.nodes().iter().all(|n| *n == self.me);
+            let previous = if alone {
                 let others: Vec<NodeUuid> =
                     sorted.iter().copied().filter(|n| *n != self.me).collect();
                 Arc::new(Ring::new(&others))

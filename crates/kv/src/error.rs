@@ -56,6 +56,15 @@ pub enum KvError {
     /// No owner answered (reads), or none could take the write.
     #[error("{0}")]
     Unavailable(String),
+    /// The key's coordinator changed lately: CAS on it waits until every CAS coordinated
+    /// under the previous ring has ended (nothing was written; the client retries then).
+    #[error(
+        "the key's coordinator changed lately: CAS on it resumes in {retry_in_ms} ms (once every CAS begun under the previous ring has ended)"
+    )]
+    CasPaused {
+        /// How long until CAS on the key resumes.
+        retry_in_ms: u64,
+    },
     /// A forwarded write reached its coordinator after its sender's deadline (a frozen node, or
     /// clocks too far apart): it was not applied.
     #[error(
@@ -121,6 +130,7 @@ impl KvError {
             KvError::NotEnoughReplicas { .. }
             | KvError::NoOwner
             | KvError::Unavailable(_)
+            | KvError::CasPaused { .. }
             | KvError::LateWrite
             | KvError::TooLate
             | KvError::IncompleteList { .. } => 503,
@@ -163,6 +173,9 @@ impl KvError {
             (409, [held]) if message.starts_with("the write was not applied") => {
                 Some(KvError::NotApplied { held: *held })
             }
+            (503, [ms]) if message.starts_with("the key's coordinator changed lately") => {
+                Some(KvError::CasPaused { retry_in_ms: *ms })
+            }
             (503, [durable, needed]) if message.starts_with("not enough replicas") => {
                 match (usize::try_from(*durable), usize::try_from(*needed)) {
                     (Ok(durable), Ok(needed)) => {
@@ -188,6 +201,7 @@ impl KvError {
             | KvError::CasFailed { .. }
             | KvError::NotApplied { .. }
             | KvError::NoOwner
+            | KvError::CasPaused { .. }
             | KvError::LateWrite
             | KvError::TooLate
             | KvError::Misaddressed => WriteEffect::None,
@@ -219,6 +233,9 @@ mod tests {
                 needed: 2,
             },
             KvError::NoOwner,
+            KvError::CasPaused {
+                retry_in_ms: 10_517,
+            },
             KvError::LateWrite,
             KvError::TooLate,
             KvError::Misaddressed,

@@ -18,12 +18,33 @@ use crate::kv::KvError;
 /// Longest blocking read.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
+/// The HTTP status of a KV failure: the one place where KV errors meet HTTP.
+fn status(e: &KvError) -> StatusCode {
+    match e {
+        KvError::InvalidKey(_) | KvError::TtlTooLong => StatusCode::BAD_REQUEST,
+        KvError::CasFailed { .. } | KvError::NotApplied { .. } | KvError::Overtaken => {
+            StatusCode::CONFLICT
+        }
+        KvError::ListTooBig { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        KvError::Storage(_) | KvError::Misaddressed => StatusCode::INTERNAL_SERVER_ERROR,
+        KvError::NotEnoughReplicas { .. }
+        | KvError::NoOwner
+        | KvError::Unavailable(_)
+        | KvError::CasPaused { .. }
+        | KvError::LateWrite
+        | KvError::TooLate
+        | KvError::IncompleteList { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        // Another node's refusal this one does not know: its code, when it is an error code.
+        KvError::Refused { code, .. } => StatusCode::from_u16(*code)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
+
 impl From<KvError> for ApiError {
     fn from(e: KvError) -> Self {
-        ApiError::new(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            e.message,
-        )
+        ApiError::new(status(&e), e.to_string())
     }
 }
 
@@ -303,7 +324,21 @@ pub async fn export(
     let (entries, next) = ctx
         .kv
         .export_page(&prefix, &after, EXPORT_PAGE_BYTES)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // Said as a backup: the CLI adds that no file was written.
+            KvError::IncompleteList {
+                silent,
+                nodes,
+                reasons,
+            } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "incomplete export: {silent} of {nodes} nodes did not answer and some keys have no other copy ({reasons}); try again when they are back"
+                ),
+            ),
+            other => other.into(),
+        })?;
     Ok(Json(api::ExportPage {
         entries: entries
             .into_iter()

@@ -759,6 +759,12 @@ fn imports_report_stored_older_and_failed_entries() {
         }
     };
     assert_eq!(import(&mut net), vec![Imported::Stored, Imported::Older]);
+    // An empty import is answered at once (it once waited forever).
+    let id = net.client(1, ClientRequest::Import { entries: vec![] });
+    assert!(
+        matches!(net.answer(id), Some(Ok(ClientAnswer::Imported(v))) if v.is_empty()),
+        "an empty import is answered"
+    );
     net.down[2] = true;
     let outcomes = import(&mut net);
     assert!(matches!(outcomes[0], Imported::Failed(_)), "{outcomes:?}");

@@ -184,12 +184,8 @@ impl<S: Storage> Core<S> {
             retried: false,
         }));
         if cas {
-            if self.cas_paused(self.now) {
-                let e = KvError::Unavailable(format!(
-                    "the ring changed less than {} s ago: CAS waits for the writes coordinated under the previous ring; try again",
-                    self.cfg.cas_pause_ms() / 1000
-                ));
-                return self.finish_coordinate(id, Err(e));
+            if let Some(retry_in_ms) = self.cas_pause_left(&key, self.now) {
+                return self.finish_coordinate(id, Err(KvError::CasPaused { retry_in_ms }));
             }
             // CAS compares with the newest copy anywhere, not just ours: a quorum of the
             // owners under this ring and under any ring used lately.
@@ -289,7 +285,8 @@ impl<S: Storage> Core<S> {
         }
         // A CAS has one coordinator: the first owner, under a ring that has not just changed.
         if cas_of(&c.op).is_some()
-            && (self.owners(&c.key).first() != Some(&self.me) || self.cas_paused(now))
+            && (self.owners(&c.key).first() != Some(&self.me)
+                || self.cas_pause_left(&c.key, now).is_some())
         {
             let e = KvError::Unavailable(
                 "the ring changed while this CAS was under way; try again".into(),
