@@ -105,3 +105,98 @@ fn the_clock_is_banned_in_the_cores() {
         }
     }
 }
+
+/// The top-level modules of a crate's `src/` (files and folders), and for each the modules
+/// of the same crate it names (`crate::x`, `use crate::{x, y}`). The crate root (`lib.rs`:
+/// the agent's composition root, the cores' list of re-exports) names every module and is
+/// left out.
+fn module_graph(krate: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let src = repo_path(&format!("crates/{krate}/src"));
+    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("src").flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let rel = path.strip_prefix(&src).expect("under src");
+                let first = rel.components().next().expect("a component");
+                let name = first.as_os_str().to_string_lossy();
+                files.push((name.trim_end_matches(".rs").to_owned(), path));
+            }
+        }
+    }
+    let modules: BTreeSet<String> = files.iter().map(|(m, _)| m.clone()).collect();
+    let mut graph: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for (module, path) in &files {
+        let text = std::fs::read_to_string(path).expect("read");
+        // Code only: not comments, and not tests (they may reach anywhere).
+        let code: String = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut named = BTreeSet::new();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            let idents: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|s| s.trim().split("::").next().unwrap_or_default())
+                    .collect(),
+                None => vec![
+                    rest.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .next()
+                        .unwrap_or_default(),
+                ],
+            };
+            for ident in idents.into_iter().filter(|s| !s.is_empty()) {
+                if modules.contains(ident) && ident != module && ident != "lib" {
+                    named.insert(ident.to_owned());
+                }
+            }
+        }
+        if module != "lib" {
+            graph.entry(module.clone()).or_default().extend(named);
+        }
+    }
+    graph
+}
+
+#[test]
+fn no_module_of_the_agent_or_kv_crates_reaches_back_to_itself() {
+    for krate in ["agent", "kv", "gossip"] {
+        let graph = module_graph(krate);
+        assert!(
+            graph.values().any(|named| !named.is_empty()),
+            "{krate}: the scan found imports"
+        );
+        for start in graph.keys() {
+            // Depth-first over what `start` names, looking for `start` again.
+            let mut seen = BTreeSet::new();
+            let mut stack: Vec<Vec<String>> = vec![vec![start.clone()]];
+            while let Some(path) = stack.pop() {
+                let last = path.last().expect("non-empty");
+                for next in graph.get(last).into_iter().flatten() {
+                    let mut longer = path.clone();
+                    longer.push(next.clone());
+                    assert!(
+                        next != start,
+                        "crates/{krate}: an import circle: {}",
+                        longer.join(" -> ")
+                    );
+                    if seen.insert(next.clone()) {
+                        stack.push(longer);
+                    }
+                }
+            }
+        }
+    }
+}

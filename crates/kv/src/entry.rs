@@ -47,30 +47,6 @@ impl Entry {
                     .saturating_add(MAX_TTL_MS)
                     .saturating_add(MAX_CLOCK_AHEAD_MS)
     }
-
-    /// Encode for the store and the wire.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        crate::wire::put_varint(out, self.index);
-        crate::wire::put_varint(out, self.create_index);
-        out.push(u8::from(self.deleted));
-        crate::wire::put_varint(out, self.expires_ms);
-        crate::wire::put_bytes(out, &self.value);
-    }
-
-    /// Encode to a new buffer.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.value.len() + 24);
-        self.encode(&mut out);
-        out
-    }
-
-    /// Decode [`Entry::to_bytes`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Entry, crate::wire::WireError> {
-        let mut r = crate::wire::Reader::new(bytes);
-        let e = r.entry()?;
-        r.finish()?;
-        Ok(e)
-    }
 }
 
 /// Hybrid logical clock: stamps are `wall_ms << 16 | counter`, strictly increasing on a node

@@ -141,6 +141,34 @@ pub enum Response {
     },
 }
 
+/// How an entry is written, for the store and in messages (the wire owns byte layouts; the
+/// entry is a plain value).
+impl Entry {
+    /// Encode for the store and the wire.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.index);
+        put_varint(out, self.create_index);
+        out.push(u8::from(self.deleted));
+        put_varint(out, self.expires_ms);
+        put_bytes(out, &self.value);
+    }
+
+    /// Encode to a new buffer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.value.len() + 24);
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decode [`Entry::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Entry, WireError> {
+        let mut r = Reader::new(bytes);
+        let e = r.entry()?;
+        r.finish()?;
+        Ok(e)
+    }
+}
+
 /// Append a LEB128 varint.
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     loop {
