@@ -19,6 +19,8 @@ use crate::cluster::Accepted;
 use crate::cluster::SharedKeyring;
 use crate::membership::{Membership, Peer};
 
+/// Longest sleep between two looks at the core's deadlines (ms).
+const MAX_SLEEP_MS: u64 = 1000;
 /// Inputs taken before the effects are performed.
 const BATCH_INPUTS: usize = 256;
 /// Frames from connections waiting for the driver (then readers wait, and so do peers).
@@ -318,10 +320,14 @@ pub fn spawn(mut d: Driver, mut inputs: Inputs) {
             let sleep = match d.wake {
                 Some(at) => {
                     // A millisecond late rather than early: the core's time is in whole ms.
-                    let wait = at.saturating_sub(now()).saturating_add(1);
+                    // At most a second: the core's time is the wall clock, which can be set
+                    // back; the driver looks again every second whatever it said.
+                    let wait = at.saturating_sub(now()).saturating_add(1).min(MAX_SLEEP_MS);
                     tokio::time::Instant::now() + std::time::Duration::from_millis(wait)
                 }
-                None => tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
+                None => {
+                    tokio::time::Instant::now() + std::time::Duration::from_millis(MAX_SLEEP_MS)
+                }
             };
             tokio::select! {
                 () = stop.cancelled() => break,
