@@ -22,6 +22,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod native;
+
 use crate::collect::CollectedData;
 use crate::eval::SharedView;
 use crate::events::EventBus;
@@ -127,6 +129,8 @@ fn initial_view(spec: &CheckSpec, state: CheckState, tracker: &Tracker) -> Check
         kind: match spec.kind {
             CheckKind::Expression { .. } => "expression".into(),
             CheckKind::Script { .. } => "script".into(),
+            CheckKind::Tcp { .. } => "tcp".into(),
+            CheckKind::Http(_) => "http".into(),
         },
         state: state.as_str().into(),
         state_id: state.state_id(),
@@ -316,6 +320,8 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                         let params = parameters.get(&spec.pack).unwrap_or(&Value::Null);
                         run_script(i, script, &spec, params, &plugins_dir).await
                     }
+                    CheckKind::Tcp { address } => native::run_tcp(i, address, spec.timeout).await,
+                    CheckKind::Http(probe) => native::run_http(i, probe, spec.timeout).await,
                 };
                 let _ = tx.send(result).await;
             });

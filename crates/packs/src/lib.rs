@@ -23,7 +23,9 @@ mod monitoring;
 pub mod yaml;
 
 pub use generators::GeneratorSpec;
-pub use monitoring::{CheckKind, CheckSpec, HandlerKind, HandlerSpec, MailSpec, SlackSpec};
+pub use monitoring::{
+    CheckKind, CheckSpec, HandlerKind, HandlerSpec, HttpProbe, MailSpec, SlackSpec,
+};
 
 include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 

@@ -30,6 +30,35 @@ pub enum CheckKind {
         /// The command line (run with `sh -c`).
         script: String,
     },
+    /// A native TCP check (`tcp: host:port`, as Consul's): OK when a connection opens within
+    /// the timeout, CRITICAL with the reason otherwise.
+    Tcp {
+        /// `host:port`.
+        address: String,
+    },
+    /// A native HTTP check (`http: URL`, with Consul's `method`, `header`, `body`,
+    /// `tls_skip_verify`, and `expect_status`, `expect_body`).
+    Http(HttpProbe),
+}
+
+/// What an HTTP check asks and expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Method (default `GET`).
+    pub method: String,
+    /// Request headers.
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    pub body: Option<String>,
+    /// Statuses that are OK, inclusive (default 200–299). As Consul: 429 is WARNING, any
+    /// other status CRITICAL.
+    pub expect_status: (u16, u16),
+    /// Text the answer's body must contain (else CRITICAL).
+    pub expect_body: Option<String>,
+    /// Accept any TLS certificate.
+    pub tls_skip_verify: bool,
 }
 
 /// A `check:` object.
@@ -186,6 +215,17 @@ const CHECK_KEYS: &[&str] = &[
     "description",
 ];
 
+/// Options of an HTTP check. Kept out of [`CHECK_KEYS`]' typo hints: a script check's own
+/// keys (read by `$macro$`s, e.g. `exit_status`) must not be taken for near misses of them.
+const HTTP_KEYS: &[&str] = &[
+    "method",
+    "header",
+    "body",
+    "tls_skip_verify",
+    "expect_status",
+    "expect_body",
+];
+
 pub(crate) fn text(v: &Yaml, path: &str) -> Result<String, Problem> {
     match v {
         Yaml::String(s) => Ok(s.clone()),
@@ -266,6 +306,9 @@ pub(crate) fn parse_check(
     };
     let mut exprs: BTreeMap<&str, String> = BTreeMap::new();
     let mut script = None;
+    let mut tcp = None;
+    let mut http: Option<HttpProbe> = None;
+    let mut http_options: Vec<(&str, &Yaml)> = Vec::new();
     for (k, v) in map {
         let key = k.as_str().unwrap_or_default();
         let path = format!("check.{key}");
@@ -291,6 +334,22 @@ pub(crate) fn parse_check(
                 );
             }
             "script" => script = Some(text(v, &path)?),
+            "tcp" => tcp = Some(tcp_address(&text(v, &path)?, &path)?),
+            "http" => {
+                http = Some(HttpProbe {
+                    url: http_url(&text(v, &path)?, &path)?,
+                    method: "GET".into(),
+                    headers: Vec::new(),
+                    body: None,
+                    expect_status: (200, 299),
+                    expect_body: None,
+                    tls_skip_verify: false,
+                });
+            }
+            k if HTTP_KEYS.contains(&k) => http_options.push((
+                HTTP_KEYS.iter().find(|h| **h == k).copied().unwrap_or(""),
+                v,
+            )),
             "handlers" => spec.handlers = names(v, &path)?,
             "failures_before_critical" => {
                 spec.damping.failures_before_critical = count(v, &path)?;
@@ -323,6 +382,34 @@ pub(crate) fn parse_check(
         }
     }
     let mut problems = Vec::new();
+    if let Some(probe) = http.as_mut() {
+        for (key, v) in &http_options {
+            http_option(probe, key, v)?;
+        }
+    } else if tcp.is_some()
+        && let Some((key, _)) = http_options.first()
+    {
+        // (On script and expression checks they are free-form keys, read by `$macro$`s.)
+        return Err((
+            format!("check.{key}"),
+            format!("`{key}` belongs to an HTTP check: give the URL with `http`"),
+        ));
+    }
+    let natives = usize::from(tcp.is_some()) + usize::from(http.is_some());
+    if natives > 0 {
+        if natives > 1 || script.is_some() || !exprs.is_empty() {
+            return Err((
+                "check".into(),
+                "a check is one of: expressions (critical_if, warning_if, ok_output), `script`, `tcp` or `http`".into(),
+            ));
+        }
+        spec.kind = match (tcp, http) {
+            (Some(address), _) => CheckKind::Tcp { address },
+            (None, Some(probe)) => CheckKind::Http(probe),
+            (None, None) => unreachable!("one native kind was counted"),
+        };
+        return Ok((spec, problems));
+    }
     spec.kind = match (script, exprs.is_empty()) {
         (Some(_), false) => {
             return Err((
@@ -627,4 +714,175 @@ pub(crate) fn parse_handler(
             Some(_) => flag("enabled")?,
         },
     })
+}
+
+/// `host:port` of a TCP check (`[v6]:port` too).
+fn tcp_address(text: &str, path: &str) -> Result<String, Problem> {
+    let bad = || {
+        (
+            path.to_owned(),
+            format!("`{text}` is not host:port (e.g. 127.0.0.1:22, db.local:5432, [::1]:80)"),
+        )
+    };
+    let (host, port) = text.trim().rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok(text.trim().to_owned())
+}
+
+/// The URL of an HTTP check: `http://` or `https://` and a host.
+fn http_url(text: &str, path: &str) -> Result<String, Problem> {
+    let url = text.trim();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !url.contains(char::is_whitespace) => {
+            Ok(url.to_owned())
+        }
+        _ => Err((
+            path.to_owned(),
+            format!("`{text}` is not an http:// or https:// URL"),
+        )),
+    }
+}
+
+/// One of the HTTP check's options.
+fn http_option(probe: &mut HttpProbe, key: &str, v: &Yaml) -> Result<(), Problem> {
+    let path = format!("check.{key}");
+    match key {
+        "method" => {
+            let m = text(v, &path)?.trim().to_ascii_uppercase();
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err((path, format!("`{m}` is not an HTTP method")));
+            }
+            probe.method = m;
+        }
+        "header" => {
+            // Consul's shape: a name → a value or a list of values.
+            let map = v.as_mapping().ok_or_else(|| {
+                (
+                    path.clone(),
+                    "header maps names to a value or a list of values".to_owned(),
+                )
+            })?;
+            for (name, values) in map {
+                let name = name.as_str().unwrap_or_default().to_owned();
+                let ok_name = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                if !ok_name {
+                    return Err((path, format!("`{name}` is not a header name")));
+                }
+                let values = match values {
+                    Yaml::Sequence(items) => items
+                        .iter()
+                        .map(|i| text(i, &format!("{path}.{name}")))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    other => vec![text(other, &format!("{path}.{name}"))?],
+                };
+                for value in values {
+                    if value.contains(['\r', '\n']) {
+                        return Err((path, format!("the value of `{name}` has a line break")));
+                    }
+                    probe.headers.push((name.clone(), value));
+                }
+            }
+        }
+        "body" => probe.body = Some(text(v, &path)?),
+        "expect_body" => probe.expect_body = Some(text(v, &path)?),
+        "tls_skip_verify" => {
+            probe.tls_skip_verify = v
+                .as_bool()
+                .ok_or_else(|| (path.clone(), "tls_skip_verify is true or false".to_owned()))?;
+        }
+        "expect_status" => {
+            let t = text(v, &path)?;
+            let range = match t.split_once('-') {
+                Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                None => t.trim().parse().ok().map(|n| (n, n)),
+            };
+            match range {
+                Some((a, b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => {
+                    probe.expect_status = (a, b);
+                }
+                _ => {
+                    return Err((
+                        path,
+                        format!("`{t}` is not a status or a range of statuses (e.g. 200, 200-399)"),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod native_tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<CheckSpec, Problem> {
+        let body: Yaml = serde_yaml::from_str(yaml).expect("yaml");
+        parse_check(&body, "p", "c", "c.yml", &|_| Ok(())).map(|(spec, _)| spec)
+    }
+
+    #[test]
+    fn http_checks_take_consul_options_and_tcp_checks_an_address() {
+        let spec = parse(
+            "http: https://example.test/health\nmethod: post\nheader: {X-A: [one, two], X-B: three}\nbody: ping\nexpect_status: 200-399\nexpect_body: pong\ntls_skip_verify: true\n",
+        )
+        .expect("http");
+        let CheckKind::Http(p) = spec.kind else {
+            panic!("{:?}", spec.kind)
+        };
+        assert_eq!(p.method, "POST");
+        assert_eq!(p.expect_status, (200, 399));
+        assert_eq!(p.headers.len(), 3);
+        assert_eq!(p.body.as_deref(), Some("ping"));
+        assert!(p.tls_skip_verify);
+        let spec = parse("http: http://127.0.0.1:8080/\nexpect_status: 204\n").expect("204");
+        assert!(matches!(
+            spec.kind,
+            CheckKind::Http(HttpProbe {
+                expect_status: (204, 204),
+                ..
+            })
+        ));
+        let spec = parse("tcp: '[::1]:5432'\n").expect("tcp");
+        assert!(matches!(spec.kind, CheckKind::Tcp { address } if address == "[::1]:5432"));
+        // A script check keeps free-form keys named like HTTP options (its `$macro$`s).
+        let spec = parse("script: 'echo $body$'\nbody: text\n").expect("script");
+        assert!(matches!(spec.kind, CheckKind::Script { .. }));
+    }
+
+    #[test]
+    fn bad_native_checks_say_why() {
+        for (yaml, why) in [
+            ("http: ftp://x\n", "not an http:// or https:// URL"),
+            ("http: 'http:///path'\n", "not an http:// or https:// URL"),
+            ("tcp: host\n", "not host:port"),
+            ("tcp: 'host:0'\n", "not host:port"),
+            ("http: http://x/\nexpect_status: 700\n", "not a status"),
+            ("http: http://x/\nexpect_status: 300-200\n", "not a status"),
+            (
+                "http: http://x/\nheader: {'Bad Name': v}\n",
+                "not a header name",
+            ),
+            (
+                "http: http://x/\nheader: {X: \"a\\r\\nB: c\"}\n",
+                "line break",
+            ),
+            ("http: http://x/\nmethod: 'GE T'\n", "not an HTTP method"),
+            ("http: http://x/\ntcp: 'h:1'\n", "a check is one of"),
+            ("tcp: 'h:1'\nexpect_body: x\n", "belongs to an HTTP check"),
+        ] {
+            let e = parse(yaml).expect_err(yaml);
+            assert!(e.1.contains(why), "{yaml}: {e:?}");
+        }
+    }
 }
