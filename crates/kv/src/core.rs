@@ -166,6 +166,10 @@ pub struct Config {
     pub max_list_bytes: usize,
     /// Replication batches in flight to one peer.
     pub replication_in_flight: usize,
+    /// A flush that directly follows another waits this long (ms), so that the writes on
+    /// their way join it (PostgreSQL's `commit_delay`); a flush after a quiet moment starts
+    /// at once. 0: never wait.
+    pub commit_delay_ms: u64,
 }
 
 impl Config {
@@ -202,6 +206,7 @@ impl Default for Config {
             max_wait_ms: 600_000,
             max_list_bytes: 64 * 1024 * 1024,
             replication_in_flight: 8,
+            commit_delay_ms: 1,
         }
     }
 }
@@ -607,6 +612,8 @@ pub struct Core<S> {
     flushing: Option<(u64, Vec<FlushWaiter>)>,
     /// Waiters of the next flush (Some: a flush is wanted).
     flush_next: Option<Vec<FlushWaiter>>,
+    /// When the next flush starts, while it waits out [`Config::commit_delay_ms`].
+    flush_at: Option<Time>,
     next_token: u64,
     sync: Option<SyncRound>,
     sync_rounds: u64,
@@ -675,6 +682,7 @@ impl<S: Storage> Core<S> {
             next_waiter: 1,
             flushing: None,
             flush_next: None,
+            flush_at: None,
             next_token: 1,
             sync: None,
             sync_rounds: 0,
@@ -785,6 +793,7 @@ impl<S: Storage> Core<S> {
         [
             self.timeouts.first().map(|(t, _)| *t),
             self.wait_deadlines.first().map(|(t, _)| *t),
+            self.flush_at,
             self.expiring.first().map(|(t, _)| *t),
             Some(self.next_sync),
             Some(self.next_gc),
@@ -917,7 +926,12 @@ impl<S: Storage> Core<S> {
             for w in waiters {
                 self.flushed(w, result.clone());
             }
-            self.start_flush();
+            // Writes arrived while it ran: more are on their way; let them join the next.
+            if self.flush_next.is_some() && self.cfg.commit_delay_ms > 0 {
+                self.flush_at = Some(now.saturating_add(self.cfg.commit_delay_ms));
+            } else {
+                self.start_flush();
+            }
         }
         self.finish_step();
     }
@@ -944,6 +958,9 @@ impl<S: Storage> Core<S> {
                 let current = self.local_get(&waiter.key).ok().flatten();
                 self.answer_waiter(waiter.reply, current);
             }
+        }
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.start_flush();
         }
         self.expire();
         if now >= self.next_sync {
@@ -1083,12 +1100,13 @@ impl<S: Storage> Core<S> {
 
     fn request_flush(&mut self, waiter: Option<FlushWaiter>) {
         self.flush_next.get_or_insert_with(Vec::new).extend(waiter);
-        if self.flushing.is_none() {
+        if self.flushing.is_none() && self.flush_at.is_none() {
             self.start_flush();
         }
     }
 
     fn start_flush(&mut self) {
+        self.flush_at = None;
         if let Some(waiters) = self.flush_next.take() {
             let token = self.next_token;
             self.next_token += 1;

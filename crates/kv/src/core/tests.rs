@@ -217,6 +217,14 @@ fn a_write_is_answered_once_its_copies_are_durable_and_reads_back_through_any_no
     assert!(matches!(net.answer(bad), Some(Err(KvError::InvalidKey(_)))));
 }
 
+/// The default settings without the commit delay: flushes start at once, no tick needed.
+fn no_delay() -> Config {
+    Config {
+        commit_delay_ms: 0,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn writes_waiting_together_share_the_next_flush() {
     let mut core = Core::new(uuid(0), Config::default(), MemStorage::new(), T0, 1).expect("memory");
@@ -252,7 +260,11 @@ fn writes_waiting_together_share_the_next_flush() {
     core.handle_flushed(T0, first[0], Ok(()));
     let e = core.take_effects();
     assert!(answered(&e));
-    let second = flushes(&e);
+    // A flush right after another waits out the commit delay (writes on their way join it).
+    assert!(flushes(&e).is_empty());
+    assert_eq!(core.next_deadline(), Some(T0 + 1));
+    core.handle_tick(T0 + 1);
+    let second = flushes(&core.take_effects());
     assert_eq!(second.len(), 1);
     core.store_mut().flush();
     core.handle_flushed(T0, second[0], Ok(()));
@@ -317,7 +329,7 @@ fn a_coordinator_stamps_above_the_versions_it_received() {
 
 #[test]
 fn forwarded_writes_for_another_node_or_past_their_deadline_are_refused() {
-    let mut core = Core::new(uuid(0), Config::default(), MemStorage::new(), T0, 1).expect("memory");
+    let mut core = Core::new(uuid(0), no_delay(), MemStorage::new(), T0, 1).expect("memory");
     core.handle_members(T0, &[uuid(0)]);
     let refusal = |core: &mut Core<MemStorage>, to, deadline_ms| {
         core.take_effects();
@@ -356,7 +368,7 @@ fn forwarded_writes_for_another_node_or_past_their_deadline_are_refused() {
 
 #[test]
 fn a_replica_refuses_entries_it_cannot_keep_instead_of_claiming_them_stored() {
-    let mut core = Core::new(uuid(0), Config::default(), MemStorage::new(), T0, 1).expect("memory");
+    let mut core = Core::new(uuid(0), no_delay(), MemStorage::new(), T0, 1).expect("memory");
     let far = (T0 + crate::MAX_CLOCK_AHEAD_MS + 10_000) << 16;
     let from = Inbound { conn: 1, id: 2 };
     core.handle_request(
@@ -413,7 +425,7 @@ fn a_replica_refuses_entries_it_cannot_keep_instead_of_claiming_them_stored() {
 
 #[test]
 fn a_digest_is_answered_with_the_keys_missing_here_and_the_newer_entries() {
-    let mut core = Core::new(uuid(0), Config::default(), MemStorage::new(), T0, 1).expect("memory");
+    let mut core = Core::new(uuid(0), no_delay(), MemStorage::new(), T0, 1).expect("memory");
     let big = "x".repeat(wire::PAGE_BYTES / 2 + 10);
     for (k, i, v) in [
         ("a", 5, "a"),
@@ -671,8 +683,7 @@ fn a_cas_needs_a_read_quorum_and_only_the_first_owner_coordinates_it() {
 #[test]
 fn correlation_ids_start_at_a_random_point() {
     let first_id = |seed| {
-        let mut c =
-            Core::new(uuid(0), Config::default(), MemStorage::new(), T0, seed).expect("memory");
+        let mut c = Core::new(uuid(0), no_delay(), MemStorage::new(), T0, seed).expect("memory");
         c.handle_members(T0, &[uuid(0), uuid(1)]);
         c.handle_client(T0, ClientId(1), ClientRequest::Get { key: "k".into() });
         c.take_effects().into_iter().find_map(|e| match e {
@@ -692,7 +703,7 @@ fn a_restarted_node_continues_its_clock_above_what_it_stored_and_expires_what_is
     let mut ttl = entry(T0 << 16, "t");
     ttl.expires_ms = T0 + 5;
     store.put("t", &ttl).expect("put");
-    let mut core = Core::new(uuid(0), Config::default(), store, T0, 1).expect("memory");
+    let mut core = Core::new(uuid(0), no_delay(), store, T0, 1).expect("memory");
     core.handle_members(T0, &[uuid(0)]);
     assert_eq!(core.next_deadline(), Some(T0 + 5));
     core.handle_tick(T0 + 5);
