@@ -118,7 +118,8 @@ struct Shared {
     local_reads: AtomicU64,
     asks: mpsc::Sender<Ask>,
     published: RwLock<Published>,
-    store: Arc<dyn opsbro_store::Store>,
+    /// The same store the core writes (for reads this node alone answers, and figures).
+    storage: SledStorage,
     replication_factor: usize,
 }
 
@@ -166,7 +167,7 @@ impl KvHandle {
             local_reads: AtomicU64::new(0),
             asks,
             published: RwLock::new(Published::default()),
-            store: setup.store,
+            storage: SledStorage::new(setup.store),
             replication_factor: setup.config.replication_factor,
         });
         driver::spawn(
@@ -200,8 +201,8 @@ impl KvHandle {
         let (ring_nodes, s) = self.published(|p| (p.ring.nodes().len(), p.stats.clone()));
         opsbro_api::KvInfo {
             ring_nodes,
-            local_entries: self.0.store.len(),
-            size_on_disk: self.0.store.size_on_disk(),
+            local_entries: self.0.storage.store().len(),
+            size_on_disk: self.0.storage.store().size_on_disk(),
             reads: s.reads + self.0.local_reads.load(Ordering::Relaxed),
             writes: s.writes,
             write_errors: s.write_errors,
@@ -274,16 +275,10 @@ impl KvHandle {
         if opsbro_kv::validate_key(key).is_ok()
             && self.published(|p| p.ring.owners(key, self.0.replication_factor) == [self.0.me])
         {
-            let bytes = self
-                .0
-                .store
-                .get(key)
-                .map_err(|e| KvError::Storage(StorageError(e.to_string())))?;
+            let entry = opsbro_kv::Storage::get(&self.0.storage, key)?;
             self.0.local_reads.fetch_add(1, Ordering::Relaxed);
             let now = crate::host::unix_ms();
-            return Ok(bytes
-                .and_then(|b| Entry::from_bytes(&b).ok())
-                .filter(|e| e.is_live(now)));
+            return Ok(entry.filter(|e| e.is_live(now)));
         }
         match self
             .ask(ClientRequest::Get {
