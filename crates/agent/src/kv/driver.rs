@@ -41,6 +41,7 @@ pub struct Inputs {
 /// An outgoing link to a peer.
 struct Link {
     id: u64,
+    addr: std::net::SocketAddr,
     frames: mpsc::UnboundedSender<Vec<u8>>,
     /// Request ids written while it connects: unreachable if it never does.
     connecting: Option<Vec<u64>>,
@@ -117,18 +118,24 @@ impl Driver {
     fn members(&mut self, members: &[Peer]) {
         let eligible = super::eligible(members);
         self.peers = Arc::new(members.iter().map(|p| (p.uuid, p.clone())).collect());
-        if self.core.handle_members(now(), &eligible) {
+        let ring_changed = self.core.handle_members(now(), &eligible);
+        if ring_changed {
             tracing::info!(nodes = self.core.ring().nodes().len(), "KV ring changed");
         }
         // A link to a node whose address changed (or that left) is not reused.
         let peers = self.peers.clone();
-        self.links.retain(|uuid, _| peers.contains_key(uuid));
+        self.links
+            .retain(|uuid, l| peers.get(uuid).is_some_and(|p| p.addr == l.addr));
         let mut published = self
             .shared
             .published
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        published.ring = Arc::new(self.core.ring().clone());
+        // Membership changes often (check states, groups); the ring (up to 262,144 points) is
+        // copied only when it changed.
+        if ring_changed {
+            published.ring = Arc::new(self.core.ring().clone());
+        }
         published.peers = self.peers.clone();
     }
 
@@ -223,6 +230,7 @@ impl Driver {
                 to,
                 Link {
                     id: link,
+                    addr,
                     frames,
                     connecting: Some(Vec::new()),
                 },
