@@ -134,6 +134,16 @@ fn record(n: u8) -> NodeRecord {
             name: "linux/cpu".into(),
             state: 1,
         }],
+        services: vec![opsbro_gossip::ServiceRecord {
+            name: "web".into(),
+            port: 80,
+            address: None,
+            tags: vec!["primary".into()],
+            meta: vec![("v".into(), "1".into())],
+            state: 0,
+            maintenance: (n == 2).then(|| "upgrade".into()),
+        }],
+        maintenance: None,
     }
 }
 

@@ -52,6 +52,8 @@ fn record(name: &str, n: u32) -> NodeRecord {
         state: MemberState::Alive,
         version: "0.1.0".into(),
         checks: vec![],
+        services: vec![],
+        maintenance: None,
     }
 }
 

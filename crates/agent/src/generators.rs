@@ -2,7 +2,9 @@
 //! validate → write → reload).
 //!
 //! Every generator renders its pack template with `node`, `nodes`, `ok_nodes(group=…,
-//! if_none='empty'|'raise')`, `group(name)` and `kv(key)`. It renders again when the membership
+//! if_none='empty'|'raise')` (alive nodes not in maintenance), `services(name, passing=True,
+//! tag=…, zone=…, warning=False)` (instances of a service: `node`, `address`, `port`, `tags`,
+//! `meta`, `state`), `group(name)` and `kv(key)`. It renders again when the membership
 //! (members, their groups, their check states) changes, when a KV key it read changes, and at
 //! least every `interval`; changes are debounced. A file is written only when its content
 //! differs: the candidate goes through `validate_command` first, then replaces the file
@@ -148,8 +150,9 @@ fn node_value(p: &Peer) -> serde_json::Value {
     })
 }
 
+/// Alive (or suspect) and not in maintenance.
 fn is_up(p: &Peer) -> bool {
-    matches!(p.state, MemberState::Alive | MemberState::Suspect)
+    matches!(p.state, MemberState::Alive | MemberState::Suspect) && p.maintenance.is_none()
 }
 
 /// Render a template against the membership; `kv` reads keys (and records them).
@@ -197,6 +200,48 @@ fn render(
         }
         Ok(Value::from_serialize(&picked))
     });
+    let all_instances = crate::catalog::instances(peers, false);
+    let warn_instances = crate::catalog::instances(peers, true);
+    env.add_function(
+        "services",
+        move |name: String, kwargs: Kwargs| -> Result<Value, Error> {
+            let passing: Option<bool> = kwargs.get("passing")?;
+            let warning: Option<bool> = kwargs.get("warning")?;
+            let tag: Option<String> = kwargs.get("tag")?;
+            let zone: Option<String> = kwargs.get("zone")?;
+            kwargs.assert_all_used()?;
+            let from = if warning.unwrap_or(false) {
+                &warn_instances
+            } else {
+                &all_instances
+            };
+            let picked: Vec<serde_json::Value> = from
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter(|i| !passing.unwrap_or(true) || i.passing)
+                .filter(|i| tag.as_deref().is_none_or(|t| i.tags.iter().any(|x| x == t)))
+                .filter(|i| zone.as_deref().is_none_or(|z| i.zone == z))
+                .map(|i| {
+                    serde_json::json!({
+                        "name": i.service,
+                        "node": i.node,
+                        "uuid": i.uuid.to_string(),
+                        "zone": i.zone,
+                        "address": i.address.to_string(),
+                        "addr": i.address.to_string(),
+                        "port": i.port,
+                        "tags": i.tags,
+                        "meta": i.meta,
+                        "state": i.state,
+                        "passing": i.passing,
+                        "maintenance": i.maintenance.is_some() || i.node_maintenance.is_some(),
+                    })
+                })
+                .collect();
+            Ok(Value::from_serialize(&picked))
+        },
+    );
     env.add_function("group", move |g: String| my_groups.contains(&g));
     env.add_function("kv", move |key: String| -> Value {
         match kv(&key) {
@@ -838,7 +883,48 @@ mod tests {
             state,
             zone: "lan".into(),
             critical: false,
+            maintenance: None,
+            services: Vec::new(),
         }
+    }
+
+    #[test]
+    fn templates_see_services_and_skip_nodes_in_maintenance() {
+        let svc =
+            |state: opsbro_checks::CheckState, tag: &str, port: u16| opsbro_gossip::ServiceRecord {
+                name: "web".into(),
+                port,
+                address: None,
+                tags: vec![tag.into()],
+                meta: vec![],
+                state: state.to_wire(),
+                maintenance: None,
+            };
+        let mut peers = vec![
+            peer("a", &["web"], MemberState::Alive),
+            peer("b", &["web"], MemberState::Alive),
+            peer("c", &["web"], MemberState::Alive),
+            peer("d", &["web"], MemberState::Alive),
+        ];
+        peers[0].services = vec![svc(opsbro_checks::CheckState::Ok, "primary", 8080)];
+        peers[1].services = vec![svc(opsbro_checks::CheckState::Critical, "primary", 8081)];
+        peers[2].services = vec![svc(opsbro_checks::CheckState::Warning, "backup", 8082)];
+        peers[3].services = vec![svc(opsbro_checks::CheckState::Ok, "backup", 8083)];
+        peers[3].maintenance = Some("reboot".into());
+        let me = peers[0].uuid;
+        let kv: KvReader = Arc::new(|_: &str| None);
+        let out = render(
+            "{% for s in services('web') %}{{ s.node }}:{{ s.port }} {% endfor %}|\
+             {% for s in services('web', passing=False) %}{{ s.node }} {% endfor %}|\
+             {% for s in services('web', warning=True, tag='backup') %}{{ s.node }} {% endfor %}|\
+             {{ services('nope')|length }}|{% for n in ok_nodes(group='web') %}{{ n.name }} {% endfor %}",
+            "t",
+            &peers,
+            me,
+            kv,
+        )
+        .expect("render");
+        assert_eq!(out, "a:8080 |a b c d |c |0|a b c ");
     }
 
     #[test]

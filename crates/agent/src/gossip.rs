@@ -144,6 +144,7 @@ enum Command {
     Detect(Duration, oneshot::Sender<Vec<NodeRecord>>),
     SetGroups(Vec<String>),
     SetChecks(Vec<opsbro_gossip::CheckSummary>),
+    SetServices(Vec<opsbro_gossip::ServiceRecord>, Option<String>),
 }
 
 /// Inputs from the connection tasks.
@@ -236,6 +237,19 @@ impl GossipHandle {
     ) -> Result<(), GossipStopped> {
         self.tx
             .send(Command::SetChecks(checks))
+            .await
+            .map_err(|_| GossipStopped)
+    }
+
+    /// Replace this node's services and its maintenance reason (`None`: not in
+    /// maintenance); gossiped when they change.
+    pub async fn set_services(
+        &self,
+        services: Vec<opsbro_gossip::ServiceRecord>,
+        maintenance: Option<String>,
+    ) -> Result<(), GossipStopped> {
+        self.tx
+            .send(Command::SetServices(services, maintenance))
             .await
             .map_err(|_| GossipStopped)
     }
@@ -571,6 +585,11 @@ impl Driver {
                 self.refresh_view();
             }
             Command::SetChecks(checks) => self.core.set_checks(checks),
+            Command::SetServices(services, maintenance) => {
+                self.core.set_services(services);
+                self.core.set_maintenance(maintenance);
+                self.refresh_view();
+            }
             Command::Detect(timeout, tx) => {
                 let (id, bytes) = self.core.detect_ping();
                 let sealed = self.seal(&bytes);
@@ -733,6 +752,8 @@ impl Driver {
                     .checks
                     .iter()
                     .any(|c| c.state == opsbro_checks::CheckState::Critical.to_wire()),
+                maintenance: r.maintenance.clone(),
+                services: r.services.clone(),
             })
             .collect();
         self.membership.send_if_modified(|old| {
@@ -985,6 +1006,20 @@ pub fn member_view(r: &NodeRecord, me: NodeUuid) -> Member {
                 state: opsbro_checks::CheckState::from_wire(c.state)
                     .as_str()
                     .to_owned(),
+            })
+            .collect(),
+        maintenance: r.maintenance.clone(),
+        services: r
+            .services
+            .iter()
+            .map(|s| opsbro_api::gossip::MemberService {
+                name: s.name.clone(),
+                port: s.port,
+                state: crate::membership::health_word(opsbro_checks::CheckState::from_wire(
+                    s.state,
+                ))
+                .to_owned(),
+                maintenance: s.maintenance.clone(),
             })
             .collect(),
     }

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod api;
+pub mod catalog;
 pub mod cluster;
 pub mod collect;
 pub mod datadir;
@@ -33,6 +34,7 @@ pub mod monitoring;
 pub mod one_shot;
 pub mod reload;
 pub mod serve;
+pub mod services;
 pub mod snapshot;
 mod start;
 pub mod status;
@@ -182,7 +184,10 @@ async fn run_agent(
     let gossip_port = sockets.local.port();
     let gossip_addr = SocketAddr::new(advertise, gossip_port);
     let incarnation_file = data_dir.path().join("incarnation");
-    let me = start::node_record(&config, &data_dir, gossip_addr, &incarnation_file);
+    let services = services::ServicesHandle::load(data_dir.path());
+    let mut me = start::node_record(&config, &data_dir, gossip_addr, &incarnation_file);
+    // A node in maintenance stays out of answers from its first record on.
+    me.maintenance = services.node_maintenance();
     let bus = events::EventBus::default();
     let telemetry = Arc::new(telemetry::Telemetry::default());
     // The cluster port's TCP listener hands each connection to gossip or the KV store by the
@@ -358,7 +363,26 @@ async fn run_agent(
         kv: &kv,
         gossip_addr,
     });
+    tracker.spawn(services::run(
+        services::ServicesSetup {
+            objects: objects.clone(),
+            view: work.view.clone(),
+            monitoring: work.monitoring.clone(),
+            gossip: gossip.clone(),
+            handle: services.clone(),
+            registered_dir: data_dir.path().join(services::REGISTERED_DIR),
+        },
+        shutdown.child_token(),
+    ));
+    let catalog = catalog::start(
+        kv_membership.clone(),
+        config.dns.warning_passes,
+        bus.clone(),
+        &tracker,
+        shutdown.child_token(),
+    );
     let start::HostWork {
+        view: _,
         collected,
         detectors: detectors_handle,
         group_history,
@@ -429,6 +453,8 @@ async fn run_agent(
         generators: generators_handle,
         group_history,
         snapshot,
+        services,
+        catalog,
     });
 
     start::serve_api(

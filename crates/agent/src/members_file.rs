@@ -207,6 +207,8 @@ mod tests {
             state,
             zone: "default".into(),
             critical: false,
+            maintenance: None,
+            services: Vec::new(),
         }
     }
 

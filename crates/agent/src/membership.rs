@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use opsbro_checks::CheckState;
 use opsbro_gossip::MemberState;
 use opsbro_types::NodeUuid;
 
@@ -28,4 +29,37 @@ pub struct Peer {
     pub zone: String,
     /// One of its checks is CRITICAL (as it gossips them).
     pub critical: bool,
+    /// Why it is in maintenance (`None`: it is not).
+    pub maintenance: Option<String>,
+    /// Its services, as it gossips them.
+    pub services: Vec<opsbro_gossip::ServiceRecord>,
+}
+
+/// The word for a health state (`passing`, `warning`, `pending`, `critical`).
+pub fn health_word(state: CheckState) -> &'static str {
+    match state {
+        CheckState::Ok => "passing",
+        CheckState::Warning => "warning",
+        CheckState::Pending => "pending",
+        CheckState::Critical | CheckState::Unknown => "critical",
+    }
+}
+
+/// The worst of `states` for a service's health (see the module docs); `None` is a check that
+/// is not active on this node.
+pub fn health(states: impl IntoIterator<Item = Option<CheckState>>) -> CheckState {
+    let rank = |s: CheckState| match s {
+        CheckState::Ok => 0,
+        CheckState::Warning => 1,
+        CheckState::Pending => 2,
+        CheckState::Unknown | CheckState::Critical => 3,
+    };
+    states
+        .into_iter()
+        .map(|s| match s {
+            Some(CheckState::Unknown) | None => CheckState::Critical,
+            Some(s) => s,
+        })
+        .max_by_key(|s| rank(*s))
+        .unwrap_or(CheckState::Ok)
 }

@@ -33,9 +33,24 @@ use crate::gossip::GossipHandle;
 const HISTORY: usize = 1000;
 
 /// Shared with the API.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MonitoringHandle {
     inner: Arc<RwLock<Shared>>,
+    /// Bumped whenever a confirmed state or the set of active checks changes (the services
+    /// driver follows it).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Wakes the loop when a TTL status arrives.
+    ttl_news: Arc<tokio::sync::Notify>,
+}
+
+impl Default for MonitoringHandle {
+    fn default() -> Self {
+        MonitoringHandle {
+            inner: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            ttl_news: Arc::default(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -43,7 +58,26 @@ struct Shared {
     /// Active checks by name.
     checks: BTreeMap<String, CheckView>,
     history: VecDeque<HistoryEntry>,
+    /// TTL statuses not yet taken by the loop.
+    ttl_pending: Vec<(String, CheckState, String)>,
 }
+
+/// Why a TTL status was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    /// No active check of that name on this node.
+    #[error("no active check named `{0}` on this node")]
+    Unknown(String),
+    /// The check is not a TTL check.
+    #[error("check `{0}` is a {1} check, not a TTL check: only TTL checks take a status")]
+    NotTtl(String, String),
+    /// The note is not text we can show.
+    #[error("note: {0}")]
+    BadNote(String),
+}
+
+/// Longest note of a TTL status.
+pub const MAX_TTL_NOTE: usize = 4096;
 
 impl MonitoringHandle {
     /// This node's active checks, sorted by name.
@@ -71,6 +105,77 @@ impl MonitoringHandle {
 
     fn update(&self, f: impl FnOnce(&mut Shared)) {
         f(&mut self.inner.write().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A receiver that sees every change of the confirmed states or of the active checks.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// (name, confirmed state) of every active check.
+    pub fn confirmed(&self) -> BTreeMap<String, CheckState> {
+        let g = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        g.checks
+            .values()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    CheckState::parse(&c.state).unwrap_or(CheckState::Unknown),
+                )
+            })
+            .collect()
+    }
+
+    /// Give a TTL check of this node its status (`opsbro monitoring ttl`). `name` is the
+    /// check's name, or the name of a service whose only TTL check it is. Answers the check's
+    /// name.
+    pub fn ttl(
+        &self,
+        name: &str,
+        state: CheckState,
+        note: Option<String>,
+        services: &[(String, Vec<String>)],
+    ) -> Result<String, TtlError> {
+        if let Some(n) = &note {
+            opsbro_types::names::text("note", n, MAX_TTL_NOTE)
+                .map_err(|e| TtlError::BadNote(e.0))?;
+        }
+        let mut g = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let check = match g.checks.get(name) {
+            Some(c) => c,
+            None => {
+                // A service's name stands for its TTL check when it has exactly one.
+                let ttl_checks: Vec<&CheckView> = services
+                    .iter()
+                    .filter(|(service, _)| service == name)
+                    .flat_map(|(_, checks)| checks.iter())
+                    .filter_map(|c| g.checks.get(c))
+                    .filter(|c| c.kind == "ttl")
+                    .collect();
+                match ttl_checks.as_slice() {
+                    [one] => *one,
+                    _ => return Err(TtlError::Unknown(name.to_owned())),
+                }
+            }
+        };
+        if check.kind != "ttl" {
+            return Err(TtlError::NotTtl(check.name.clone(), check.kind.clone()));
+        }
+        let check_name = check.name.clone();
+        let output = note.unwrap_or_else(|| {
+            format!(
+                "TTL check {}: status set by `opsbro monitoring ttl`",
+                state.as_str().to_uppercase()
+            )
+        });
+        g.ttl_pending.push((check_name.clone(), state, output));
+        drop(g);
+        self.ttl_news.notify_one();
+        Ok(check_name)
     }
 }
 
@@ -131,6 +236,7 @@ fn initial_view(spec: &CheckSpec, state: CheckState, tracker: &Tracker) -> Check
             CheckKind::Script { .. } => "script".into(),
             CheckKind::Tcp { .. } => "tcp".into(),
             CheckKind::Http(_) => "http".into(),
+            CheckKind::Ttl { .. } => "ttl".into(),
         },
         state: state.as_str().into(),
         state_id: state.state_id(),
@@ -191,15 +297,22 @@ fn build_slots(
                 None => Tracker::new(c.damping),
             };
             *next_id += 1;
+            let next_run = match c.kind {
+                // A TTL check expires a TTL after the start unless news comes first.
+                CheckKind::Ttl { ttl } => start + ttl,
+                // Spread the first runs over up to 2 s so an agent start is not a burst.
+                _ => {
+                    start
+                        + c.interval
+                            .min(Duration::from_secs(2))
+                            .mul_f64(rand::random::<f64>())
+                }
+            };
             Slot {
                 id: *next_id,
                 spec,
                 tracker,
-                // Spread the first runs over up to 2 s so an agent start is not a burst.
-                next_run: start
-                    + c.interval
-                        .min(Duration::from_secs(2))
-                        .mul_f64(rand::random::<f64>()),
+                next_run,
                 in_flight: false,
                 active: false,
             }
@@ -284,8 +397,25 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
             publish_summary(&gossip, &handle).await;
         }
         let now = Instant::now();
+        let mut ttl_results = Vec::new();
         for slot in &mut slots {
             if !slot.active || slot.in_flight || slot.next_run > now {
+                continue;
+            }
+            if let CheckKind::Ttl { ttl } = slot.spec.kind {
+                // Nothing runs: the TTL passed without news.
+                slot.next_run = now + ttl;
+                ttl_results.push(RunResult {
+                    index: slot.id,
+                    state: CheckState::Critical,
+                    output: format!(
+                        "CRITICAL: TTL of {:?} expired without a status (`opsbro monitoring ttl pass {}`)",
+                        ttl,
+                        slot.spec.name
+                    ),
+                    long_output: String::new(),
+                    perfdata: Vec::new(),
+                });
                 continue;
             }
             slot.in_flight = true;
@@ -322,10 +452,43 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                     }
                     CheckKind::Tcp { address } => native::run_tcp(i, address, spec.timeout).await,
                     CheckKind::Http(probe) => native::run_http(i, probe, spec.timeout).await,
+                    CheckKind::Ttl { .. } => {
+                        RunResult::unknown(i, "UNKNOWN: a TTL check does not run".into())
+                    }
                 };
                 let _ = tx.send(result).await;
             });
             task_slots.insert(task.id(), slot.id);
+        }
+        // TTL statuses that arrived, and TTLs that expired.
+        let pending = {
+            let mut taken = Vec::new();
+            handle.update(|s| taken = std::mem::take(&mut s.ttl_pending));
+            taken
+        };
+        for (name, state, output) in pending {
+            if let Some(slot) = slots.iter_mut().find(|s| s.active && s.spec.name == name)
+                && let CheckKind::Ttl { ttl } = slot.spec.kind
+            {
+                slot.next_run = now + ttl;
+                ttl_results.push(RunResult {
+                    index: slot.id,
+                    state,
+                    output,
+                    long_output: String::new(),
+                    perfdata: Vec::new(),
+                });
+            }
+        }
+        let mut ttl_changed = false;
+        for result in ttl_results {
+            if let Some(slot) = slots.iter_mut().find(|s| s.id == result.index) {
+                ttl_changed |= apply(&slot.spec, &mut slot.tracker, result, &handle, &bus);
+            }
+        }
+        if ttl_changed {
+            publish_summary(&gossip, &handle).await;
+            save_states(&state_file, &handle);
         }
         let wake = slots
             .iter()
@@ -378,6 +541,7 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                     }
                 }
             }
+            () = handle.ttl_news.notified() => {}
             Ok(()) = objects.changed() => {
                 let set = objects.borrow_and_update().clone();
                 let checks: Vec<CheckSpec> = set.checks().cloned().collect();
@@ -474,6 +638,7 @@ async fn publish_summary(gossip: &GossipHandle, handle: &MonitoringHandle) {
         })
         .collect();
     let _ = gossip.set_checks(summary).await;
+    handle.changed();
 }
 
 fn save_states(file: &std::path::Path, handle: &MonitoringHandle) {

@@ -23,14 +23,17 @@ use crate::detectors::DetectorsHandle;
 /// Reads the configuration again (the file and the command line it was started with).
 pub type ConfigLoader = Arc<dyn Fn() -> Result<AgentConfig, String> + Send + Sync>;
 
-/// Loads the packs of a configuration (syntax of expressions checked by the agent's evaluator).
+/// Loads the packs of a configuration (syntax of expressions checked by the agent's evaluator),
+/// with the services registered through the API (`<data_dir>/services/`) last: they are local
+/// objects too.
 pub fn load_packs(config: &AgentConfig, evaluator: &opsbro_eval::Evaluator) -> PackSet {
     let check = |expr: &str| evaluator.check_syntax(expr).map_err(|e| e.to_string());
-    opsbro_packs::load_all(
-        &config.packs_dirs,
-        config.objects_dirs.as_deref().unwrap_or_default(),
-        &check,
-    )
+    let mut objects = config.objects_dirs.clone().unwrap_or_default();
+    let registered = config.data_dir.join(crate::services::REGISTERED_DIR);
+    if registered.is_dir() {
+        objects.push(registered);
+    }
+    opsbro_packs::load_all(&config.packs_dirs, &objects, &check)
 }
 
 /// Everything a reload touches.

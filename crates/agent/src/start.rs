@@ -64,6 +64,8 @@ pub fn node_record(
         state: opsbro_gossip::MemberState::Alive,
         version: opsbro_types::VERSION.to_owned(),
         checks: Vec::new(),
+        services: Vec::new(),
+        maintenance: None,
     }
 }
 
@@ -232,6 +234,8 @@ pub struct HostWorkSetup<'a> {
 
 /// The handles of the host's work, for the API.
 pub struct HostWork {
+    /// The cluster as expressions see it (this node's groups).
+    pub view: crate::eval::SharedView,
     /// Latest collector values.
     pub collected: crate::collect::CollectedData,
     /// Detector states.
@@ -332,7 +336,7 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
                 addr: s.gossip_addr.to_string(),
                 groups: Vec::new(),
             },
-            view: s.view,
+            view: s.view.clone(),
             bus: s.bus.clone(),
             handle: handlers_handle.clone(),
         },
@@ -340,6 +344,7 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
         shutdown.child_token(),
     );
     HostWork {
+        view: s.view,
         collected,
         detectors: detectors_handle,
         group_history,

@@ -54,8 +54,8 @@ pub struct RouteDoc {
 /// Every route the agent serves, one entry per method and path: the source of `GET /api` (the
 /// agent's router is checked against it, so the two cannot drift apart).
 pub const ROUTES: &[RouteDoc] = {
+    use self::{catalog as cat, kv, metrics as m, monitoring as mon, routes as r};
     use self::{collectors as c, detectors as d, evaluator as e, generators as gen_, gossip as g};
-    use self::{kv, metrics as m, monitoring as mon, routes as r};
     const fn doc(method: &'static str, path: &'static str, description: &'static str) -> RouteDoc {
         RouteDoc {
             method,
@@ -155,6 +155,47 @@ pub const ROUTES: &[RouteDoc] = {
         doc("GET", mon::STATE_NODE, "any node's checks, by name or uuid"),
         doc("GET", mon::HISTORY, "this node's check state changes"),
         doc("GET", mon::HANDLERS, "handlers and their counters"),
+        doc(
+            "PUT",
+            mon::TTL,
+            "set a TTL check's status: {status: pass|warn|fail, note}",
+        ),
+        doc(
+            "GET",
+            cat::SERVICES,
+            "every service of the cluster (blocking with ?index=&wait=)",
+        ),
+        doc(
+            "GET",
+            cat::SERVICE,
+            "a service's instances: ?passing, ?tag=, ?zone=, blocking with ?index=&wait=",
+        ),
+        doc("GET", cat::LOCAL, "this node's services and their checks"),
+        doc(
+            "POST",
+            cat::REGISTER,
+            "register a service (body: a service file, YAML or JSON)",
+        ),
+        doc(
+            "DELETE",
+            cat::ONE,
+            "deregister a service registered through the API",
+        ),
+        doc(
+            "PUT",
+            cat::MAINTENANCE,
+            "a service's maintenance mode: {enable, reason}",
+        ),
+        doc(
+            "GET",
+            cat::AGENT_MAINTENANCE,
+            "this node's maintenance mode",
+        ),
+        doc(
+            "PUT",
+            cat::AGENT_MAINTENANCE,
+            "this node's maintenance mode: {enable, reason}",
+        ),
         doc("GET", kv::ROOT, "live keys under ?prefix="),
         doc(
             "GET",
@@ -733,6 +774,26 @@ pub mod gossip {
         /// Its active checks and their states, as gossiped.
         #[serde(default)]
         pub checks: Vec<MemberCheck>,
+        /// Why it is in maintenance (`opsbro agent maintenance on`); absent when it is not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub maintenance: Option<String>,
+        /// Its services, as gossiped.
+        #[serde(default)]
+        pub services: Vec<MemberService>,
+    }
+
+    /// A service of a member, as gossiped.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MemberService {
+        /// Service name.
+        pub name: String,
+        /// Port (0: none).
+        pub port: u16,
+        /// `passing`, `warning`, `critical` or `pending`.
+        pub state: String,
+        /// Why it is in maintenance; absent when it is not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub maintenance: Option<String>,
     }
 
     /// A check of a member, as gossiped.
@@ -1216,6 +1277,32 @@ pub mod monitoring {
     pub const HISTORY: &str = "/monitoring/history";
     /// `GET`: handlers and their counters ([`HandlerView`] list).
     pub const HANDLERS: &str = "/monitoring/handlers";
+    /// `PUT`: the status of a TTL check of this node ([`TtlUpdate`] body), as Consul's
+    /// `/v1/agent/check/pass|warn|fail/<id>`; 404 for an unknown or inactive check, 409 for a
+    /// check that is not a TTL check.
+    pub const TTL: &str = "/monitoring/ttl/{*name}";
+
+    /// The status a TTL check holds until its TTL passes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum TtlStatus {
+        /// OK.
+        Pass,
+        /// WARNING.
+        Warn,
+        /// CRITICAL.
+        Fail,
+    }
+
+    /// Body of `PUT /monitoring/ttl/{name}`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TtlUpdate {
+        /// The new status.
+        pub status: TtlStatus,
+        /// Output to show with it (default: a sentence naming the status).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub note: Option<String>,
+    }
 
     /// One performance data item of a plugin run.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1652,7 +1739,7 @@ pub mod events {
     use serde::{Deserialize, Serialize};
 
     /// Every channel, in the order `opsbro events watch --help` lists them.
-    pub const CHANNELS: [&str; 5] = ["node", "group", "check", "kv", "event"];
+    pub const CHANNELS: [&str; 6] = ["node", "group", "check", "kv", "event", "service"];
 
     /// One event: when, and what (its channel is its kind).
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1678,6 +1765,9 @@ pub mod events {
         Kv(KeyChanged),
         /// A user event arrived.
         Event(super::gossip::Event),
+        /// A service instance appeared, changed health or maintenance, or went away (anywhere
+        /// in the cluster).
+        Service(ServiceChanged),
     }
 
     impl Payload {
@@ -1689,6 +1779,7 @@ pub mod events {
                 Payload::Check(_) => "check",
                 Payload::Kv(_) => "kv",
                 Payload::Event(_) => "event",
+                Payload::Service(_) => "service",
             }
         }
     }
@@ -1725,6 +1816,21 @@ pub mod events {
         pub group: String,
         /// Added or removed.
         pub action: GroupAction,
+    }
+
+    /// `service`: one instance (a service on one node).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ServiceChanged {
+        /// Service name.
+        pub service: String,
+        /// The node that runs it.
+        pub node: String,
+        /// That node's uuid.
+        pub uuid: String,
+        /// `passing`, `warning`, `critical`, `pending`, `maintenance` or `gone`.
+        pub state: String,
+        /// What it was (`new` for an instance that was not there).
+        pub old_state: String,
     }
 
     /// `check`.
@@ -1795,5 +1901,150 @@ pub mod events {
             .expect("group");
             assert_eq!(g.event.channel(), "group");
         }
+    }
+}
+
+/// Services: the cluster's catalog, this node's services and maintenance mode.
+pub mod catalog {
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+
+    use opsbro_types::NodeUuid;
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: every service of the cluster ([`ServiceSummary`] list, by name).
+    pub const SERVICES: &str = "/catalog/services";
+    /// `GET`: the instances of one service ([`ServiceInstance`] list); `?passing` keeps the
+    /// healthy ones, `?tag=T` those with tag T, `?zone=Z` those of zone Z; blocking with
+    /// `?index=N&wait=30s` (answers when the service's index passes N, or at the wait);
+    /// the index is in the `X-Opsbro-Index` header.
+    pub const SERVICE: &str = "/catalog/service/{name}";
+    /// `GET`: this node's services ([`LocalService`] list).
+    pub const LOCAL: &str = "/services";
+    /// `POST`: register a service: the body is a service file (YAML or JSON, `service: {...}`),
+    /// kept in the data dir and loaded at once ([`Registered`]).
+    pub const REGISTER: &str = "/services/register";
+    /// `DELETE`: deregister a service registered through the API.
+    pub const ONE: &str = "/services/{name}";
+    /// `PUT`: a service's maintenance mode ([`Maintenance`] body).
+    pub const MAINTENANCE: &str = "/services/{name}/maintenance";
+    /// `GET` / `PUT`: this node's maintenance mode ([`Maintenance`]).
+    pub const AGENT_MAINTENANCE: &str = "/agent/maintenance";
+    /// The header of blocking reads.
+    pub const INDEX_HEADER: &str = "x-opsbro-index";
+
+    /// A service across the cluster.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ServiceSummary {
+        /// Name.
+        pub name: String,
+        /// Every tag some instance has.
+        pub tags: Vec<String>,
+        /// Instances on alive nodes.
+        pub instances: usize,
+        /// Of those, the ones DNS answers with (passing, not in maintenance).
+        pub passing: usize,
+    }
+
+    /// One instance of a service: the service on one node.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ServiceInstance {
+        /// Service name.
+        pub service: String,
+        /// Node name.
+        pub node: String,
+        /// Node uuid.
+        pub uuid: NodeUuid,
+        /// Node zone.
+        pub zone: String,
+        /// The node's state (`alive`, `suspect`).
+        pub node_state: String,
+        /// The address to connect to (the service's, else the node's).
+        pub address: IpAddr,
+        /// Port (0: none).
+        pub port: u16,
+        /// Tags.
+        pub tags: Vec<String>,
+        /// Metadata.
+        pub meta: BTreeMap<String, String>,
+        /// `passing`, `warning`, `critical` or `pending` (its checks, as the node gossips).
+        pub state: String,
+        /// Why the service is in maintenance; absent when it is not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub maintenance: Option<String>,
+        /// Why its node is in maintenance; absent when it is not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub node_maintenance: Option<String>,
+        /// What DNS does with it: true when it is answered.
+        pub passing: bool,
+    }
+
+    /// A check of a local service.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ServiceCheck {
+        /// Check name.
+        pub name: String,
+        /// `ok`, `warning`, `critical`, `unknown` or `pending`; `missing` when the check is not
+        /// active on this node.
+        pub state: String,
+        /// Output of its latest run.
+        pub output: String,
+    }
+
+    /// A service of this node.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LocalService {
+        /// Name.
+        pub name: String,
+        /// The object (`<pack>/<file>`).
+        pub object: String,
+        /// The file it comes from.
+        pub file: String,
+        /// Registered with `opsbro services register` (may be deregistered).
+        pub registered: bool,
+        /// Runs here (`if_group` matches this node).
+        pub active: bool,
+        /// `if_group`.
+        pub if_group: String,
+        /// Port (0: none).
+        pub port: u16,
+        /// Address, when not the node's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub address: Option<IpAddr>,
+        /// Tags.
+        pub tags: Vec<String>,
+        /// Metadata.
+        pub meta: BTreeMap<String, String>,
+        /// `passing`, `warning`, `critical` or `pending`.
+        pub state: String,
+        /// Its checks.
+        pub checks: Vec<ServiceCheck>,
+        /// Why it is in maintenance; absent when it is not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub maintenance: Option<String>,
+    }
+
+    /// Maintenance mode of the node or of a service.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    pub struct Maintenance {
+        /// On or off.
+        pub enable: bool,
+        /// Why (shown in `members` and the catalog).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
+
+    /// Answer of a registration.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Registered {
+        /// Service name.
+        pub name: String,
+        /// Where it is kept.
+        pub file: String,
+        /// What the reload changed.
+        pub changes: Vec<String>,
+        /// Warnings of the reload.
+        #[serde(default)]
+        pub warnings: Vec<String>,
     }
 }

@@ -90,6 +90,10 @@ pub enum Command {
     /// agent loaded, and where each comes from.
     #[command(subcommand)]
     Packs(PacksCommand),
+    /// Services: the cluster's catalog (healthy instances, as DNS answers them), this node's
+    /// services, registration and maintenance.
+    #[command(subcommand)]
+    Services(ServicesCommand),
     /// Dashboards of the packs, drawn in the terminal with their values now.
     #[command(subcommand)]
     Dashboards(DashboardsCommand),
@@ -162,6 +166,93 @@ pub enum AgentCommand {
     /// The agent's log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Maintenance mode: `on` leaves this node out of DNS answers, the service catalog and
+    /// `ok_nodes` (it stays in `members`, marked), until `off`; kept across restarts. Without
+    /// an argument, print whether it is on.
+    Maintenance {
+        /// `on` or `off`.
+        state: Option<OnOff>,
+        /// Why (shown in `members` and the catalog).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `on` / `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enable.
+    On,
+    /// Disable.
+    Off,
+}
+
+/// `opsbro services ...`
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// Every service of the cluster with its instances and how many pass; `--local`: this
+    /// node's services with their checks.
+    List {
+        /// This node's services (declared, active or not) instead of the cluster's.
+        #[arg(long)]
+        local: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The instances of a service across the cluster (node, address, port, tags, health).
+    Show {
+        /// Service name.
+        name: String,
+        /// Only the instances DNS answers with.
+        #[arg(long)]
+        passing: bool,
+        /// Only instances with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a service on this node from a file (YAML or JSON, `service: {name, port,
+    /// tags, check...}`); kept in the data dir, live at once (no restart).
+    Register {
+        /// The service file (`-` for stdin).
+        file: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a service registered with `register`.
+    Deregister {
+        /// Service name.
+        name: String,
+    },
+    /// Maintenance mode of one service of this node: left out of DNS and the catalog's
+    /// passing instances until `off`.
+    Maintenance {
+        /// Service name.
+        name: String,
+        /// `on` or `off`.
+        state: OnOff,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// Status of a TTL check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TtlArg {
+    /// OK.
+    Pass,
+    /// WARNING.
+    Warn,
+    /// CRITICAL.
+    Fail,
 }
 
 /// Values `opsbro agent print` shows.
@@ -679,6 +770,17 @@ pub enum MonitoringCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Give a TTL check (`ttl: 30s`) its status; it holds for the check's TTL, after which the
+    /// check is CRITICAL unless a new status came.
+    Ttl {
+        /// `pass`, `warn` or `fail`.
+        status: TtlArg,
+        /// Check name (`local/service-web`), or the name of a service with one TTL check.
+        name: String,
+        /// Output to show with the status.
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Wait until a check of this node is OK (exit 2 when the timeout passes first).
     WaitOk {

@@ -134,6 +134,16 @@ impl Client {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    /// `PUT path` with a JSON body, decoded as `T`.
+    pub async fn put_json<T: DeserializeOwned, B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let body = serde_json::to_vec(body).map_err(|e| CliError::Other(e.into()))?;
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
     /// `PUT path` with raw bytes as the body, decoded as `T`.
     pub async fn put_bytes<T: DeserializeOwned>(
         &self,

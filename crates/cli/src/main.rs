@@ -11,13 +11,13 @@ use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, DashboardsCommand, DetectorsCommand,
     EvaluatorCommand, EventsCommand, GeneratorsCommand, GossipCommand, GroupsCommand,
     KeyringCommand, KvCommand, LiveEventsCommand, MetricsCommand, MonitoringCommand, PacksCommand,
-    TutorialsCommand,
+    ServicesCommand, TutorialsCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
 use opsbro_cli::commands::{
     agent, collectors, detectors, evaluator, events, generators, gossip, kv, metrics, monitoring,
-    packs,
+    packs, services,
 };
 use opsbro_cli::error::CliError;
 
@@ -247,6 +247,36 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     MonitoringCommand::WaitOk { name, timeout } => {
                         monitoring::wait_ok(&client, &name, timeout).await
                     }
+                    MonitoringCommand::Ttl { status, name, note } => {
+                        services::ttl(&client, status, &name, note).await
+                    }
+                }
+            })
+        }
+        Command::Services(command) => {
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(async {
+                match command {
+                    ServicesCommand::List { local, json } => {
+                        services::list(&client, local, json).await
+                    }
+                    ServicesCommand::Show {
+                        name,
+                        passing,
+                        tag,
+                        json,
+                    } => services::show(&client, &name, passing, tag.as_deref(), json).await,
+                    ServicesCommand::Register { file, json } => {
+                        services::register(&client, &file, json).await
+                    }
+                    ServicesCommand::Deregister { name } => {
+                        services::deregister(&client, &name).await
+                    }
+                    ServicesCommand::Maintenance {
+                        name,
+                        state,
+                        reason,
+                    } => services::service_maintenance(&client, &name, state, reason).await,
                 }
             })
         }
@@ -331,6 +361,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         opsbro_cli::commands::log::follow(&client, level, json).await
                     }
                     AgentCommand::Print { what } => agent::print(&client, what).await,
+                    AgentCommand::Maintenance {
+                        state,
+                        reason,
+                        json,
+                    } => services::node_maintenance(&client, state, reason, json).await,
                     AgentCommand::Reload { json } => {
                         opsbro_cli::commands::parameters::reload(&client, json).await
                     }

@@ -346,8 +346,11 @@ pub struct DnsSettings {
     pub ttl: u32,
     /// TTL of negative answers (default 30 s).
     pub negative_ttl: u32,
-    /// Hide nodes with a critical check.
+    /// Hide nodes with a critical check (group and node names).
     pub only_passing: bool,
+    /// A service instance whose checks are in WARNING is still answered (service names and
+    /// the catalog's `?passing`); default false: only passing instances.
+    pub warning_passes: bool,
     /// Where names outside the domain are forwarded (none: REFUSED).
     pub recursors: Vec<std::net::SocketAddr>,
     /// Threads taking UDP queries (default 2): one receives, the others join it only while a
@@ -371,6 +374,7 @@ impl Default for DnsSettings {
             ttl: 30,
             negative_ttl: 30,
             only_passing: false,
+            warning_passes: false,
             recursors: Vec::new(),
             udp_threads: 2,
             coalesce: std::time::Duration::from_micros(200),
@@ -1054,6 +1058,7 @@ impl Config {
             ttl,
             negative_ttl,
             only_passing,
+            warning_passes,
             recursors,
             udp_threads,
             coalesce,
@@ -1109,6 +1114,9 @@ impl Config {
             only_passing: v
                 .take("dns.only_passing", only_passing)
                 .unwrap_or(d.only_passing),
+            warning_passes: v
+                .take("dns.warning_passes", warning_passes)
+                .unwrap_or(d.warning_passes),
             recursors,
             udp_threads: v
                 .take_with("dns.udp_threads", udp_threads, |n| {

@@ -11,10 +11,10 @@ use opsbro_types::NodeUuid;
 
 use opsbro_types::names;
 
-use crate::member::{CheckSummary, MAX_INCARNATION, MemberState, NodeRecord};
+use crate::member::{CheckSummary, MAX_INCARNATION, MemberState, NodeRecord, ServiceRecord};
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Largest datagram we send (and the most we read): fits a 1500-byte MTU with IP/UDP headers and
 /// the encryption overhead.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -28,6 +28,12 @@ const MAX_MEMBERS: u64 = 100_000;
 pub const MAX_GROUPS: usize = 128;
 /// Most checks in a node record.
 pub const MAX_CHECKS: usize = 256;
+/// Most services in a node record.
+pub const MAX_SERVICES: usize = 64;
+/// Most tags of a service.
+pub const MAX_TAGS: usize = 32;
+/// Most meta entries of a service.
+pub const MAX_META: usize = 32;
 /// Longest check name.
 pub const MAX_CHECK_NAME: usize = names::MAX_CHECK_NAME;
 /// Most bytes in a user event payload.
@@ -329,6 +335,48 @@ impl Writer {
             self.str(&c.name);
             self.u8(c.state);
         }
+        self.varint(r.services.len() as u64);
+        for s in &r.services {
+            self.service(s);
+        }
+        self.reason(r.maintenance.as_deref());
+    }
+
+    fn reason(&mut self, reason: Option<&str>) {
+        match reason {
+            None => self.u8(0),
+            Some(text) => {
+                self.u8(1);
+                self.str(text);
+            }
+        }
+    }
+
+    fn service(&mut self, s: &ServiceRecord) {
+        self.str(&s.name);
+        self.buf.extend_from_slice(&s.port.to_be_bytes());
+        match s.address {
+            None => self.u8(0),
+            Some(IpAddr::V4(v4)) => {
+                self.u8(4);
+                self.buf.extend_from_slice(&v4.octets());
+            }
+            Some(IpAddr::V6(v6)) => {
+                self.u8(6);
+                self.buf.extend_from_slice(&v6.octets());
+            }
+        }
+        self.varint(s.tags.len() as u64);
+        for t in &s.tags {
+            self.str(t);
+        }
+        self.varint(s.meta.len() as u64);
+        for (k, v) in &s.meta {
+            self.str(k);
+            self.str(v);
+        }
+        self.u8(s.state);
+        self.reason(s.maintenance.as_deref());
     }
 
     fn event(&mut self, e: &UserEvent) {
@@ -640,8 +688,16 @@ impl<'a> Reader<'a> {
                 state: self.u8()?,
             });
         }
+        let n = self.count("services", MAX_SERVICES as u64)?;
+        let mut services = Vec::with_capacity(n);
+        for _ in 0..n {
+            services.push(self.service()?);
+        }
+        let maintenance = self.reason()?;
         Ok(NodeRecord {
             checks,
+            services,
+            maintenance,
             uuid,
             name,
             display_name,
@@ -652,6 +708,57 @@ impl<'a> Reader<'a> {
             incarnation,
             state,
             version,
+        })
+    }
+
+    fn reason(&mut self) -> Result<Option<String>, DecodeError> {
+        if !self.bool()? {
+            return Ok(None);
+        }
+        let text = self.str("maintenance reason", names::MAX_REASON)?;
+        Ok(Some(text))
+    }
+
+    fn service(&mut self) -> Result<ServiceRecord, DecodeError> {
+        let name = self.name("service name", names::MAX_SERVICE_NAME, names::service_name)?;
+        let p = self.take(2)?;
+        let port = u16::from_be_bytes([p[0], p[1]]);
+        let address = match self.u8()? {
+            0 => None,
+            4 => {
+                let o = self.take(4)?;
+                Some(IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3])))
+            }
+            6 => {
+                let o = self.take(16)?;
+                let mut b = [0u8; 16];
+                b.copy_from_slice(o);
+                Some(IpAddr::V6(Ipv6Addr::from(b)))
+            }
+            _ => return Err(DecodeError::Invalid("service address family")),
+        };
+        let n = self.count("service tags", MAX_TAGS as u64)?;
+        let mut tags = Vec::with_capacity(n);
+        for _ in 0..n {
+            tags.push(self.name("service tag", names::MAX_SERVICE_NAME, names::service_tag)?);
+        }
+        let n = self.count("service meta", MAX_META as u64)?;
+        let mut meta = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = self.name("meta key", names::MAX_META_KEY, names::meta_key)?;
+            let v = self.str("meta value", names::MAX_META_VALUE)?;
+            meta.push((k, v));
+        }
+        let state = self.u8()?;
+        let maintenance = self.reason()?;
+        Ok(ServiceRecord {
+            name,
+            port,
+            address,
+            tags,
+            meta,
+            state,
+            maintenance,
         })
     }
 
@@ -807,6 +914,18 @@ mod tests {
                     state: i,
                 })
                 .collect(),
+            services: (0..n % 3)
+                .map(|i| ServiceRecord {
+                    name: format!("svc-{i}"),
+                    port: 8000 + u16::from(i),
+                    address: (i == 1).then(|| IpAddr::from([10, 0, 0, n])),
+                    tags: vec!["primary".into(), format!("t{i}")],
+                    meta: vec![("version".into(), format!("1.{i} \u{e9}"))],
+                    state: i,
+                    maintenance: (i == 1).then(|| "upgrade".to_owned()),
+                })
+                .collect(),
+            maintenance: n.is_multiple_of(5).then(|| format!("reboot {n}")),
         }
     }
 

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use crate::broadcast::{BroadcastKey, BroadcastQueue};
 use crate::codec::{self, DecodeError, Message, PushPull, UserEvent};
 use crate::config::GossipConfig;
-use crate::member::{CheckSummary, MAX_INCARNATION_STEP, MemberState, NodeRecord};
+use crate::member::{CheckSummary, MAX_INCARNATION_STEP, MemberState, NodeRecord, ServiceRecord};
 
 /// Time in milliseconds. The agent passes a monotonic clock anchored at the Unix epoch at start;
 /// the simulator passes virtual time.
@@ -377,6 +377,25 @@ impl Gossip {
         checks.dedup_by(|a, b| a.name == b.name);
         if checks != self.me.checks {
             self.me.checks = checks;
+            self.bump_and_announce();
+        }
+    }
+
+    /// Replace this node's services (sorted by name); gossiped when they change.
+    pub fn set_services(&mut self, mut services: Vec<ServiceRecord>) {
+        services.sort();
+        services.dedup_by(|a, b| a.name == b.name);
+        if services != self.me.services {
+            self.me.services = services;
+            self.bump_and_announce();
+        }
+    }
+
+    /// Put the whole node in maintenance (`Some(reason)`) or take it out (`None`); gossiped
+    /// when it changes.
+    pub fn set_maintenance(&mut self, reason: Option<String>) {
+        if reason != self.me.maintenance {
+            self.me.maintenance = reason;
             self.bump_and_announce();
         }
     }
@@ -1617,6 +1636,8 @@ mod tests_support {
             state: MemberState::Alive,
             version: "t".into(),
             checks: vec![],
+            services: vec![],
+            maintenance: None,
         }
     }
 

@@ -19,7 +19,7 @@ pub mod sim;
 pub use crate::core::{Effect, Gossip, HistoryEntry, MemberChange, Stats, Time};
 pub use codec::{PushPull, UserEvent};
 pub use config::GossipConfig;
-pub use member::{CheckSummary, MemberState, NodeRecord, choose_join_target};
+pub use member::{CheckSummary, MemberState, NodeRecord, ServiceRecord, choose_join_target};
 
 /// Hash maps with a fixed hasher: iteration order must not depend on a per-process random seed,
 /// or the same simulation seed would not replay the same run.

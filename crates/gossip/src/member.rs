@@ -89,6 +89,31 @@ pub struct NodeRecord {
     pub version: String,
     /// Summary of the node's active checks (name and state), sorted by name.
     pub checks: Vec<CheckSummary>,
+    /// The services the node runs, sorted by name.
+    pub services: Vec<ServiceRecord>,
+    /// Why the whole node is in maintenance (left out of DNS, the catalog and `ok_nodes`);
+    /// `None` when it is not.
+    pub maintenance: Option<String>,
+}
+
+/// A service a node runs, as gossiped (SPEC: services in the node record).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceRecord {
+    /// Service name (a DNS label: `web`).
+    pub name: String,
+    /// Port; 0 when the service declares none.
+    pub port: u16,
+    /// Address when it is not the node's (`None`: the node's address).
+    pub address: Option<std::net::IpAddr>,
+    /// Tags (DNS labels), sorted.
+    pub tags: Vec<String>,
+    /// Free-form metadata, sorted by key.
+    pub meta: Vec<(String, String)>,
+    /// Health: the worst confirmed state of its checks (`opsbro_checks::CheckState` wire
+    /// byte; the gossip layer does not interpret it).
+    pub state: u8,
+    /// Why the service is in maintenance, `None` when it is not.
+    pub maintenance: Option<String>,
 }
 
 /// One check of a node as gossiped: its name and state (`opsbro_checks::CheckState` wire byte;

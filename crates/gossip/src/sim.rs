@@ -167,6 +167,8 @@ impl Sim {
             state: MemberState::Alive,
             version: "sim".into(),
             checks: vec![],
+            services: vec![],
+            maintenance: None,
         };
         let seed = self.rng.random();
         let gossip = Gossip::new(self.cfg.clone(), record.clone(), seed, self.now);

@@ -20,12 +20,14 @@ use opsbro_config::LineIndex;
 
 mod generators;
 mod monitoring;
+mod services;
 pub mod yaml;
 
 pub use generators::GeneratorSpec;
 pub use monitoring::{
     CheckKind, CheckSpec, HandlerKind, HandlerSpec, HttpProbe, MailSpec, SlackSpec,
 };
+pub use services::{MAX_SERVICES, ServiceSpec, inline_check_name};
 
 include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
@@ -91,6 +93,8 @@ pub struct Pack {
     pub tutorials: Vec<Tutorial>,
     /// Its compliance rules, loaded as written (the compliance subsystem runs them).
     pub compliance: Vec<RawObject>,
+    /// Its services.
+    pub services: Vec<ServiceSpec>,
     /// Every object with the file it comes from, after the levels merged.
     pub objects: Vec<ObjectInfo>,
     /// Every directory that gave this pack objects, lowest level first (an embedded pack then
@@ -101,7 +105,8 @@ pub struct Pack {
 /// One object of a pack and where it comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
-    /// `detector`, `check`, `handler`, `generator`, `compliance`, `dashboard` or `tutorial`.
+    /// `detector`, `check`, `handler`, `generator`, `compliance`, `dashboard`, `tutorial` or
+    /// `service`.
     pub kind: &'static str,
     /// Its name (`<pack>/<file stem>`, or a handler's `id`).
     pub name: String,
@@ -191,6 +196,11 @@ impl PackSet {
     /// Every handler of every pack.
     pub fn handlers(&self) -> impl Iterator<Item = &HandlerSpec> {
         self.packs.values().flat_map(|p| p.handlers.iter())
+    }
+
+    /// Every service of every pack.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.packs.values().flat_map(|p| p.services.iter())
     }
 
     /// Every generator of every pack.
@@ -355,7 +365,75 @@ pub fn load_all(dirs: &[PathBuf], objects: &[PathBuf], check: ExprCheck<'_>) -> 
         }
         pack.generators = ok;
     }
+    check_services(&mut set);
     set
+}
+
+/// After every level merged: a service's checks must exist, and a service name is declared
+/// once per `if_group` (the nginx and apache packs may both declare `web` for their groups).
+fn check_services(set: &mut PackSet) {
+    let checks: std::collections::HashSet<String> = set.checks().map(|c| c.name.clone()).collect();
+    let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
+    for pack in set.packs.values_mut() {
+        let mut kept = Vec::new();
+        for s in std::mem::take(&mut pack.services) {
+            let key = (s.name.clone(), s.if_group.clone());
+            let problem = if let Some(missing) = s.checks.iter().find(|c| !checks.contains(*c)) {
+                Some(format!(
+                    "service {}: check `{missing}` does not exist (name a check as `<pack>/<file>`, or a file of this pack)",
+                    s.name
+                ))
+            } else {
+                seen.get(&key).map(|first| {
+                    format!(
+                        "service {} (if_group {}): already declared by {first}",
+                        s.name, s.if_group
+                    )
+                })
+            };
+            match problem {
+                Some(message) => {
+                    set.diagnostics.push(Diagnostic {
+                        file: s.file.clone(),
+                        line: None,
+                        message,
+                        warning: false,
+                    });
+                    pack.objects
+                        .retain(|o| !(o.kind == "service" && o.name == s.object));
+                }
+                None => {
+                    seen.insert(key, s.file.clone());
+                    kept.push(s);
+                }
+            }
+        }
+        pack.services = kept;
+    }
+}
+
+/// Load one objects file as the local configuration would (`<objects dir>/<stem>.yml`): the
+/// objects of [`LOCAL_PACK`] it declares, and its problems. `opsbro services register` checks
+/// a file with it before keeping it.
+pub fn load_local_file(
+    display: &str,
+    stem: &str,
+    text: &str,
+    check: ExprCheck<'_>,
+) -> (Pack, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let pack = load_pack(
+        &mut diagnostics,
+        LOCAL_PACK,
+        Source::Dir(PathBuf::from(display)),
+        vec![(
+            display.to_owned(),
+            format!("{LOCAL_PACK}/{stem}.yml"),
+            text.to_owned(),
+        )],
+        check,
+    );
+    (pack, diagnostics)
 }
 
 /// `name` from a pack folder's `package.yml`.
@@ -472,6 +550,9 @@ fn merge(set: &mut PackSet, mut pack: Pack) {
         std::mem::take(&mut pack.compliance),
         |c| &c.name,
     );
+    replace(&mut low.services, std::mem::take(&mut pack.services), |s| {
+        &s.object
+    });
     for o in pack.objects {
         low.objects
             .retain(|l| !(l.kind == o.kind && l.name == o.name));
@@ -538,6 +619,7 @@ fn load_pack(
         dashboards: Vec::new(),
         tutorials: Vec::new(),
         compliance: Vec::new(),
+        services: Vec::new(),
         objects: Vec::new(),
         levels: vec![source],
     };
@@ -616,12 +698,12 @@ const KINDS: &[&str] = &[
     "compliance",
     "dashboard",
     "tutorial",
+    "service",
 ];
 
 /// Kinds of the original that this agent does not take from packs (with the reason).
 fn unsupported_kind(kind: &str) -> Option<&'static str> {
     Some(match kind {
-        "service" => "`service` objects are not supported in packs yet",
         "installor" => "`installor` objects of the original are not supported (use compliance)",
         "zone" => "zones are agent configuration (`zone` in agent.yml), not pack objects",
         "dns" | "statsd" | "graphite" | "websocket" | "api" | "gossip" | "kv" | "shinken"
@@ -761,6 +843,27 @@ fn parse_object(
                 record("tutorial", &t.name);
                 pack.tutorials.push(t);
             }
+            "service" => match services::parse_service(body, &pack.name, stem, display, check) {
+                Ok((service, inline, warnings)) => {
+                    for (key, message) in warnings {
+                        diags.push(Diagnostic {
+                            warning: true,
+                            ..diag(&key, message)
+                        });
+                    }
+                    if let Some((c, problems)) = inline {
+                        for (key, message) in problems {
+                            diags.push(diag(&key, message));
+                        }
+                        pack.checks.retain(|o| o.name != c.name);
+                        record("check", &c.name);
+                        pack.checks.push(c);
+                    }
+                    record("service", &service.object);
+                    pack.services.push(service);
+                }
+                Err((key, message)) => diags.push(diag(&key, message)),
+            },
             "compliance" => match monitoring::yaml_to_json(body) {
                 Ok(body) => {
                     let name = format!("{}/{stem}", pack.name);

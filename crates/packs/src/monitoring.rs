@@ -39,6 +39,13 @@ pub enum CheckKind {
     /// A native HTTP check (`http: URL`, with Consul's `method`, `header`, `body`,
     /// `tls_skip_verify`, and `expect_status`, `expect_body`).
     Http(HttpProbe),
+    /// A TTL check (`ttl: 30s`, as Consul's): nothing runs; something outside calls
+    /// `opsbro monitoring ttl pass|warn|fail NAME` at least once per TTL, and the check is
+    /// CRITICAL when the TTL passes without news.
+    Ttl {
+        /// How long a status holds.
+        ttl: Duration,
+    },
 }
 
 /// What an HTTP check asks and expects.
@@ -307,6 +314,7 @@ pub(crate) fn parse_check(
     let mut exprs: BTreeMap<&str, String> = BTreeMap::new();
     let mut script = None;
     let mut tcp = None;
+    let mut ttl = None;
     let mut http: Option<HttpProbe> = None;
     let mut http_options: Vec<(&str, &Yaml)> = Vec::new();
     for (k, v) in map {
@@ -350,6 +358,7 @@ pub(crate) fn parse_check(
                 HTTP_KEYS.iter().find(|h| **h == k).copied().unwrap_or(""),
                 v,
             )),
+            "ttl" => ttl = Some(positive(v, &path)?),
             "handlers" => spec.handlers = names(v, &path)?,
             "failures_before_critical" => {
                 spec.damping.failures_before_critical = count(v, &path)?;
@@ -386,7 +395,7 @@ pub(crate) fn parse_check(
         for (key, v) in &http_options {
             http_option(probe, key, v)?;
         }
-    } else if tcp.is_some()
+    } else if (tcp.is_some() || ttl.is_some())
         && let Some((key, _)) = http_options.first()
     {
         // (On script and expression checks they are free-form keys, read by `$macro$`s.)
@@ -395,18 +404,20 @@ pub(crate) fn parse_check(
             format!("`{key}` belongs to an HTTP check: give the URL with `http`"),
         ));
     }
-    let natives = usize::from(tcp.is_some()) + usize::from(http.is_some());
+    let natives =
+        usize::from(tcp.is_some()) + usize::from(http.is_some()) + usize::from(ttl.is_some());
     if natives > 0 {
         if natives > 1 || script.is_some() || !exprs.is_empty() {
             return Err((
                 "check".into(),
-                "a check is one of: expressions (critical_if, warning_if, ok_output), `script`, `tcp` or `http`".into(),
+                "a check is one of: expressions (critical_if, warning_if, ok_output), `script`, `tcp`, `http` or `ttl`".into(),
             ));
         }
-        spec.kind = match (tcp, http) {
-            (Some(address), _) => CheckKind::Tcp { address },
-            (None, Some(probe)) => CheckKind::Http(probe),
-            (None, None) => unreachable!("one native kind was counted"),
+        spec.kind = match (tcp, http, ttl) {
+            (Some(address), _, _) => CheckKind::Tcp { address },
+            (None, Some(probe), _) => CheckKind::Http(probe),
+            (None, None, Some(ttl)) => CheckKind::Ttl { ttl },
+            (None, None, None) => unreachable!("one native kind was counted"),
         };
         return Ok((spec, problems));
     }
@@ -855,6 +866,13 @@ mod native_tests {
         ));
         let spec = parse("tcp: '[::1]:5432'\n").expect("tcp");
         assert!(matches!(spec.kind, CheckKind::Tcp { address } if address == "[::1]:5432"));
+        let spec = parse("ttl: 90s\n").expect("ttl");
+        assert_eq!(
+            spec.kind,
+            CheckKind::Ttl {
+                ttl: Duration::from_secs(90)
+            }
+        );
         // A script check keeps free-form keys named like HTTP options (its `$macro$`s).
         let spec = parse("script: 'echo $body$'\nbody: text\n").expect("script");
         assert!(matches!(spec.kind, CheckKind::Script { .. }));
@@ -880,6 +898,9 @@ mod native_tests {
             ("http: http://x/\nmethod: 'GE T'\n", "not an HTTP method"),
             ("http: http://x/\ntcp: 'h:1'\n", "a check is one of"),
             ("tcp: 'h:1'\nexpect_body: x\n", "belongs to an HTTP check"),
+            ("ttl: 30s\ntcp: 'h:1'\n", "a check is one of"),
+            ("ttl: 30s\ncritical_if: 'True'\n", "a check is one of"),
+            ("ttl: 0s\n", "more than 0"),
         ] {
             let e = parse(yaml).expect_err(yaml);
             assert!(e.1.contains(why), "{yaml}: {e:?}");

@@ -111,6 +111,67 @@ pub fn event_type(name: &str) -> Result<(), NameError> {
     )
 }
 
+/// Longest service name or tag (a DNS label).
+pub const MAX_SERVICE_NAME: usize = 63;
+/// Longest service meta key.
+pub const MAX_META_KEY: usize = 64;
+/// Longest service meta value.
+pub const MAX_META_VALUE: usize = 512;
+/// Longest maintenance reason.
+pub const MAX_REASON: usize = 256;
+
+fn label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_')
+}
+
+/// Service names (`web`): letters, digits, `-` and `_`, one DNS label (`web.service.<domain>`,
+/// `_web._tcp.service.<domain>`).
+pub fn service_name(name: &str) -> Result<(), NameError> {
+    check(
+        "service name",
+        name,
+        MAX_SERVICE_NAME,
+        label_char,
+        "letters, digits, `-` and `_`",
+    )
+}
+
+/// Service tags (`primary`): as service names (`primary.web.service.<domain>`).
+pub fn service_tag(name: &str) -> Result<(), NameError> {
+    check(
+        "service tag",
+        name,
+        MAX_SERVICE_NAME,
+        label_char,
+        "letters, digits, `-` and `_`",
+    )
+}
+
+/// Keys of a service's `meta`: letters, digits and `-_.`.
+pub fn meta_key(name: &str) -> Result<(), NameError> {
+    check(
+        "meta key",
+        name,
+        MAX_META_KEY,
+        |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'),
+        "letters, digits and `-_.`",
+    )
+}
+
+/// Free text for people (a meta value, a maintenance reason): no control characters, at most
+/// `max` bytes; `what` names it in the message.
+pub fn text(what: &str, text: &str, max: usize) -> Result<(), NameError> {
+    if text.len() > max {
+        return Err(NameError(format!("{what} must be at most {max} bytes")));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(NameError(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Display names are for people: any text without control characters, up to 255 bytes.
 pub fn display_name(name: &str) -> Result<(), NameError> {
     if name.trim().is_empty() || name.len() > MAX_DISPLAY_NAME {

@@ -76,6 +76,10 @@ pub struct ApiContext {
     pub bus: crate::events::EventBus,
     /// Histograms and counts for `/metrics`.
     pub telemetry: crate::telemetry::SharedTelemetry,
+    /// This node's services and maintenance switches.
+    pub services: crate::services::ServicesHandle,
+    /// The cluster's service catalog.
+    pub catalog: crate::catalog::CatalogWatch,
     /// The websocket stream: its address (when it runs) and counters.
     pub websocket: Arc<crate::websocket::WsCounters>,
     /// Where the websocket stream listens, when it runs.
@@ -99,7 +103,7 @@ impl ApiContext {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl ApiError {

@@ -23,6 +23,7 @@ pub mod kv_store;
 pub mod log;
 pub mod packs;
 pub mod prometheus;
+pub mod services;
 pub mod snapshot;
 pub mod timeseries;
 
@@ -100,6 +101,23 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
         (monitoring::STATE_NODE, get(monitoring_node)),
         (monitoring::HISTORY, get(monitoring_history)),
         (monitoring::HANDLERS, get(monitoring_handlers)),
+        (monitoring::TTL, axum::routing::put(services::ttl)),
+        (opsbro_api::catalog::SERVICES, get(services::services)),
+        (opsbro_api::catalog::SERVICE, get(services::service)),
+        (opsbro_api::catalog::LOCAL, get(services::local)),
+        (opsbro_api::catalog::REGISTER, post(services::register)),
+        (
+            opsbro_api::catalog::ONE,
+            axum::routing::delete(services::deregister),
+        ),
+        (
+            opsbro_api::catalog::MAINTENANCE,
+            axum::routing::put(services::set_service_maintenance),
+        ),
+        (
+            opsbro_api::catalog::AGENT_MAINTENANCE,
+            get(services::node_maintenance).put(services::set_node_maintenance),
+        ),
         (kv::ROOT, get(crate::api::kv_store::list)),
         (
             kv::KEY,

@@ -37,6 +37,7 @@ fn describe(text: &str) -> String {
             k.modify_index
         ),
         Payload::Event(e) => format!("{} from {}: {}", e.kind, e.origin, e.payload),
+        Payload::Service(s) => format!("{} on {} {} → {}", s.service, s.node, s.old_state, s.state),
     };
     format!(
         "{} [{}] {what}",

@@ -54,13 +54,14 @@ pub async fn members(
             } else {
                 m.groups.join(",")
             };
-            let mut row = vec![
-                name,
-                m.addr.to_string(),
-                render::member_state(&m.state, colour),
-                m.zone.clone(),
-                groups,
-            ];
+            let state = match &m.maintenance {
+                Some(reason) => format!(
+                    "{} (maintenance: {reason})",
+                    render::member_state(&m.state, colour)
+                ),
+                None => render::member_state(&m.state, colour),
+            };
+            let mut row = vec![name, m.addr.to_string(), state, m.zone.clone(), groups];
             if detail {
                 row.extend([
                     m.uuid.to_string(),
@@ -482,6 +483,8 @@ mod tests {
             version: "0.1.0".into(),
             is_self: true,
             checks: vec![],
+            maintenance: None,
+            services: vec![],
         };
         let out = dot(&[m]);
         assert!(out.starts_with("digraph opsbro {"));
@@ -507,6 +510,8 @@ mod tests {
             version: "0.1.0".into(),
             is_self: false,
             checks: vec![],
+            maintenance: None,
+            services: vec![],
         };
         let out = dot(&[m]);
         assert!(

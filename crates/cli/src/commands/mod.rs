@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod packs;
 pub mod parameters;
+pub mod services;
 pub mod snapshot;
 
 use std::time::Duration;
