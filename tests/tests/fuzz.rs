@@ -352,6 +352,8 @@ fn fuzz_dns_fast_path() {
                 groups: vec!["web".into()],
                 alive: true,
                 critical: false,
+                maintenance: false,
+                services: Vec::new(),
             })
             .collect::<Vec<_>>(),
     );

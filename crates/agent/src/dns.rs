@@ -24,6 +24,8 @@ fn directory(peers: &[Peer]) -> Vec<Node> {
             groups: p.groups.clone(),
             alive: matches!(p.state, MemberState::Alive | MemberState::Suspect),
             critical: p.critical,
+            maintenance: false,
+            services: Vec::new(),
         })
         .collect()
 }

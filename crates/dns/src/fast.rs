@@ -1,50 +1,75 @@
-//! The answer fast path: a plain `A`/`AAAA` question for a name in the domain, answered from a
-//! cache of [`answer`]'s results without decoding the query into hickory's types.
+//! The answer fast path: a plain `A`, `AAAA` or `SRV` question for a name in the domain,
+//! answered from a cache of [`answer`]'s results without decoding the query into hickory's
+//! types.
 //!
-//! Nearly every query a cluster asks is the same few names (`redis.group.opsbro`), so the
-//! answer for a name is computed once by [`answer`] (the one place that decides what a name
-//! means) and kept until the directory changes; a query then costs a header check, a
+//! Nearly every query a cluster asks is the same few names (`redis.group.opsbro`,
+//! `web.service.opsbro`, `_web._tcp.service.opsbro`), so the answer for a name and type is
+//! computed once by [`answer`] (the one place that decides what a name means) and kept, its
+//! records already encoded, until the directory changes; a query then costs a header check, a
 //! lower-casing copy of the name, one hash lookup, a shuffle and a few hundred bytes written.
-//! Anything else — another type or class, compressed or odd questions, EDNS versions other than
-//! 0, NXDOMAIN and NODATA (which carry the SOA), answers that would need truncation, names
-//! outside the domain — is declined, and the caller takes hickory's full path. Tests check the
-//! two paths give the same answers.
+//! Every answer record's owner is a pointer to the question's name (offset 12). An SRV record
+//! carries its target in full (RFC 2782: no compression there), and each additional record
+//! (the address of a target) names its owner by a pointer to that target, wherever the shuffle
+//! put its SRV record. Anything else — another type or class, compressed or odd questions,
+//! EDNS versions other than 0, NXDOMAIN and NODATA (which carry the SOA), answers that do not
+//! fit the client's UDP size (512 bytes, or its EDNS0 buffer: truncation, and dropping
+//! additional records first, stay the full path's job), names outside the domain — is
+//! declined, and the caller takes hickory's full path. Tests check the two paths give the
+//! same answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hickory_proto::rr::{LowerName, Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use rand::seq::SliceRandom;
 
 use crate::{Answer, Node, Settings, answer};
 
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
+const TYPE_SRV: u16 = 33;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
-/// Names remembered per directory version (only names that have addresses are kept).
+/// Names remembered per directory version (only names that have records are kept).
 const MAX_ENTRIES: usize = 4096;
 /// UDP answers without EDNS0 (RFC 1035).
 const PLAIN_UDP: usize = 512;
+/// Where an SRV record's target starts, from the record's first byte: the owner (a pointer),
+/// type, class, TTL, data length, then priority, weight and port.
+const SRV_TARGET_AT: usize = 2 + 10 + 6;
+/// Compression pointers reach the first 16 KiB of a message: answers with additional records
+/// (which point at their targets) longer than that are left to the full path.
+const POINTER_REACH: usize = 0x3fff;
 
 /// Answers from the cache; one per serving thread (no locks).
 #[derive(Default)]
 pub struct FastPath {
     /// The directory the cache was computed from.
     directory: Option<Arc<Vec<Node>>>,
-    /// Lower-cased wire name + query type → the addresses' bytes. Only names with addresses:
-    /// others (NXDOMAIN, outside the domain) are asked of [`answer`] again each time, so random
-    /// names cannot push the popular ones out.
+    /// Lower-cased wire name + query type → the encoded records. Only names with records:
+    /// others (NXDOMAIN, NODATA, outside the domain) are asked of [`answer`] again each time,
+    /// so random names cannot push the popular ones out.
     cache: HashMap<Vec<u8>, Cached>,
     /// Scratch: the key being looked up.
     key: Vec<u8>,
     /// Scratch: the answer order.
     order: Vec<u16>,
+    /// Scratch: where each answer record was written in the response.
+    placed: Vec<usize>,
 }
 
-/// The records of one answer: `count` addresses of `len` bytes each.
+/// The records of one answer, encoded once.
+#[derive(Default)]
 struct Cached {
-    rdata: Vec<u8>,
+    /// The answer records one after the other, each without its owner (a pointer to the
+    /// question, written per query): type, class, TTL, data length, data.
+    answers: Vec<u8>,
+    /// Where each answer record ends in `answers`.
+    ends: Vec<usize>,
+    /// The additional records: the answer record whose SRV target is the owner, and the
+    /// record without its owner (type to data).
+    additionals: Vec<(usize, Vec<u8>)>,
+    /// Bytes all the records take in a response, owner pointers included.
     len: usize,
 }
 
@@ -61,8 +86,9 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-/// A standard query with one `IN` `A`/`AAAA` question, an uncompressed name and nothing but an
-/// EDNS0 (version 0) OPT record after it; the name is written lower-cased into `key`.
+/// A standard query with one `IN` `A`/`AAAA`/`SRV` question, an uncompressed name and nothing
+/// but an EDNS0 (version 0) OPT record after it; the name and type are written (the name
+/// lower-cased) into `key`.
 fn parse(query: &[u8], key: &mut Vec<u8>) -> Option<Question> {
     let flags = be16(query, 2)?;
     // QR = 0 (a query), opcode 0 (QUERY), TC = 0.
@@ -92,7 +118,7 @@ fn parse(query: &[u8], key: &mut Vec<u8>) -> Option<Question> {
         }
     }
     let qtype = be16(query, at)?;
-    if !matches!(qtype, TYPE_A | TYPE_AAAA) || be16(query, at + 2)? != CLASS_IN {
+    if !matches!(qtype, TYPE_A | TYPE_AAAA | TYPE_SRV) || be16(query, at + 2)? != CLASS_IN {
         return None;
     }
     let end = at + 4;
@@ -141,7 +167,43 @@ fn name_of(wire: &[u8]) -> Option<LowerName> {
     Some(LowerName::from(name))
 }
 
-/// What [`answer`] says of the name, when it is a plain list of addresses.
+/// `name` in wire form, lower-cased and uncompressed.
+fn write_name(name: &Name, out: &mut Vec<u8>) {
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+}
+
+/// `record` without its owner: type, class, TTL, data length, data (A, AAAA or SRV only).
+fn write_record(record: &Record, out: &mut Vec<u8>) -> Option<()> {
+    if record.dns_class != DNSClass::IN {
+        return None;
+    }
+    out.extend_from_slice(&u16::from(record.record_type()).to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&record.ttl.to_be_bytes());
+    let length_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    match &record.data {
+        RData::A(a) => out.extend_from_slice(&a.0.octets()),
+        RData::AAAA(a) => out.extend_from_slice(&a.0.octets()),
+        RData::SRV(srv) => {
+            out.extend_from_slice(&srv.priority.to_be_bytes());
+            out.extend_from_slice(&srv.weight.to_be_bytes());
+            out.extend_from_slice(&srv.port.to_be_bytes());
+            write_name(&srv.target, out);
+        }
+        _ => return None,
+    }
+    let length = u16::try_from(out.len() - length_at - 2).ok()?;
+    out[length_at..length_at + 2].copy_from_slice(&length.to_be_bytes());
+    Some(())
+}
+
+/// What [`answer`] says of the name, when it has records of the asked type (and, for SRV, the
+/// addresses of their targets).
 fn compute(
     settings: &Settings,
     nodes: &[Node],
@@ -150,32 +212,50 @@ fn compute(
     rng: &mut impl rand::Rng,
 ) -> Option<Cached> {
     let name = name_of(&key[..key.len() - 2])?;
-    let Answer::Records { records, soa: None } =
-        answer(settings, nodes, &name, RecordType::from(qtype), 0, rng)
+    let qtype = RecordType::from(qtype);
+    let Answer::Records {
+        records,
+        soa: None,
+        additionals,
+    } = answer(settings, nodes, &name, qtype, 0, rng)
     else {
         return None;
     };
     if records.is_empty() {
         return None;
     }
-    let mut cached = Cached {
-        rdata: Vec::new(),
-        len: if qtype == TYPE_A { 4 } else { 16 },
-    };
+    let mut cached = Cached::default();
     for r in &records {
-        match (&r.data, qtype) {
-            (RData::A(a), TYPE_A) => cached.rdata.extend_from_slice(&a.0.octets()),
-            (RData::AAAA(a), TYPE_AAAA) => cached.rdata.extend_from_slice(&a.0.octets()),
-            _ => return None,
+        if r.record_type() != qtype {
+            return None;
         }
+        write_record(r, &mut cached.answers)?;
+        cached.ends.push(cached.answers.len());
     }
+    for extra in &additionals {
+        // Its owner is the target of an SRV answer: a pointer to it there.
+        let target_of = records
+            .iter()
+            .position(|r| matches!(&r.data, RData::SRV(srv) if srv.target == extra.name))?;
+        let mut bytes = Vec::new();
+        write_record(extra, &mut bytes)?;
+        cached.additionals.push((target_of, bytes));
+    }
+    cached.len = cached.answers.len()
+        + 2 * cached.ends.len()
+        + cached
+            .additionals
+            .iter()
+            .map(|(_, bytes)| 2 + bytes.len())
+            .sum::<usize>();
     Some(cached)
 }
 
 impl FastPath {
     /// Answer `query` into `out` when it is a plain question whose answer is a list of
-    /// addresses that fits the client's UDP size; `false` leaves it to the full path.
-    /// The answer is authoritative, shuffled, and repeats the question as the client wrote it.
+    /// records (and their additional records) that fits the client's UDP size; `false`
+    /// leaves it to the full path. The answer is authoritative, its answer records shuffled,
+    /// and it repeats the question as the client wrote it.
     pub fn answer(
         &mut self,
         settings: &Settings,
@@ -208,17 +288,23 @@ impl FastPath {
         let Some(cached) = self.cache.get(self.key.as_slice()) else {
             return false;
         };
-        let count = cached.rdata.len() / cached.len;
+        let count = cached.ends.len();
         let limit = q
             .edns
             .map_or(PLAIN_UDP, |size| usize::from(size).max(PLAIN_UDP));
-        let size = q.end + count * (12 + cached.len) + if q.edns.is_some() { 11 } else { 0 };
-        if size > limit || count > usize::from(u16::MAX) {
+        let size = q.end + cached.len + if q.edns.is_some() { 11 } else { 0 };
+        if size > limit
+            || count > usize::from(u16::MAX)
+            || (!cached.additionals.is_empty() && size > POINTER_REACH)
+        {
             return false;
         }
         self.order.clear();
         self.order.extend(0..count as u16);
         self.order.shuffle(rng);
+        self.placed.clear();
+        self.placed.resize(count, 0);
+        let additionals = cached.additionals.len() + usize::from(q.edns.is_some());
 
         out.clear();
         out.extend_from_slice(&query[..2]);
@@ -228,17 +314,21 @@ impl FastPath {
         out.extend_from_slice(&1u16.to_be_bytes());
         out.extend_from_slice(&(count as u16).to_be_bytes());
         out.extend_from_slice(&0u16.to_be_bytes());
-        out.extend_from_slice(&u16::from(q.edns.is_some()).to_be_bytes());
+        out.extend_from_slice(&(additionals as u16).to_be_bytes());
         out.extend_from_slice(&query[12..q.end]);
         for &i in &self.order {
+            let i = usize::from(i);
+            let start = if i == 0 { 0 } else { cached.ends[i - 1] };
+            self.placed[i] = out.len();
             // The owner name points at the question's (offset 12).
             out.extend_from_slice(&[0xc0, 0x0c]);
-            out.extend_from_slice(&q.qtype.to_be_bytes());
-            out.extend_from_slice(&CLASS_IN.to_be_bytes());
-            out.extend_from_slice(&settings.ttl.to_be_bytes());
-            out.extend_from_slice(&(cached.len as u16).to_be_bytes());
-            let at = usize::from(i) * cached.len;
-            out.extend_from_slice(&cached.rdata[at..at + cached.len]);
+            out.extend_from_slice(&cached.answers[start..cached.ends[i]]);
+        }
+        for (target_of, record) in &cached.additionals {
+            // Within POINTER_REACH (checked above).
+            let pointer = 0xc000 | (self.placed[*target_of] + SRV_TARGET_AT) as u16;
+            out.extend_from_slice(&pointer.to_be_bytes());
+            out.extend_from_slice(record);
         }
         if let Some(size) = q.edns {
             // Our OPT: the client's size (at least 512), version 0, no flags, no options.
@@ -255,6 +345,7 @@ impl FastPath {
 mod tests {
     use super::*;
     use hickory_proto::op::{Message, MessageType, OpCode};
+    use hickory_proto::rr::Record;
     use rand::SeedableRng;
 
     use crate::test_node as node;
@@ -460,6 +551,175 @@ mod tests {
         v[0].alive = false;
         let second = Arc::new(v);
         assert_eq!(addrs(&fast(&mut path, &second, &q, 1).expect("a")).len(), 4);
+    }
+
+    /// `web` on 6 nodes: n1-n3 on their own address (port 8001-8003), n4-n6 on 10.1.0.x
+    /// (8004-8006), and on an IPv6 node (443).
+    fn service_directory() -> Arc<Vec<Node>> {
+        let mut v: Vec<Node> = (1..=6)
+            .map(|i| {
+                let mut n = node(&format!("n{i}"), &format!("10.0.0.{i}"), &[]);
+                let addr = if i <= 3 {
+                    format!("10.0.0.{i}")
+                } else {
+                    format!("10.1.0.{i}")
+                };
+                n.services = vec![crate::test_service("web", 8000 + i, &["t"], &addr)];
+                n
+            })
+            .collect();
+        let mut six = node("six", "fd00::6", &[]);
+        six.services = vec![crate::test_service("web", 443, &[], "fd00::6")];
+        v.push(six);
+        Arc::new(v)
+    }
+
+    /// Sorted `owner ttl type data` lines.
+    fn text(records: &[Record]) -> Vec<String> {
+        let mut v: Vec<String> = records
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {}",
+                    r.name.to_lowercase(),
+                    r.ttl,
+                    r.record_type(),
+                    r.data
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn srv_questions_are_answered_with_their_targets_addresses() {
+        let dir = service_directory();
+        let settings = Settings::new("opsbro", 30, 60, false).expect("settings");
+        let mut path = FastPath::default();
+        for (name, edns) in [
+            ("_web._tcp.service.opsbro", None),
+            ("_Web._TCP.Service.opsbro.", Some(1232)),
+            ("web.service.opsbro", Some(512)),
+            ("t.web.service.dc1.opsbro", None),
+        ] {
+            let mut lname = Name::from_ascii(name).expect("name");
+            lname.set_fqdn(true);
+            let lname = LowerName::from(lname);
+            let Answer::Records {
+                records,
+                additionals,
+                ..
+            } = answer(
+                &settings,
+                &dir,
+                &lname,
+                RecordType::SRV,
+                0,
+                &mut rand::rngs::StdRng::seed_from_u64(1),
+            )
+            else {
+                panic!("{name}: no records")
+            };
+            let mut orders = std::collections::HashSet::new();
+            for seed in 0..20 {
+                let m = fast(&mut path, &dir, &query(name, RecordType::SRV, edns), seed)
+                    .unwrap_or_else(|| panic!("{name} declined"));
+                assert_eq!(text(&m.answers), text(&records), "{name}");
+                // Each additional record's owner (a pointer to its target, wherever the
+                // shuffle put it) decodes to the target's name.
+                assert_eq!(text(&m.additionals), text(&additionals), "{name}");
+                assert_eq!(
+                    m.edns.as_ref().map(|e| e.max_payload()),
+                    edns.map(|e| e.max(512))
+                );
+                orders.insert(
+                    m.answers
+                        .iter()
+                        .map(|r| r.data.to_string())
+                        .collect::<Vec<_>>(),
+                );
+            }
+            assert!(orders.len() > 3, "{name}: {orders:?}");
+            // In the cache: one entry per name and type (names differ only by case here).
+            assert!(path.cache.len() <= 3);
+        }
+        // The wire form: answer owners point at the question; targets in full, lower-cased.
+        let q = query("_WEB._tcp.service.opsbro", RecordType::SRV, None);
+        let mut out = Vec::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert!(path.answer(&settings, &dir, false, &q, &mut rng, &mut out));
+        let first = q.len();
+        assert_eq!(out[first..first + 4], [0xc0, 0x0c, 0, 33]);
+        assert_eq!(&out[..2], &q[..2]);
+        assert_eq!(u16::from_be_bytes([out[6], out[7]]), 7, "answers");
+        assert_eq!(u16::from_be_bytes([out[10], out[11]]), 7, "additionals");
+        assert!(
+            out.windows(b"\x04node\x06opsbro\x00".len())
+                .any(|w| w == b"\x04node\x06opsbro\x00")
+        );
+    }
+
+    #[test]
+    fn service_addr_and_tag_names_are_answered_from_the_cache() {
+        let dir = service_directory();
+        let mut path = FastPath::default();
+        for (name, qtype, want) in [
+            (
+                "web.service.opsbro",
+                RecordType::A,
+                vec![
+                    "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6",
+                ],
+            ),
+            ("web.service.opsbro", RecordType::AAAA, vec!["fd00::6"]),
+            ("t.web.service.opsbro", RecordType::AAAA, vec![]),
+            (
+                "_web._t.service.dc1.opsbro",
+                RecordType::A,
+                vec![
+                    "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6",
+                ],
+            ),
+            ("0a010005.addr.opsbro", RecordType::A, vec!["10.1.0.5"]),
+            (
+                "fd000000000000000000000000000006.addr.opsbro",
+                RecordType::AAAA,
+                vec!["fd00::6"],
+            ),
+            ("0a0a0a0a.addr.opsbro", RecordType::A, vec![]),
+        ] {
+            let got = fast(&mut path, &dir, &query(name, qtype, None), 1);
+            match got {
+                Some(m) => {
+                    assert_eq!(addrs(&m), want, "{name}");
+                    assert!(m.additionals.is_empty());
+                }
+                // NODATA and NXDOMAIN are the full path's.
+                None => assert!(want.is_empty(), "{name} declined"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_srv_answer_that_does_not_fit_is_left_to_the_full_path() {
+        // 20 SRV records of 40 bytes do not fit 512 bytes (the full path then drops the
+        // additional records and cuts answers); they fit, with their additionals, in 1232.
+        let many: Arc<Vec<Node>> = Arc::new(
+            (1..=20)
+                .map(|i| {
+                    let mut n = node(&format!("n{i}"), &format!("10.0.1.{i}"), &[]);
+                    n.services = vec![crate::test_service("big", 80, &[], &format!("10.0.2.{i}"))];
+                    n
+                })
+                .collect(),
+        );
+        let mut path = FastPath::default();
+        let q = |edns| query("_big._tcp.service.opsbro", RecordType::SRV, edns);
+        assert!(fast(&mut path, &many, &q(None), 1).is_none());
+        assert!(fast(&mut path, &many, &q(Some(700)), 1).is_none());
+        let m = fast(&mut path, &many, &q(Some(1232)), 1).expect("fits with EDNS0");
+        assert_eq!((m.answers.len(), m.additionals.len()), (20, 20));
     }
 
     proptest::proptest! {

@@ -7,10 +7,11 @@
 //! and thousands of idle connections took every file descriptor of the agent). UDP, where the
 //! load is, goes through std threads (see
 //! [`serve`]): batches of up to 32 queries per `recvmmsg`, each answered inline — by the
-//! [`FastPath`] for a plain `A`/`AAAA` question, otherwise decoded by hickory
+//! [`FastPath`] for a plain `A`/`AAAA`/`SRV` question, otherwise decoded by hickory
 //! (`Request::from_bytes`), answered by the same handler and encoded by hickory's encoder within
-//! the client's UDP size (512 bytes, or its EDNS0 buffer), setting TC when the answer does not
-//! fit — and the batch's answers sent with one `sendmmsg`. hickory's own UDP server hands every
+//! the client's UDP size (512 bytes, or its EDNS0 buffer; an answer that does not fit first
+//! loses its additional records, then hickory cuts answers and sets TC) — and the batch's
+//! answers sent with one `sendmmsg`. hickory's own UDP server hands every
 //! query to a new task and every answer to a channel: three task hops for a 10 µs answer.
 //! Forwarded queries (which wait for a recursor) still get their own task.
 
@@ -148,6 +149,32 @@ fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
     })
 }
 
+/// Whether the response encodes within the client's UDP size (512 bytes, or its EDNS0
+/// buffer) without truncation: encoded once more, as hickory will, to know it exactly.
+fn fits_udp(
+    request: &Request,
+    edns: Option<&Edns>,
+    metadata: Metadata,
+    records: &[Record],
+    authorities: &[Record],
+    additionals: &[Record],
+) -> bool {
+    let max = edns.map_or(512, |e| e.max_payload().max(512));
+    let mut bytes = Vec::with_capacity(usize::from(max));
+    let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max);
+    MessageResponseBuilder::new(&request.queries, edns)
+        .build(
+            metadata,
+            records.iter(),
+            authorities.iter(),
+            std::iter::empty(),
+            additionals.iter(),
+        )
+        .destructive_emit(&mut encoder)
+        .is_ok_and(|info| !info.truncation)
+}
+
 /// Unix seconds as the SOA serial (changes as membership does, close enough for caches).
 fn serial() -> u32 {
     std::time::SystemTime::now()
@@ -207,7 +234,7 @@ impl RequestHandler for DnsHandler {
             serial(),
             &mut rand::rng(),
         );
-        let (records, authorities, additionals): (Vec<Record>, Vec<Record>, Vec<Record>) =
+        let (records, authorities, mut additionals): (Vec<Record>, Vec<Record>, Vec<Record>) =
             match result {
                 Answer::NotOurs if !self.recursors.is_empty() => {
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -227,24 +254,41 @@ impl RequestHandler for DnsHandler {
                     metadata.response_code = other.code();
                     metadata.authoritative = !matches!(other, Answer::NotOurs);
                     match other {
-                        Answer::Records { records, soa } => {
-                            (records, soa.into_iter().collect(), vec![])
-                        }
+                        Answer::Records {
+                            records,
+                            soa,
+                            additionals,
+                        } => (records, soa.into_iter().collect(), additionals),
                         Answer::NxDomain { soa } => (vec![], vec![soa], vec![]),
                         Answer::NotOurs => (vec![], vec![], vec![]),
                     }
                 }
             };
+        // The client's OPT is not ours to repeat.
+        additionals.retain(|r| r.record_type() != hickory_proto::rr::RecordType::OPT);
+        // Over UDP, an answer that does not fit loses its additional records (the addresses
+        // of SRV targets, which the client can ask for) before hickory's encoder cuts answers
+        // and sets TC (RFC 2181 §9: TC is for the answers a client needs).
+        if !additionals.is_empty()
+            && request.protocol() == hickory_server::net::xfer::Protocol::Udp
+            && !fits_udp(
+                request,
+                edns.as_ref(),
+                metadata,
+                &records,
+                &authorities,
+                &additionals,
+            )
+        {
+            additionals.clear();
+        }
         let code = metadata.response_code;
         let response = builder.build(
             metadata,
             records.iter(),
             authorities.iter(),
             std::iter::empty(),
-            additionals
-                .iter()
-                // The client's OPT is not ours to repeat.
-                .filter(|r| r.record_type() != hickory_proto::rr::RecordType::OPT),
+            additionals.iter(),
         );
         match response_handle.send_response(response).await {
             Ok(info) => {
@@ -904,15 +948,60 @@ mod tests {
         assert_eq!(c.wait(), None);
     }
 
+    /// The directory of the comparison tests: n1-n12 (10.0.0.x, groups redis and web) and
+    /// v6 (fd00::1, redis), with services: `web` on n1 (80, tag primary) and n3 (8080,
+    /// primary) on their own addresses, on n2 and n5 behind 10.0.1.2 (80), on v6 (443,
+    /// primary); `metrics` without a port on n4; `big` on every n (9000, on 10.0.2.x).
+    fn service_nodes() -> Arc<Vec<Node>> {
+        use crate::test_service as svc;
+        let mut nodes: Vec<Node> = (1..=12)
+            .map(|i| {
+                let mut n = node(&format!("n{i}"), &format!("10.0.0.{i}"), &["redis", "web"]);
+                n.services = vec![svc("big", 9000, &[], &format!("10.0.2.{i}"))];
+                n
+            })
+            .collect();
+        nodes[0]
+            .services
+            .push(svc("web", 80, &["primary"], "10.0.0.1"));
+        nodes[1].services.push(svc("web", 80, &[], "10.0.1.2"));
+        nodes[2]
+            .services
+            .push(svc("web", 8080, &["primary"], "10.0.0.3"));
+        nodes[3].services.push(svc("metrics", 0, &[], "10.0.0.4"));
+        nodes[4].services.push(svc("web", 80, &[], "10.0.1.2"));
+        let mut v6 = node("v6", "fd00::1", &["redis"]);
+        v6.services = vec![svc("web", 443, &["primary"], "fd00::1")];
+        nodes.push(v6);
+        Arc::new(nodes)
+    }
+
+    /// hickory's full path: the handler's answer to `bytes` over `protocol`, decoded.
+    fn full_path(handler: &DnsHandler, bytes: Vec<u8>, protocol: Protocol) -> Message {
+        let request = Request::from_bytes(bytes, SocketAddr::from(([127, 0, 0, 1], 9)), protocol)
+            .expect("request");
+        let encoded = Encoded(Arc::default(), protocol == Protocol::Tcp);
+        ready_now(handler.handle_request::<_, TokioTime>(&request, encoded.clone()))
+            .expect("answered at once");
+        Message::from_vec(&encoded.take().expect("bytes")).expect("decode")
+    }
+
+    /// Sorted `owner ttl data` lines.
+    fn set(records: &[Record]) -> Vec<String> {
+        let mut v: Vec<String> = records
+            .iter()
+            .map(|r| format!("{} {} {}", r.name.to_lowercase(), r.ttl, r.data))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The fast path and hickory's full path give the same answer to every query the fast
-    /// path takes: header, question, records (as a set: both shuffle), EDNS.
+    /// path takes: header, question, answer and additional records (as sets: both shuffle),
+    /// EDNS; and the fast path declines what it should.
     #[test]
     fn the_fast_path_answers_like_the_full_path() {
-        let mut nodes: Vec<Node> = (1..=12)
-            .map(|i| node(&format!("n{i}"), &format!("10.0.0.{i}"), &["redis", "web"]))
-            .collect();
-        nodes.push(node("v6", "fd00::1", &["redis"]));
-        let directory = Arc::new(nodes);
+        let directory = service_nodes();
         let (_keep, rx) = watch::channel(directory.clone());
         for recursors in [vec![], vec![SocketAddr::from(([127, 0, 0, 1], 53))]] {
             let settings = Settings::new("opsbro", 45, 60, false).expect("settings");
@@ -924,19 +1013,177 @@ mod tests {
             );
             let mut fast = FastPath::default();
             let mut taken = 0;
-            for (name, qtype, edns, rd, cd) in [
-                ("redis.group.opsbro", RecordType::A, None, true, false),
-                ("Redis.Group.OPSBRO", RecordType::A, Some(1232), false, true),
+            let mut with_additionals = 0;
+            // Name, type, EDNS size, RD, CD, whether the fast path takes it.
+            for (name, qtype, edns, rd, cd, takes) in [
+                ("redis.group.opsbro", RecordType::A, None, true, false, true),
+                (
+                    "Redis.Group.OPSBRO",
+                    RecordType::A,
+                    Some(1232),
+                    false,
+                    true,
+                    true,
+                ),
                 (
                     "redis.group.dc1.opsbro",
                     RecordType::AAAA,
                     Some(256),
                     true,
                     true,
+                    true,
                 ),
-                ("n7.name.opsbro", RecordType::A, None, false, false),
-                ("web.group.opsbro", RecordType::A, Some(4096), true, false),
-                ("nope.group.opsbro", RecordType::A, None, true, false),
+                ("n7.name.opsbro", RecordType::A, None, false, false, true),
+                (
+                    "web.group.opsbro",
+                    RecordType::A,
+                    Some(4096),
+                    true,
+                    false,
+                    true,
+                ),
+                ("nope.group.opsbro", RecordType::A, None, true, false, false),
+                // Services: SRV with additionals, either name form, with and without EDNS.
+                (
+                    "_web._tcp.service.opsbro",
+                    RecordType::SRV,
+                    None,
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "_web._tcp.service.opsbro",
+                    RecordType::SRV,
+                    Some(1232),
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "_Web._Udp.Service.DC1.opsbro",
+                    RecordType::SRV,
+                    None,
+                    false,
+                    true,
+                    true,
+                ),
+                (
+                    "web.service.opsbro",
+                    RecordType::SRV,
+                    Some(512),
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "_web._primary.service.opsbro",
+                    RecordType::SRV,
+                    None,
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "primary.web.service.dc1.opsbro",
+                    RecordType::SRV,
+                    Some(1232),
+                    true,
+                    false,
+                    true,
+                ),
+                // Addresses of service names, tag names, addr names.
+                ("web.service.opsbro", RecordType::A, None, true, false, true),
+                (
+                    "web.service.opsbro",
+                    RecordType::AAAA,
+                    Some(1232),
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "primary.web.service.opsbro",
+                    RecordType::A,
+                    None,
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "_web._tcp.service.opsbro",
+                    RecordType::A,
+                    Some(1232),
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "0a000102.addr.opsbro",
+                    RecordType::A,
+                    None,
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "0A000001.addr.opsbro",
+                    RecordType::A,
+                    Some(1232),
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "fd000000000000000000000000000001.addr.opsbro",
+                    RecordType::AAAA,
+                    None,
+                    true,
+                    false,
+                    true,
+                ),
+                // 12 SRV records: only with EDNS.
+                (
+                    "_big._tcp.service.opsbro",
+                    RecordType::SRV,
+                    Some(4096),
+                    true,
+                    false,
+                    true,
+                ),
+                (
+                    "_big._tcp.service.opsbro",
+                    RecordType::SRV,
+                    None,
+                    true,
+                    false,
+                    false,
+                ),
+                // NODATA (no port), NXDOMAIN (unknown address, tag): the full path's.
+                (
+                    "metrics.service.opsbro",
+                    RecordType::SRV,
+                    None,
+                    true,
+                    false,
+                    false,
+                ),
+                (
+                    "0a0a0a0a.addr.opsbro",
+                    RecordType::A,
+                    None,
+                    true,
+                    false,
+                    false,
+                ),
+                (
+                    "nope.web.service.opsbro",
+                    RecordType::SRV,
+                    Some(1232),
+                    true,
+                    false,
+                    false,
+                ),
             ] {
                 let mut m = crate::test_query(name, qtype, edns);
                 m.metadata.id = 4242;
@@ -952,35 +1199,42 @@ mod tests {
                     &mut rand::rng(),
                     &mut out,
                 );
-                let request = Request::from_bytes(
-                    bytes.clone(),
-                    SocketAddr::from(([127, 0, 0, 1], 9)),
-                    Protocol::Udp,
-                )
-                .expect("request");
-                let encoded = Encoded::default();
-                ready_now(handler.handle_request::<_, TokioTime>(&request, encoded.clone()))
-                    .expect("answered at once");
-                let full = Message::from_vec(&encoded.take().expect("bytes")).expect("decode");
+                let full = full_path(&handler, bytes, Protocol::Udp);
+                assert_eq!(took, takes, "{name} {qtype} {edns:?}");
                 if !took {
-                    assert_eq!(name, "nope.group.opsbro", "declined {name}");
                     continue;
                 }
                 taken += 1;
                 let quick = Message::from_vec(&out).expect("decode");
                 assert_eq!(quick.metadata, full.metadata, "{name}");
+                assert!(!quick.metadata.truncation, "{name}");
                 assert_eq!(quick.queries, full.queries, "{name}");
-                let set = |m: &Message| {
-                    let mut v: Vec<String> = m
+                assert!(!quick.answers.is_empty());
+                assert_eq!(set(&quick.answers), set(&full.answers), "{name}");
+                assert_eq!(set(&quick.additionals), set(&full.additionals), "{name}");
+                if qtype == RecordType::SRV {
+                    // Every target's address, and only those.
+                    let mut targets: Vec<String> = quick
                         .answers
                         .iter()
-                        .map(|r| format!("{} {} {}", r.name.to_lowercase(), r.ttl, r.data))
+                        .filter_map(|r| match &r.data {
+                            hickory_proto::rr::RData::SRV(srv) => Some(srv.target.to_string()),
+                            _ => None,
+                        })
                         .collect();
-                    v.sort();
-                    v
-                };
-                assert_eq!(set(&quick), set(&full), "{name}");
-                assert!(!quick.answers.is_empty());
+                    targets.sort();
+                    targets.dedup();
+                    let mut owners: Vec<String> = quick
+                        .additionals
+                        .iter()
+                        .map(|r| r.name.to_string())
+                        .collect();
+                    owners.sort();
+                    assert_eq!(owners, targets, "{name}");
+                    with_additionals += 1;
+                } else {
+                    assert!(quick.additionals.is_empty(), "{name}");
+                }
                 assert_eq!(quick.authorities, full.authorities, "{name}");
                 assert_eq!(
                     quick.edns.as_ref().map(|e| e.max_payload()),
@@ -988,7 +1242,61 @@ mod tests {
                     "{name}"
                 );
             }
-            assert_eq!(taken, 5);
+            assert_eq!((taken, with_additionals), (19, 7));
         }
+    }
+
+    /// Over UDP, an SRV answer too long for the client's buffer loses its additional records
+    /// first (no TC: the answers are whole); only answers that do not fit by themselves are
+    /// cut (TC). Over TCP, everything goes.
+    #[test]
+    fn additionals_are_dropped_before_answers_are_cut() {
+        use crate::test_service as svc;
+        // `mid`: 10 records of 40 bytes fit 512 bytes, not with their 10 additionals.
+        // `big`: 20 records do not fit at all.
+        let nodes: Vec<Node> = (1..=20)
+            .map(|i| {
+                let mut n = node(&format!("n{i}"), &format!("10.0.0.{i}"), &[]);
+                n.services = vec![svc("big", 9000, &[], &format!("10.0.2.{i}"))];
+                if i <= 10 {
+                    n.services.push(svc("mid", 80, &[], &format!("10.0.1.{i}")));
+                }
+                n
+            })
+            .collect();
+        let (_keep, rx) = watch::channel(Arc::new(nodes));
+        let settings = Settings::new("opsbro", 45, 60, false).expect("settings");
+        let handler = DnsHandler::new(settings, rx, vec![], Arc::default());
+        let ask = |name: &str, edns: Option<u16>, protocol: Protocol| {
+            let q = crate::test_query(name, RecordType::SRV, edns);
+            let m = full_path(&handler, q.to_vec().expect("encode"), protocol);
+            (m.answers.len(), m.additionals.len(), m.metadata.truncation)
+        };
+        assert_eq!(
+            ask("_mid._tcp.service.opsbro", None, Protocol::Udp),
+            (10, 0, false)
+        );
+        assert_eq!(
+            ask("_mid._tcp.service.opsbro", Some(1232), Protocol::Udp),
+            (10, 10, false)
+        );
+        let (answers, additionals, tc) = ask("_big._tcp.service.opsbro", None, Protocol::Udp);
+        assert!(
+            answers < 20 && additionals == 0 && tc,
+            "{answers} {additionals} {tc}"
+        );
+        assert_eq!(
+            ask("_big._tcp.service.opsbro", Some(4096), Protocol::Udp),
+            (20, 20, false)
+        );
+        assert_eq!(
+            ask("_big._tcp.service.opsbro", None, Protocol::Tcp),
+            (20, 20, false)
+        );
+        // EDNS survives the drop: the OPT record is still there.
+        let q = crate::test_query("_mid._tcp.service.opsbro", RecordType::SRV, Some(600));
+        let m = full_path(&handler, q.to_vec().expect("encode"), Protocol::Udp);
+        assert_eq!((m.answers.len(), m.additionals.len()), (10, 0));
+        assert_eq!(m.edns.map(|e| e.max_payload()), Some(600));
     }
 }
