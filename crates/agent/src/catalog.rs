@@ -267,8 +267,7 @@ pub async fn wait_past(
         None => c.index > index,
     };
     let _ = tokio::time::timeout(wait, rx.wait_for(|c| passed(c))).await;
-    let current = rx.borrow().clone();
-    current
+    rx.borrow().clone()
 }
 
 #[cfg(test)]

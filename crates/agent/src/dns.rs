@@ -24,8 +24,23 @@ fn directory(peers: &[Peer]) -> Vec<Node> {
             groups: p.groups.clone(),
             alive: matches!(p.state, MemberState::Alive | MemberState::Suspect),
             critical: p.critical,
-            maintenance: false,
-            services: Vec::new(),
+            maintenance: p.maintenance.is_some(),
+            services: p
+                .services
+                .iter()
+                .map(|s| opsbro_dns::Service {
+                    name: s.name.clone(),
+                    port: s.port,
+                    tags: s.tags.clone(),
+                    addr: s.address.unwrap_or_else(|| p.addr.ip()),
+                    health: match opsbro_checks::CheckState::from_wire(s.state) {
+                        opsbro_checks::CheckState::Ok => opsbro_dns::Health::Passing,
+                        opsbro_checks::CheckState::Warning => opsbro_dns::Health::Warning,
+                        _ => opsbro_dns::Health::Critical,
+                    },
+                    maintenance: s.maintenance.is_some(),
+                })
+                .collect(),
         })
         .collect()
 }
@@ -38,12 +53,13 @@ pub async fn start(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, String> {
-    let answer_settings = opsbro_dns::Settings::new(
+    let mut answer_settings = opsbro_dns::Settings::new(
         &settings.domain,
         settings.ttl,
         settings.negative_ttl,
         settings.only_passing,
     )?;
+    answer_settings.warning_passes = settings.warning_passes;
     let addr = SocketAddr::new(settings.bind, settings.port);
     let (udp, tcp) = crate::host::bind_udp_tcp(addr)
         .await

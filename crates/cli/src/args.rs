@@ -910,7 +910,7 @@ pub enum MetricsCommand {
 pub enum LiveEventsCommand {
     /// Follow the agent's event stream until interrupted (needs `websocket.enabled: true`).
     Watch {
-        /// Only these channels (repeatable): node, group, check, kv, event.
+        /// Only these channels (repeatable): node, group, check, kv, event, service.
         #[arg(long = "channel", value_name = "CHANNEL")]
         channels: Vec<String>,
         /// Print each event as its JSON frame.

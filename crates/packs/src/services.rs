@@ -103,16 +103,19 @@ fn labels(
     Ok(out)
 }
 
-/// Parse a `service:` object; the inline check, when there is one, comes back beside it (with
-/// the problems of its expressions) for the pack to load as any check.
-#[allow(clippy::type_complexity)]
+/// A parsed service: the service, its inline check (with the problems of its expressions)
+/// when it has one, and warnings.
+pub(crate) type Parsed = (ServiceSpec, Option<(CheckSpec, Vec<Problem>)>, Vec<Problem>);
+
+/// Parse a `service:` object; the inline check, when there is one, comes back beside it for
+/// the pack to load as any check.
 pub(crate) fn parse_service(
     body: &Yaml,
     pack: &str,
     stem: &str,
     file: &str,
     check: ExprCheck<'_>,
-) -> Result<(ServiceSpec, Option<(CheckSpec, Vec<Problem>)>, Vec<Problem>), Problem> {
+) -> Result<Parsed, Problem> {
     let map = body.as_mapping().ok_or_else(|| {
         (
             "service".to_owned(),
@@ -267,9 +270,7 @@ mod tests {
     use super::*;
     use crate::monitoring::CheckKind;
 
-    fn parse(
-        yaml: &str,
-    ) -> Result<(ServiceSpec, Option<(CheckSpec, Vec<Problem>)>, Vec<Problem>), Problem> {
+    fn parse(yaml: &str) -> Result<Parsed, Problem> {
         let body: Yaml = serde_yaml::from_str(yaml).expect("yaml");
         parse_service(&body, "local", "web", "web.yml", &|_| Ok(()))
     }
