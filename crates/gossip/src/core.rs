@@ -654,9 +654,11 @@ impl Gossip {
                     .is_some_and(|t| now.saturating_sub(*t) < 1000);
                 if from != self.me.uuid && !self.leaving && !limited {
                     self.detect_replies.insert(sender, now);
-                    // Who we are, not how we are: check states stay out of the answer.
+                    // Who we are, not how we are: check states and services stay out of the
+                    // answer (it must fit one datagram; a joiner learns the rest by push-pull).
                     let mut record = self.me.clone();
                     record.checks.clear();
+                    record.services.clear();
                     let pong = Message::DetectPong { id, record };
                     let bytes = codec::datagram([codec::encode_message(&pong).as_slice()]);
                     if self.reply_cap.is_some_and(|cap| bytes.len() > cap) {
@@ -1950,6 +1952,15 @@ mod security_tests {
             name: "linux/cpu".into(),
             state: 2,
         }]);
+        b.set_services(vec![ServiceRecord {
+            name: "web".into(),
+            port: 80,
+            address: None,
+            tags: vec!["x".repeat(60); 20],
+            meta: vec![],
+            state: 0,
+            maintenance: None,
+        }]);
         b.take_effects();
         let mut a = Gossip::new(cfg, record(1), 1, 0);
         let (_, ping) = a.detect_ping();
@@ -1967,7 +1978,7 @@ mod security_tests {
         assert!(sent[0].len() <= ping.len());
         let decoded = codec::decode_datagram(sent[0]).expect("decode");
         assert!(
-            matches!(&decoded[..], [Message::DetectPong { record, .. }] if record.checks.is_empty())
+            matches!(&decoded[..], [Message::DetectPong { record, .. }] if record.checks.is_empty() && record.services.is_empty())
         );
         // Acks to a small ping carry no more than the ping, whatever news is queued.
         b.handle_datagram(3000, addr(3), &datagram(&Message::Alive(record(3))))

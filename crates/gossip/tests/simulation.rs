@@ -187,3 +187,41 @@ fn a_record_too_big_for_a_datagram_still_reaches_everyone_over_tcp() {
     assert_eq!(seen, want);
     assert_eq!(sim.stats.false_deaths, 0);
 }
+
+#[test]
+fn a_node_with_many_services_spreads_them_over_tcp_and_keeps_datagrams_bounded() {
+    let mut sim = cluster(9, 30, NetConfig::default());
+    // The most services a node declares, with tags and meta: far over one datagram.
+    let services: Vec<opsbro_gossip::ServiceRecord> = (0..opsbro_gossip::codec::MAX_SERVICES)
+        .map(|i| opsbro_gossip::ServiceRecord {
+            name: format!("svc-{i:02}"),
+            port: 8000 + u16::try_from(i).unwrap_or(0),
+            address: None,
+            tags: vec!["primary".into(), format!("shard-{i}")],
+            meta: vec![("version".into(), "1.2.3".into())],
+            state: 0,
+            maintenance: None,
+        })
+        .collect();
+    sim.node_mut(6).set_services(services.clone());
+    let uuid = sim.node(6).me().uuid;
+    sim.run_until_cond(secs(30), STEP, |s| {
+        (0..30).all(|v| {
+            s.node(v)
+                .member(&uuid)
+                .is_some_and(|r| r.services == services)
+        })
+    })
+    .expect("every view has every service");
+    // Maintenance is one small change: it spreads too.
+    sim.node_mut(6).set_maintenance(Some("reboot".into()));
+    sim.run_until_cond(secs(30), STEP, |s| {
+        (0..30).all(|v| {
+            s.node(v)
+                .member(&uuid)
+                .is_some_and(|r| r.maintenance.as_deref() == Some("reboot"))
+        })
+    })
+    .expect("every view has the maintenance");
+    assert_eq!(sim.stats.false_deaths, 0);
+}
