@@ -423,22 +423,20 @@ fn services_register_and_deregister_live_and_bad_files_change_nothing() {
     );
 }
 
-/// `dig` against an agent's DNS port, answers as lines (`+short`).
-fn dig(lan: &Lan, i: usize, name: &str, qtype: &str) -> Vec<String> {
+/// `dig @127.0.0.1 -p 6766 ARGS` on host `i` (against its agent's DNS), its output.
+fn dig_raw(lan: &Lan, i: usize, args: &[&str]) -> String {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lan.hosts[i].ns,
-            "dig",
-            "@127.0.0.1",
-            "-p",
-            "6766",
-        ])
-        .args([name, qtype, "+short", "+time=2", "+tries=1"])
+        .args(["netns", "exec", &lan.hosts[i].ns])
+        .args(["dig", "@127.0.0.1", "-p", "6766", "+time=2", "+tries=1"])
+        .args(args)
         .output()
         .expect("dig");
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The answers to `name`/`qtype` (`+short`), sorted.
+fn dig(lan: &Lan, i: usize, name: &str, qtype: &str) -> Vec<String> {
+    let mut lines: Vec<String> = dig_raw(lan, i, &[name, qtype, "+short"])
         .lines()
         .map(str::to_owned)
         .filter(|l| !l.starts_with(';'))
@@ -449,20 +447,7 @@ fn dig(lan: &Lan, i: usize, name: &str, qtype: &str) -> Vec<String> {
 
 /// The whole SRV answer (`dig` without `+short`), for the additional section.
 fn dig_full(lan: &Lan, i: usize, name: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lan.hosts[i].ns,
-            "dig",
-            "@127.0.0.1",
-            "-p",
-            "6766",
-        ])
-        .args([name, "SRV", "+time=2", "+tries=1"])
-        .output()
-        .expect("dig");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    dig_raw(lan, i, &[name, "SRV"])
 }
 
 #[test]

@@ -380,26 +380,17 @@ pub fn answer(
     let in_zone = |n: &Node| zone.is_none_or(|z| text_eq(&n.zone, z));
     let name = Name::from(qname.clone());
     let (records, additionals) = match lookup {
-        Lookup::Group(group) => {
-            let mut matched: Vec<&Node> = nodes
-                .iter()
-                .filter(|n| settings.answers_node(n) && !n.maintenance && in_zone(n))
-                .filter(|n| n.groups.iter().any(|g| text_eq(g, group)))
-                .collect();
-            if matched.is_empty() {
-                return nx();
-            }
-            matched.shuffle(rng);
-            (
-                addresses(settings, &name, qtype, matched.iter().map(|n| n.addr)),
-                vec![],
-            )
-        }
-        Lookup::Node(wanted) => {
+        Lookup::Group(_) | Lookup::Node(_) => {
+            // Groups leave out nodes in maintenance; a node's own name is an address book.
             let mut matched: Vec<&Node> = nodes
                 .iter()
                 .filter(|n| settings.answers_node(n) && in_zone(n))
-                .filter(|n| text_eq(&n.name, wanted))
+                .filter(|n| match lookup {
+                    Lookup::Group(group) => {
+                        !n.maintenance && n.groups.iter().any(|g| text_eq(g, group))
+                    }
+                    _ => matches!(lookup, Lookup::Node(wanted) if text_eq(&n.name, wanted)),
+                })
                 .collect();
             if matched.is_empty() {
                 return nx();
