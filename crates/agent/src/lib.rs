@@ -13,6 +13,7 @@ pub mod api;
 pub mod catalog;
 pub mod cluster;
 pub mod collect;
+pub mod compliance;
 pub mod datadir;
 pub mod detectors;
 pub mod dns;

@@ -1,0 +1,1 @@
+//! Rule backends (file-rights, package-install, repository, system-user, get-url).
