@@ -5,3 +5,6 @@ pub mod backends;
 pub mod types;
 
 pub use types::{Info, InfoKind, Mode, Outcome, RuleState};
+mod driver;
+
+pub use driver::{ComplianceHandle, ComplianceSetup, STEP_TIMEOUT, run};

@@ -34,6 +34,8 @@ pub struct SharedView {
     hosting: Arc<OnceLock<String>>,
     /// Reads the KV store, once it runs.
     kv: Arc<OnceLock<KvReader>>,
+    /// Compliance rule name → state (`compliance_get_state_of_rule`).
+    compliance: Arc<RwLock<std::collections::HashMap<String, String>>>,
 }
 
 /// `kv_get(key)`: the live text value, or None (absent, deleted, no answer in time). Called on
@@ -60,6 +62,14 @@ impl SharedView {
     /// Give `kv_get()` the store (once it runs); it should wait at most [`KV_GET_TIMEOUT`].
     pub fn set_kv(&self, reader: KvReader) {
         let _ = self.kv.set(reader);
+    }
+
+    /// Replace the compliance rule states `compliance_get_state_of_rule` reads.
+    pub fn set_compliance(&self, states: std::collections::HashMap<String, String>) {
+        *self
+            .compliance
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = states;
     }
 
     /// The hosting driver of this host (`ec2`, `docker-container`, ..., `on-premise`).
@@ -110,6 +120,15 @@ impl EvalContext for SharedView {
 
     fn hosting_driver_active(&self, name: &str) -> bool {
         self.hosting_driver() == name
+    }
+
+    fn compliance_rule_state(&self, name: &str) -> String {
+        self.compliance
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| "UNKNOWN".to_owned())
     }
 
     /// The store's live value (see [`KvReader`]); None before the store runs.

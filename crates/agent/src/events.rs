@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use opsbro_api::events::{CheckChanged, GroupAction, GroupChanged, NodeChanged, Payload};
+use opsbro_api::events::{
+    CheckChanged, ComplianceChanged, GroupAction, GroupChanged, NodeChanged, Payload,
+};
 use opsbro_checks::notify::Notification;
 use tokio::sync::broadcast;
 
@@ -86,6 +88,21 @@ fn payload_of(n: &Notification) -> Payload {
             addr: addr.clone(),
             state: state.clone(),
             old_state: old_state.clone(),
+        }),
+        Notification::Compliance {
+            name,
+            display_name,
+            mode,
+            state,
+            old_state,
+            output,
+        } => Payload::Compliance(ComplianceChanged {
+            name: name.clone(),
+            display_name: display_name.clone(),
+            mode: mode.clone(),
+            state: state.clone(),
+            old_state: old_state.clone(),
+            output: output.clone(),
         }),
     }
 }

@@ -390,6 +390,7 @@ async fn run_agent(
         monitoring: monitoring_handle,
         generators: generators_handle,
         handlers: handlers_handle,
+        compliance: compliance_handle,
     } = work;
     if let Some(report) = once {
         tracker.spawn(one_shot::drive(
@@ -456,6 +457,7 @@ async fn run_agent(
         snapshot,
         services,
         catalog,
+        compliance: compliance_handle,
     });
 
     start::serve_api(

@@ -248,6 +248,8 @@ pub struct HostWork {
     pub generators: crate::generators::GeneratorsHandle,
     /// Handler counters.
     pub handlers: crate::handlers::HandlersHandle,
+    /// Compliance states.
+    pub compliance: crate::compliance::ComplianceHandle,
 }
 
 /// Start the collectors, then what reads them: detectors, checks, generators, handlers.
@@ -301,12 +303,27 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
             view: s.view.clone(),
             gossip: s.gossip.clone(),
             collected: collected.clone(),
-            collected_once,
+            collected_once: collected_once.clone(),
             plugins_dir: config.nagios_plugins_dir.clone(),
             state_file: s.data_dir.path().join("check-states.json"),
             bus: s.bus.clone(),
             handle: monitoring_handle.clone(),
             metrics: s.metrics.clone(),
+        },
+        shutdown.child_token(),
+    ));
+    let compliance_handle = crate::compliance::ComplianceHandle::default();
+    tracker.spawn(crate::compliance::run(
+        crate::compliance::ComplianceSetup {
+            objects: s.objects.clone(),
+            evaluator: s.evaluator.clone(),
+            collected: collected.clone(),
+            collected_once: collected_once.clone(),
+            view: s.view.clone(),
+            bus: s.bus.clone(),
+            handle: compliance_handle.clone(),
+            state_file: s.data_dir.path().join("compliance-states.json"),
+            root: std::path::PathBuf::from("/"),
         },
         shutdown.child_token(),
     ));
@@ -351,5 +368,6 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
         monitoring: monitoring_handle,
         generators: generators_handle,
         handlers: handlers_handle,
+        compliance: compliance_handle,
     }
 }

@@ -54,7 +54,9 @@ pub struct RouteDoc {
 /// Every route the agent serves, one entry per method and path: the source of `GET /api` (the
 /// agent's router is checked against it, so the two cannot drift apart).
 pub const ROUTES: &[RouteDoc] = {
-    use self::{catalog as cat, kv, metrics as m, monitoring as mon, routes as r};
+    use self::{
+        catalog as cat, compliance as comp, kv, metrics as m, monitoring as mon, routes as r,
+    };
     use self::{collectors as c, detectors as d, evaluator as e, generators as gen_, gossip as g};
     const fn doc(method: &'static str, path: &'static str, description: &'static str) -> RouteDoc {
         RouteDoc {
@@ -159,6 +161,21 @@ pub const ROUTES: &[RouteDoc] = {
             "PUT",
             mon::TTL,
             "set a TTL check's status: {status: pass|warn|fail, note}",
+        ),
+        doc(
+            "GET",
+            comp::STATE,
+            "this node's compliance objects and their rules",
+        ),
+        doc(
+            "GET",
+            comp::HISTORY,
+            "compliance state changes, oldest first",
+        ),
+        doc(
+            "POST",
+            comp::LAUNCH,
+            "run a compliance object now; answers its state after the run",
         ),
         doc(
             "GET",
@@ -361,6 +378,9 @@ pub struct AgentInfo {
     /// This node's active checks by state (`ok`, `critical`, ...).
     #[serde(default)]
     pub checks: BTreeMap<String, usize>,
+    /// This node's compliance objects by state (`COMPLIANT`, `ERROR`, ...).
+    #[serde(default)]
+    pub compliance: BTreeMap<String, usize>,
     /// The KV store on this node.
     #[serde(default)]
     pub kv: KvInfo,
@@ -1739,7 +1759,15 @@ pub mod events {
     use serde::{Deserialize, Serialize};
 
     /// Every channel, in the order `opsbro events watch --help` lists them.
-    pub const CHANNELS: [&str; 6] = ["node", "group", "check", "kv", "event", "service"];
+    pub const CHANNELS: [&str; 7] = [
+        "node",
+        "group",
+        "check",
+        "kv",
+        "event",
+        "service",
+        "compliance",
+    ];
 
     /// One event: when, and what (its channel is its kind).
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1768,6 +1796,8 @@ pub mod events {
         /// A service instance appeared, changed health or maintenance, or went away (anywhere
         /// in the cluster).
         Service(ServiceChanged),
+        /// A compliance object of this node changed state.
+        Compliance(ComplianceChanged),
     }
 
     impl Payload {
@@ -1780,6 +1810,7 @@ pub mod events {
                 Payload::Kv(_) => "kv",
                 Payload::Event(_) => "event",
                 Payload::Service(_) => "service",
+                Payload::Compliance(_) => "compliance",
             }
         }
     }
@@ -1816,6 +1847,23 @@ pub mod events {
         pub group: String,
         /// Added or removed.
         pub action: GroupAction,
+    }
+
+    /// `compliance`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ComplianceChanged {
+        /// Object name (`<pack>/<file>`).
+        pub name: String,
+        /// Its `name` key.
+        pub display_name: String,
+        /// `audit` or `enforcing`.
+        pub mode: String,
+        /// New state (`COMPLIANT`, `FIXED`, `ERROR`, `UNKNOWN`, `NOT-ELIGIBLE`...).
+        pub state: String,
+        /// Previous state.
+        pub old_state: String,
+        /// What its rules reported, one line each.
+        pub output: String,
     }
 
     /// `service`: one instance (a service on one node).
@@ -2046,5 +2094,90 @@ pub mod catalog {
         /// Warnings of the reload.
         #[serde(default)]
         pub warnings: Vec<String>,
+    }
+}
+
+/// Compliance (`/compliance/...`).
+pub mod compliance {
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: every compliance object of this node ([`ComplianceView`] list, by name).
+    pub const STATE: &str = "/compliance/state";
+    /// `GET`: compliance state changes, oldest first ([`HistoryEntry`] list; `?limit=N`).
+    pub const HISTORY: &str = "/compliance/history";
+    /// `POST`: run one object now (by name or display name) and answer its view after the run.
+    pub const LAUNCH: &str = "/compliance/launch/{*name}";
+
+    /// One line of a rule's report.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct InfoView {
+        /// `COMPLIANT`, `FIX`, `ERROR` or `SUCCESS`.
+        pub state: String,
+        /// The text.
+        pub text: String,
+    }
+
+    /// A rule.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct RuleView {
+        /// Name.
+        pub name: String,
+        /// `file-rights`, `package-install`, `repository`, `system-user` or `get-url`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        /// `PENDING`, `RUNNING`, `COMPLIANT`, `FIXED`, `ERROR`, `UNKNOWN` or `NOT-ELIGIBLE`.
+        pub state: String,
+        /// The state before the last run.
+        pub old_state: String,
+        /// The environment that matched in the last run.
+        pub environment: Option<String>,
+        /// What the last run reported.
+        pub infos: Vec<InfoView>,
+    }
+
+    /// A compliance object.
+    #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct ComplianceView {
+        /// `<pack>/<file>`.
+        pub name: String,
+        /// Its `name` key.
+        pub display_name: String,
+        /// Pack.
+        pub pack: String,
+        /// File.
+        pub file: String,
+        /// `audit` or `enforcing`.
+        pub mode: String,
+        /// The worst of its rules (NOT-ELIGIBLE < ERROR < FIXED < COMPLIANT < UNKNOWN < PENDING).
+        pub state: String,
+        /// The state before.
+        pub old_state: String,
+        /// Running now.
+        pub is_running: bool,
+        /// Last run, ms since the Unix epoch.
+        pub last_run_ms: Option<u64>,
+        /// Seconds between runs.
+        pub interval_secs: f64,
+        /// Its rules.
+        pub rules: Vec<RuleView>,
+    }
+
+    /// One state change of an object.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HistoryEntry {
+        /// ms since the Unix epoch.
+        pub time_ms: u64,
+        /// Object name.
+        pub name: String,
+        /// Display name.
+        pub display_name: String,
+        /// New state.
+        pub state: String,
+        /// Previous state.
+        pub old_state: String,
+        /// What its rules reported.
+        pub output: String,
     }
 }

@@ -24,11 +24,18 @@ pub enum EventKind {
     Group,
     /// A cluster member joined, died, left or came back.
     Node,
+    /// A compliance object changed state in a way worth telling (the original's transitions).
+    Compliance,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 3] = [EventKind::Check, EventKind::Group, EventKind::Node];
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Check,
+        EventKind::Group,
+        EventKind::Node,
+        EventKind::Compliance,
+    ];
 
     /// The name used in `events:` and templates.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +43,7 @@ impl EventKind {
             EventKind::Check => "check",
             EventKind::Group => "group",
             EventKind::Node => "node",
+            EventKind::Compliance => "compliance",
         }
     }
 
@@ -102,6 +110,21 @@ pub enum Notification {
         /// Previous state (`new` for a member never seen before).
         old_state: String,
     },
+    /// A compliance object of this node changed state.
+    Compliance {
+        /// Object name (`<pack>/<file>`).
+        name: String,
+        /// Its `name` key.
+        display_name: String,
+        /// `audit` or `enforcing`.
+        mode: String,
+        /// New state (`COMPLIANT`, `FIXED`, `ERROR`...).
+        state: String,
+        /// Previous state.
+        old_state: String,
+        /// What its rules reported, one line each.
+        output: String,
+    },
 }
 
 impl Notification {
@@ -143,6 +166,21 @@ impl Notification {
                 "state": state,
                 "old_state": old_state,
             }),
+            Notification::Compliance {
+                name,
+                display_name,
+                mode,
+                state,
+                old_state,
+                output,
+            } => json!({
+                "name": name,
+                "display_name": display_name,
+                "mode": mode,
+                "state": state,
+                "old_state": old_state,
+                "output": output,
+            }),
         }
     }
 
@@ -152,6 +190,7 @@ impl Notification {
             Notification::Check { .. } => EventKind::Check,
             Notification::Group { .. } => EventKind::Group,
             Notification::Node { .. } => EventKind::Node,
+            Notification::Compliance { .. } => EventKind::Compliance,
         }
     }
 
@@ -186,6 +225,11 @@ impl Notification {
                     "danger"
                 }
             }
+            Notification::Compliance { state, .. } => match state.as_str() {
+                "COMPLIANT" | "FIXED" => "good",
+                "ERROR" => "danger",
+                _ => "#808080",
+            },
         }
     }
 
@@ -212,13 +256,23 @@ impl Notification {
                 old_state,
                 ..
             } => format!("node {name} is {state} (was {old_state})"),
+            // The original's compliance subject and text.
+            Notification::Compliance {
+                display_name,
+                state,
+                old_state,
+                ..
+            } => format!(
+                "The compliance {display_name} did change state from {old_state} to {state}"
+            ),
         }
     }
 
     /// The template context: `event`, `node`, `time` (`YYYY-MM-DD HH:MM:SS`, UTC),
     /// `timestamp`, `state`, `old_state`, `output`, `summary`, `colour`, and by kind `check`
     /// {name, display_name, pack, state, old_state, output, long_output}, `group` +
-    /// `modification` (`add`/`remove`), or `member` {name, uuid, addr, state, old_state}.
+    /// `modification` (`add`/`remove`), `member` {name, uuid, addr, state, old_state}, or
+    /// `compliance` {name, display_name, mode, state, old_state, output}.
     pub fn context(&self, node: &NodeInfo, unix_secs: u64) -> Value {
         let mut ctx = json!({
             "event": self.kind().as_str(),
@@ -263,6 +317,17 @@ impl Notification {
                 "old_state": old_state,
                 "output": self.summary(),
                 "member": self.payload(),
+            }),
+            Notification::Compliance {
+                state,
+                old_state,
+                output,
+                ..
+            } => json!({
+                "state": state,
+                "old_state": old_state,
+                "output": output,
+                "compliance": self.payload(),
             }),
         };
         if let (Some(c), Value::Object(e)) = (ctx.as_object_mut(), extra) {

@@ -94,6 +94,10 @@ pub enum Command {
     /// services, registration and maintenance.
     #[command(subcommand)]
     Services(ServicesCommand),
+    /// Compliance: the `compliance:` objects that keep this host as the packs say (files,
+    /// packages, users, repositories, downloads), their states and history.
+    #[command(subcommand)]
+    Compliance(ComplianceCommand),
     /// Dashboards of the packs, drawn in the terminal with their values now.
     #[command(subcommand)]
     Dashboards(DashboardsCommand),
@@ -178,6 +182,45 @@ pub enum AgentCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `opsbro compliance ...`
+#[derive(Debug, Subcommand)]
+pub enum ComplianceCommand {
+    /// Every compliance object (or one, by name or display name) with its rules and what they
+    /// reported.
+    State {
+        /// Object name (`linux/passwd`) or display name.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compliance state changes, oldest first.
+    History {
+        /// How many (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an object now and print its state after the run (exit 2 unless COMPLIANT or FIXED).
+    Launch {
+        /// Object name or display name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until an object is COMPLIANT or FIXED (exit 2 when the timeout passes first).
+    WaitCompliant {
+        /// Object name or display name.
+        name: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
     },
 }
 
@@ -910,7 +953,7 @@ pub enum MetricsCommand {
 pub enum LiveEventsCommand {
     /// Follow the agent's event stream until interrupted (needs `websocket.enabled: true`).
     Watch {
-        /// Only these channels (repeatable): node, group, check, kv, event, service.
+        /// Only these channels (repeatable): node, group, check, kv, event, service, compliance.
         #[arg(long = "channel", value_name = "CHANNEL")]
         channels: Vec<String>,
         /// Print each event as its JSON frame.

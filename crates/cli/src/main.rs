@@ -8,16 +8,16 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
-    AgentCommand, Cli, CollectorsCommand, Command, DashboardsCommand, DetectorsCommand,
-    EvaluatorCommand, EventsCommand, GeneratorsCommand, GossipCommand, GroupsCommand,
-    KeyringCommand, KvCommand, LiveEventsCommand, MetricsCommand, MonitoringCommand, PacksCommand,
-    ServicesCommand, TutorialsCommand,
+    AgentCommand, Cli, CollectorsCommand, Command, ComplianceCommand, DashboardsCommand,
+    DetectorsCommand, EvaluatorCommand, EventsCommand, GeneratorsCommand, GossipCommand,
+    GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand, MetricsCommand, MonitoringCommand,
+    PacksCommand, ServicesCommand, TutorialsCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
 use opsbro_cli::commands::{
-    agent, collectors, detectors, evaluator, events, generators, gossip, kv, metrics, monitoring,
-    packs, services,
+    agent, collectors, compliance, detectors, evaluator, events, generators, gossip, kv, metrics,
+    monitoring, packs, services,
 };
 use opsbro_cli::error::CliError;
 
@@ -249,6 +249,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     }
                     MonitoringCommand::Ttl { status, name, note } => {
                         services::ttl(&client, status, &name, note).await
+                    }
+                }
+            })
+        }
+        Command::Compliance(command) => {
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(async {
+                match command {
+                    ComplianceCommand::State { name, json } => {
+                        compliance::state(&client, name.as_deref(), json).await
+                    }
+                    ComplianceCommand::History { limit, json } => {
+                        compliance::history(&client, limit, json).await
+                    }
+                    ComplianceCommand::Launch { name, json } => {
+                        compliance::launch(&client, &name, json).await
+                    }
+                    ComplianceCommand::WaitCompliant { name, timeout } => {
+                        compliance::wait_compliant(&client, &name, timeout).await
                     }
                 }
             })

@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use opsbro_config::LineIndex;
 
+mod compliance;
 mod generators;
 mod monitoring;
 mod services;
 pub mod yaml;
 
+pub use compliance::{ComplianceMode, ComplianceSpec, EnvironmentSpec, RULE_TYPES, RuleSpec};
 pub use generators::GeneratorSpec;
 pub use monitoring::{
     CheckKind, CheckSpec, HandlerKind, HandlerSpec, HttpProbe, MailSpec, SlackSpec,
@@ -91,8 +93,8 @@ pub struct Pack {
     pub dashboards: Vec<Dashboard>,
     /// Its tutorials (shown by `opsbro tutorials`).
     pub tutorials: Vec<Tutorial>,
-    /// Its compliance rules, loaded as written (the compliance subsystem runs them).
-    pub compliance: Vec<RawObject>,
+    /// Its compliance objects.
+    pub compliance: Vec<ComplianceSpec>,
     /// Its services.
     pub services: Vec<ServiceSpec>,
     /// Every object with the file it comes from, after the levels merged.
@@ -201,6 +203,11 @@ impl PackSet {
     /// Every service of every pack.
     pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
         self.packs.values().flat_map(|p| p.services.iter())
+    }
+
+    /// Every compliance object of every pack.
+    pub fn compliance(&self) -> impl Iterator<Item = &ComplianceSpec> {
+        self.packs.values().flat_map(|p| p.compliance.iter())
     }
 
     /// Every generator of every pack.
@@ -864,18 +871,16 @@ fn parse_object(
                 }
                 Err((key, message)) => diags.push(diag(&key, message)),
             },
-            "compliance" => match monitoring::yaml_to_json(body) {
-                Ok(body) => {
-                    let name = format!("{}/{stem}", pack.name);
-                    record("compliance", &name);
-                    pack.compliance.push(RawObject {
-                        name,
-                        body,
-                        file: display.to_owned(),
-                    });
+            "compliance" => {
+                match compliance::parse_compliance(body, &pack.name, stem, display, check) {
+                    Ok(c) => {
+                        record("compliance", &c.name);
+                        pack.compliance.retain(|o| o.name != c.name);
+                        pack.compliance.push(c);
+                    }
+                    Err((key, message)) => diags.push(diag(&key, message)),
                 }
-                Err(message) => diags.push(diag(kind, message)),
-            },
+            }
             _ => {}
         }
     }

@@ -76,6 +76,8 @@ pub struct ApiContext {
     pub bus: crate::events::EventBus,
     /// Histograms and counts for `/metrics`.
     pub telemetry: crate::telemetry::SharedTelemetry,
+    /// Compliance states.
+    pub compliance: crate::compliance::ComplianceHandle,
     /// This node's services and maintenance switches.
     pub services: crate::services::ServicesHandle,
     /// The cluster's service catalog.

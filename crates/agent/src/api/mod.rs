@@ -102,6 +102,23 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
         (monitoring::HISTORY, get(monitoring_history)),
         (monitoring::HANDLERS, get(monitoring_handlers)),
         (monitoring::TTL, axum::routing::put(services::ttl)),
+        (
+            opsbro_api::compliance::STATE,
+            get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.compliance.views()) }),
+        ),
+        (
+            opsbro_api::compliance::HISTORY,
+            get(
+                |State(ctx): State<Arc<ApiContext>>,
+                 axum::extract::Query(q): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move {
+                    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                    Json(ctx.compliance.history(limit))
+                },
+            ),
+        ),
+        (opsbro_api::compliance::LAUNCH, post(compliance_launch)),
         (opsbro_api::catalog::SERVICES, get(services::services)),
         (opsbro_api::catalog::SERVICE, get(services::service)),
         (opsbro_api::catalog::LOCAL, get(services::local)),
@@ -219,6 +236,25 @@ async fn time_kv(State(ctx): State<Arc<ApiContext>>, request: Request, next: Nex
     response
 }
 
+/// `POST /compliance/launch/{name}`: run an object now, answer its view after the run.
+async fn compliance_launch(
+    State(ctx): State<Arc<ApiContext>>,
+    Path(name): Path<String>,
+) -> Result<Json<opsbro_api::compliance::ComplianceView>, ApiError> {
+    if ctx.compliance.find(&name).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no compliance object named `{name}` on this node"),
+        ));
+    }
+    ctx.compliance.launch(&name).await.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the compliance loop is not running (the agent is starting or stopping)",
+        )
+    })
+}
+
 /// `GET /` and `GET /api`: every route, and whether this agent wants the token for it.
 async fn api_index(State(ctx): State<Arc<ApiContext>>) -> Json<Vec<opsbro_api::RouteInfo>> {
     Json(
@@ -293,6 +329,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
                 m
             },
         ),
+        compliance: ctx.compliance.counts(),
         kv: ctx.kv.info(),
         dns: dns_info(&ctx),
         metrics: ctx.metrics.info(),

@@ -177,6 +177,31 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
         .map(|(s, n)| (vec![("state", s)], n))
         .collect();
     gauge_family(r, "checks", "This node's checks, by state", &check_states);
+    let mut compliance: std::collections::BTreeMap<String, i64> = [
+        "PENDING",
+        "RUNNING",
+        "COMPLIANT",
+        "FIXED",
+        "ERROR",
+        "UNKNOWN",
+        "NOT-ELIGIBLE",
+    ]
+    .iter()
+    .map(|s| ((*s).to_owned(), 0))
+    .collect();
+    for (state, n) in ctx.compliance.counts() {
+        *compliance.entry(state).or_insert(0) += i64::try_from(n).unwrap_or(i64::MAX);
+    }
+    let compliance: Vec<(Labels, i64)> = compliance
+        .into_iter()
+        .map(|(s, n)| (vec![("state", s)], n))
+        .collect();
+    gauge_family(
+        r,
+        "compliance_objects",
+        "This node's compliance objects, by state",
+        &compliance,
+    );
     counter(
         r,
         "check_runs",

@@ -37,6 +37,10 @@ fn describe(text: &str) -> String {
             k.modify_index
         ),
         Payload::Event(e) => format!("{} from {}: {}", e.kind, e.origin, e.payload),
+        Payload::Compliance(c) => format!(
+            "{} ({}) {} → {}",
+            c.display_name, c.name, c.old_state, c.state
+        ),
         Payload::Service(s) => format!("{} on {} {} → {}", s.service, s.node, s.old_state, s.state),
     };
     format!(

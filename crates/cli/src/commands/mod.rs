@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod collectors;
+pub mod compliance;
 pub mod detectors;
 pub mod evaluator;
 pub mod events;
