@@ -26,6 +26,11 @@ declare -A NEEDED=(
     [whisper-fetch]=python3-whisper
     [promtool]=prometheus
     [dot]=graphviz
+    [apt-get]=apt
+    [dpkg-query]=dpkg
+    [useradd]=passwd
+    [userdel]=passwd
+    [id]=coreutils
 )
 
 missing=()
