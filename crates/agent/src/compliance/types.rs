@@ -184,7 +184,15 @@ mod tests {
         assert_eq!(RuleState::worst([Compliant, Unknown]), Compliant);
         assert_eq!(RuleState::worst([NotEligible, Error]), NotEligible);
         assert_eq!(RuleState::worst([Pending, Unknown]), Unknown);
-        for s in [Pending, Running, Compliant, Fixed, Error, Unknown, NotEligible] {
+        for s in [
+            Pending,
+            Running,
+            Compliant,
+            Fixed,
+            Error,
+            Unknown,
+            NotEligible,
+        ] {
             assert_eq!(RuleState::parse(s.as_str()), Some(s));
         }
     }
