@@ -104,9 +104,7 @@ fn names(v: &Yaml, path: &str) -> Result<Vec<String>, Problem> {
 }
 
 fn expression(expr: String, path: &str, check: ExprCheck<'_>) -> Result<String, Problem> {
-    // `{{...}}` placeholders are replaced before evaluation: check the rest.
-    let stripped = crate::strip_placeholders(&expr).map_err(|e| (path.to_owned(), e))?;
-    check(&stripped).map_err(|e| (path.to_owned(), format!("{path}: {e}")))?;
+    check(&expr).map_err(|e| (path.to_owned(), format!("{path}: {e}")))?;
     Ok(expr)
 }
 

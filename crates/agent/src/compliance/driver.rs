@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use opsbro_api::compliance::{ComplianceView, HistoryEntry, InfoView, RuleView};
 use opsbro_checks::notify::Notification;
-use opsbro_eval::Evaluator;
+use opsbro_eval::{EvalContext, Evaluator};
 use opsbro_packs::{ComplianceMode, ComplianceSpec, PackSet, RuleSpec};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +34,9 @@ const HISTORY: usize = 500;
 /// Longest one step (a command, a download, a post command) may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// A request to run an object now, with where its view goes after the run.
+type Launch = (String, oneshot::Sender<Option<ComplianceView>>);
+
 #[derive(Default)]
 struct Shared {
     views: BTreeMap<String, ComplianceView>,
@@ -44,8 +47,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct ComplianceHandle {
     shared: Arc<Mutex<Shared>>,
-    launch: mpsc::Sender<(String, oneshot::Sender<Option<ComplianceView>>)>,
-    launches: Arc<Mutex<Option<mpsc::Receiver<(String, oneshot::Sender<Option<ComplianceView>>)>>>>,
+    launch: mpsc::Sender<Launch>,
+    launches: Arc<Mutex<Option<mpsc::Receiver<Launch>>>>,
 }
 
 impl Default for ComplianceHandle {
@@ -445,6 +448,17 @@ pub async fn run(setup: ComplianceSetup, shutdown: CancellationToken) {
     tokio::select! {
         () = shutdown.cancelled() => return,
         _ = collected_once.wait_for(|done| *done) => {}
+    }
+    // `verify_if` reads the node's groups (`is_in_group('linux')`): wait for the detectors'
+    // first pass to reach the view — it always adds `zone::<zone>` — at most 30 s.
+    let groups_deadline = Instant::now() + Duration::from_secs(30);
+    while !setup.view.groups().iter().any(|g| g.starts_with("zone::"))
+        && Instant::now() < groups_deadline
+    {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
     let saved: BTreeMap<String, ComplianceView> = std::fs::read(&setup.state_file)
         .ok()
