@@ -366,6 +366,18 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
             },
         ),
         (
+            "Compliance",
+            if info.compliance.is_empty() {
+                "(none)".to_owned()
+            } else {
+                info.compliance
+                    .iter()
+                    .map(|(state, n)| format!("{n} {state}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
             "KV store",
             format!(
                 "ring of {} nodes, {} entries here, {:.1} MB on disk",
