@@ -176,6 +176,21 @@ pub fn process_stats(uptime: Duration) -> ProcessStats {
     })
 }
 
+/// An error with its causes (reqwest's own message is often just "error sending request").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Kills a process group (SIGKILL) when dropped, unless disarmed: a plugin or command whose
 /// future is cancelled (timeout, agent shutdown) must not leave its children behind.
 pub struct ProcessGroupGuard(Option<u32>);

@@ -456,7 +456,7 @@ async fn fetch_capped(url: &str, cap: usize, timeout: Duration) -> Result<Vec<u8
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("cannot download {url}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("cannot download {url}: {}", crate::host::error_chain(&e)))?;
         if !answer.status().is_success() {
             return Err(format!("cannot download {url}: HTTP {}", answer.status()));
         }
@@ -464,7 +464,7 @@ async fn fetch_capped(url: &str, cap: usize, timeout: Duration) -> Result<Vec<u8
         while let Some(chunk) = answer
             .chunk()
             .await
-            .map_err(|e| format!("cannot download {url}: {}", error_chain(&e)))?
+            .map_err(|e| format!("cannot download {url}: {}", crate::host::error_chain(&e)))?
         {
             if body.len().saturating_add(chunk.len()) > cap {
                 return Err(format!("{url} is bigger than {cap} bytes"));
@@ -476,21 +476,6 @@ async fn fetch_capped(url: &str, cap: usize, timeout: Duration) -> Result<Vec<u8
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| format!("cannot download {url}: no complete answer within {timeout:?}"))?
-}
-
-/// An error with its causes (reqwest's own message is often just "error sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// A temp file's name beside `dest`: hidden, unique to this process and run.

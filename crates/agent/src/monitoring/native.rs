@@ -137,7 +137,7 @@ pub(super) async fn run_http(index: usize, probe: &HttpProbe, timeout: Duration)
         ),
         Ok(Err(e)) => (
             CheckState::Critical,
-            format!("HTTP CRITICAL: {what}: {}", error_chain(&e)),
+            format!("HTTP CRITICAL: {what}: {}", crate::host::error_chain(&e)),
             String::new(),
         ),
         Ok(Ok((status, body))) => {
@@ -169,21 +169,6 @@ fn state_word(state: CheckState) -> &'static str {
         CheckState::Warning => "WARNING",
         _ => "CRITICAL",
     }
-}
-
-/// An error with its causes (reqwest's own message is often just "error sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use sha2::Digest;
 use sha2::digest::DynDigest;
 
 use super::{
-    Params, RuleRun, TempFileGuard, check_absolute_path, error_chain, failed, final_state,
-    http_client, temp_path_for,
+    Params, RuleRun, TempFileGuard, check_absolute_path, failed, final_state, http_client,
+    temp_path_for,
 };
 use crate::compliance::types::{Info, Mode, Outcome, RuleState};
 
@@ -277,8 +277,12 @@ async fn download(spec: &Spec, timeout: std::time::Duration) -> Result<(), Vec<S
             .open(&temp)
             .await
             .map_err(|e| vec![format!("Cannot create {}: {e}", temp.display())])?;
-        let cannot =
-            |e: &reqwest::Error| vec![format!("Cannot download {url}: {}", error_chain(e))];
+        let cannot = |e: &reqwest::Error| {
+            vec![format!(
+                "Cannot download {url}: {}",
+                crate::host::error_chain(e)
+            )]
+        };
         let mut answer = client
             .get(spec.url.clone())
             .send()
