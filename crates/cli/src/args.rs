@@ -94,6 +94,9 @@ pub enum Command {
     /// services, registration and maintenance.
     #[command(subcommand)]
     Services(ServicesCommand),
+    /// Signed remote execution (operator keys).
+    #[command(subcommand)]
+    Executors(ExecutorsCommand),
     /// Compliance: the `compliance:` objects that keep this host as the packs say (files,
     /// packages, users, repositories, downloads), their states and history.
     #[command(subcommand)]
@@ -182,6 +185,22 @@ pub enum AgentCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `opsbro executors ...`
+#[derive(Debug, Subcommand)]
+pub enum ExecutorsCommand {
+    /// Make an operator key pair (Ed25519): the private key goes to `--out` (mode 0600) or
+    /// stdout; the public line (`ed25519 <base64> <comment>`) is for the agents'
+    /// `executor.authorized_keys`. Keys are never gossiped.
+    Keygen {
+        /// Write the private key to this file (refused if it exists).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Comment of the public line (default: user@host).
+        #[arg(long)]
+        comment: Option<String>,
     },
 }
 

@@ -9,9 +9,9 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, ComplianceCommand, DashboardsCommand,
-    DetectorsCommand, EvaluatorCommand, EventsCommand, GeneratorsCommand, GossipCommand,
-    GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand, MetricsCommand, MonitoringCommand,
-    PacksCommand, ServicesCommand, TutorialsCommand,
+    DetectorsCommand, EvaluatorCommand, EventsCommand, ExecutorsCommand, GeneratorsCommand,
+    GossipCommand, GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand, MetricsCommand,
+    MonitoringCommand, PacksCommand, ServicesCommand, TutorialsCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
@@ -252,6 +252,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     }
                 }
             })
+        }
+        Command::Executors(ExecutorsCommand::Keygen { out, comment }) => {
+            agent::executor_keygen(out.as_deref(), comment.as_deref())
         }
         Command::Compliance(command) => {
             let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;

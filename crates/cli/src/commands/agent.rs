@@ -523,6 +523,40 @@ pub fn keygen() -> Result<(), CliError> {
     Ok(())
 }
 
+/// `executors keygen`: a new operator key pair.
+pub fn executor_keygen(
+    out: Option<&std::path::Path>,
+    comment: Option<&str>,
+) -> Result<(), CliError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key =
+        opsbro_exec::SigningKey::generate().map_err(|e| CliError::Other(anyhow::anyhow!(e)))?;
+    let comment = comment.map(str::to_owned).unwrap_or_else(|| {
+        let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("{user}@{host}")
+    });
+    match out {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", path.display())))?;
+            f.write_all(key.to_file().as_bytes())
+                .map_err(|e| CliError::Other(e.into()))?;
+            eprintln!("private key written to {} (keep it secret)", path.display());
+        }
+        None => print!("{}", key.to_file()),
+    }
+    println!("{}", key.public().to_line(&comment));
+    Ok(())
+}
+
 /// A spinner on stderr when it is a terminal; hidden otherwise (scripts, tests, CI logs).
 pub fn spinner(message: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
