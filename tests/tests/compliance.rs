@@ -145,9 +145,9 @@ fn file_rights_audit_reports_and_enforcing_fixes_and_a_handler_hears_it() {
     // A reload keeps the last good objects while one is broken: remove it first.
     std::fs::remove_file(objects.join("broken.yml")).expect("rm");
     reload(&agent);
-    let out = agent.cli(["compliance", "launch", "app conf rights"]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("FIXED"), "{}", stdout(&out));
+    // A changed object runs at once.
+    let o = wait_state(&agent, "app conf rights", "FIXED");
+    assert!(infos(&o).contains("Fixing permissions"), "{}", infos(&o));
     assert_eq!(mode(&target), 0o644, "enforcing fixed the mode");
     let out = agent.cli([
         "compliance",
@@ -240,10 +240,7 @@ fn a_pack_in_the_originals_format_installs_a_package_with_the_real_apt() {
     // Enforcing: installed by apt-get → FIXED (post command ran), then COMPLIANT.
     std::fs::write(pack.join("hello.yml"), object("enforcing")).expect("object");
     reload(&agent);
-    let out = agent.cli(["compliance", "launch", "tools/hello", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
-    assert_eq!(v["state"], "FIXED", "{v:#}");
+    let v = wait_state(&agent, "tools/hello", "FIXED");
     assert!(installed(PACKAGE));
     assert!(infos(&v).contains("post command"), "{}", infos(&v));
     let out = agent.cli(["compliance", "launch", "tools/hello", "--json"]);
@@ -377,10 +374,11 @@ fn users_downloads_and_repositories_in_audit_and_enforcing_mode() {
     );
     write(&objects, "user.yml", &objects_yaml("enforcing"));
     reload(&agent);
+    wait_state(&agent, "user", "FIXED");
     let out = agent.cli(["compliance", "launch", "user", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
-    assert_eq!(v["state"], "FIXED", "{v:#}");
+    assert_eq!(v["state"], "COMPLIANT", "{v:#}");
     let passwd = std::fs::read_to_string("/etc/passwd").expect("passwd");
     let line = passwd
         .lines()

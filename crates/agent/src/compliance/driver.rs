@@ -468,13 +468,16 @@ pub async fn run(setup: ComplianceSetup, shutdown: CancellationToken) {
     let mut next: HashMap<String, Instant> = HashMap::new();
     let load =
         |set: &PackSet, specs: &mut Vec<ComplianceSpec>, next: &mut HashMap<String, Instant>| {
-            *specs = set.compliance().cloned().collect();
+            let before = std::mem::replace(specs, set.compliance().cloned().collect());
             let mut g = setup.handle.lock();
             let old = std::mem::take(&mut g.views);
             for s in specs.iter() {
                 let kept = old.get(&s.name).or_else(|| saved.get(&s.name));
                 g.views.insert(s.name.clone(), view_of(s, kept));
-                next.entry(s.name.clone()).or_insert_with(Instant::now);
+                // New or changed objects (a reload turned audit into enforcing) run at once.
+                if before.iter().find(|b| b.name == s.name) != Some(s) {
+                    next.insert(s.name.clone(), Instant::now());
+                }
             }
             next.retain(|n, _| specs.iter().any(|s| &s.name == n));
         };
