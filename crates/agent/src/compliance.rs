@@ -7,4 +7,4 @@ pub mod types;
 pub use types::{Info, InfoKind, Mode, Outcome, RuleState};
 mod driver;
 
-pub use driver::{ComplianceHandle, ComplianceSetup, STEP_TIMEOUT, run};
+pub use driver::{ComplianceHandle, ComplianceSetup, Launches, STEP_TIMEOUT, run};

@@ -86,16 +86,6 @@ impl MonitoringHandle {
         g.checks.values().cloned().collect()
     }
 
-    /// (name, confirmed state) of every active check, sorted by name (without cloning the
-    /// outputs the full views carry).
-    fn states(&self) -> Vec<(String, String)> {
-        let g = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        g.checks
-            .values()
-            .map(|c| (c.name.clone(), c.state.clone()))
-            .collect()
-    }
-
     /// The last `limit` state changes, oldest first.
     pub fn history(&self, limit: usize) -> Vec<HistoryEntry> {
         let g = self.inner.read().unwrap_or_else(PoisonError::into_inner);
@@ -116,7 +106,8 @@ impl MonitoringHandle {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// (name, confirmed state) of every active check.
+    /// (name, confirmed state) of every active check, sorted by name (without cloning the
+    /// outputs the full views carry).
     pub fn confirmed(&self) -> BTreeMap<String, CheckState> {
         let g = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         g.checks
@@ -626,14 +617,12 @@ fn apply(
 async fn publish_summary(gossip: &GossipHandle, handle: &MonitoringHandle) {
     // Peers refuse records over the wire limits: leave out what cannot travel.
     let summary = handle
-        .states()
+        .confirmed()
         .into_iter()
         .filter(|(name, _)| name.len() <= opsbro_gossip::codec::MAX_CHECK_NAME)
         .take(opsbro_gossip::codec::MAX_CHECKS)
         .map(|(name, state)| opsbro_gossip::CheckSummary {
-            state: CheckState::parse(&state)
-                .unwrap_or(CheckState::Unknown)
-                .to_wire(),
+            state: state.to_wire(),
             name,
         })
         .collect();
@@ -642,7 +631,11 @@ async fn publish_summary(gossip: &GossipHandle, handle: &MonitoringHandle) {
 }
 
 fn save_states(file: &std::path::Path, handle: &MonitoringHandle) {
-    let states: BTreeMap<String, String> = handle.states().into_iter().collect();
+    let states: BTreeMap<String, &str> = handle
+        .confirmed()
+        .into_iter()
+        .map(|(name, state)| (name, state.as_str()))
+        .collect();
     let bytes = serde_json::to_vec_pretty(&states).unwrap_or_default();
     if let Err(e) = crate::datadir::write_atomic(file, &bytes) {
         tracing::warn!(error = %e, file = %file.display(), "cannot save check states");
@@ -676,6 +669,12 @@ pub fn parameter(params: &Value, rest: &str) -> Option<Value> {
         .find_map(|alt| opsbro_collectors::lookup_in(params, alt.trim()).cloned())
 }
 
+/// `{{variables.<name>[.path]}}`: a variable's value (evaluated earlier), or a part of it.
+pub(crate) fn variable(vars: &serde_json::Map<String, Value>, rest: &str) -> Option<Value> {
+    let (name, more) = rest.split_once('.').unwrap_or((rest, ""));
+    opsbro_collectors::lookup_in(vars.get(name)?, more).cloned()
+}
+
 /// Placeholders of a check: `collector.`, `parameters.` (its pack's), `configuration.` (its own
 /// keys, e.g. `configuration.thresholds.cpuidle.warning`) and `variables.`.
 fn check_resolver<'a>(
@@ -690,10 +689,7 @@ fn check_resolver<'a>(
             "collector" => collected.lookup(rest),
             "parameters" => parameter(params, rest),
             "configuration" => opsbro_collectors::lookup_in(&spec.keys, rest).cloned(),
-            "variables" => {
-                let (name, more) = rest.split_once('.').unwrap_or((rest, ""));
-                opsbro_collectors::lookup_in(vars.get(name)?, more).cloned()
-            }
+            "variables" => variable(vars, rest),
             _ => None,
         }
     }

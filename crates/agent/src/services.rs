@@ -174,8 +174,22 @@ impl ServicesHandle {
         }
     }
 
-    /// This node's services as last computed (active or not), by name.
-    pub fn local(&self) -> Vec<LocalService> {
+    /// This node's services as last computed (active or not), by name, with the latest
+    /// output of each check from `monitoring`.
+    pub fn local(&self, monitoring: &MonitoringHandle) -> Vec<LocalService> {
+        let mut services = self.computed();
+        let outputs: BTreeMap<String, String> = monitoring
+            .checks()
+            .into_iter()
+            .map(|c| (c.name, c.output))
+            .collect();
+        for c in services.iter_mut().flat_map(|s| s.checks.iter_mut()) {
+            c.output = outputs.get(&c.name).cloned().unwrap_or_default();
+        }
+        services
+    }
+
+    fn computed(&self) -> Vec<LocalService> {
         self.local
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -185,7 +199,7 @@ impl ServicesHandle {
     /// (service name, its checks) of this node's services: `opsbro monitoring ttl web` finds
     /// the TTL check of service `web` with it.
     pub fn check_names(&self) -> Vec<(String, Vec<String>)> {
-        self.local()
+        self.computed()
             .into_iter()
             .filter(|s| s.active)
             .map(|s| (s.name, s.checks.into_iter().map(|c| c.name).collect()))
@@ -218,11 +232,6 @@ fn compute(
     registered_dir: &Path,
 ) -> (Vec<ServiceRecord>, Vec<LocalService>) {
     let confirmed = monitoring.confirmed();
-    let outputs: BTreeMap<String, String> = monitoring
-        .checks()
-        .into_iter()
-        .map(|c| (c.name, c.output))
-        .collect();
     let mut records = Vec::new();
     let mut views = Vec::new();
     let mut taken: HashSet<&str> = HashSet::new();
@@ -238,7 +247,8 @@ fn compute(
                     .get(c)
                     .map_or("missing", |s| s.as_str())
                     .to_owned(),
-                output: outputs.get(c).cloned().unwrap_or_default(),
+                // Filled when read (outputs change on every run, states do not).
+                output: String::new(),
             })
             .collect();
         let state = health(spec.checks.iter().map(|c| confirmed.get(c).copied()));
@@ -297,11 +307,12 @@ pub async fn run(setup: ServicesSetup, shutdown: CancellationToken) {
     } = setup;
     let mut checks = monitoring.subscribe();
     let mut last: Option<(Vec<ServiceRecord>, Option<String>)> = None;
+    let mut groups = view.groups();
     loop {
         let switches = handle.lock().clone();
         let (records, views) = compute(
             &objects.borrow_and_update(),
-            &view.groups(),
+            &groups,
             &monitoring,
             &switches,
             &registered_dir,
@@ -318,15 +329,23 @@ pub async fn run(setup: ServicesSetup, shutdown: CancellationToken) {
             }
             last = Some(now);
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            Ok(()) = objects.changed() => {}
-            Ok(()) = checks.changed() => {}
-            () = handle.wake.notified() => {}
-            // Groups change without news: look again every second.
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        // Groups change without news: look at them every second, and compute again only
+        // when they did change (or something else woke us).
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Ok(()) = objects.changed() => break,
+                Ok(()) = checks.changed() => break,
+                () = handle.wake.notified() => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if view.groups() != groups {
+                        break;
+                    }
+                }
+            }
         }
         checks.borrow_and_update();
+        groups = view.groups();
     }
 }
 

@@ -312,7 +312,7 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
         },
         shutdown.child_token(),
     ));
-    let compliance_handle = crate::compliance::ComplianceHandle::default();
+    let (compliance_handle, launches) = crate::compliance::ComplianceHandle::new();
     tracker.spawn(crate::compliance::run(
         crate::compliance::ComplianceSetup {
             objects: s.objects.clone(),
@@ -322,6 +322,7 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
             view: s.view.clone(),
             bus: s.bus.clone(),
             handle: compliance_handle.clone(),
+            launches,
             state_file: s.data_dir.path().join("compliance-states.json"),
             root: std::path::PathBuf::from("/"),
         },

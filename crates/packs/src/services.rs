@@ -151,6 +151,7 @@ pub(crate) fn parse_service(
         checks: Vec::new(),
     };
     let mut inline = None;
+    let mut inline_own_group = false;
     for (k, v) in map {
         let key = k.as_str().unwrap_or_default();
         let path = format!("service.{key}");
@@ -227,13 +228,11 @@ pub(crate) fn parse_service(
                         let key = key.replacen("check", &path, 1);
                         (key, format!("service check: {message}"))
                     })?;
-                if v.get("if_group").is_none() {
-                    c.if_group = spec.if_group.clone();
-                }
                 if v.get("display_name").is_none() {
                     c.display_name = format!("service {}", spec.name);
                 }
                 spec.checks.push(c.name.clone());
+                inline_own_group = v.get("if_group").is_some();
                 inline = Some((c, problems));
             }
             "check" | "checks" => {
@@ -254,9 +253,10 @@ pub(crate) fn parse_service(
             },
         }
     }
-    // The inline check follows the service's `if_group` even when `if_group` came after it.
+    // The inline check follows the service's `if_group` (read in any key order) unless it
+    // names its own.
     if let Some((c, _)) = inline.as_mut()
-        && body.get("check").and_then(|c| c.get("if_group")).is_none()
+        && !inline_own_group
     {
         c.if_group = spec.if_group.clone();
     }

@@ -15,8 +15,8 @@ use opsbro_kv::wire::WriteOp;
 use crate::api::context::{ApiContext, ApiError};
 use crate::kv::KvError;
 
-/// Longest blocking read.
-const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Longest blocking read (KV and catalog).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// The HTTP status of a KV failure: the one place where KV errors meet HTTP.
 fn status(e: &KvError) -> StatusCode {
@@ -60,7 +60,8 @@ pub struct KvQuery {
     locate: Option<String>,
 }
 
-fn duration(name: &str, text: &str) -> Result<Duration, ApiError> {
+/// A duration query parameter (`wait=30s`), or a 400 naming it.
+pub(crate) fn duration(name: &str, text: &str) -> Result<Duration, ApiError> {
     opsbro_config::parse_duration(&serde_yaml::Value::String(text.to_owned()))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{name}: {e}")))
 }

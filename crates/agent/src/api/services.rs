@@ -15,11 +15,10 @@ use opsbro_api::monitoring::{TtlStatus, TtlUpdate};
 use opsbro_checks::CheckState;
 
 use crate::api::context::{ApiContext, ApiError};
+use crate::api::kv_store::{MAX_WAIT, duration};
 use crate::monitoring::TtlError;
 use crate::services::{MaintenanceError, REGISTERED_DIR};
 
-/// Longest blocking read.
-const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Wait of a blocking read that names none.
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
@@ -58,9 +57,7 @@ async fn read(
     match (q.index, q.wait.as_deref()) {
         (Some(index), wait) => {
             let wait = match wait {
-                Some(w) => opsbro_config::parse_duration(&serde_yaml::Value::String(w.to_owned()))
-                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("wait: {e}")))?
-                    .min(MAX_WAIT),
+                Some(w) => duration("wait", w)?.min(MAX_WAIT),
                 None => DEFAULT_WAIT,
             };
             Ok(crate::catalog::wait_past(&ctx.catalog, service, index, wait).await)
@@ -115,7 +112,7 @@ pub async fn service(
 
 /// `GET /services`: this node's services.
 pub async fn local(State(ctx): State<Arc<ApiContext>>) -> Json<Vec<api::LocalService>> {
-    Json(ctx.services.local())
+    Json(ctx.services.local(&ctx.monitoring))
 }
 
 fn bad(message: impl Into<String>) -> ApiError {

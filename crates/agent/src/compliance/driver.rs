@@ -48,21 +48,24 @@ struct Shared {
 pub struct ComplianceHandle {
     shared: Arc<Mutex<Shared>>,
     launch: mpsc::Sender<Launch>,
-    launches: Arc<Mutex<Option<mpsc::Receiver<Launch>>>>,
 }
 
-impl Default for ComplianceHandle {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::channel(16);
-        ComplianceHandle {
-            shared: Arc::default(),
-            launch: tx,
-            launches: Arc::new(Mutex::new(Some(rx))),
-        }
-    }
-}
+/// Where the loop takes launch requests from (made with its handle).
+pub struct Launches(mpsc::Receiver<Launch>);
 
 impl ComplianceHandle {
+    /// A handle, and the launch requests for the loop ([`ComplianceSetup::launches`]).
+    pub fn new() -> (ComplianceHandle, Launches) {
+        let (tx, rx) = mpsc::channel(16);
+        (
+            ComplianceHandle {
+                shared: Arc::default(),
+                launch: tx,
+            },
+            Launches(rx),
+        )
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -123,6 +126,8 @@ pub struct ComplianceSetup {
     pub bus: EventBus,
     /// States for the API.
     pub handle: ComplianceHandle,
+    /// `launch` requests of that handle.
+    pub launches: Launches,
     /// Where states are kept across restarts.
     pub state_file: PathBuf,
     /// Prefix of the paths rules write (`/`).
@@ -195,10 +200,7 @@ fn resolver<'a>(
         let (root, rest) = path.split_once('.').unwrap_or((path, ""));
         match root {
             "collector" => collected.lookup(rest),
-            "variables" => {
-                let (name, more) = rest.split_once('.').unwrap_or((rest, ""));
-                opsbro_collectors::lookup_in(vars.get(name)?, more).cloned()
-            }
+            "variables" => crate::monitoring::variable(vars, rest),
             _ => None,
         }
     }
@@ -432,18 +434,9 @@ fn publish_rule_states(view: &SharedView, handle: &ComplianceHandle) {
 }
 
 /// Run the compliance objects until `shutdown`.
-pub async fn run(setup: ComplianceSetup, shutdown: CancellationToken) {
+pub async fn run(mut setup: ComplianceSetup, shutdown: CancellationToken) {
     let mut objects = setup.objects.clone();
     let mut collected_once = setup.collected_once.clone();
-    let Some(mut launches) = setup
-        .handle
-        .launches
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    else {
-        return;
-    };
     // Rules read collector values (the distribution): wait for the first collection.
     tokio::select! {
         () = shutdown.cancelled() => return,
@@ -504,7 +497,7 @@ pub async fn run(setup: ComplianceSetup, shutdown: CancellationToken) {
                         load(&objects.borrow_and_update(), &mut specs, &mut next);
                         None
                     }
-                    Some((name, reply)) = launches.recv() => {
+                    Some((name, reply)) = setup.launches.0.recv() => {
                         waiting = Some(reply);
                         specs.iter().find(|s| s.name == name).cloned()
                     }
