@@ -456,7 +456,7 @@ impl Drop for Carbon {
 #[test]
 fn forwarding_buffers_while_carbon_is_down_and_lands_in_whisper_files() {
     let dir = tempfile::tempdir().expect("tmp");
-    let carbon_port = free_port().expect("port");
+    let carbon_port = opsbro_tests::services::free_port_outside_ephemeral().expect("port");
     let agent = Agent::start_with(AgentOptions::default().name("forward").config(&format!(
         "graphite:\n  enabled: true\n  port: 0\n  forward: 127.0.0.1:{carbon_port}\n  forward_buffer: 5\n\
          statsd:\n  enabled: true\n  port: 0\n  interval: 1s\n"

@@ -81,8 +81,9 @@ fn wait_state(agent: &Agent, name: &str, want: &str) -> Value {
 #[test]
 fn http_and_tcp_checks_judge_real_servers_and_never_hang() {
     let http = http_server();
-    // A port with nothing behind it (bound, then released), opened later in the test.
-    let closed = opsbro_tests::services::free_port().expect("port");
+    // A port with nothing behind it, opened later in the test; outside the ephemeral range so
+    // that no socket bound to port 0 elsewhere takes it meanwhile.
+    let closed = opsbro_tests::services::free_port_outside_ephemeral().expect("port");
     let packs = tempfile::tempdir().expect("tmp");
     let dir = packs.path();
     let http_check = |name: &str, extra: &str| {

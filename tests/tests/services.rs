@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use opsbro_tests::netns::Lan;
-use opsbro_tests::services::free_port;
+use opsbro_tests::services::free_port_outside_ephemeral;
 use opsbro_tests::{Agent, AgentOptions, DEADLINE, http, stderr, stdout, wait_for};
 use serde_json::Value;
 
@@ -87,7 +87,7 @@ fn wait_service(agent: &Agent, service: &str, want: &str) -> Value {
 #[test]
 fn services_follow_their_checks_in_the_catalog_and_maintenance_hides_them() {
     let (http_port, status) = http_server();
-    let closed = free_port().expect("port");
+    let closed = free_port_outside_ephemeral().expect("port");
     let objects = tempfile::tempdir().expect("objects");
     write(
         objects.path(),
