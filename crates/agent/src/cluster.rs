@@ -5,8 +5,8 @@
 //!
 //! The listener ([`serve`]) reads and opens each connection's first frame, counts what it
 //! refuses, and hands the connection to the subsystem its kind belongs to ([`Routes`]):
-//! gossip takes push-pull exchanges, the KV store takes request connections. Neither enters
-//! through the other. UDP gossip packets do not come here: the gossip driver reads its socket.
+//! gossip takes push-pull exchanges, the KV store takes request connections, the executor
+//! takes signed commands. None enters through another. UDP gossip packets do not come here: the gossip driver reads its socket.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,10 @@ pub enum FrameKind {
     KvRequest = opsbro_kv::wire::KIND_REQUEST,
     /// A KV answer (`opsbro_kv::wire`).
     KvResponse = opsbro_kv::wire::KIND_RESPONSE,
+    /// A signed command (`opsbro_exec`): the first frame of an exec connection.
+    ExecRequest = opsbro_exec::KIND_REQUEST,
+    /// A target's answer to a signed command.
+    ExecReply = opsbro_exec::KIND_REPLY,
 }
 
 impl FrameKind {
@@ -51,6 +55,8 @@ impl FrameKind {
             1 => Some(FrameKind::PushPull),
             k if *k == opsbro_kv::wire::KIND_REQUEST => Some(FrameKind::KvRequest),
             k if *k == opsbro_kv::wire::KIND_RESPONSE => Some(FrameKind::KvResponse),
+            k if *k == opsbro_exec::KIND_REQUEST => Some(FrameKind::ExecRequest),
+            k if *k == opsbro_exec::KIND_REPLY => Some(FrameKind::ExecReply),
             _ => None,
         }
     }
@@ -72,6 +78,8 @@ pub struct Routes {
     pub push_pull: mpsc::Sender<Accepted>,
     /// KV request connections.
     pub kv: mpsc::Sender<Accepted>,
+    /// Signed command connections (the executor).
+    pub exec: mpsc::Sender<Accepted>,
 }
 
 /// What the listener refused (shown with gossip's counters in `agent info` and `/metrics`).
@@ -174,7 +182,8 @@ pub async fn serve(
             let route = match FrameKind::of(&plain) {
                 Some(FrameKind::PushPull) => &routes.push_pull,
                 Some(FrameKind::KvRequest) => &routes.kv,
-                Some(FrameKind::KvResponse) | None => {
+                Some(FrameKind::ExecRequest) => &routes.exec,
+                Some(FrameKind::KvResponse | FrameKind::ExecReply) | None => {
                     fail();
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "cluster connection of no known kind refused");

@@ -13,12 +13,14 @@ pub mod api;
 pub mod catalog;
 pub mod cluster;
 pub mod collect;
+pub mod command;
 pub mod compliance;
 pub mod datadir;
 pub mod detectors;
 pub mod dns;
 pub mod eval;
 pub mod events;
+pub mod executor;
 pub mod generators;
 pub mod gossip;
 pub mod group_history;
@@ -87,6 +89,9 @@ pub enum AgentError {
     /// The KV store could not start.
     #[error("kv: {0}")]
     Kv(String),
+    /// The executor's keys could not be read.
+    #[error("{0}")]
+    Executor(String),
     /// A setting would open the cluster to anyone (see `AgentConfig::gossip_bind`).
     #[error("{0}")]
     Insecure(String),
@@ -198,12 +203,14 @@ async fn run_agent(
     let listener_counters = Arc::new(cluster::ListenerCounters::default());
     let (push_pull_tx, push_pulls) = tokio::sync::mpsc::channel(64);
     let (kv_connections, kv_incoming) = tokio::sync::mpsc::channel(64);
+    let (exec_connections, exec_incoming) = tokio::sync::mpsc::channel(64);
     tracker.spawn(cluster::serve(
         cluster_listener,
         keyring.clone(),
         cluster::Routes {
             push_pull: push_pull_tx,
             kv: kv_connections,
+            exec: exec_connections,
         },
         listener_counters.clone(),
         tracker.clone(),
@@ -299,6 +306,20 @@ async fn run_agent(
         SubsystemState::Ok,
         Some(format!("sled in {}", kv_dir.display())),
     );
+    let executor = executor::ExecutorHandle::start(
+        executor::ExecutorSetup {
+            name: config.node_name.clone(),
+            uuid: data_dir.uuid(),
+            settings: config.executor.clone(),
+            keyring: keyring.clone(),
+            membership: membership_rx.clone(),
+            bus: bus.clone(),
+            connections: exec_incoming,
+        },
+        &tracker,
+        shutdown.child_token(),
+    )
+    .map_err(AgentError::Executor)?;
     let dns_counters = Arc::new(opsbro_dns::server::Counters::default());
     let dns_addr = if config.dns.enabled {
         status.set("dns", SubsystemState::Starting, None);
@@ -411,6 +432,7 @@ async fn run_agent(
         objects_tx,
         evaluator.clone(),
         detectors_handle.clone(),
+        executor.clone(),
     ));
     tracker.spawn(reload_on_sighup(reloader.clone(), shutdown.child_token()));
     let ctx = Arc::new(api::ApiContext {
@@ -458,6 +480,7 @@ async fn run_agent(
         services,
         catalog,
         compliance: compliance_handle,
+        executor,
     });
 
     start::serve_api(

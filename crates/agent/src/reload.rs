@@ -4,7 +4,7 @@
 //! The objects travel on one watch channel (`Arc<PackSet>`): the detectors, the checks (which
 //! keep the state of every check that is still there), the handlers and the generators each
 //! take the new set when it changes, and the API reads the current one. Static `groups` apply at
-//! once. Any other setting that changed (ports, data dir, keys, listeners...) is reported as
+//! once, and so do the executor's keys and limits. Any other setting that changed (ports, data dir, keys, listeners...) is reported as
 //! needing a restart and keeps its running value. Nothing is applied when the configuration
 //! does not load or a pack file has an error: the previous good version keeps running and the
 //! report says why.
@@ -44,6 +44,7 @@ pub struct Reloader {
     objects: watch::Sender<Arc<PackSet>>,
     evaluator: Arc<opsbro_eval::Evaluator>,
     detectors: DetectorsHandle,
+    executor: crate::executor::ExecutorHandle,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -57,6 +58,7 @@ impl Reloader {
         objects: watch::Sender<Arc<PackSet>>,
         evaluator: Arc<opsbro_eval::Evaluator>,
         detectors: DetectorsHandle,
+        executor: crate::executor::ExecutorHandle,
     ) -> Self {
         Reloader {
             loader,
@@ -64,6 +66,7 @@ impl Reloader {
             objects,
             evaluator,
             detectors,
+            executor,
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -115,6 +118,14 @@ impl Reloader {
             );
             return report;
         }
+        // The executor's keys are read before anything is applied: a key file that does not
+        // load keeps the keys in use, and nothing else changes either.
+        if let Err(e) = crate::executor::load_keys(&new.executor) {
+            report
+                .errors
+                .push(format!("{e}: the previous keys and objects keep running"));
+            return report;
+        }
         report.changes = describe_changes(&self.objects.borrow(), &packs);
         if old.groups != new.groups {
             self.detectors.set_configured(new.groups.clone());
@@ -123,6 +134,10 @@ impl Reloader {
                 old.groups.join(", "),
                 new.groups.join(", ")
             ));
+        }
+        match self.executor.apply(&new.executor) {
+            Ok(changes) => report.changes.extend(changes),
+            Err(e) => report.errors.push(e),
         }
         if report.changes.is_empty() {
             report.changes.push("nothing changed".into());
@@ -133,6 +148,7 @@ impl Reloader {
         applied.groups = new.groups;
         applied.packs_dirs = new.packs_dirs;
         applied.objects_dirs = new.objects_dirs;
+        applied.executor = new.executor;
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = applied;
         report.applied = true;
         for line in &report.changes {

@@ -178,6 +178,21 @@ pub const ROUTES: &[RouteDoc] = {
             "run a compliance object now; answers its state after the run",
         ),
         doc(
+            "POST",
+            executors::EXEC,
+            "run a signed command on the alive members of a group; NDJSON lines as results arrive",
+        ),
+        doc(
+            "GET",
+            executors::STATE,
+            "the executor: authorized keys, signing key, counters",
+        ),
+        doc(
+            "GET",
+            executors::HISTORY,
+            "recent executions on this node, as requester and as target",
+        ),
+        doc(
             "GET",
             cat::SERVICES,
             "every service of the cluster (blocking with ?index=&wait=)",
@@ -381,6 +396,9 @@ pub struct AgentInfo {
     /// This node's compliance objects by state (`COMPLIANT`, `ERROR`, ...).
     #[serde(default)]
     pub compliance: BTreeMap<String, usize>,
+    /// Signed remote execution on this node.
+    #[serde(default)]
+    pub executor: executors::ExecutorInfo,
     /// The KV store on this node.
     #[serde(default)]
     pub kv: KvInfo,
@@ -1759,7 +1777,7 @@ pub mod events {
     use serde::{Deserialize, Serialize};
 
     /// Every channel, in the order `opsbro events watch --help` lists them.
-    pub const CHANNELS: [&str; 7] = [
+    pub const CHANNELS: [&str; 8] = [
         "node",
         "group",
         "check",
@@ -1767,6 +1785,7 @@ pub mod events {
         "event",
         "service",
         "compliance",
+        "exec",
     ];
 
     /// One event: when, and what (its channel is its kind).
@@ -1798,6 +1817,8 @@ pub mod events {
         Service(ServiceChanged),
         /// A compliance object of this node changed state.
         Compliance(ComplianceChanged),
+        /// A signed command was requested from this node, or run (or refused) on it.
+        Exec(super::executors::HistoryEntry),
     }
 
     impl Payload {
@@ -1811,6 +1832,7 @@ pub mod events {
                 Payload::Event(_) => "event",
                 Payload::Service(_) => "service",
                 Payload::Compliance(_) => "compliance",
+                Payload::Exec(_) => "exec",
             }
         }
     }
@@ -2094,6 +2116,217 @@ pub mod catalog {
         /// Warnings of the reload.
         #[serde(default)]
         pub warnings: Vec<String>,
+    }
+}
+
+/// Signed remote execution (`opsbro executors ...`).
+pub mod executors {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    /// `POST`: run a command on the alive members of a group ([`ExecRequest`]); the answer is
+    /// NDJSON, one [`ExecLine`] per line as the results arrive.
+    pub const EXEC: &str = "/executors/exec";
+    /// `GET`: recent executions on this node ([`HistoryEntry`] list, oldest first; `?limit=N`).
+    pub const HISTORY: &str = "/executors/history";
+    /// `GET`: the executor of this node ([`ExecutorInfo`]).
+    pub const STATE: &str = "/executors/state";
+
+    /// What to run: a request already signed by the CLI (`signed`, base64), or the fields for
+    /// the agent to sign with its `executor.private_key_file`.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct ExecRequest {
+        /// A signed request (base64 of its wire form).
+        pub signed: Option<String>,
+        /// Group of the targets (`*`: every node).
+        pub group: Option<String>,
+        /// Only this node.
+        pub node: Option<String>,
+        /// The shell command line.
+        pub command: Option<String>,
+        /// Seconds each target lets it run (default 60).
+        pub timeout_secs: Option<u32>,
+        /// Who asks (default: this node's name).
+        pub requester: Option<String>,
+    }
+
+    /// What one target did.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct ExecResult {
+        /// Node name.
+        pub node: String,
+        /// `done` (it exited; see `rc`), `timeout` (killed at the timeout), `failed` (could not
+        /// start), `refused` (the target said no; see `error`) or `unreachable`.
+        pub state: String,
+        /// Exit code, when it exited (none when killed by a signal).
+        pub rc: Option<i32>,
+        /// Its standard output (the first 64 KiB).
+        pub stdout: String,
+        /// Its standard error (the first 64 KiB).
+        pub stderr: String,
+        /// When it started on the target, ms since the Unix epoch.
+        pub started_ms: Option<u64>,
+        /// How long it ran.
+        pub duration_ms: u64,
+        /// Why it was refused, failed or is unreachable.
+        pub error: Option<String>,
+        /// Output was cut at 64 KiB.
+        pub truncated: bool,
+    }
+
+    impl ExecResult {
+        /// It ran and exited with 0.
+        pub fn ok(&self) -> bool {
+            self.state == "done" && self.rc == Some(0)
+        }
+    }
+
+    /// How a request went, over all targets.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct ExecSummary {
+        /// Targets asked.
+        pub targets: usize,
+        /// Exited with 0.
+        pub ok: usize,
+        /// Exited with another code, or could not start.
+        pub failed: usize,
+        /// Killed at the timeout.
+        pub timed_out: usize,
+        /// Said no.
+        pub refused: usize,
+        /// Never answered.
+        pub unreachable: usize,
+        /// From the first send to the last result.
+        pub duration_ms: u64,
+    }
+
+    impl ExecSummary {
+        /// Count `r` in.
+        pub fn add(&mut self, r: &ExecResult) {
+            match r.state.as_str() {
+                _ if r.ok() => self.ok += 1,
+                "timeout" => self.timed_out += 1,
+                "refused" => self.refused += 1,
+                "unreachable" => self.unreachable += 1,
+                _ => self.failed += 1,
+            }
+        }
+
+        /// Every target returned 0.
+        pub fn all_ok(&self) -> bool {
+            self.ok == self.targets
+        }
+    }
+
+    /// One line of `POST /executors/exec`'s answer.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum ExecLine {
+        /// First: what was sent, to whom.
+        Request {
+            /// Request id.
+            id: String,
+            /// Target group.
+            group: String,
+            /// Only this node.
+            node: Option<String>,
+            /// The command.
+            command: String,
+            /// Who asked.
+            requester: String,
+            /// Seconds each target lets it run.
+            timeout_secs: u32,
+            /// The names of the targets.
+            targets: Vec<String>,
+        },
+        /// A target accepted the request and started the command.
+        Started {
+            /// Node name.
+            node: String,
+            /// ms since the Unix epoch.
+            started_ms: u64,
+        },
+        /// A target's result (or why there is none).
+        Result(ExecResult),
+        /// Last: every target answered or was given up on.
+        Done(ExecSummary),
+    }
+
+    /// One execution seen by this node, as requester or as target (`executors history`, the
+    /// `exec` event channel).
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct HistoryEntry {
+        /// ms since the Unix epoch.
+        pub time_ms: u64,
+        /// `requester` (sent from here) or `target` (run or refused here).
+        pub role: String,
+        /// Request id.
+        pub id: String,
+        /// Who asked.
+        pub requester: String,
+        /// Id of the key that signed it (when it could be read).
+        pub key_id: Option<String>,
+        /// Target group.
+        pub group: String,
+        /// Only this node.
+        pub node: Option<String>,
+        /// The command.
+        pub command: String,
+        /// As a target: `running`, `done`, `timeout`, `failed` or `refused`; as requester:
+        /// `sent`, then `done` with a summary.
+        pub state: String,
+        /// As a target: its exit code.
+        pub rc: Option<i32>,
+        /// As a target: how long it ran.
+        pub duration_ms: u64,
+        /// Why it was refused or failed.
+        pub error: Option<String>,
+        /// As requester: how it went.
+        pub summary: Option<ExecSummary>,
+    }
+
+    /// An authorized key.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct KeyView {
+        /// Its id (hex of its first 8 bytes), as refusals name it.
+        pub id: String,
+        /// Its comment.
+        pub comment: String,
+    }
+
+    /// The executor of a node.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct ExecutorInfo {
+        /// Commands are run here (some key is authorized).
+        pub enabled: bool,
+        /// The keys that may run commands here.
+        pub authorized_keys: Vec<KeyView>,
+        /// The key this node signs with for `opsbro executors exec` without `--key`.
+        pub private_key_file: Option<String>,
+        /// Requests a minute each key may send here.
+        pub max_per_minute: u32,
+        /// Commands running now.
+        pub running: usize,
+        /// Requests received (whatever came of them).
+        pub received: u64,
+        /// Commands run.
+        pub ran: u64,
+        /// Commands killed at their timeout.
+        pub timed_out: u64,
+        /// Requests refused, by reason (`unknown_key`, `bad_signature`, `expired`, `replayed`,
+        /// `rate_limited`...).
+        pub refused: BTreeMap<String, u64>,
+        /// Requests sent from here (as requester).
+        pub requests_sent: u64,
+        /// Targets that did not answer requests sent from here.
+        pub unreachable: u64,
     }
 }
 

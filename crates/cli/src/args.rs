@@ -202,6 +202,49 @@ pub enum ExecutorsCommand {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Run a shell command on the alive members of GROUP (`*`: every node), signed with an
+    /// operator key: `--key FILE`, else the agent's `executor.private_key_file`. Each target
+    /// checks the signature against its `executor.authorized_keys`, runs the command with
+    /// `/bin/sh -c` and answers; one line per node as results arrive (rc, then its output).
+    /// Exits 0 only when every target returned 0.
+    ///
+    /// Example: `opsbro executors exec web -- systemctl restart nginx`
+    Exec {
+        /// Target group (`*`: every node).
+        group: String,
+        /// The command line (words are joined with spaces; put `--` before it when it has
+        /// options of its own).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+        /// Only this node (of the group).
+        #[arg(long)]
+        node: Option<String>,
+        /// Sign with this private key file (from `opsbro executors keygen`) instead of the
+        /// agent's `executor.private_key_file`.
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+        /// Seconds each target lets the command run before it kills it (1..3600).
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
+        /// Print one JSON document with every result at the end.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent executions on this node, as requester and as target (oldest first).
+    History {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether this node runs signed commands, with which keys, and its counters.
+    State {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `opsbro compliance ...`

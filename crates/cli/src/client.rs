@@ -177,13 +177,37 @@ impl Client {
     /// `GET path` for an answer that does not end (`agent log follow`): the response once its
     /// status is a success, for the caller to read chunk by chunk, with no overall time limit.
     pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, CliError> {
+        self.stream(Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body, for an answer read as it comes (`executors exec`).
+    pub async fn post_stream<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<reqwest::Response, CliError> {
+        let body = serde_json::to_vec(body).map_err(|e| CliError::Other(e.into()))?;
+        self.stream(Method::POST, path, Some(body)).await
+    }
+
+    async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<reqwest::Response, CliError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| CliError::Other(e.into()))?;
         let url = format!("{}{path}", self.base);
         let send = || async {
-            let mut request = http.get(&url);
+            let mut request = http.request(method.clone(), &url);
+            if let Some(body) = &body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+            }
             if let Some(token) = self.token() {
                 request = request.bearer_auth(token);
             }

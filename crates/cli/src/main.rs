@@ -16,8 +16,8 @@ use opsbro_cli::args::{
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
 use opsbro_cli::commands::{
-    agent, collectors, compliance, detectors, evaluator, events, generators, gossip, kv, metrics,
-    monitoring, packs, services,
+    agent, collectors, compliance, detectors, evaluator, events, executors, generators, gossip, kv,
+    metrics, monitoring, packs, services,
 };
 use opsbro_cli::error::CliError;
 
@@ -254,7 +254,40 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Executors(ExecutorsCommand::Keygen { out, comment }) => {
-            agent::executor_keygen(out.as_deref(), comment.as_deref())
+            executors::keygen(out.as_deref(), comment.as_deref())
+        }
+        Command::Executors(command) => {
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(async {
+                match command {
+                    ExecutorsCommand::Exec {
+                        group,
+                        command,
+                        node,
+                        key,
+                        timeout,
+                        json,
+                    } => {
+                        executors::exec(
+                            &client,
+                            executors::ExecArgs {
+                                group,
+                                command: command.join(" "),
+                                node,
+                                key,
+                                timeout,
+                            },
+                            json,
+                        )
+                        .await
+                    }
+                    ExecutorsCommand::History { limit, json } => {
+                        executors::history(&client, limit, json).await
+                    }
+                    ExecutorsCommand::State { json } => executors::state(&client, json).await,
+                    ExecutorsCommand::Keygen { .. } => unreachable!("handled above"),
+                }
+            })
         }
         Command::Compliance(command) => {
             let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;

@@ -251,6 +251,69 @@ pub struct Config {
     pub graphite: GraphiteSettings,
     /// `websocket:`.
     pub websocket: WebsocketSettings,
+    /// `executor:`.
+    pub executor: ExecutorSettings,
+}
+
+/// Signed remote execution (`executor:`), defaults filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutorSettings {
+    /// The operator keys that may run commands here (`ed25519 <base64> comment` lines from
+    /// `opsbro executors keygen`). With none here nor in `authorized_keys_file`, the executor
+    /// is disabled.
+    pub authorized_keys: Vec<AuthorizedKey>,
+    /// A file of more such lines (`#` comments allowed), read at start and on reload.
+    pub authorized_keys_file: Option<PathBuf>,
+    /// The private key this node signs with when `opsbro executors exec` is given no `--key`.
+    pub private_key_file: Option<PathBuf>,
+    /// Requests a minute each key may send to this node (default 60).
+    pub max_per_minute: u32,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        ExecutorSettings {
+            authorized_keys: Vec::new(),
+            authorized_keys_file: None,
+            private_key_file: None,
+            max_per_minute: 60,
+        }
+    }
+}
+
+/// One authorized operator key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedKey {
+    /// The key.
+    pub key: opsbro_exec::PublicKey,
+    /// What follows it on its line.
+    pub comment: String,
+}
+
+impl AuthorizedKey {
+    /// Parse `ed25519 <base64> [comment]`.
+    pub fn parse(line: &str) -> Result<AuthorizedKey, String> {
+        let key = opsbro_exec::PublicKey::parse(line)?;
+        let mut words = line.split_whitespace();
+        if words.next() == Some(opsbro_exec::PUBLIC_PREFIX) {
+            words.next();
+        }
+        Ok(AuthorizedKey {
+            key,
+            comment: words.collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    /// The keys of an `authorized_keys_file`'s text: one per line, blank lines and `#`
+    /// comments skipped; an error names the line.
+    pub fn parse_file(text: &str) -> Result<Vec<AuthorizedKey>, String> {
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .map(|(n, l)| AuthorizedKey::parse(l).map_err(|e| format!("line {n}: {e}")))
+            .collect()
+    }
 }
 
 /// The websocket event stream's settings (`websocket:`), defaults filled.
@@ -577,6 +640,8 @@ pub struct AgentConfig {
     pub graphite: GraphiteSettings,
     /// websocket event stream settings.
     pub websocket: WebsocketSettings,
+    /// Signed remote execution settings.
+    pub executor: ExecutorSettings,
 }
 
 /// Collects errors while validating one source.
@@ -812,8 +877,11 @@ impl Config {
             statsd,
             graphite,
             websocket,
+            executor,
             unknown,
         } = raw;
+        let executor = v.take("executor", executor).unwrap_or_default();
+        let executor = Config::validate_executor(v, executor);
         let websocket = v.take("websocket", websocket).unwrap_or_default();
         let raw::RawWebsocket {
             enabled: ws_enabled,
@@ -972,6 +1040,57 @@ impl Config {
             statsd,
             graphite,
             websocket,
+            executor,
+        }
+    }
+
+    fn validate_executor(v: &mut Validator<'_>, raw: raw::RawExecutor) -> ExecutorSettings {
+        let raw::RawExecutor {
+            authorized_keys,
+            authorized_keys_file,
+            private_key_file,
+            max_per_minute,
+            unknown,
+        } = raw;
+        v.unknown("executor", unknown, raw::EXECUTOR_KEYS);
+        let d = ExecutorSettings::default();
+        let absolute = |p: PathBuf| {
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(format!("`{}` must be an absolute path", p.display()))
+            }
+        };
+        let authorized_keys = v
+            .take("executor.authorized_keys", authorized_keys)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, line)| {
+                v.take_with(
+                    &format!("executor.authorized_keys[{i}]"),
+                    Field::Set(line),
+                    |l| AuthorizedKey::parse(&l),
+                )
+            })
+            .collect();
+        ExecutorSettings {
+            authorized_keys,
+            authorized_keys_file: v.take_with(
+                "executor.authorized_keys_file",
+                authorized_keys_file,
+                absolute,
+            ),
+            private_key_file: v.take_with("executor.private_key_file", private_key_file, absolute),
+            max_per_minute: v
+                .take_with("executor.max_per_minute", max_per_minute, |n| {
+                    if (1..=6000).contains(&n) {
+                        Ok(n)
+                    } else {
+                        Err(format!("{n} is outside 1..6000"))
+                    }
+                })
+                .unwrap_or(d.max_per_minute),
         }
     }
 
@@ -1358,6 +1477,7 @@ impl Config {
             statsd: self.statsd,
             graphite: self.graphite,
             websocket: self.websocket,
+            executor: self.executor,
         };
         if errors.is_empty() {
             Ok(config)

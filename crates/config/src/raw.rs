@@ -79,6 +79,7 @@ pub struct RawConfig {
     pub statsd: Field<RawStatsd>,
     pub graphite: Field<RawGraphite>,
     pub websocket: Field<RawWebsocket>,
+    pub executor: Field<RawExecutor>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -167,6 +168,28 @@ pub const TOP_KEYS: &[&str] = &[
     "statsd",
     "graphite",
     "websocket",
+    "executor",
+];
+
+/// Mirror of the `executor:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawExecutor {
+    pub authorized_keys: Field<Vec<String>>,
+    pub authorized_keys_file: Field<PathBuf>,
+    pub private_key_file: Field<PathBuf>,
+    pub max_per_minute: Field<u32>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Keys of `executor:`.
+pub const EXECUTOR_KEYS: &[&str] = &[
+    "authorized_keys",
+    "authorized_keys_file",
+    "private_key_file",
+    "max_per_minute",
 ];
 
 /// Mirror of the `websocket:` section.

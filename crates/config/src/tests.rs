@@ -153,6 +153,47 @@ fn every_documented_key_is_known() {
     for key in raw::GRAPHITE_KEYS {
         Config::from_yaml(&format!("graphite:\n  {key}: null\n"), "f.yml").expect("graphite key");
     }
+    for key in raw::EXECUTOR_KEYS {
+        Config::from_yaml(&format!("executor:\n  {key}: null\n"), "f.yml").expect("exec key");
+    }
+}
+
+#[test]
+fn executor_keys_are_checked_where_they_are_written() {
+    let key = "ed25519 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= ops@laptop";
+    let c = Config::from_yaml(
+        &format!(
+            "executor:\n  authorized_keys:\n    - {key}\n  private_key_file: /etc/opsbro/exec.key\n  max_per_minute: 10\n"
+        ),
+        "f.yml",
+    )
+    .expect("valid");
+    assert_eq!(c.executor.authorized_keys.len(), 1);
+    assert_eq!(c.executor.authorized_keys[0].comment, "ops@laptop");
+    assert_eq!(
+        c.executor.authorized_keys[0].key.id_hex(),
+        "0001020304050607"
+    );
+    assert_eq!(c.executor.max_per_minute, 10);
+    assert_eq!(Config::default().executor.max_per_minute, 60);
+    assert!(Config::default().executor.authorized_keys.is_empty());
+    let errs = Config::from_yaml(
+        "executor:\n  authorized_keys:\n    - ed25519 AAAA\n  private_key_file: exec.key\n  max_per_minute: 0\n  authorised_keys: []\n",
+        "f.yml",
+    )
+    .expect_err("bad");
+    let text = errs.to_string();
+    for k in [
+        "executor.authorized_keys[0]",
+        "executor.private_key_file",
+        "executor.max_per_minute",
+        "did you mean",
+    ] {
+        assert!(text.contains(k), "{k} in {text}");
+    }
+    let file = AuthorizedKey::parse_file(&format!("# operators\n\n{key}\nnot a key\n"))
+        .expect_err("line 4");
+    assert!(file.starts_with("line 4:"), "{file}");
 }
 
 #[test]

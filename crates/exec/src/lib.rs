@@ -31,8 +31,8 @@ pub const MAX_SKEW_MS: u64 = 60 * 1000;
 /// Longest command.
 pub const MAX_COMMAND: usize = 16 * 1024;
 /// Most request ids a target remembers (a replay of a forgotten id is already expired: ids are
-/// kept until their request expires, and past this many the oldest go first — a request
-/// whose id was forgotten early is refused as stale instead).
+/// kept until their request expires, and past this many the oldest go first — then a request
+/// that expires no later than the last id forgotten early is refused as [`Refusal::Stale`]).
 pub const MAX_REMEMBERED: usize = 65_536;
 /// Length of a key id (the first bytes of the public key).
 pub const KEY_ID_LEN: usize = 8;
@@ -42,6 +42,14 @@ pub const SIGNATURE_LEN: usize = 64;
 pub const PRIVATE_PREFIX: &str = "opsbro-executor-private-key";
 /// Prefix of a public key line.
 pub const PUBLIC_PREFIX: &str = "ed25519";
+/// Kind byte of a cluster frame carrying a signed request (the first frame of a connection).
+pub const KIND_REQUEST: u8 = 4;
+/// Kind byte of a cluster frame carrying a target's reply (JSON, after the kind byte).
+pub const KIND_REPLY: u8 = 5;
+/// Longest request id.
+pub const MAX_ID: usize = 64;
+/// Longest command timeout a request may carry (one hour).
+pub const MAX_TIMEOUT_SECS: u32 = 3600;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -69,9 +77,58 @@ pub enum Refusal {
     /// This id was already run here.
     #[error("replayed: request {0} was already received")]
     Replayed(String),
+    /// This node forgot ids early (a flood of requests) and cannot tell whether this one, issued
+    /// before them, is a replay.
+    #[error("stale: issued before requests this node had to forget; send it again")]
+    Stale,
     /// The executor is off on this node (no authorized key).
     #[error("the executor is disabled on this node (no executor.authorized_keys)")]
     Disabled,
+    /// The request is not for this node (another group, another node).
+    #[error("not a target: {0}")]
+    NotATarget(String),
+    /// The key sent more requests than this node runs per minute.
+    #[error("rate limited: key {0} sent more than {1} requests a minute")]
+    RateLimited(String, u32),
+    /// Too many commands run here already.
+    #[error("busy: {0} commands are running on this node already")]
+    Busy(usize),
+}
+
+impl Refusal {
+    /// A short name for counters and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Malformed(_) => "malformed",
+            Refusal::UnknownKey(_) => "unknown_key",
+            Refusal::BadSignature(_) => "bad_signature",
+            Refusal::Expired(_) => "expired",
+            Refusal::FromTheFuture(_) => "from_the_future",
+            Refusal::TooLong(_) => "too_long",
+            Refusal::Replayed(_) => "replayed",
+            Refusal::Stale => "stale",
+            Refusal::Disabled => "disabled",
+            Refusal::NotATarget(_) => "not_a_target",
+            Refusal::RateLimited(..) => "rate_limited",
+            Refusal::Busy(_) => "busy",
+        }
+    }
+
+    /// Every [`Refusal::reason`], for counters that show zeros too.
+    pub const REASONS: [&'static str; 12] = [
+        "malformed",
+        "unknown_key",
+        "bad_signature",
+        "expired",
+        "from_the_future",
+        "too_long",
+        "replayed",
+        "stale",
+        "disabled",
+        "not_a_target",
+        "rate_limited",
+        "busy",
+    ];
 }
 
 /// A key pair of an operator.
@@ -285,7 +342,7 @@ impl Request {
 
     fn decode(body: &[u8]) -> Result<Request, Refusal> {
         let mut r = Reader(body);
-        let id = r.text(64)?;
+        let id = r.text(MAX_ID)?;
         let group = r.text(64)?;
         let node = r.text(253)?;
         let command = r.text(MAX_COMMAND)?;
@@ -295,6 +352,12 @@ impl Request {
         let requester = r.text(255)?;
         if !r.0.is_empty() {
             return Err(Refusal::Malformed("bytes after the request"));
+        }
+        if id.is_empty() || group.is_empty() || command.trim().is_empty() {
+            return Err(Refusal::Malformed("an empty id, group or command"));
+        }
+        if !(1..=MAX_TIMEOUT_SECS).contains(&timeout_secs) {
+            return Err(Refusal::Malformed("a timeout outside 1 s..1 h"));
         }
         Ok(Request {
             id,
@@ -306,6 +369,89 @@ impl Request {
             expires_at_ms,
             requester,
         })
+    }
+}
+
+/// A new request id: 16 random bytes in hex.
+pub fn new_id() -> Result<String, String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the system's random source failed".to_owned())?;
+    Ok(hex(&bytes))
+}
+
+/// Read a signed request's fields WITHOUT checking its signature: what the requester's own
+/// agent needs to choose the targets (each target verifies for itself).
+pub fn peek(signed: &[u8]) -> Result<Request, Refusal> {
+    let header = 1 + KEY_ID_LEN + SIGNATURE_LEN;
+    if signed.len() < header || signed[0] != VERSION {
+        return Err(Refusal::Malformed("not a signed request of version 1"));
+    }
+    Request::decode(&signed[header..])
+}
+
+impl Request {
+    /// Whether a node named `node` with `groups` is a target of this request.
+    pub fn is_for(&self, node: &str, groups: &[String]) -> Result<(), Refusal> {
+        if let Some(wanted) = &self.node
+            && wanted != node
+        {
+            return Err(Refusal::NotATarget(format!(
+                "the request is for node `{wanted}`, this is `{node}`"
+            )));
+        }
+        if self.group != "*" && !groups.contains(&self.group) {
+            return Err(Refusal::NotATarget(format!(
+                "`{node}` is not in group `{}`",
+                self.group
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Requests per key, as a token bucket: `per_minute` requests a minute, up to `per_minute` at
+/// once after a quiet minute. Bounded: past [`MAX_REMEMBERED_KEYS`] keys every bucket is
+/// forgotten (only authorized keys are counted, so that takes that many operator keys).
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: u32,
+    /// key id → (tokens, last refill ms).
+    buckets: HashMap<String, (f64, u64)>,
+}
+
+/// Most keys a [`RateLimiter`] tracks (only authorized keys reach it: a handful).
+pub const MAX_REMEMBERED_KEYS: usize = 1024;
+
+impl RateLimiter {
+    /// A limiter of `per_minute` requests a minute per key (at least 1).
+    pub fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter {
+            per_minute: per_minute.max(1),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Take one request of `key` at `now_ms`.
+    pub fn take(&mut self, key: &str, now_ms: u64) -> Result<(), Refusal> {
+        let capacity = f64::from(self.per_minute);
+        if self.buckets.len() >= MAX_REMEMBERED_KEYS && !self.buckets.contains_key(key) {
+            self.buckets.clear();
+        }
+        let (tokens, last) = self
+            .buckets
+            .entry(key.to_owned())
+            .or_insert((capacity, now_ms));
+        let elapsed = now_ms.saturating_sub(*last) as f64;
+        *tokens = (*tokens + elapsed * capacity / 60_000.0).min(capacity);
+        *last = now_ms.max(*last);
+        if *tokens < 1.0 {
+            return Err(Refusal::RateLimited(key.to_owned(), self.per_minute));
+        }
+        *tokens -= 1.0;
+        Ok(())
     }
 }
 
@@ -321,13 +467,24 @@ pub struct Verifier {
     /// id → expiry, in arrival order.
     seen: HashMap<String, u64>,
     order: VecDeque<(String, u64)>,
+    /// The latest expiry of an id forgotten before it expired: requests expiring no later are
+    /// refused as [`Refusal::Stale`].
+    floor_ms: u64,
+    /// Most ids remembered ([`MAX_REMEMBERED`]).
+    capacity: usize,
 }
 
 impl Verifier {
     /// A verifier accepting `keys` (none: every request refused as [`Refusal::Disabled`]).
     pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Verifier {
+        Verifier::with_capacity(keys, MAX_REMEMBERED)
+    }
+
+    /// A verifier remembering at most `capacity` ids.
+    pub fn with_capacity(keys: impl IntoIterator<Item = PublicKey>, capacity: usize) -> Verifier {
         Verifier {
             keys: keys.into_iter().map(|k| (k.id(), k)).collect(),
+            capacity: capacity.max(1),
             ..Verifier::default()
         }
     }
@@ -335,6 +492,11 @@ impl Verifier {
     /// Whether any key is authorized.
     pub fn enabled(&self) -> bool {
         !self.keys.is_empty()
+    }
+
+    /// Authorize these keys from now on (a reload); the ids already seen stay remembered.
+    pub fn set_keys(&mut self, keys: impl IntoIterator<Item = PublicKey>) {
+        self.keys = keys.into_iter().map(|k| (k.id(), k)).collect();
     }
 
     /// Check `signed` at `now_ms`; the request when it may run (its id is then remembered).
@@ -376,12 +538,16 @@ impl Verifier {
         if self.seen.contains_key(&request.id) {
             return Err(Refusal::Replayed(request.id));
         }
-        // A full memory forgets the oldest id: refuse what was issued before it (it might be a
-        // replay of a forgotten one).
-        if self.order.len() >= MAX_REMEMBERED
-            && let Some((old, _)) = self.order.pop_front()
+        if request.expires_at_ms <= self.floor_ms {
+            return Err(Refusal::Stale);
+        }
+        // A full memory forgets the oldest id before it expired: from now on, refuse what
+        // expires no later than it (it might be a replay of a forgotten one).
+        if self.order.len() >= self.capacity
+            && let Some((old, expires)) = self.order.pop_front()
         {
             self.seen.remove(&old);
+            self.floor_ms = self.floor_ms.max(expires);
         }
         self.seen.insert(request.id.clone(), request.expires_at_ms);
         self.order
@@ -513,6 +679,89 @@ mod tests {
             v.verify(&signed, NOW + 60_000 + MAX_SKEW_MS + 1),
             Err(Refusal::Expired(_))
         ));
+    }
+
+    #[test]
+    fn a_flood_that_forgets_ids_early_refuses_what_it_can_no_longer_tell() {
+        let key = SigningKey::generate().expect("key");
+        let mut v = Verifier::with_capacity([key.public()], 100);
+        let first = key.sign(&request("first"));
+        assert!(v.verify(&first, NOW).is_ok());
+        for i in 0..100 {
+            let mut r = request(&format!("f{i}"));
+            r.expires_at_ms = NOW + 60_000 + i as u64;
+            v.verify(&key.sign(&r), NOW).expect("fresh");
+        }
+        // `first` was forgotten before it expired: its replay is refused all the same.
+        assert_eq!(v.verify(&first, NOW + 1), Err(Refusal::Stale));
+        // A new request, expiring later than anything forgotten, runs.
+        let mut later = request("later");
+        later.expires_at_ms = NOW + 120_000;
+        assert!(v.verify(&key.sign(&later), NOW + 1).is_ok());
+    }
+
+    #[test]
+    fn targets_and_rates() {
+        let mut r = request("t1");
+        let web = vec!["web".to_owned(), "linux".to_owned()];
+        assert!(r.is_for("n1", &web).is_ok());
+        assert!(matches!(
+            r.is_for("n1", &["db".to_owned()]),
+            Err(Refusal::NotATarget(_))
+        ));
+        r.group = "*".into();
+        assert!(r.is_for("n1", &[]).is_ok());
+        r.node = Some("n2".into());
+        assert!(matches!(r.is_for("n1", &web), Err(Refusal::NotATarget(_))));
+        assert!(r.is_for("n2", &[]).is_ok());
+
+        let mut limiter = RateLimiter::new(6);
+        for _ in 0..6 {
+            limiter.take("k", NOW).expect("within the burst");
+        }
+        assert_eq!(
+            limiter.take("k", NOW),
+            Err(Refusal::RateLimited("k".into(), 6))
+        );
+        // Another key has its own bucket; ten seconds give one more request back.
+        assert!(limiter.take("other", NOW).is_ok());
+        assert!(limiter.take("k", NOW + 10_000).is_ok());
+        assert!(limiter.take("k", NOW + 10_000).is_err());
+    }
+
+    #[test]
+    fn a_request_is_read_before_it_is_verified_and_its_limits_hold() {
+        let key = SigningKey::generate().expect("key");
+        let signed = key.sign(&request("p1"));
+        assert_eq!(peek(&signed).expect("peek"), request("p1"));
+        assert!(peek(&signed[..10]).is_err());
+        let mut v = Verifier::new([key.public()]);
+        for bad in [
+            Request {
+                timeout_secs: 0,
+                ..request("p2")
+            },
+            Request {
+                timeout_secs: MAX_TIMEOUT_SECS + 1,
+                ..request("p3")
+            },
+            Request {
+                command: " ".into(),
+                ..request("p4")
+            },
+            Request {
+                id: String::new(),
+                ..request("p5")
+            },
+        ] {
+            assert!(
+                matches!(v.verify(&key.sign(&bad), NOW), Err(Refusal::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        let id = new_id().expect("id");
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, new_id().expect("id"));
     }
 
     proptest::proptest! {

@@ -78,6 +78,8 @@ pub struct ApiContext {
     pub telemetry: crate::telemetry::SharedTelemetry,
     /// Compliance states.
     pub compliance: crate::compliance::ComplianceHandle,
+    /// Signed remote execution.
+    pub executor: crate::executor::ExecutorHandle,
     /// This node's services and maintenance switches.
     pub services: crate::services::ServicesHandle,
     /// The cluster's service catalog.

@@ -19,6 +19,7 @@ use crate::gossip::{GossipStopped, count_by_state, find_member};
 use crate::host;
 
 pub mod context;
+pub mod executors;
 pub mod kv_store;
 pub mod log;
 pub mod packs;
@@ -119,6 +120,9 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
             ),
         ),
         (opsbro_api::compliance::LAUNCH, post(compliance_launch)),
+        (opsbro_api::executors::EXEC, post(executors::exec)),
+        (opsbro_api::executors::STATE, get(executors::state)),
+        (opsbro_api::executors::HISTORY, get(executors::history)),
         (opsbro_api::catalog::SERVICES, get(services::services)),
         (opsbro_api::catalog::SERVICE, get(services::service)),
         (opsbro_api::catalog::LOCAL, get(services::local)),
@@ -330,6 +334,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
             },
         ),
         compliance: ctx.compliance.counts(),
+        executor: ctx.executor.info(),
         kv: ctx.kv.info(),
         dns: dns_info(&ctx),
         metrics: ctx.metrics.info(),

@@ -202,6 +202,60 @@ pub async fn render(ctx: &ApiContext) -> Result<String, std::fmt::Error> {
         "This node's compliance objects, by state",
         &compliance,
     );
+    let exec = ctx.executor.info();
+    gauge(
+        r,
+        "executor_enabled",
+        "1 when signed commands may run on this node (some key is authorized)",
+        i64::from(exec.enabled),
+    );
+    gauge(
+        r,
+        "executor_running",
+        "Signed commands running on this node now",
+        i64::try_from(exec.running).unwrap_or(i64::MAX),
+    );
+    counter(
+        r,
+        "executor_requests_received",
+        "Signed command requests received (whatever came of them)",
+        exec.received,
+    );
+    counter(
+        r,
+        "executor_commands_run",
+        "Signed commands run on this node",
+        exec.ran,
+    );
+    counter(
+        r,
+        "executor_commands_timed_out",
+        "Signed commands killed at their timeout",
+        exec.timed_out,
+    );
+    let refused: Vec<(Labels, u64)> = exec
+        .refused
+        .into_iter()
+        .map(|(reason, n)| (vec![("reason", reason)], n))
+        .collect();
+    counter_family(
+        r,
+        "executor_requests_refused",
+        "Signed command requests refused, by reason",
+        &refused,
+    );
+    counter(
+        r,
+        "executor_requests_sent",
+        "Signed command requests sent from this node",
+        exec.requests_sent,
+    );
+    counter(
+        r,
+        "executor_targets_unreachable",
+        "Targets that did not answer requests sent from this node",
+        exec.unreachable,
+    );
     counter(
         r,
         "check_runs",

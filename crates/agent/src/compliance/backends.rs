@@ -68,8 +68,7 @@ impl CommandOutput {
     }
 }
 
-/// How much of each of a command's stdout and stderr is kept.
-pub const MAX_COMMAND_OUTPUT: usize = 64 * 1024;
+pub use crate::command::MAX_OUTPUT as MAX_COMMAND_OUTPUT;
 
 /// Static checks of a rule's parameters (done at load so a broken object is a diagnostic):
 /// unknown type, unknown, missing or malformed parameters, names that could not safely reach a
@@ -105,92 +104,25 @@ pub async fn run(run: RuleRun<'_>) -> Outcome {
     }
 }
 
-/// Run a command WITHOUT a shell: `argv[0]` looked up in PATH, `env` added to the agent's
-/// environment, stdin from /dev/null, each of stdout and stderr capped at
-/// [`MAX_COMMAND_OUTPUT`], in a process group of its own that is killed (children included)
-/// at the timeout or if this future is dropped. Once the command exits its pipes are read for
-/// at most [`AFTER_EXIT_DRAIN`] more (a daemon it started may hold them open for good).
+/// Run a command WITHOUT a shell (see [`crate::command::run`]): an error when it could not
+/// start or was killed at the timeout.
 pub async fn run_command(
     argv: &[&str],
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<CommandOutput, String> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err("no command to run".to_owned());
-    };
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    // Dropped with this future (agent shutdown) or killed at the timeout: the whole group goes.
-    let mut guard = crate::host::ProcessGroupGuard::new(child.id());
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(format!("no pipes to `{program}`"));
-    };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let finished = tokio::time::timeout(timeout, async {
-        let reading = async {
-            tokio::join!(
-                read_capped_into(stdout, &mut out),
-                read_capped_into(stderr, &mut err)
-            )
-        };
-        tokio::pin!(reading);
-        tokio::select! {
-            () = async { (&mut reading).await; } => child.wait().await,
-            status = child.wait() => {
-                // It exited, but something it started (a service a package's postinst ran) may
-                // still hold the pipes: take what is there, without waiting for them to close.
-                let _ = tokio::time::timeout(AFTER_EXIT_DRAIN, &mut reading).await;
-                status
-            }
-        }
-    })
-    .await;
-    let Ok(status) = finished else {
-        guard.kill();
-        let _ = child.wait().await;
+    let ran = crate::command::run(argv, env, timeout).await?;
+    if ran.timed_out {
         return Err(format!(
-            "`{program}` did not finish in {timeout:?} and was killed"
+            "`{}` did not finish in {timeout:?} and was killed",
+            argv.first().copied().unwrap_or_default()
         ));
-    };
-    // It ended by itself: what it left running on purpose (a daemon) is not ours to kill.
-    guard.disarm();
-    let status = status.map_err(|e| format!("cannot wait for `{program}`: {e}"))?;
-    Ok(CommandOutput {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
-    })
-}
-
-/// How long the pipes are read once the command exited (see [`run_command`]).
-pub const AFTER_EXIT_DRAIN: Duration = Duration::from_secs(2);
-
-/// Read `r` until it closes into `kept`, keeping the first [`MAX_COMMAND_OUTPUT`] bytes and
-/// reading on past them so the writer never blocks on a full pipe. Unlike
-/// `monitoring::read_capped` the bytes live in the caller's buffer, so they survive this future
-/// being abandoned.
-async fn read_capped_into(mut r: impl tokio::io::AsyncRead + Unpin, kept: &mut Vec<u8>) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let room = MAX_COMMAND_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
     }
+    Ok(CommandOutput {
+        code: ran.code,
+        stdout: ran.stdout,
+        stderr: ran.stderr,
+    })
 }
 
 /// A rule's parameters once checked: one typed spec per rule type.

@@ -378,6 +378,25 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
             },
         ),
         (
+            "Executor",
+            if info.executor.enabled {
+                format!(
+                    "enabled: {} authorized key(s) ({}); ran {}, refused {}",
+                    info.executor.authorized_keys.len(),
+                    info.executor
+                        .authorized_keys
+                        .iter()
+                        .map(|k| format!("{} {}", k.id, k.comment).trim().to_owned())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    info.executor.ran,
+                    info.executor.refused.values().sum::<u64>()
+                )
+            } else {
+                "disabled (no executor.authorized_keys)".to_owned()
+            },
+        ),
+        (
             "KV store",
             format!(
                 "ring of {} nodes, {} entries here, {:.1} MB on disk",
@@ -520,40 +539,6 @@ pub fn keygen() -> Result<(), CliError> {
         .try_fill_bytes(&mut key)
         .map_err(|e| CliError::Other(anyhow::anyhow!("cannot read the OS random source: {e}")))?;
     println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
-    Ok(())
-}
-
-/// `executors keygen`: a new operator key pair.
-pub fn executor_keygen(
-    out: Option<&std::path::Path>,
-    comment: Option<&str>,
-) -> Result<(), CliError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let key =
-        opsbro_exec::SigningKey::generate().map_err(|e| CliError::Other(anyhow::anyhow!(e)))?;
-    let comment = comment.map(str::to_owned).unwrap_or_else(|| {
-        let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".into());
-        format!("{user}@{host}")
-    });
-    match out {
-        Some(path) => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", path.display())))?;
-            f.write_all(key.to_file().as_bytes())
-                .map_err(|e| CliError::Other(e.into()))?;
-            eprintln!("private key written to {} (keep it secret)", path.display());
-        }
-        None => print!("{}", key.to_file()),
-    }
-    println!("{}", key.public().to_line(&comment));
     Ok(())
 }
 

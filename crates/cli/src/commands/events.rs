@@ -42,6 +42,15 @@ fn describe(text: &str) -> String {
             c.display_name, c.name, c.old_state, c.state
         ),
         Payload::Service(s) => format!("{} on {} {} → {}", s.service, s.node, s.old_state, s.state),
+        Payload::Exec(x) => format!(
+            "{} {} {} by {}: {}{}",
+            x.role,
+            x.id,
+            x.state,
+            x.requester,
+            x.command,
+            x.rc.map(|rc| format!(" (rc={rc})")).unwrap_or_default()
+        ),
     };
     format!(
         "{} [{}] {what}",

@@ -6,6 +6,7 @@ pub mod compliance;
 pub mod detectors;
 pub mod evaluator;
 pub mod events;
+pub mod executors;
 pub mod generators;
 pub mod gossip;
 pub mod kv;
