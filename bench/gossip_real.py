@@ -182,14 +182,20 @@ def time_until_all(system, agents, name, state, start, timeout=120.0):
     return max(seen.values())
 
 
+def form_cluster(system, agents):
+    """Wait until every agent is up, join them all through the first, wait until all see all."""
+    n = len(agents)
+    for a in agents:
+        wait(lambda a=a: system.ready(a), 30, f"{a['name']} up")
+    for a in agents[1:]:
+        system.join(a, agents[0])
+    wait(lambda: all(sum(1 for s in system.members(a).values() if s == system.alive) == n for a in agents), 120, "cluster formed")
+
+
 def run(system, n, trials):
     agents = [system.start(i) for i in range(n)]
     try:
-        for a in agents:
-            wait(lambda a=a: system.ready(a), 30, f"{a['name']} up")
-        for a in agents[1:]:
-            system.join(a, agents[0])
-        wait(lambda: all(sum(1 for s in system.members(a).values() if s == system.alive) == n for a in agents), 120, "cluster formed")
+        form_cluster(system, agents)
         joins, deaths = [], []
         for t in range(trials):
             new = system.start(n + t)

@@ -3,7 +3,7 @@
 //! cluster key (a member that went rogue, or someone who stole the cluster key but not an
 //! operator key).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use opsbro_tests::netns::Lan;
 use opsbro_tests::{
     Agent, AgentOptions, DEADLINE, keygen, opsbro_command, stderr, stdout, wait_for,
 };
+use opsbro_tests::{frame, read_frame};
 use serde_json::Value;
 
 /// A new operator key: (private key file, public line).
@@ -241,12 +242,9 @@ fn a_group_runs_a_signed_command_and_every_failure_is_reported_as_what_it_is() {
             .is_some_and(|e| e.contains("closed before a result")),
         "{answer:#}"
     );
-    assert_eq!(by_node["host3"]["state"], "refused", "{answer:#}");
-    assert!(
-        by_node["host3"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("is not in this node's executor.authorized_keys")),
-        "{answer:#}"
+    assert_refused(
+        &by_node["host3"],
+        "is not in this node's executor.authorized_keys",
     );
     assert!(
         !keys.path().join("started-host3").exists(),
@@ -293,18 +291,13 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn frame(bytes: &[u8]) -> Vec<u8> {
-    let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
-
-fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).ok()?;
-    Some(buf)
+/// A result refused by the target for a reason containing `why`.
+fn assert_refused(r: &Value, why: &str) {
+    assert_eq!(r["state"], "refused", "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains(why)),
+        "`{why}` in {r}"
+    );
 }
 
 /// What an attacker with the cluster key can do: seal any bytes and send them.
@@ -384,13 +377,7 @@ fn only_requests_signed_by_an_authorized_key_run_once_and_every_refusal_is_count
     let refused = rogue
         .send(&key.sign(&request("d1", &append)))
         .expect("answer");
-    assert_eq!(refused["state"], "refused", "{refused}");
-    assert!(
-        refused["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("disabled")),
-        "{refused}"
-    );
+    assert_refused(&refused, "disabled");
     // Asked through the API without a key to sign with: a clear error, nothing sent.
     let out = agent.cli(["executors", "exec", "web", "true"]);
     assert_eq!(out.status.code(), Some(2));
@@ -417,44 +404,24 @@ fn only_requests_signed_by_an_authorized_key_run_once_and_every_refusal_is_count
     let r = rogue
         .send(&thief.sign(&request("t1", &append)))
         .expect("answer");
-    assert_eq!(r["state"], "refused", "{r}");
-    assert!(
-        r["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("not in this node's")),
-        "{r}"
-    );
+    assert_refused(&r, "not in this node's");
     // Signed by the operator, then one byte of the command changed.
     let mut tampered = key.sign(&request("t2", &format!("{append}; echo x")));
     let last = tampered.len() - 20;
     tampered[last] ^= 0x20;
     let r = rogue.send(&tampered).expect("answer");
-    assert_eq!(r["state"], "refused", "{r}");
-    assert!(
-        r["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("bad signature")),
-        "{r}"
-    );
+    assert_refused(&r, "bad signature");
     // Expired.
     let mut old = request("t3", &append);
     old.issued_at_ms -= 200_000;
     old.expires_at_ms = old.issued_at_ms + 60_000;
     let r = rogue.send(&key.sign(&old)).expect("answer");
-    assert!(
-        r["error"].as_str().is_some_and(|e| e.contains("expired")),
-        "{r}"
-    );
+    assert_refused(&r, "expired");
     // For another group.
     let mut db = request("t4", &append);
     db.group = "db".into();
     let r = rogue.send(&key.sign(&db)).expect("answer");
-    assert!(
-        r["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("not in group `db`")),
-        "{r}"
-    );
+    assert_refused(&r, "not in group `db`");
     // Unsealed: the cluster transport refuses it before the executor sees it.
     let mut plain = vec![opsbro_exec::KIND_REQUEST];
     plain.extend_from_slice(&key.sign(&request("t5", &append)));
@@ -470,11 +437,7 @@ fn only_requests_signed_by_an_authorized_key_run_once_and_every_refusal_is_count
     assert_eq!(r["state"], "done", "{r}");
     assert_eq!(r["rc"], 0, "{r}");
     let r = rogue.send(&signed).expect("answer");
-    assert_eq!(r["state"], "refused", "{r}");
-    assert!(
-        r["error"].as_str().is_some_and(|e| e.contains("replayed")),
-        "{r}"
-    );
+    assert_refused(&r, "replayed");
     assert_eq!(
         std::fs::read_to_string(&marker).expect("marker"),
         "ran\n",

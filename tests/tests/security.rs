@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use opsbro_gossip::codec::{self, Message, PushPull};
 use opsbro_gossip::{MemberState, NodeRecord};
 use opsbro_tests::{
-    Agent, AgentOptions, DEADLINE, http, keygen, opsbro_bin, opsbro_command, stderr, stdout,
-    wait_for,
+    Agent, AgentOptions, DEADLINE, frame, http, keygen, opsbro_bin, opsbro_command, read_frame,
+    stderr, stdout, wait_for,
 };
 use opsbro_types::NodeUuid;
 use serde_json::Value;
@@ -68,20 +68,6 @@ fn send_udp(to: SocketAddr, bytes: &[u8]) {
 }
 
 /// One cluster frame: `[u32 length][bytes]`.
-fn frame(bytes: &[u8]) -> Vec<u8> {
-    let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
-
-fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).ok()?;
-    Some(buf)
-}
-
 fn write_pack(root: &Path, pack: &str, files: &[(&str, String)]) {
     for (rel, text) in files {
         let path = root.join(pack).join(rel);

@@ -26,6 +26,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::{CHANNELS, Event, EventBus};
 
+/// Channels only clients with the token get: key names and commands (with their arguments) may
+/// say too much.
+const PRIVATE: [&str; 2] = ["kv", "exec"];
+
 /// Longest a frame may wait for a client's socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time between pings.
@@ -193,7 +197,7 @@ async fn upgrade(
     };
     let filter = if anonymous {
         let all: Vec<&'static str> = filter.unwrap_or_else(|| CHANNELS.to_vec());
-        Some(all.into_iter().filter(|c| *c != "kv").collect())
+        Some(all.into_iter().filter(|c| !PRIVATE.contains(c)).collect())
     } else {
         filter
     };
