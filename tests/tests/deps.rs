@@ -57,7 +57,11 @@ fn programs_used() -> BTreeSet<String> {
             used.insert(name.to_owned());
         }
         for (i, _) in text.match_indices("\"exec\",") {
-            // `"netns", "exec", &ns, "python3", ...`: the first literal after the namespace.
+            // `"netns", "exec", &ns, "python3", ...`: the first literal after the namespace
+            // (not `"executors", "exec", "web", ...`: opsbro's own arguments).
+            if !text[..i].trim_end().ends_with("\"netns\",") {
+                continue;
+            }
             let rest = &text[i..text.len().min(i + 200)];
             let rest = &rest[..rest.find("])").unwrap_or(rest.len())];
             if let Some(name) = rest
