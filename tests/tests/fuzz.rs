@@ -189,6 +189,7 @@ fn gossip_seeds() -> Vec<Vec<u8>> {
         Message::DetectPing {
             id: 10,
             from: b,
+            zone: "internet".into(), // zones: the asker's zone (wire version 5)
             padding: 4,
         },
         Message::DetectPong {

@@ -1071,6 +1071,7 @@ fn a_lan_attacker_gets_no_amplified_answer_and_cannot_join_a_keyed_cluster() {
     let bare = datagram(&[Message::DetectPing {
         id: 1,
         from: record("attacker", 99).uuid,
+        zone: "internet".into(), // zones: the asker's zone (wire version 5)
         padding: 0,
     }]);
     assert!(bare.len() <= 32);
@@ -1078,6 +1079,7 @@ fn a_lan_attacker_gets_no_amplified_answer_and_cannot_join_a_keyed_cluster() {
     let padded = datagram(&[Message::DetectPing {
         id: 2,
         from: record("attacker", 99).uuid,
+        zone: "internet".into(), // zones: the asker's zone (wire version 5)
         padding: codec::DETECT_PING_SIZE - 40,
     }]);
     let answers = probe_from(&lan, 1, target, &padded);

@@ -561,7 +561,8 @@ impl Driver {
                 let effects = self.core.take_effects();
                 for e in effects {
                     match e {
-                        Effect::PushPull { to, payload } if to == addr && waiter.is_some() => {
+                        // zones: the destination zone (per-zone keys) is not used yet
+                        Effect::PushPull { to, payload, .. } if to == addr && waiter.is_some() => {
                             self.spawn_push_pull(to, payload, waiter.take());
                         }
                         other => self.core_effect_later(other),
@@ -810,7 +811,8 @@ impl Driver {
         }
         for e in effects {
             match e {
-                Effect::Send { to, bytes } => {
+                // zones: the destination zone (per-zone keys) is not used yet
+                Effect::Send { to, bytes, .. } => {
                     tracing::trace!(peer = %to, len = bytes.len(), "gossip send");
                     let sealed = self.seal(&bytes);
                     match self.udp.send_to(&sealed, to).await {
@@ -823,7 +825,8 @@ impl Driver {
                         Err(e) => tracing::debug!(peer = %to, error = %e, "gossip send failed"),
                     }
                 }
-                Effect::PushPull { to, payload } => self.spawn_push_pull(to, payload, None),
+                // zones: the destination zone (per-zone keys) is not used yet
+                Effect::PushPull { to, payload, .. } => self.spawn_push_pull(to, payload, None),
                 Effect::MemberChanged(c) => {
                     match c.old {
                         None => {

@@ -27,6 +27,9 @@ struct Entry {
     order: u64,
 }
 
+/// Most messages a filtered selection passes over before it stops looking.
+pub const MAX_SKIPPED: usize = 1024;
+
 /// Queue ordered by (transmits, newest first).
 #[derive(Debug, Default)]
 pub struct BroadcastQueue {
@@ -97,15 +100,32 @@ impl BroadcastQueue {
 
     /// Take messages fitting in `budget` bytes (each costs its length), least transmitted first;
     /// count one transmit for each and drop those that reach `limit`.
-    pub fn select(&mut self, mut budget: usize, limit: u32) -> Vec<Vec<u8>> {
+    pub fn select(&mut self, budget: usize, limit: u32) -> Vec<Vec<u8>> {
+        self.select_for(budget, limit, |_| true)
+    }
+
+    /// [`BroadcastQueue::select`] among the messages `keep` accepts (the news a destination
+    /// may receive: a node never gets news about members of zones it may not see). At most
+    /// [`MAX_SKIPPED`] refused messages are looked at per call.
+    pub fn select_for(
+        &mut self,
+        mut budget: usize,
+        limit: u32,
+        mut keep: impl FnMut(BroadcastKey) -> bool,
+    ) -> Vec<Vec<u8>> {
         let mut chosen = Vec::new();
         let mut taken = Vec::new();
         // Looking for a smaller message that still fits is worth a few tries, not a scan of a
         // queue that can hold thousands of entries during a mass join.
         let mut misses = 0;
+        let mut skipped = 0;
         for &(transmits, order, key) in &self.ordered {
-            if budget < 8 || misses >= 16 {
+            if budget < 8 || misses >= 16 || skipped >= MAX_SKIPPED {
                 break;
+            }
+            if !keep(key.key()) {
+                skipped += 1;
+                continue;
             }
             let Some(e) = self.entries.get(&key.key()) else {
                 continue;
@@ -164,6 +184,17 @@ mod tests {
         // Both at 1 transmit; both fit; both reach the limit and go.
         assert_eq!(q.select(100, 2).len(), 2);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_filtered_selection_leaves_the_refused_messages_untouched() {
+        let mut q = BroadcastQueue::default();
+        q.push(node(1), vec![1; 10]);
+        q.push(node(2), vec![2; 10]);
+        let only_1 = |k: BroadcastKey| k == node(1);
+        assert_eq!(q.select_for(100, 1, only_1), vec![vec![1; 10]]);
+        assert_eq!(q.len(), 1, "1 reached its limit, 2 was not sent");
+        assert_eq!(q.select(100, 1), vec![vec![2; 10]]);
     }
 
     #[test]

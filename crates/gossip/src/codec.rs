@@ -13,8 +13,9 @@ use opsbro_types::names;
 
 use crate::member::{CheckSummary, MAX_INCARNATION, MemberState, NodeRecord, ServiceRecord};
 
-/// Version of the wire format; bumped on any incompatible change.
-pub const VERSION: u8 = 4;
+/// Version of the wire format; bumped on any incompatible change (5: the detect-ping carries
+/// the asker's zone).
+pub const VERSION: u8 = 5;
 /// Largest datagram we send (and the most we read): fits a 1500-byte MTU with IP/UDP headers and
 /// the encryption overhead.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -159,6 +160,8 @@ pub enum Message {
         id: u64,
         /// The asking node (it does not answer itself).
         from: NodeUuid,
+        /// The asking node's zone (who answers depends on it).
+        zone: String,
         /// Zero bytes of padding: an agent that must not answer with more than it received
         /// (no key) can then still answer (see [`DETECT_PING_SIZE`]).
         padding: usize,
@@ -450,10 +453,16 @@ impl Writer {
                 self.u8(9);
                 self.event(e);
             }
-            Message::DetectPing { id, from, padding } => {
+            Message::DetectPing {
+                id,
+                from,
+                zone,
+                padding,
+            } => {
                 self.u8(10);
                 self.varint(*id);
                 self.uuid(from);
+                self.str(zone);
                 self.varint(*padding as u64);
                 self.buf.resize(self.buf.len() + padding, 0);
             }
@@ -814,9 +823,15 @@ impl<'a> Reader<'a> {
             10 => {
                 let id = self.varint()?;
                 let from = self.uuid()?;
+                let zone = self.name("zone", names::MAX_GROUP, names::zone)?;
                 let padding = self.len("padding", MAX_DATAGRAM)?;
                 self.take(padding)?;
-                Message::DetectPing { id, from, padding }
+                Message::DetectPing {
+                    id,
+                    from,
+                    zone,
+                    padding,
+                }
             }
             11 => Message::DetectPong {
                 id: self.varint()?,
@@ -974,6 +989,7 @@ mod tests {
             Message::DetectPing {
                 id: 77,
                 from: b,
+                zone: "dc1".into(),
                 padding: 3,
             },
             Message::DetectPong {

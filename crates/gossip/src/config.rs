@@ -51,6 +51,9 @@ pub struct GossipConfig {
     /// are not authenticated, and a forged source address must not turn this agent into an
     /// amplifier). Acks then carry less piggybacked news.
     pub cap_replies: bool,
+    /// The zone tree: which members this node keeps, probes and gossips with (see
+    /// [`crate::zones`]). The node's own zone and proxy flag are in its record.
+    pub zones: crate::ZoneTree,
 }
 
 impl Default for GossipConfig {
@@ -75,6 +78,7 @@ impl Default for GossipConfig {
             max_new_members_per_peer: 1000,
             new_members_window: Duration::from_secs(10),
             cap_replies: false,
+            zones: crate::ZoneTree::default(),
         }
     }
 }

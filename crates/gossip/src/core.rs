@@ -17,6 +17,7 @@ use crate::broadcast::{BroadcastKey, BroadcastQueue};
 use crate::codec::{self, DecodeError, Message, PushPull, UserEvent};
 use crate::config::GossipConfig;
 use crate::member::{CheckSummary, MAX_INCARNATION_STEP, MemberState, NodeRecord, ServiceRecord};
+use crate::zones::Relation;
 
 /// Time in milliseconds. The agent passes a monotonic clock anchored at the Unix epoch at start;
 /// the simulator passes virtual time.
@@ -36,6 +37,9 @@ pub enum Effect {
     Send {
         /// Destination.
         to: SocketAddr,
+        /// The destination's zone: the driver seals the datagram with this zone's key when it
+        /// holds it, else with its own zone's key.
+        zone: String,
         /// Encoded datagram (before encryption).
         bytes: Vec<u8>,
     },
@@ -44,7 +48,10 @@ pub enum Effect {
     PushPull {
         /// Destination.
         to: SocketAddr,
-        /// Our state.
+        /// The destination's zone (this node's own zone for a join to an address of unknown
+        /// zone); sealing as for [`Effect::Send`].
+        zone: String,
+        /// Our state (what the destination may see of it).
         payload: PushPull,
     },
     /// A member changed state (or appeared: `old` is None).
@@ -111,6 +118,10 @@ pub struct Stats {
     /// Answers not sent (or sent smaller) because they would have been larger than the
     /// unauthenticated datagram that asked for them.
     pub replies_capped: u64,
+    /// News dropped because it was about a member of a zone this node may not see.
+    pub zone_filtered: u64,
+    /// Push-pulls refused and detect-pings left unanswered because of the asker's zone.
+    pub zone_refused: u64,
 }
 
 /// Where the input being handled came from: new members are admitted per peer.
@@ -160,6 +171,102 @@ struct Relay {
     capped: bool,
 }
 
+/// A set of members with O(1) insert, remove and random sampling (order: insertion, with
+/// swap-remove).
+#[derive(Debug, Default)]
+struct LiveSet {
+    list: Vec<NodeUuid>,
+    pos: HashMap<NodeUuid, usize>,
+}
+
+impl LiveSet {
+    fn insert(&mut self, uuid: NodeUuid) {
+        if self.pos.contains_key(&uuid) {
+            return;
+        }
+        self.pos.insert(uuid, self.list.len());
+        self.list.push(uuid);
+    }
+
+    fn remove(&mut self, uuid: NodeUuid) {
+        if let Some(pos) = self.pos.remove(&uuid) {
+            self.list.swap_remove(pos);
+            if let Some(moved) = self.list.get(pos) {
+                self.pos.insert(*moved, pos);
+            }
+        }
+    }
+
+    fn contains(&self, uuid: &NodeUuid) -> bool {
+        self.pos.contains_key(uuid)
+    }
+
+    fn set(&mut self, uuid: NodeUuid, member: bool) {
+        if member {
+            self.insert(uuid);
+        } else {
+            self.remove(uuid);
+        }
+    }
+}
+
+/// Where a member stands for this node's protocol duties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Same zone: probed and gossiped with.
+    Own,
+    /// A proxy of the upper or of a direct sub-zone while this node is a proxy: probed and
+    /// gossiped with too.
+    Cross,
+    /// Kept (visible) but neither probed nor gossiped with: its zone decides about it.
+    Seen,
+}
+
+/// Up to `k` distinct random members of `list`, excluding `except`.
+fn sample(
+    list: &[NodeUuid],
+    rng: &mut StdRng,
+    k: usize,
+    except: Option<NodeUuid>,
+) -> Vec<NodeUuid> {
+    let n = list.len();
+    let want = k.min(n);
+    let mut out = Vec::with_capacity(want);
+    if want == 0 {
+        return out;
+    }
+    if n <= k * 3 {
+        let mut all: Vec<NodeUuid> = list
+            .iter()
+            .copied()
+            .filter(|u| Some(*u) != except)
+            .collect();
+        all.shuffle(rng);
+        all.truncate(k);
+        return all;
+    }
+    let mut tries = 0;
+    while out.len() < want && tries < k * 10 {
+        tries += 1;
+        let id = list[rng.random_range(0..n)];
+        if Some(id) != except && !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// How a push-pull from a node of another zone is answered (the original's rule).
+enum Answer {
+    /// Everything this node may show the asker (same zone, or the asker's zone is above).
+    All,
+    /// This node is a proxy and the asker's zone a direct sub-zone: this zone's proxies and
+    /// the members of the asker's zone.
+    ProxyView,
+    /// Nothing.
+    Refuse,
+}
+
 /// One entry of the membership history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -181,8 +288,14 @@ pub struct Gossip {
     me: NodeRecord,
     members: HashMap<NodeUuid, Member>,
     /// Alive/suspect members, for O(1) random sampling.
-    live: Vec<NodeUuid>,
-    live_pos: HashMap<NodeUuid, usize>,
+    live: LiveSet,
+    /// Live members of this node's zone (probed, gossiped with).
+    own: LiveSet,
+    /// Live proxies of the upper and direct sub-zones, while this node is a proxy (probed,
+    /// gossiped with).
+    cross: LiveSet,
+    /// Member by address, for the zone of a reply's destination.
+    by_addr: HashMap<SocketAddr, NodeUuid>,
     probe_order: Vec<NodeUuid>,
     probe_index: usize,
     rng: StdRng,
@@ -246,8 +359,10 @@ impl Gossip {
         Self {
             me,
             members: HashMap::default(),
-            live: Vec::new(),
-            live_pos: HashMap::default(),
+            live: LiveSet::default(),
+            own: LiveSet::default(),
+            cross: LiveSet::default(),
+            by_addr: HashMap::default(),
             probe_order: Vec::new(),
             probe_index: 0,
             rng,
@@ -307,12 +422,17 @@ impl Gossip {
 
     /// Number of alive or suspect members, this node included.
     pub fn live_count(&self) -> usize {
-        self.live.len() + 1
+        self.live.list.len() + 1
     }
 
     /// Alive or suspect members (not this node), in no particular order.
     pub fn live_members(&self) -> &[NodeUuid] {
-        &self.live
+        &self.live.list
+    }
+
+    /// The zone tree this node applies.
+    pub fn zones(&self) -> &crate::ZoneTree {
+        &self.cfg.zones
     }
 
     /// Membership history, oldest first.
@@ -355,10 +475,98 @@ impl Gossip {
 
     /// Start joining through `addr` (a seed or `gossip join` target).
     pub fn join(&mut self, addr: SocketAddr) {
-        let payload = self.local_state(true);
+        // The seed's zone is unknown (unless it is a member already): seal for our own zone.
+        let zone = self.zone_of_addr(addr);
+        let payload = self.local_state_for(&zone, true);
         self.stats.push_pulls += 1;
         self.joining = true;
-        self.effects.push(Effect::PushPull { to: addr, payload });
+        self.effects.push(Effect::PushPull {
+            to: addr,
+            zone,
+            payload,
+        });
+    }
+
+    /// Move this node to `zone` (a live `zone change`): the new record is announced with a
+    /// new incarnation (and sent to the old zone's members, which then forget this node),
+    /// members the new zone may not see are forgotten (no member change is reported for
+    /// them: they did not change, this node stopped seeing them), and a push-pull with a
+    /// member of the new zone (else a proxy of an upper zone) fetches the new zone's view.
+    pub fn set_zone(&mut self, now: Time, zone: String) {
+        self.now = self.now.max(now);
+        if zone == self.me.zone {
+            return;
+        }
+        let old_peers: Vec<NodeUuid> = self.own.list.clone();
+        self.me.zone = zone;
+        let gone: Vec<NodeUuid> = self
+            .members
+            .values()
+            .filter(|m| !self.visible(&m.record))
+            .map(|m| m.record.uuid)
+            .collect();
+        for uuid in gone {
+            self.forget(uuid);
+        }
+        let n = self.peer_count();
+        let all: Vec<NodeUuid> = self.members.keys().copied().collect();
+        for uuid in all {
+            self.place(uuid);
+            // Suspicions are timed by the zone that decides about the member.
+            let decides = self.decides(&uuid);
+            let suspect = self
+                .members
+                .get(&uuid)
+                .is_some_and(|m| m.record.state == MemberState::Suspect);
+            if !decides {
+                self.suspect_deadlines.remove(&uuid);
+            } else if suspect && !self.suspect_deadlines.contains_key(&uuid) {
+                let timeout = ms(self.cfg.suspicion_timeout(n, 0));
+                self.suspect_deadlines.insert(uuid, now + timeout);
+            }
+        }
+        self.probe_order.clear();
+        self.probe_index = 0;
+        self.bump_and_announce();
+        // The old zone's members no longer hear from us: tell them where we went (each one
+        // that may not see us any more forgets us on receipt).
+        let alive = codec::encode_message(&Message::Alive(self.me.clone()));
+        if alive.len() + codec::datagram_overhead(1) <= self.cfg.max_datagram {
+            for uuid in old_peers {
+                if !self.own.contains(&uuid)
+                    && let Some(addr) = self.addr_of(&uuid)
+                {
+                    self.push_send(addr, codec::datagram([alive.as_slice()]));
+                }
+            }
+        }
+        let mut target = sample(&self.own.list, &mut self.rng, 1, None);
+        if target.is_empty() {
+            let upper: Vec<NodeUuid> = self
+                .live
+                .list
+                .iter()
+                .copied()
+                .filter(|u| {
+                    self.members.get(u).is_some_and(|m| {
+                        m.record.is_proxy && self.cfg.zones.is_above(&m.record.zone, &self.me.zone)
+                    })
+                })
+                .collect();
+            target = sample(&upper, &mut self.rng, 1, None);
+        }
+        if let Some(peer) = target.first()
+            && let Some(m) = self.members.get(peer)
+        {
+            let (addr, zone) = (m.record.addr, m.record.zone.clone());
+            let payload = self.local_state_for(&zone, false);
+            self.stats.push_pulls += 1;
+            self.effects.push(Effect::PushPull {
+                to: addr,
+                zone,
+                payload,
+            });
+        }
     }
 
     /// Change this node's groups (static or detected); gossiped with a new incarnation.
@@ -419,13 +627,10 @@ impl Gossip {
         let bytes = codec::encode_message(&msg);
         self.queue
             .push(BroadcastKey::Node(self.me.uuid), bytes.clone());
-        let targets = self.sample_live(self.cfg.gossip_nodes * 2, None);
+        let targets = self.gossip_targets(self.cfg.gossip_nodes * 2);
         for t in targets {
             if let Some(addr) = self.addr_of(&t) {
-                self.effects.push(Effect::Send {
-                    to: addr,
-                    bytes: codec::datagram([bytes.as_slice()]),
-                });
+                self.push_send(addr, codec::datagram([bytes.as_slice()]));
             }
         }
         self.push_history(
@@ -461,6 +666,7 @@ impl Gossip {
         let mut msg = Message::DetectPing {
             id,
             from: self.me.uuid,
+            zone: self.me.zone.clone(),
             padding: 0,
         };
         let bare = codec::datagram([codec::encode_message(&msg).as_slice()]).len();
@@ -551,6 +757,13 @@ impl Gossip {
                         from: self.me.uuid,
                     };
                     self.send_with_piggyback(from, &ack);
+                    // A member of a zone that may not see us probes us: it missed our move to
+                    // another zone. Our record makes it forget us.
+                    if let Some(z) = self.known_zone_of_addr(from)
+                        && !self.cfg.zones.may_see(&z, &self.me.zone, self.me.is_proxy)
+                    {
+                        self.correct(now, Some(from), self.me.uuid);
+                    }
                 }
             }
             Message::Ack { seq, .. } => {
@@ -645,14 +858,25 @@ impl Gossip {
             } => self.handle_dead(now, node, incarnation, from, Some(sender)),
             Message::Leave { node, incarnation } => self.handle_leave(now, node, incarnation),
             Message::Event(e) => self.handle_event(now, e),
-            Message::DetectPing { id, from, .. } => {
+            Message::DetectPing { id, from, zone, .. } => {
                 // Never answer ourselves; answer each asker at most once a second (a broadcast
                 // storm must not turn into a reply storm).
                 let limited = self
                     .detect_replies
                     .get(&sender)
                     .is_some_and(|t| now.saturating_sub(*t) < 1000);
-                if from != self.me.uuid && !self.leaving && !limited {
+                // The original's rule: same zone, an asker from an upper zone, or we are a
+                // proxy and the asker's zone is a direct sub-zone of ours.
+                let zone_ok = match self.cfg.zones.relation(&self.me.zone, &zone) {
+                    Relation::Same | Relation::Upper => true,
+                    Relation::Lower => {
+                        self.me.is_proxy && self.cfg.zones.is_direct_sub_zone(&zone, &self.me.zone)
+                    }
+                    Relation::Other => false,
+                };
+                if from != self.me.uuid && !self.leaving && !limited && !zone_ok {
+                    self.stats.zone_refused += 1;
+                } else if from != self.me.uuid && !self.leaving && !limited {
                     self.detect_replies.insert(sender, now);
                     // Who we are, not how we are: check states and services stay out of the
                     // answer (it must fit one datagram; a joiner learns the rest by push-pull).
@@ -664,7 +888,13 @@ impl Gossip {
                     if self.reply_cap.is_some_and(|cap| bytes.len() > cap) {
                         self.stats.replies_capped += 1;
                     } else {
-                        self.effects.push(Effect::Send { to: sender, bytes });
+                        // Sealed for the asker's zone (the driver falls back to our own key
+                        // when it does not hold that one, as for an asker from above).
+                        self.effects.push(Effect::Send {
+                            to: sender,
+                            zone,
+                            bytes,
+                        });
                     }
                 }
             }
@@ -678,12 +908,64 @@ impl Gossip {
 
     /// A push-pull request arrived over TCP: merge it, then answer with our state (merging first
     /// means a refutation of our own death is already in the answer).
+    ///
+    /// Zones (the original's rule): an asker of this zone or of an upper zone gets everything
+    /// it may see of our view; an asker of a direct sub-zone asking a proxy gets this zone's
+    /// proxies and the members of its own zone; anyone else gets an empty answer (and its
+    /// request is not merged). The asker's zone is its own record, the first of the request.
     pub fn handle_push_pull(&mut self, now: Time, from: SocketAddr, request: PushPull) -> PushPull {
         self.now = self.now.max(now);
+        let asker = request.members.first().map(|r| r.zone.clone());
+        let rule = asker
+            .as_deref()
+            .map_or(Answer::Refuse, |z| self.answer_rule(z));
+        let Some(asker_zone) = asker.filter(|_| !matches!(rule, Answer::Refuse)) else {
+            self.stats.zone_refused += 1;
+            return PushPull {
+                join: false,
+                members: Vec::new(),
+                events: Vec::new(),
+            };
+        };
         self.source = Source::Peer(from);
         self.merge(now, request);
         self.source = Source::Local;
-        self.local_state(false)
+        match rule {
+            Answer::ProxyView => self.proxy_view_for(&asker_zone),
+            _ => self.local_state_for(&asker_zone, false),
+        }
+    }
+
+    /// How a push-pull from a node of `asker_zone` is answered.
+    fn answer_rule(&self, asker_zone: &str) -> Answer {
+        match self.cfg.zones.relation(&self.me.zone, asker_zone) {
+            Relation::Same | Relation::Upper => Answer::All,
+            Relation::Lower
+                if self.me.is_proxy
+                    && self.cfg.zones.is_direct_sub_zone(asker_zone, &self.me.zone) =>
+            {
+                Answer::ProxyView
+            }
+            _ => Answer::Refuse,
+        }
+    }
+
+    /// A proxy's answer to a node of a direct sub-zone: ourselves, this zone's proxies and the
+    /// members of the asker's zone.
+    fn proxy_view_for(&self, asker_zone: &str) -> PushPull {
+        PushPull {
+            join: false,
+            members: self
+                .members()
+                .filter(|r| {
+                    r.uuid == self.me.uuid
+                        || (r.zone == self.me.zone && r.is_proxy)
+                        || r.zone == asker_zone
+                })
+                .cloned()
+                .collect(),
+            events: self.events.iter().map(|(_, e)| e.clone()).collect(),
+        }
     }
 
     /// A part of a push-pull request that comes in several parts (a big state travels in
@@ -691,6 +973,14 @@ impl Gossip {
     /// [`Gossip::handle_push_pull`].
     pub fn handle_push_pull_part(&mut self, now: Time, from: SocketAddr, part: PushPull) {
         self.now = self.now.max(now);
+        let allowed = part
+            .members
+            .first()
+            .is_some_and(|r| !matches!(self.answer_rule(&r.zone), Answer::Refuse));
+        if !allowed {
+            self.stats.zone_refused += 1;
+            return;
+        }
         self.source = Source::Peer(from);
         self.merge(now, part);
         self.source = Source::Local;
@@ -727,8 +1017,22 @@ impl Gossip {
             .map(|r| r.uuid)
             .unwrap_or(self.me.uuid);
         for record in state.members {
+            if record.state != MemberState::Alive
+                && record.uuid != self.me.uuid
+                && !self.visible(&record)
+            {
+                self.stats.zone_filtered += 1;
+                continue;
+            }
             match record.state {
                 MemberState::Alive => self.handle_alive(now, record),
+                // The zone that decides about a member we do not probe said it is dead:
+                // believe it (we cannot check it ourselves).
+                MemberState::Dead
+                    if record.uuid != self.me.uuid && self.decided_elsewhere(&record.uuid) =>
+                {
+                    self.handle_dead(now, record.uuid, record.incarnation, sender, None);
+                }
                 // A remote "dead" is only a suspicion here: if the node is in fact alive it gets
                 // the chance to refute (this is what heals partitions).
                 MemberState::Suspect | MemberState::Dead => {
@@ -773,7 +1077,7 @@ impl Gossip {
                 };
         }
         if now >= self.next_push_pull {
-            let n = self.live_count();
+            let n = self.peer_count();
             let normal = ms(self.cfg.push_pull_interval_for(n));
             self.next_push_pull = if self.fast_sync_ms > 0 && self.fast_sync_ms * 2 < normal {
                 self.fast_sync_ms *= 2;
@@ -789,12 +1093,8 @@ impl Gossip {
         if self.push_pull_soon && now >= self.next_push_pull_soon && !self.leaving {
             self.push_pull_soon = false;
             self.next_push_pull_soon = Time::MAX;
-            for peer in self.sample_live(self.cfg.gossip_nodes, None) {
-                if let Some(addr) = self.addr_of(&peer) {
-                    let payload = self.local_state(false);
-                    self.stats.push_pulls += 1;
-                    self.effects.push(Effect::PushPull { to: addr, payload });
-                }
+            for peer in self.gossip_targets(self.cfg.gossip_nodes) {
+                self.push_pull_with(&peer);
             }
         }
         if now >= self.next_reap {
@@ -848,7 +1148,7 @@ impl Gossip {
         {
             let (target, seq) = (p.target, p.seq);
             let addr = self.addr_of(&target);
-            let helpers = self.sample_live(self.cfg.indirect_checks, Some(target));
+            let helpers = self.helpers(self.cfg.indirect_checks, target);
             let mut sent = 0;
             if let Some(target_addr) = addr {
                 for h in helpers {
@@ -926,12 +1226,13 @@ impl Gossip {
             while self.probe_index < self.probe_order.len() {
                 let id = self.probe_order[self.probe_index];
                 self.probe_index += 1;
-                if self.live_pos.contains_key(&id) {
+                if self.decides(&id) {
                     return Some(id);
                 }
             }
-            // End of a round: new random order of the live members.
-            self.probe_order = self.live.clone();
+            // End of a round: new random order of the members we probe.
+            self.probe_order = self.own.list.clone();
+            self.probe_order.extend_from_slice(&self.cross.list);
             self.probe_order.shuffle(&mut self.rng);
             self.probe_index = 0;
         }
@@ -998,7 +1299,7 @@ impl Gossip {
     // Dissemination
 
     fn gossip_round(&mut self) {
-        if self.live.is_empty() {
+        if self.own.list.is_empty() && self.cross.list.is_empty() {
             // Nobody to tell: news would wait forever (and keep the busy cadence). A node that
             // joins later gets our state by push-pull.
             self.queue = BroadcastQueue::default();
@@ -1006,51 +1307,116 @@ impl Gossip {
         if self.queue.is_empty() {
             return;
         }
-        let targets = self.sample_live(self.cfg.gossip_nodes, None);
-        let limit = self.cfg.retransmit_limit(self.live_count());
+        let targets = self.gossip_targets(self.cfg.gossip_nodes);
+        let limit = self.cfg.retransmit_limit(self.peer_count());
+        // Once nothing is left for our own zone, nothing is left for its other members; the
+        // proxies of other zones may still have news due (filtered for them).
+        let mut own_done = false;
         for t in targets {
-            let Some(addr) = self.addr_of(&t) else {
+            let Some(m) = self.members.get(&t) else {
                 continue;
             };
+            let (addr, zone) = (m.record.addr, m.record.zone.clone());
+            let same = zone == self.me.zone;
+            if same && own_done {
+                continue;
+            }
             let budget = self.cfg.max_datagram - codec::datagram_overhead(255);
-            let parts = self.queue.select(budget, limit);
+            let parts = self.select_for_zone(&zone, budget, limit);
             if parts.is_empty() {
-                break;
+                own_done |= same;
+                continue;
             }
             let bytes = codec::datagram(parts.iter().map(Vec::as_slice));
-            self.effects.push(Effect::Send { to: addr, bytes });
+            self.effects.push(Effect::Send {
+                to: addr,
+                zone,
+                bytes,
+            });
         }
+    }
+
+    /// Queued news a node of `zone` may receive, within `budget` bytes.
+    fn select_for_zone(&mut self, zone: &str, budget: usize, limit: u32) -> Vec<Vec<u8>> {
+        if zone == self.me.zone {
+            // Same zone, same visibility: everything we hold may go.
+            return self.queue.select(budget, limit);
+        }
+        let (members, zones, me) = (&self.members, &self.cfg.zones, &self.me);
+        self.queue.select_for(budget, limit, |key| {
+            let about = match key {
+                BroadcastKey::Node(u) | BroadcastKey::Confirm(u, _) => u,
+                BroadcastKey::Event(_) => return true,
+            };
+            let (z, proxy) = if about == me.uuid {
+                (me.zone.as_str(), me.is_proxy)
+            } else {
+                match members.get(&about) {
+                    Some(m) => (m.record.zone.as_str(), m.record.is_proxy),
+                    None => return false,
+                }
+            };
+            zones.may_see(zone, z, proxy)
+        })
     }
 
     fn push_pull_round(&mut self) {
-        if let Some(peer) = self.sample_live(1, None).first().copied()
-            && let Some(addr) = self.addr_of(&peer)
-        {
-            let payload = self.local_state(false);
-            self.stats.push_pulls += 1;
-            self.effects.push(Effect::PushPull { to: addr, payload });
+        // A member of our zone; a proxy may also pick a proxy of the upper or a direct
+        // sub-zone.
+        let peer = if self.cross.list.is_empty() {
+            sample(&self.own.list, &mut self.rng, 1, None)
+        } else {
+            let mut all = self.own.list.clone();
+            all.extend_from_slice(&self.cross.list);
+            sample(&all, &mut self.rng, 1, None)
+        };
+        if let Some(peer) = peer.first() {
+            self.push_pull_with(peer);
         }
         // Partition healing: also try one dead (not left) member; if it is in fact alive on the
         // other side of a healed partition, the exchange makes both sides refute and reconverge.
-        let dead: Vec<SocketAddr> = self
+        // Only members we probe: the others' zones decide about them.
+        let dead: Vec<NodeUuid> = self
             .members
             .values()
-            .filter(|m| m.record.state == MemberState::Dead)
-            .map(|m| m.record.addr)
+            .filter(|m| {
+                m.record.state == MemberState::Dead && self.class_of(&m.record) != Class::Seen
+            })
+            .map(|m| m.record.uuid)
             .collect();
         if !dead.is_empty() {
-            let addr = dead[self.rng.random_range(0..dead.len())];
-            let payload = self.local_state(false);
-            self.stats.push_pulls += 1;
-            self.effects.push(Effect::PushPull { to: addr, payload });
+            let uuid = dead[self.rng.random_range(0..dead.len())];
+            self.push_pull_with(&uuid);
         }
     }
 
-    /// Our full state for a push-pull: ourselves first, then every member.
-    fn local_state(&self, join: bool) -> PushPull {
+    /// Start a push-pull with member `uuid`.
+    fn push_pull_with(&mut self, uuid: &NodeUuid) {
+        let Some(m) = self.members.get(uuid) else {
+            return;
+        };
+        let (to, zone) = (m.record.addr, m.record.zone.clone());
+        let payload = self.local_state_for(&zone, false);
+        self.stats.push_pulls += 1;
+        self.effects.push(Effect::PushPull { to, zone, payload });
+    }
+
+    /// Our state for a push-pull with a node of `zone`: ourselves first, then every member
+    /// that zone may see (a node is never sent more than its visibility rule allows).
+    fn local_state_for(&self, zone: &str, join: bool) -> PushPull {
+        let members = if zone == self.me.zone {
+            self.members().cloned().collect()
+        } else {
+            self.members()
+                .filter(|r| {
+                    r.uuid == self.me.uuid || self.cfg.zones.may_see(zone, &r.zone, r.is_proxy)
+                })
+                .cloned()
+                .collect()
+        };
         PushPull {
             join,
-            members: self.members().cloned().collect(),
+            members,
             events: self.events.iter().map(|(_, e)| e.clone()).collect(),
         }
     }
@@ -1070,20 +1436,32 @@ impl Gossip {
             None => self.send_with_piggyback(to, ping),
             Some(suspect) => {
                 let parts = [codec::encode_message(ping), codec::encode_message(&suspect)];
-                self.effects.push(Effect::Send {
-                    to,
-                    bytes: codec::datagram(parts.iter().map(Vec::as_slice)),
-                });
+                self.push_send(to, codec::datagram(parts.iter().map(Vec::as_slice)));
             }
         }
     }
 
     /// One message alone in a datagram.
     fn send_bare(&mut self, to: SocketAddr, msg: &Message) {
-        self.effects.push(Effect::Send {
-            to,
-            bytes: codec::datagram([codec::encode_message(msg).as_slice()]),
-        });
+        self.push_send(to, codec::datagram([codec::encode_message(msg).as_slice()]));
+    }
+
+    /// Send a datagram to `to`, sealed for its zone.
+    fn push_send(&mut self, to: SocketAddr, bytes: Vec<u8>) {
+        let zone = self.zone_of_addr(to);
+        self.effects.push(Effect::Send { to, zone, bytes });
+    }
+
+    /// The zone of the member at `addr`, if we know one there.
+    fn known_zone_of_addr(&self, addr: SocketAddr) -> Option<String> {
+        let uuid = self.by_addr.get(&addr)?;
+        self.members.get(uuid).map(|m| m.record.zone.clone())
+    }
+
+    /// The zone to seal for when sending to `addr`: its member's, else our own.
+    fn zone_of_addr(&self, addr: SocketAddr) -> String {
+        self.known_zone_of_addr(addr)
+            .unwrap_or_else(|| self.me.zone.clone())
     }
 
     fn send_with_piggyback(&mut self, to: SocketAddr, msg: &Message) {
@@ -1100,12 +1478,13 @@ impl Gossip {
             room = room.min(cap);
         }
         let budget = room.saturating_sub(main.len() + codec::datagram_overhead(255));
-        let limit = self.cfg.retransmit_limit(self.live_count());
-        let extra = self.queue.select(budget, limit);
+        let limit = self.cfg.retransmit_limit(self.peer_count());
+        let zone = self.zone_of_addr(to);
+        let extra = self.select_for_zone(&zone, budget, limit);
         let bytes = codec::datagram(
             std::iter::once(main.as_slice()).chain(extra.iter().map(Vec::as_slice)),
         );
-        self.effects.push(Effect::Send { to, bytes });
+        self.effects.push(Effect::Send { to, zone, bytes });
     }
 
     fn broadcast(&mut self, key: BroadcastKey, msg: &Message) {
@@ -1153,6 +1532,18 @@ impl Gossip {
             }
             return;
         }
+        if !self.visible(&record) {
+            self.stats.zone_filtered += 1;
+            // A member that moved to a zone we may not see (or stopped being a proxy of an
+            // upper zone): forget it.
+            if let Some(m) = self.members.get(&record.uuid)
+                && record.incarnation > m.record.incarnation
+                && Self::is_plausible(m.record.incarnation, record.incarnation)
+            {
+                self.forget(record.uuid);
+            }
+            return;
+        }
         match self.members.get(&record.uuid) {
             None => {
                 if !self.admit(now) {
@@ -1187,7 +1578,10 @@ impl Gossip {
             self.accused(now, incarnation, reply_to);
             return;
         }
-        let n = self.live_count();
+        let n = self.peer_count();
+        // Only the members we probe get a suspicion timer here; the others' zones decide and
+        // their verdict reaches us as a death (or a refutation).
+        let timed = self.decides(&node);
         let Some(m) = self.members.get_mut(&node) else {
             return;
         };
@@ -1213,7 +1607,9 @@ impl Gossip {
                         confirmations: HashSet::default(),
                     });
                 }
-                self.suspect_deadlines.insert(node, now + timeout);
+                if timed {
+                    self.suspect_deadlines.insert(node, now + timeout);
+                }
                 let msg = Message::Suspect {
                     node,
                     incarnation,
@@ -1229,7 +1625,9 @@ impl Gossip {
                 }
                 let c = s.confirmations.len();
                 let deadline = s.started + ms(self.cfg.suspicion_timeout(n, c));
-                self.suspect_deadlines.insert(node, deadline);
+                if timed {
+                    self.suspect_deadlines.insert(node, deadline);
+                }
                 // Pass the confirmation on so other nodes shorten their timers too.
                 let msg = Message::Suspect {
                     node,
@@ -1323,6 +1721,12 @@ impl Gossip {
         {
             return;
         }
+        if let Some(z) = self.known_zone_of_addr(to)
+            && node != self.me.uuid
+            && !self.cfg.zones.may_see(&z, &record.zone, record.is_proxy)
+        {
+            return;
+        }
         self.corrections.insert((to, node), now);
         let bytes = codec::encode_message(&Message::Alive(record));
         if bytes.len() + codec::datagram_overhead(1) > self.cfg.max_datagram {
@@ -1335,10 +1739,7 @@ impl Gossip {
             self.stats.replies_capped += 1;
             return;
         }
-        self.effects.push(Effect::Send {
-            to,
-            bytes: codec::datagram([bytes.as_slice()]),
-        });
+        self.push_send(to, codec::datagram([bytes.as_slice()]));
     }
 
     /// Someone says we are suspect or dead: refute a current accusation, correct a stale one.
@@ -1417,8 +1818,7 @@ impl Gossip {
             .map(|m| m.record.uuid);
         match oldest {
             Some(uuid) => {
-                self.members.remove(&uuid);
-                self.queue.remove(BroadcastKey::Node(uuid));
+                self.forget(uuid);
                 true
             }
             None => {
@@ -1463,8 +1863,7 @@ impl Gossip {
             .map(|m| m.record.uuid)
             .collect();
         for id in gone {
-            self.members.remove(&id);
-            self.queue.remove(BroadcastKey::Node(id));
+            self.forget(id);
         }
         let event_ttl = ms(self.cfg.event_ttl);
         while let Some((t, _)) = self.events.front() {
@@ -1487,6 +1886,7 @@ impl Gossip {
         let uuid = record.uuid;
         let state = record.state;
         let name = record.name.clone();
+        self.by_addr.insert(record.addr, uuid);
         self.members.insert(
             uuid,
             Member {
@@ -1495,8 +1895,8 @@ impl Gossip {
                 suspicion: None,
             },
         );
-        if state.is_live() {
-            self.add_live(uuid);
+        self.place(uuid);
+        if self.decides(&uuid) {
             // Probe newcomers soon: insert at a random position of the current round.
             let pos = self
                 .rng
@@ -1513,21 +1913,125 @@ impl Gossip {
         };
         let old = m.record.state;
         let new = record.state;
+        let old_addr = m.record.addr;
+        let moved = m.record.zone != record.zone || m.record.is_proxy != record.is_proxy;
         m.record = record;
         if new != MemberState::Suspect {
             m.suspicion = None;
             self.suspect_deadlines.remove(&uuid);
         }
+        let new_addr = m.record.addr;
+        if old_addr != new_addr {
+            if self.by_addr.get(&old_addr) == Some(&uuid) {
+                self.by_addr.remove(&old_addr);
+            }
+            self.by_addr.insert(new_addr, uuid);
+        }
         if old != new {
             m.since = now;
             let name = m.record.name.clone();
-            match (old.is_live(), new.is_live()) {
-                (true, false) => self.remove_live(uuid),
-                (false, true) => self.add_live(uuid),
-                _ => {}
-            }
+            self.place(uuid);
             self.notify(now, uuid, name, Some(old), new);
+        } else if moved {
+            self.place(uuid);
         }
+    }
+
+    /// Drop a member from every table, silently (a reaped tombstone, a member of a zone we
+    /// may no longer see).
+    fn forget(&mut self, uuid: NodeUuid) {
+        let Some(m) = self.members.remove(&uuid) else {
+            return;
+        };
+        if self.by_addr.get(&m.record.addr) == Some(&uuid) {
+            self.by_addr.remove(&m.record.addr);
+        }
+        self.live.remove(uuid);
+        self.own.remove(uuid);
+        self.cross.remove(uuid);
+        self.suspect_deadlines.remove(&uuid);
+        self.queue.remove(BroadcastKey::Node(uuid));
+    }
+
+    /// Whether this node may keep `record` (the zone visibility rule).
+    fn visible(&self, record: &NodeRecord) -> bool {
+        record.zone == self.me.zone
+            || self
+                .cfg
+                .zones
+                .may_see(&self.me.zone, &record.zone, record.is_proxy)
+    }
+
+    /// What this node does with a member of `record`'s zone.
+    fn class_of(&self, record: &NodeRecord) -> Class {
+        if record.zone == self.me.zone {
+            Class::Own
+        } else if self.cfg.zones.are_peers(
+            &self.me.zone,
+            self.me.is_proxy,
+            &record.zone,
+            record.is_proxy,
+        ) {
+            Class::Cross
+        } else {
+            Class::Seen
+        }
+    }
+
+    /// Whether this node probes member `uuid` (and so times suspicions about it).
+    fn decides(&self, uuid: &NodeUuid) -> bool {
+        self.own.contains(uuid) || self.cross.contains(uuid)
+    }
+
+    /// Whether member `uuid` is known and its zone, not this node, decides about it.
+    fn decided_elsewhere(&self, uuid: &NodeUuid) -> bool {
+        self.members
+            .get(uuid)
+            .is_some_and(|m| self.class_of(&m.record) == Class::Seen)
+    }
+
+    /// Members probed and gossiped with, this node included (the `N` of the timers).
+    fn peer_count(&self) -> usize {
+        self.own.list.len() + self.cross.list.len() + 1
+    }
+
+    /// Put member `uuid` in the sets its state and zone call for.
+    fn place(&mut self, uuid: NodeUuid) {
+        let (live, class) = match self.members.get(&uuid) {
+            Some(m) => (m.record.state.is_live(), self.class_of(&m.record)),
+            None => (false, Class::Seen),
+        };
+        self.live.set(uuid, live);
+        self.own.set(uuid, live && class == Class::Own);
+        self.cross.set(uuid, live && class == Class::Cross);
+    }
+
+    /// Up to `k` members to gossip with: of our zone, plus (for a proxy) up to `k` proxies of
+    /// the upper and direct sub-zones.
+    fn gossip_targets(&mut self, k: usize) -> Vec<NodeUuid> {
+        let mut out = sample(&self.own.list, &mut self.rng, k, None);
+        if !self.cross.list.is_empty() {
+            out.extend(sample(&self.cross.list, &mut self.rng, k, None));
+        }
+        out
+    }
+
+    /// Up to `k` members to ask for an indirect probe of `target`: live members of its zone.
+    fn helpers(&mut self, k: usize, target: NodeUuid) -> Vec<NodeUuid> {
+        let Some(zone) = self.members.get(&target).map(|m| m.record.zone.clone()) else {
+            return Vec::new();
+        };
+        if zone == self.me.zone {
+            return sample(&self.own.list, &mut self.rng, k, Some(target));
+        }
+        let candidates: Vec<NodeUuid> = self
+            .live
+            .list
+            .iter()
+            .copied()
+            .filter(|u| *u != target && self.members.get(u).is_some_and(|m| m.record.zone == zone))
+            .collect();
+        sample(&candidates, &mut self.rng, k, None)
     }
 
     fn notify(
@@ -1566,53 +2070,6 @@ impl Gossip {
             old,
             new,
         });
-    }
-
-    fn add_live(&mut self, uuid: NodeUuid) {
-        if self.live_pos.contains_key(&uuid) {
-            return;
-        }
-        self.live_pos.insert(uuid, self.live.len());
-        self.live.push(uuid);
-    }
-
-    fn remove_live(&mut self, uuid: NodeUuid) {
-        if let Some(pos) = self.live_pos.remove(&uuid) {
-            self.live.swap_remove(pos);
-            if let Some(moved) = self.live.get(pos) {
-                self.live_pos.insert(*moved, pos);
-            }
-        }
-    }
-
-    /// Up to `k` distinct random live members, excluding `except`.
-    fn sample_live(&mut self, k: usize, except: Option<NodeUuid>) -> Vec<NodeUuid> {
-        let n = self.live.len();
-        let want = k.min(n);
-        let mut out = Vec::with_capacity(want);
-        if want == 0 {
-            return out;
-        }
-        if n <= k * 3 {
-            let mut all: Vec<NodeUuid> = self
-                .live
-                .iter()
-                .copied()
-                .filter(|u| Some(*u) != except)
-                .collect();
-            all.shuffle(&mut self.rng);
-            all.truncate(k);
-            return all;
-        }
-        let mut tries = 0;
-        while out.len() < want && tries < k * 10 {
-            tries += 1;
-            let id = self.live[self.rng.random_range(0..n)];
-            if Some(id) != except && !out.contains(&id) {
-                out.push(id);
-            }
-        }
-        out
     }
 
     fn addr_of(&self, uuid: &NodeUuid) -> Option<SocketAddr> {
@@ -1657,7 +2114,7 @@ mod tests {
         effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { to, bytes } => codec::decode_datagram(bytes)
+                Effect::Send { to, bytes, .. } => codec::decode_datagram(bytes)
                     .ok()?
                     .iter()
                     .any(|m| matches!(m, Message::Alive(r) if r.uuid == about))
@@ -1737,7 +2194,7 @@ mod detect_tests {
         b.handle_datagram(10, record(1).addr, &ping)
             .expect("decode");
         let effects = b.take_effects();
-        let Some(Effect::Send { to, bytes }) = effects.first() else {
+        let Some(Effect::Send { to, bytes, .. }) = effects.first() else {
             panic!("{effects:?}")
         };
         assert_eq!(*to, record(1).addr);
@@ -1941,6 +2398,7 @@ mod security_tests {
         let bare = datagram(&Message::DetectPing {
             id: 1,
             from: record(9).uuid,
+            zone: "z".into(),
             padding: 0,
         });
         assert!(bare.len() < 40);
@@ -1991,7 +2449,7 @@ mod security_tests {
         });
         b.handle_datagram(3001, addr(9), &ping).expect("decode");
         for e in b.take_effects() {
-            if let Effect::Send { to, bytes } = e
+            if let Effect::Send { to, bytes, .. } = e
                 && to == addr(9)
             {
                 assert!(
@@ -2022,7 +2480,7 @@ mod security_tests {
             .take_effects()
             .into_iter()
             .filter_map(|e| match e {
-                Effect::Send { to, bytes } => Some((to, bytes.len())),
+                Effect::Send { to, bytes, .. } => Some((to, bytes.len())),
                 _ => None,
             })
             .collect();
@@ -2038,7 +2496,7 @@ mod security_tests {
         // The nack at the deadline goes back bare too.
         b.handle_tick(4001 + 1000);
         for e in b.take_effects() {
-            if let Effect::Send { to, bytes } = e
+            if let Effect::Send { to, bytes, .. } = e
                 && to == addr(9)
             {
                 assert!(

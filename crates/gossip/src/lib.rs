@@ -15,11 +15,13 @@ pub mod config;
 mod core;
 pub mod member;
 pub mod sim;
+pub mod zones;
 
 pub use crate::core::{Effect, Gossip, HistoryEntry, MemberChange, Stats, Time};
 pub use codec::{PushPull, UserEvent};
 pub use config::GossipConfig;
 pub use member::{CheckSummary, MemberState, NodeRecord, ServiceRecord, choose_join_target};
+pub use zones::{Relation, ZoneTree};
 
 /// Hash maps with a fixed hasher: iteration order must not depend on a per-process random seed,
 /// or the same simulation seed would not replay the same run.

@@ -64,6 +64,8 @@ struct Node {
     gossip: Gossip,
     up: bool,
     wake_at: Option<Time>,
+    /// Zone keys this node holds (`None`: keys are not modelled, every packet opens).
+    keys: Option<Vec<String>>,
 }
 
 /// Counters of one simulation.
@@ -75,6 +77,9 @@ pub struct SimStats {
     pub bytes: u64,
     /// Datagrams dropped by loss or partitions.
     pub dropped: u64,
+    /// Datagrams and push-pulls dropped because the receiver lacks the key they were sealed
+    /// with (see [`Sim::use_zone_keys`]).
+    pub undecryptable: u64,
     /// Push-pull exchanges completed.
     pub push_pulls: u64,
     /// Times a node declared dead a node that was up (and not partitioned away from it).
@@ -98,6 +103,8 @@ pub struct Sim {
     /// Partition group of each node (all 0 = no partition).
     group: Vec<u32>,
     cfg: GossipConfig,
+    /// Whether nodes added from now on hold their zone keys (see [`Sim::use_zone_keys`]).
+    zone_keys: bool,
     /// Counters.
     pub stats: SimStats,
 }
@@ -120,6 +127,7 @@ impl Sim {
             net,
             group: Vec::new(),
             cfg,
+            zone_keys: false,
             stats: SimStats::default(),
         }
     }
@@ -149,8 +157,14 @@ impl Sim {
         self.net.loss = loss;
     }
 
-    /// Add a node (not joined to anyone yet); returns its index.
+    /// Add a node of zone `internet` (not joined to anyone yet); returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_in(crate::zones::DEFAULT_ZONE, false)
+    }
+
+    /// Add a node of `zone` (a proxy node if `is_proxy`), not joined to anyone yet; returns
+    /// its index. The zone tree is the one of the simulation's [`GossipConfig`].
+    pub fn add_node_in(&mut self, zone: &str, is_proxy: bool) -> usize {
         let i = self.nodes.len();
         let addr = Self::addr(i);
         let mut uuid_bytes = [0u8; 16];
@@ -160,9 +174,9 @@ impl Sim {
             name: format!("node-{i}"),
             display_name: format!("node-{i}"),
             addr,
-            zone: "internet".into(),
+            zone: zone.into(),
             groups: vec![],
-            is_proxy: false,
+            is_proxy,
             incarnation: 1,
             state: MemberState::Alive,
             version: "sim".into(),
@@ -174,14 +188,72 @@ impl Sim {
         let gossip = Gossip::new(self.cfg.clone(), record.clone(), seed, self.now);
         self.by_addr.insert(addr, i);
         self.by_uuid.insert(record.uuid, i);
+        let keys = self.zone_keys.then(|| self.default_keys(zone));
         self.nodes.push(Node {
             gossip,
             up: true,
             wake_at: None,
+            keys,
         });
         self.group.push(0);
         self.reschedule(i);
         i
+    }
+
+    /// Model per-zone keys from now on, as the agent's driver uses them: every node holds the
+    /// keys of its zone and of every zone below it; a packet is sealed with the destination
+    /// zone's key when the sender holds it, else with the sender's own zone's key, else sent
+    /// in plaintext; a receiver that does not hold the key drops it (counted in
+    /// [`SimStats::undecryptable`]; plaintext is always dropped).
+    pub fn use_zone_keys(&mut self) {
+        self.zone_keys = true;
+        for i in 0..self.nodes.len() {
+            let zone = self.nodes[i].gossip.me().zone.clone();
+            self.nodes[i].keys = Some(self.default_keys(&zone));
+        }
+    }
+
+    /// Give node `i` exactly these zone keys (turns the key model on for it).
+    pub fn set_node_keys(&mut self, i: usize, keys: Vec<String>) {
+        self.nodes[i].keys = Some(keys);
+    }
+
+    fn default_keys(&self, zone: &str) -> Vec<String> {
+        let tree = &self.cfg.zones;
+        let mut keys: Vec<String> = tree
+            .names()
+            .into_iter()
+            .filter(|z| tree.is_below(z, zone))
+            .collect();
+        keys.push(zone.to_owned());
+        keys
+    }
+
+    /// Whether a packet from `from` sealed for `zone` opens at `to`.
+    fn opens(&self, from: usize, to: usize, zone: &str) -> bool {
+        let Some(theirs) = &self.nodes[to].keys else {
+            return true;
+        };
+        let sealed_with = match &self.nodes[from].keys {
+            // The sender does not model keys: its packets open wherever the zone key is held.
+            None => Some(zone),
+            Some(mine) if mine.iter().any(|k| k == zone) => Some(zone),
+            Some(mine) => {
+                let own = self.nodes[from].gossip.me().zone.as_str();
+                mine.iter().any(|k| k == own).then_some(own)
+            }
+        };
+        sealed_with.is_some_and(|k| theirs.iter().any(|t| t == k))
+    }
+
+    /// Move node `i` to another zone (the live `zone change`).
+    pub fn set_zone(&mut self, i: usize, zone: &str) {
+        let now = self.now;
+        self.nodes[i].gossip.set_zone(now, zone.to_owned());
+        if self.nodes[i].keys.is_some() {
+            self.nodes[i].keys = Some(self.default_keys(zone));
+        }
+        self.flush(i);
     }
 
     /// The simulated address of node `i` (never used on a real network).
@@ -353,6 +425,12 @@ impl Sim {
                             .gossip
                             .handle_push_pull(now, Self::addr(from), payload);
                     self.flush(to);
+                    // The answer is sealed like any packet to the asker.
+                    let asker_zone = self.nodes[from].gossip.me().zone.clone();
+                    if !self.opens(to, from, &asker_zone) {
+                        self.stats.undecryptable += 1;
+                        return;
+                    }
                     let d = self.delay() * 2;
                     self.push(
                         now + d,
@@ -386,7 +464,7 @@ impl Sim {
         let from = Self::addr(i);
         for e in effects {
             match e {
-                Effect::Send { to, bytes } => {
+                Effect::Send { to, zone, bytes } => {
                     self.stats.datagrams += 1;
                     self.stats.bytes += bytes.len() as u64;
                     let Some(&j) = self.by_addr.get(&to) else {
@@ -398,14 +476,22 @@ impl Sim {
                         self.stats.dropped += 1;
                         continue;
                     }
+                    if !self.opens(i, j, &zone) {
+                        self.stats.undecryptable += 1;
+                        continue;
+                    }
                     let d = self.delay();
                     self.push(self.now + d, j, Ev::Datagram { to: j, from, bytes });
                 }
-                Effect::PushPull { to, payload } => {
+                Effect::PushPull { to, zone, payload } => {
                     let Some(&j) = self.by_addr.get(&to) else {
                         continue;
                     };
                     if !self.can_talk(i, j) {
+                        continue;
+                    }
+                    if !self.opens(i, j, &zone) {
+                        self.stats.undecryptable += 1;
                         continue;
                     }
                     let d = self.delay() * 2;
@@ -455,13 +541,43 @@ impl Sim {
             .all(|v| self.state_in_view(v, target) == Some(state))
     }
 
-    /// Whether every running node knows every running node as alive or suspect (complete views).
+    /// Whether node `viewer` may see node `target` (the zone visibility rule, from their
+    /// current records).
+    pub fn may_see(&self, viewer: usize, target: usize) -> bool {
+        let (v, t) = (
+            self.nodes[viewer].gossip.me(),
+            self.nodes[target].gossip.me(),
+        );
+        self.cfg.zones.may_see(&v.zone, &t.zone, t.is_proxy)
+    }
+
+    /// Whether every running node allowed to see node `target` sees it in `state` (every
+    /// running node, without zones).
+    pub fn all_allowed_see(&self, target: usize, state: MemberState) -> bool {
+        (0..self.nodes.len())
+            .filter(|&v| v != target && self.nodes[v].up && self.may_see(v, target))
+            .all(|v| self.state_in_view(v, target) == Some(state))
+    }
+
+    /// Whether every running node knows, as alive or suspect, exactly as many members as there
+    /// are running nodes it may see (complete views; without zones: every running node).
     pub fn views_complete(&self) -> bool {
-        let up = self.nodes.iter().filter(|n| n.up).count();
-        self.nodes
-            .iter()
-            .filter(|n| n.up)
-            .all(|n| n.gossip.live_count() == up)
+        // Count the running nodes per (zone, proxy) once: the rule depends on nothing else.
+        let mut groups: std::collections::BTreeMap<(&str, bool), usize> =
+            std::collections::BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.up) {
+            let me = n.gossip.me();
+            *groups.entry((me.zone.as_str(), me.is_proxy)).or_default() += 1;
+        }
+        self.nodes.iter().filter(|n| n.up).all(|n| {
+            let zone = n.gossip.me().zone.as_str();
+            let visible: usize = groups
+                .iter()
+                .filter(|((z, proxy), _)| self.cfg.zones.may_see(zone, z, *proxy))
+                .map(|(_, count)| *count)
+                .sum();
+            n.gossip.live_count() == visible
+        })
     }
 }
 
