@@ -219,6 +219,17 @@ pub fn seal(keyring: &RwLock<Keyring>, plain: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Seal a plaintext for a node of `zone` (that zone's key when this node holds it).
+pub fn seal_for(keyring: &RwLock<Keyring>, zone: &str, plain: &[u8]) -> Vec<u8> {
+    let rng = opsbro_transport::system_random();
+    match keyring.read() {
+        Ok(k) => k.seal_for(zone, &rng, plain, crate::host::unix_ms()),
+        Err(p) => p
+            .into_inner()
+            .seal_for(zone, &rng, plain, crate::host::unix_ms()),
+    }
+}
+
 /// Read one frame (bounded by [`MAX_FRAME`]).
 pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, String> {
     let len = stream

@@ -138,7 +138,7 @@ pub fn resolver(data: &CollectedData) -> impl Fn(&str) -> Option<serde_json::Val
 struct Loop {
     data: CollectedData,
     view: SharedView,
-    zone: String,
+    zone: watch::Receiver<String>,
     metrics: crate::metrics::MetricsHandle,
 }
 
@@ -183,7 +183,7 @@ impl Loop {
             Collector {
                 state: "ok".to_owned(),
                 last_run_ms: Some(now),
-                data: serde_json::json!({ "zone": self.zone, "nb_known_nodes": known }),
+                data: serde_json::json!({ "zone": *self.zone.borrow(), "nb_known_nodes": known }),
                 message: None,
             },
         );
@@ -195,7 +195,7 @@ impl Loop {
 pub async fn run(
     data: CollectedData,
     view: SharedView,
-    zone: String,
+    zone: watch::Receiver<String>,
     status: Status,
     metrics: crate::metrics::MetricsHandle,
     first_run: watch::Sender<bool>,

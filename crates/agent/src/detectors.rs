@@ -166,7 +166,7 @@ pub struct DetectorsSetup {
     /// Where group changes are published.
     pub bus: crate::events::EventBus,
     /// This node's zone: the core group `zone::<zone>`.
-    pub zone: String,
+    pub zone: tokio::sync::watch::Receiver<String>,
 }
 
 /// Render a detector's group template (`ec2-region::{{collector.ec2.region}}`) with
@@ -238,10 +238,8 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
         collected,
         mut collected_once,
         bus,
-        zone,
+        mut zone,
     } = setup;
-    // The core group of the zone, as the original's core-gossip pack.
-    let zone_group = format!("zone::{zone}");
     // Expressions may read collector values: wait for the first collection.
     tokio::select! {
         () = shutdown.cancelled() => return,
@@ -304,7 +302,8 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
         let groups: Vec<String> = {
             let state = handle.state.read().unwrap_or_else(PoisonError::into_inner);
             let mut set: BTreeSet<String> = handle.statics();
-            set.insert(zone_group.clone());
+            // The core group of the zone, as the original's core-gossip pack.
+            set.insert(format!("zone::{}", *zone.borrow_and_update()));
             for s in state.iter().filter(|s| s.matched == Some(true)) {
                 set.extend(s.rendered_groups.iter().cloned());
             }
@@ -357,6 +356,9 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
             () = handle.run_now.notified() => {
                 let now = Instant::now();
                 next_run.iter_mut().for_each(|t| *t = now);
+            }
+            Ok(()) = zone.changed() => {
+                // `gossip zone change`: the zone group follows (the groups are recomputed).
             }
             Ok(()) = objects.changed() => {
                 // A reload: the new detectors all run now.

@@ -143,6 +143,7 @@ enum Command {
     Ping(NodeUuid, oneshot::Sender<Option<u64>>),
     Detect(Duration, oneshot::Sender<Vec<NodeRecord>>),
     SetGroups(Vec<String>),
+    SetZone(String),
     SetChecks(Vec<opsbro_gossip::CheckSummary>),
     SetServices(Vec<opsbro_gossip::ServiceRecord>, Option<String>),
 }
@@ -226,6 +227,14 @@ impl GossipHandle {
     pub async fn set_groups(&self, groups: Vec<String>) -> Result<(), GossipStopped> {
         self.tx
             .send(Command::SetGroups(groups))
+            .await
+            .map_err(|_| GossipStopped)
+    }
+
+    /// Move this node to another zone (the caller checked it is in the tree and saved it).
+    pub async fn set_zone(&self, zone: String) -> Result<(), GossipStopped> {
+        self.tx
+            .send(Command::SetZone(zone))
             .await
             .map_err(|_| GossipStopped)
     }
@@ -561,9 +570,10 @@ impl Driver {
                 let effects = self.core.take_effects();
                 for e in effects {
                     match e {
-                        // zones: the destination zone (per-zone keys) is not used yet
-                        Effect::PushPull { to, payload, .. } if to == addr && waiter.is_some() => {
-                            self.spawn_push_pull(to, payload, waiter.take());
+                        Effect::PushPull { to, payload, zone }
+                            if to == addr && waiter.is_some() =>
+                        {
+                            self.spawn_push_pull(to, payload, zone, waiter.take());
                         }
                         other => self.core_effect_later(other),
                     }
@@ -583,6 +593,13 @@ impl Driver {
             }
             Command::SetGroups(groups) => {
                 self.core.set_groups(groups);
+                self.refresh_view();
+            }
+            Command::SetZone(zone) => {
+                if let Ok(mut k) = self.keyring.write() {
+                    k.set_own_zone(&zone);
+                }
+                self.core.set_zone(now, zone);
                 self.refresh_view();
             }
             Command::SetChecks(checks) => self.core.set_checks(checks),
@@ -811,10 +828,9 @@ impl Driver {
         }
         for e in effects {
             match e {
-                // zones: the destination zone (per-zone keys) is not used yet
-                Effect::Send { to, bytes, .. } => {
+                Effect::Send { to, bytes, zone } => {
                     tracing::trace!(peer = %to, len = bytes.len(), "gossip send");
-                    let sealed = self.seal(&bytes);
+                    let sealed = self.seal_for(&zone, &bytes);
                     match self.udp.send_to(&sealed, to).await {
                         Ok(n) => {
                             inc(&self.counters.udp_out);
@@ -825,8 +841,9 @@ impl Driver {
                         Err(e) => tracing::debug!(peer = %to, error = %e, "gossip send failed"),
                     }
                 }
-                // zones: the destination zone (per-zone keys) is not used yet
-                Effect::PushPull { to, payload, .. } => self.spawn_push_pull(to, payload, None),
+                Effect::PushPull { to, payload, zone } => {
+                    self.spawn_push_pull(to, payload, zone, None);
+                }
                 Effect::MemberChanged(c) => {
                     match c.old {
                         None => {
@@ -924,18 +941,30 @@ impl Driver {
         }
     }
 
+    /// Seal a datagram for a node of `zone` (that zone's key when held, see [`Keyring`]).
+    fn seal_for(&self, zone: &str, bytes: &[u8]) -> Vec<u8> {
+        let now = crate::host::unix_ms();
+        match self.keyring.read() {
+            Ok(k) => k.seal_for(zone, &self.rng, bytes, now),
+            Err(p) => p.into_inner().seal_for(zone, &self.rng, bytes, now),
+        }
+    }
+
     fn spawn_push_pull(
         &self,
         to: SocketAddr,
         payload: PushPull,
+        zone: String,
         waiter: Option<oneshot::Sender<Result<usize, String>>>,
     ) {
         let keyring = self.keyring.clone();
         let itx = self.itx.clone();
         self.tracker.spawn(async move {
-            let result =
-                tokio::time::timeout(PUSH_PULL_TIMEOUT, push_pull(to, payload, &keyring, &itx))
-                    .await;
+            let result = tokio::time::timeout(
+                PUSH_PULL_TIMEOUT,
+                push_pull(to, payload, &zone, &keyring, &itx),
+            )
+            .await;
             let msg = match result {
                 Ok(Ok(reply)) => Internal::PushPullReply(to, reply, waiter),
                 Ok(Err(e)) => Internal::PushPullFailed(to, e, waiter),
@@ -1165,12 +1194,19 @@ async fn serve_push_pull(
             e.to_string()
         })?;
     };
+    let asker_zone = request
+        .members
+        .first()
+        .map(|m| m.zone.clone())
+        .unwrap_or_default();
     let (tx, rx) = oneshot::channel();
     itx.send(Internal::PushPullRequest(peer, request, tx))
         .await
         .map_err(|_| "gossip stopped")?;
     let reply = rx.await.map_err(|_| "gossip stopped")?;
-    write_parts(&mut stream, keyring, reply).await
+    // Sealed for the asker's zone (its own record comes first): a node of a sub-zone does not
+    // hold the keys of the zones above it.
+    write_parts(&mut stream, keyring, reply, &asker_zone).await
 }
 
 /// `[FRAME_PUSH_PULL][more][push-pull]` → the part, and whether more parts follow.
@@ -1189,13 +1225,14 @@ async fn write_parts(
     stream: &mut TcpStream,
     keyring: &RwLock<Keyring>,
     state: PushPull,
+    zone: &str,
 ) -> Result<(), String> {
     let parts = state.split(PUSH_PULL_PART);
     let n = parts.len();
     for (i, part) in parts.into_iter().enumerate() {
         let mut plain = vec![FRAME_PUSH_PULL, u8::from(i + 1 < n)];
         plain.extend_from_slice(&codec::encode_push_pull(&part));
-        write_frame(stream, &cluster::seal(keyring, &plain)).await?;
+        write_frame(stream, &cluster::seal_for(keyring, zone, &plain)).await?;
     }
     Ok(())
 }
@@ -1205,13 +1242,14 @@ async fn write_parts(
 async fn push_pull(
     to: SocketAddr,
     payload: PushPull,
+    zone: &str,
     keyring: &RwLock<Keyring>,
     itx: &mpsc::Sender<Internal>,
 ) -> Result<PushPull, String> {
     let mut stream = TcpStream::connect(to)
         .await
         .map_err(|e| format!("cannot connect to {to}: {e}"))?;
-    write_parts(&mut stream, keyring, payload).await?;
+    write_parts(&mut stream, keyring, payload, zone).await?;
     for _ in 0..MAX_PUSH_PULL_PARTS {
         let frame = read_frame(&mut stream).await?;
         let plain = open(keyring, &frame).map_err(|e| format!("answer from {to} refused: {e}"))?;

@@ -43,6 +43,7 @@ mod start;
 pub mod status;
 pub mod telemetry;
 pub mod websocket;
+pub mod zones;
 
 use std::io;
 use std::net::SocketAddr;
@@ -92,6 +93,9 @@ pub enum AgentError {
     /// The executor's keys could not be read.
     #[error("{0}")]
     Executor(String),
+    /// The zone tree, this node's zone or a zone key is wrong.
+    #[error("{0}")]
+    Zones(String),
     /// A setting would open the cluster to anyone (see `AgentConfig::gossip_bind`).
     #[error("{0}")]
     Insecure(String),
@@ -156,6 +160,9 @@ async fn run_agent(
     install_tls_provider();
     let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
+    // `opsbro gossip zone change` saved the zone this node moved to.
+    let mut config = config;
+    config.zone = zones::current_zone(&config.zone, data_dir.path());
     host::raise_fd_limit();
     let status = Status::new();
     let tracker = TaskTracker::new();
@@ -167,7 +174,8 @@ async fn run_agent(
         .keyring_file
         .clone()
         .unwrap_or_else(|| data_dir.path().join("keyring.json"));
-    let keyring = load_keyring(&config, &keyring_file)?;
+    let mut keyring = load_keyring(&config, &keyring_file)?;
+    zones::load_keys(data_dir.path(), &config.zone, &mut keyring).map_err(AgentError::Zones)?;
     let bind_addr = config
         .gossip_bind(keyring.is_enabled())
         .map_err(AgentError::Insecure)?;
@@ -224,6 +232,10 @@ async fn run_agent(
     for d in &packs.diagnostics {
         tracing::warn!("pack problem: {d}");
     }
+    let (zone_tx, zone_rx) = tokio::sync::watch::channel(config.zone.clone());
+    let zone_tree = zones::tree(&packs)
+        .and_then(|tree| zones::check(&tree, &config.zone).map(|()| tree))
+        .map_err(AgentError::Zones)?;
     // Every subsystem takes its objects from here; a reload sends new ones.
     let (objects_tx, objects) = tokio::sync::watch::channel(Arc::new(packs));
     // A one-shot run neither uses nor updates the remembered members (it joins no cluster).
@@ -249,6 +261,7 @@ async fn run_agent(
                 // Without a key nobody is authenticated: beyond loopback, never answer with more
                 // than was asked (a forged source must not make this agent an amplifier).
                 cap_replies: !encrypted && !bind_addr.is_loopback(),
+                zones: zone_tree.clone(),
                 ..gossip_config(&config.gossip)
             },
             keyring: keyring.clone(),
@@ -384,6 +397,7 @@ async fn run_agent(
         membership: &kv_membership,
         kv: &kv,
         gossip_addr,
+        zone: &zone_rx,
     });
     tracker.spawn(services::run(
         services::ServicesSetup {
@@ -481,6 +495,8 @@ async fn run_agent(
         catalog,
         compliance: compliance_handle,
         executor,
+        zones: Arc::new(zone_tree),
+        current_zone: zone_tx,
     });
 
     start::serve_api(

@@ -118,6 +118,27 @@ impl Reloader {
             );
             return report;
         }
+        // The zone tree is built at start: a changed one waits for a restart, a broken one is
+        // refused like a broken pack.
+        let zone_defs = |p: &PackSet| {
+            let mut d: Vec<(String, Vec<String>)> = p
+                .zones()
+                .map(|z| (z.name.clone(), z.sub_zones.clone()))
+                .collect();
+            d.sort();
+            d
+        };
+        if let Err(e) = crate::zones::tree(&packs) {
+            report
+                .errors
+                .push(format!("{e}: the previous objects keep running"));
+            return report;
+        }
+        if zone_defs(&self.objects.borrow()) != zone_defs(&packs) {
+            report
+                .restart_needed
+                .push("zones: the zone tree changed".into());
+        }
         // The executor's keys are read before anything is applied: a key file that does not
         // load keeps the keys in use, and nothing else changes either.
         if let Err(e) = crate::executor::load_keys(&new.executor) {

@@ -230,6 +230,8 @@ pub struct HostWorkSetup<'a> {
     pub kv: &'a kv::KvHandle,
     /// This node's gossip address (handlers' `node.addr`).
     pub gossip_addr: SocketAddr,
+    /// This node's zone (`gossip zone change` moves it).
+    pub zone: &'a tokio::sync::watch::Receiver<String>,
 }
 
 /// The handles of the host's work, for the API.
@@ -262,7 +264,7 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
     tracker.spawn(collect::run(
         collected.clone(),
         s.view.clone(),
-        config.zone.clone(),
+        s.zone.clone(),
         s.status.clone(),
         s.metrics.clone(),
         first_collection,
@@ -283,7 +285,7 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
             collected: collected.clone(),
             collected_once: collected_once.clone(),
             bus: s.bus.clone(),
-            zone: config.zone.clone(),
+            zone: s.zone.clone(),
         },
         s.status.clone(),
         shutdown.child_token(),

@@ -119,6 +119,21 @@ pub const ROUTES: &[RouteDoc] = {
         ),
         doc("GET", g::KEYRING, "this agent's cluster keys, by id"),
         doc(
+            "GET",
+            g::ZONES,
+            "the zone tree from this node: relation, sub-zones, keys held, members known",
+        ),
+        doc(
+            "PUT",
+            g::ZONE,
+            "move this node to another zone of the tree (persisted): {zone}",
+        ),
+        doc(
+            "POST",
+            g::ZONE_KEY,
+            "generate or import a zone's gossip key on this node: {key?, erase}",
+        ),
+        doc(
             "POST",
             g::KEYRING,
             "install, use or remove a cluster key on every node",
@@ -783,6 +798,75 @@ pub mod gossip {
     pub const PING: &str = "/agent/ping/{node}";
     /// `GET`: recent user events; `POST` [`NewEvent`]: send one.
     pub const EVENTS: &str = "/agent/events";
+    /// `GET`: the zone tree as this node sees it ([`ZoneView`] map, by name).
+    pub const ZONES: &str = "/agent/zones";
+    /// `PUT` [`ZoneChange`]: move this node to another zone (persisted); answers
+    /// [`ZoneChangeAnswer`].
+    pub const ZONE: &str = "/agent/zone";
+    /// `POST /agent/zones/{zone}/key` [`ZoneKeyRequest`]: generate or import the gossip key of
+    /// a zone on this node; answers [`ZoneKeyAnswer`].
+    pub const ZONE_KEY: &str = "/agent/zones/{zone}/key";
+
+    /// A zone of the tree, seen from this node.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct ZoneView {
+        /// Name.
+        pub name: String,
+        /// The zone above it.
+        pub parent: Option<String>,
+        /// Its direct sub-zones.
+        #[serde(rename = "sub-zones")]
+        pub sub_zones: Vec<String>,
+        /// `our`, `upper`, `lower` or `other`, from this node's zone.
+        pub relation: String,
+        /// This node's zone.
+        pub is_our_zone: bool,
+        /// This node holds the zone's gossip key.
+        pub have_gossip_key: bool,
+        /// Members of this zone this node knows (alive or not).
+        pub members: usize,
+    }
+
+    /// `PUT /agent/zone`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ZoneChange {
+        /// The new zone.
+        pub zone: String,
+    }
+
+    /// The answer to a zone change (the original's `{success, text}`).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ZoneChangeAnswer {
+        /// It changed (or already was).
+        pub success: bool,
+        /// What happened.
+        pub text: String,
+    }
+
+    /// `POST /agent/zones/{zone}/key`: import `key` (base64 of 32 bytes, `opsbro agent
+    /// keygen`), or generate one when absent; an existing key is replaced only with `erase`.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct ZoneKeyRequest {
+        /// The key to import.
+        pub key: Option<String>,
+        /// Replace the zone's key if it has one.
+        pub erase: bool,
+    }
+
+    /// The zone's key after the change.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ZoneKeyAnswer {
+        /// Zone.
+        pub zone: String,
+        /// The key's id (never the key).
+        pub key_id: String,
+        /// Where it is kept.
+        pub file: String,
+        /// The key itself, when it was generated here (to import on the zone's other nodes).
+        pub generated: Option<String>,
+    }
 
     /// A cluster member.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -598,6 +598,9 @@ pub enum GossipCommand {
     /// Cluster encryption keys: rotate with `install` (everywhere), then `use`, then `remove` the old one.
     #[command(subcommand)]
     Keyring(KeyringCommand),
+    /// Zones: the tree seen from this node, move this node, the zones' gossip keys.
+    #[command(subcommand)]
+    Zone(ZoneCommand),
     /// Wait until enough alive members match (a name, a display name, a group); exit 2 on
     /// timeout.
     WaitMembers {
@@ -645,6 +648,53 @@ pub enum EventsCommand {
         /// Seconds to wait.
         #[arg(long, default_value_t = 30.0, value_name = "S")]
         timeout: f64,
+    },
+}
+
+/// `opsbro gossip zone ...`
+#[derive(Debug, Subcommand)]
+pub enum ZoneCommand {
+    /// The zone tree from this node: its zone, the zones above and below, the others, and
+    /// which of them this node holds the gossip key of.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move this node to another zone of the tree (now, and after restarts).
+    Change {
+        /// The zone.
+        name: String,
+    },
+    /// A zone's gossip key on this node (a node holds its own zone's key and its sub-zones').
+    #[command(subcommand)]
+    Key(ZoneKeyCommand),
+}
+
+/// `opsbro gossip zone key ...`
+#[derive(Debug, Subcommand)]
+pub enum ZoneKeyCommand {
+    /// Make a new key for a zone, keep it on this node and print it (import it on the zone's
+    /// other nodes and on the nodes of the zones above).
+    Generate {
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// Replace the zone's key if this node has one.
+        #[arg(long)]
+        erase: bool,
+    },
+    /// Keep a zone's key on this node (base64, from `key generate` or `opsbro agent keygen`).
+    Import {
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// The key.
+        #[arg(long)]
+        key: String,
+        /// Replace the zone's key if this node has one.
+        #[arg(long)]
+        erase: bool,
     },
 }
 

@@ -11,7 +11,8 @@ use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, ComplianceCommand, DashboardsCommand,
     DetectorsCommand, EvaluatorCommand, EventsCommand, ExecutorsCommand, GeneratorsCommand,
     GossipCommand, GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand, MetricsCommand,
-    MonitoringCommand, PacksCommand, ServicesCommand, TutorialsCommand,
+    MonitoringCommand, PacksCommand, ServicesCommand, TutorialsCommand, ZoneCommand,
+    ZoneKeyCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
@@ -129,6 +130,21 @@ fn run(cli: Cli) -> Result<(), CliError> {
                         };
                         gossip::keyring(&client, change, json).await
                     }
+                    GossipCommand::Zone(ZoneCommand::List { json }) => {
+                        gossip::zones(&client, json).await
+                    }
+                    GossipCommand::Zone(ZoneCommand::Change { name }) => {
+                        gossip::zone_change(&client, name).await
+                    }
+                    GossipCommand::Zone(ZoneCommand::Key(ZoneKeyCommand::Generate {
+                        zone,
+                        erase,
+                    })) => gossip::zone_key(&client, zone, None, erase).await,
+                    GossipCommand::Zone(ZoneCommand::Key(ZoneKeyCommand::Import {
+                        zone,
+                        key,
+                        erase,
+                    })) => gossip::zone_key(&client, zone, Some(key), erase).await,
                     GossipCommand::WaitMembers {
                         count,
                         name,

@@ -97,11 +97,25 @@ pub struct Pack {
     pub compliance: Vec<ComplianceSpec>,
     /// Its services.
     pub services: Vec<ServiceSpec>,
+    /// Its zones (the zone tree is every pack's zones together).
+    pub zones: Vec<ZoneSpec>,
     /// Every object with the file it comes from, after the levels merged.
     pub objects: Vec<ObjectInfo>,
     /// Every directory that gave this pack objects, lowest level first (an embedded pack then
     /// the `packs_dirs` that hold a pack of the same name).
     pub levels: Vec<Source>,
+}
+
+/// A `zone:` object: a zone and its direct sub-zones (the original's
+/// `zone: {name, sub-zones: [...]}`; `sub_zones` is accepted too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneSpec {
+    /// Zone name.
+    pub name: String,
+    /// Its direct sub-zones.
+    pub sub_zones: Vec<String>,
+    /// The file it comes from.
+    pub file: String,
 }
 
 /// One object of a pack and where it comes from.
@@ -213,6 +227,11 @@ impl PackSet {
     /// Every generator of every pack.
     pub fn generators(&self) -> impl Iterator<Item = &GeneratorSpec> {
         self.packs.values().flat_map(|p| p.generators.iter())
+    }
+
+    /// Every zone definition of every pack.
+    pub fn zones(&self) -> impl Iterator<Item = &ZoneSpec> {
+        self.packs.values().flat_map(|p| p.zones.iter())
     }
 }
 
@@ -560,6 +579,7 @@ fn merge(set: &mut PackSet, mut pack: Pack) {
     replace(&mut low.services, std::mem::take(&mut pack.services), |s| {
         &s.object
     });
+    replace(&mut low.zones, std::mem::take(&mut pack.zones), |z| &z.name);
     for o in pack.objects {
         low.objects
             .retain(|l| !(l.kind == o.kind && l.name == o.name));
@@ -627,6 +647,7 @@ fn load_pack(
         tutorials: Vec::new(),
         compliance: Vec::new(),
         services: Vec::new(),
+        zones: Vec::new(),
         objects: Vec::new(),
         levels: vec![source],
     };
@@ -706,13 +727,13 @@ const KINDS: &[&str] = &[
     "dashboard",
     "tutorial",
     "service",
+    "zone",
 ];
 
 /// Kinds of the original that this agent does not take from packs (with the reason).
 fn unsupported_kind(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "installor" => "`installor` objects of the original are not supported (use compliance)",
-        "zone" => "zones are agent configuration (`zone` in agent.yml), not pack objects",
         "dns" | "statsd" | "graphite" | "websocket" | "api" | "gossip" | "kv" | "shinken"
         | "grafana" => "this is agent configuration: put it in agent.yml",
         _ => return None,
@@ -871,6 +892,14 @@ fn parse_object(
                 }
                 Err((key, message)) => diags.push(diag(&key, message)),
             },
+            "zone" => match parse_zone(body, display) {
+                Ok(z) => {
+                    record("zone", &z.name);
+                    pack.zones.retain(|o| o.name != z.name);
+                    pack.zones.push(z);
+                }
+                Err((key, message)) => diags.push(diag(&key, message)),
+            },
             "compliance" => {
                 match compliance::parse_compliance(body, &pack.name, stem, display, check) {
                     Ok(c) => {
@@ -884,6 +913,58 @@ fn parse_object(
             _ => {}
         }
     }
+}
+
+/// A `zone:` object.
+fn parse_zone(body: &serde_yaml::Value, file: &str) -> Result<ZoneSpec, (String, String)> {
+    let map = body.as_mapping().ok_or_else(|| {
+        (
+            "zone".to_owned(),
+            "`zone` must be a mapping with `name` and `sub-zones`".to_owned(),
+        )
+    })?;
+    let name = map
+        .get("name")
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| ("zone.name".to_owned(), "a zone needs a `name`".to_owned()))?
+        .to_owned();
+    opsbro_types::names::zone(&name).map_err(|e| ("zone.name".to_owned(), e.0))?;
+    let mut sub_zones = Vec::new();
+    for key in ["sub-zones", "sub_zones"] {
+        let Some(list) = map.get(key) else { continue };
+        if list.is_null() {
+            continue;
+        }
+        let list = list.as_sequence().ok_or_else(|| {
+            (
+                format!("zone.{key}"),
+                "`sub-zones` is a list of zone names".to_owned(),
+            )
+        })?;
+        for (i, z) in list.iter().enumerate() {
+            let z = z.as_str().ok_or_else(|| {
+                (
+                    format!("zone.{key}[{i}]"),
+                    "a sub-zone is a zone name".to_owned(),
+                )
+            })?;
+            opsbro_types::names::zone(z).map_err(|e| (format!("zone.{key}[{i}]"), e.0))?;
+            if z == name {
+                return Err((
+                    format!("zone.{key}[{i}]"),
+                    format!("zone `{name}` cannot be its own sub-zone"),
+                ));
+            }
+            if !sub_zones.iter().any(|s| s == z) {
+                sub_zones.push(z.to_owned());
+            }
+        }
+    }
+    Ok(ZoneSpec {
+        name,
+        sub_zones,
+        file: file.to_owned(),
+    })
 }
 
 /// Widget kinds of a dashboard.
@@ -1364,6 +1445,55 @@ mod tests {
         assert!(
             msgs.iter()
                 .any(|m| m.contains("dns.yml:1: warning: `dns`: this is agent configuration")),
+            "{msgs:#?}"
+        );
+    }
+
+    #[test]
+    fn zone_objects_load_in_the_original_form_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let zones = dir.path().join("zones.d");
+        std::fs::create_dir_all(&zones).expect("mkdir");
+        std::fs::write(
+            zones.join("internet.yml"),
+            "zone:\n  name: internet\n  sub-zones: [dc1, dc2, dc1]\n",
+        )
+        .expect("w");
+        std::fs::write(
+            zones.join("dc1.yml"),
+            "zone:\n  name: dc1\n  sub_zones:\n    - rack-a\n",
+        )
+        .expect("w");
+        std::fs::write(zones.join("bad.yml"), "zone:\n  name: \"a b\"\n").expect("w");
+        std::fs::write(
+            zones.join("loop.yml"),
+            "zone:\n  name: x\n  sub-zones: [x]\n",
+        )
+        .expect("w");
+        let set = load_all(&[], std::slice::from_ref(&zones), &ok);
+        let mut zones: Vec<(String, Vec<String>)> = set
+            .zones()
+            .map(|z| (z.name.clone(), z.sub_zones.clone()))
+            .collect();
+        zones.sort();
+        assert_eq!(
+            zones,
+            [
+                ("dc1".to_owned(), vec!["rack-a".to_owned()]),
+                (
+                    "internet".to_owned(),
+                    vec!["dc1".to_owned(), "dc2".to_owned()]
+                ),
+            ]
+        );
+        let msgs: Vec<String> = set.diagnostics.iter().map(ToString::to_string).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("bad.yml:2") && m.contains("zone `a b`")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("its own sub-zone")),
             "{msgs:#?}"
         );
     }

@@ -268,19 +268,38 @@ impl Key {
         base64::engine::general_purpose::STANDARD.encode(self.raw)
     }
 
+    /// A new random key (the OS random source).
+    pub fn generate() -> Result<Self, KeyringError> {
+        let mut raw = [0u8; 32];
+        system_random()
+            .fill(&mut raw)
+            .map_err(|_| KeyringError::File {
+                path: "the OS random source".into(),
+                message: "it failed".into(),
+            })?;
+        Ok(Self::new(raw))
+    }
+
     /// Short public identifier (hex of the key id), safe to print.
     pub fn id_hex(&self) -> String {
         self.id.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
-/// The keys of an agent: the primary seals, all of them open. Clones share one
+/// The keys of an agent: the cluster keys (the primary seals, all of them open) and the keys
+/// of zones (one per zone: a node holds its own zone's and its sub-zones'). A packet for a
+/// zone is sealed with that zone's key when the node has it, else with the node's own zone's
+/// key, else with the primary cluster key; any held key opens. Clones share one
 /// [`ReplayGuard`].
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
     keys: Vec<Key>,
     primary: usize,
     replay: std::sync::Arc<std::sync::Mutex<ReplayGuard>>,
+    /// Zone keys, by zone name.
+    zones: std::collections::BTreeMap<String, Key>,
+    /// The zone this node is in (its key, when held, seals what has no other zone).
+    own_zone: Option<String>,
 }
 
 /// On-disk shape of a keyring file.
@@ -297,7 +316,37 @@ impl Keyring {
             keys: vec![key],
             primary: 0,
             replay: Default::default(),
+            zones: Default::default(),
+            own_zone: None,
         }
+    }
+
+    /// Hold `key` for `zone` (replacing the zone's previous key).
+    pub fn set_zone_key(&mut self, zone: &str, key: Key) {
+        self.zones.insert(zone.to_owned(), key);
+    }
+
+    /// The key held for `zone`.
+    pub fn zone_key(&self, zone: &str) -> Option<&Key> {
+        self.zones.get(zone)
+    }
+
+    /// The zones whose key this node holds.
+    pub fn zones_with_keys(&self) -> Vec<String> {
+        self.zones.keys().cloned().collect()
+    }
+
+    /// Tell the keyring which zone this node is in.
+    pub fn set_own_zone(&mut self, zone: &str) {
+        self.own_zone = Some(zone.to_owned());
+    }
+
+    /// The key that seals traffic of this node's own zone.
+    fn own_key(&self) -> Option<&Key> {
+        self.own_zone
+            .as_deref()
+            .and_then(|z| self.zones.get(z))
+            .or_else(|| self.primary())
     }
 
     /// Replays and stale packets refused so far, and nonces remembered now.
@@ -309,9 +358,10 @@ impl Keyring {
         (g.replayed, g.stale, g.len())
     }
 
-    /// Whether the cluster traffic is encrypted.
+    /// Whether this node's traffic is encrypted (a cluster key, or its own zone's key):
+    /// then unsealed packets are refused.
     pub fn is_enabled(&self) -> bool {
-        !self.keys.is_empty()
+        self.own_key().is_some()
     }
 
     /// The keys, primary first.
@@ -370,10 +420,31 @@ impl Keyring {
         Ok(())
     }
 
-    /// Seal `plaintext` with the primary key, stamped with `now_ms` (the sender's wall clock);
-    /// without keys the bytes go as they are.
+    /// Seal `plaintext` for this node's own zone (its zone key, else the primary cluster key),
+    /// stamped with `now_ms` (the sender's wall clock); without keys the bytes go as they are.
     pub fn seal(&self, rng: &dyn SecureRandom, plaintext: &[u8], now_ms: u64) -> Vec<u8> {
-        let Some(key) = self.primary() else {
+        Self::seal_with(self.own_key(), rng, plaintext, now_ms)
+    }
+
+    /// Seal `plaintext` for a node of `zone`: that zone's key when held, else as [`Self::seal`].
+    pub fn seal_for(
+        &self,
+        zone: &str,
+        rng: &dyn SecureRandom,
+        plaintext: &[u8],
+        now_ms: u64,
+    ) -> Vec<u8> {
+        let key = self.zones.get(zone).or_else(|| self.own_key());
+        Self::seal_with(key, rng, plaintext, now_ms)
+    }
+
+    fn seal_with(
+        key: Option<&Key>,
+        rng: &dyn SecureRandom,
+        plaintext: &[u8],
+        now_ms: u64,
+    ) -> Vec<u8> {
+        let Some(key) = key else {
             return plaintext.to_vec();
         };
         let mut nonce = [0u8; NONCE_LEN];
@@ -408,15 +479,15 @@ impl Keyring {
     /// return the plaintext.
     pub fn open(&self, packet: &[u8], now_ms: u64) -> Result<Vec<u8>, OpenError> {
         let sealed = packet.first() == Some(&MAGIC);
-        if !self.is_enabled() {
-            return if sealed {
-                Err(OpenError::NoKey)
+        if !sealed {
+            return if self.is_enabled() {
+                Err(OpenError::Plaintext)
             } else {
                 Ok(packet.to_vec())
             };
         }
-        if !sealed {
-            return Err(OpenError::Plaintext);
+        if self.keys.is_empty() && self.zones.is_empty() {
+            return Err(OpenError::NoKey);
         }
         if packet.len() < OVERHEAD {
             return Err(OpenError::Tampered);
@@ -425,6 +496,7 @@ impl Keyring {
         let key = self
             .keys
             .iter()
+            .chain(self.zones.values())
             .find(|k| k.id == id)
             .ok_or(OpenError::UnknownKey)?;
         let mut nonce = [0u8; NONCE_LEN];
@@ -552,6 +624,47 @@ mod tests {
             open.open(&[1, 2, 3], T)
                 .expect("plaintext passes without keys"),
             vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn zone_keys_seal_per_destination_and_a_node_without_the_key_cannot_open() {
+        let rng = system_random();
+        // internet ⊃ {dc1, dc2}: an internet proxy holds all three keys; a dc1 node holds dc1's.
+        let mut proxy = Keyring::default();
+        proxy.set_own_zone("internet");
+        for (z, b) in [("internet", 1), ("dc1", 2), ("dc2", 3)] {
+            proxy.set_zone_key(z, key(b));
+        }
+        let mut dc1 = Keyring::default();
+        dc1.set_own_zone("dc1");
+        dc1.set_zone_key("dc1", key(2));
+        let mut dc2 = Keyring::default();
+        dc2.set_own_zone("dc2");
+        dc2.set_zone_key("dc2", key(3));
+        assert!(dc1.is_enabled());
+        assert_eq!(proxy.zones_with_keys(), ["dc1", "dc2", "internet"]);
+        // The proxy talks to dc1 with dc1's key: dc1 opens it, dc2 cannot.
+        let to_dc1 = proxy.seal_for("dc1", &rng, b"news", T);
+        assert_eq!(dc1.open(&to_dc1, T).expect("dc1 opens"), b"news");
+        assert_eq!(dc2.open(&to_dc1, T), Err(OpenError::UnknownKey));
+        // dc1 does not hold internet's key: it seals with its own, which the proxy holds.
+        let up = dc1.seal_for("internet", &rng, b"up", T);
+        assert_eq!(proxy.open(&up, T).expect("proxy opens"), b"up");
+        assert_eq!(dc2.open(&up, T), Err(OpenError::UnknownKey));
+        // Own-zone traffic (KV, exec) uses the own zone's key; plaintext is refused.
+        let own = dc1.seal(&rng, b"kv", T);
+        assert_eq!(proxy.open(&own, T).expect("opens"), b"kv");
+        assert_eq!(dc1.open(b"plain", T), Err(OpenError::Plaintext));
+        // A zone without a key falls back to the cluster key.
+        let mut flat = Keyring::with_key(key(9));
+        flat.set_own_zone("office");
+        let sealed = flat.seal_for("dc1", &rng, b"x", T);
+        assert_eq!(
+            Keyring::with_key(key(9))
+                .open(&sealed, T)
+                .expect("cluster key"),
+            b"x"
         );
     }
 

@@ -23,7 +23,7 @@ pub struct ApiContext {
     pub display_name: String,
     /// Node uuid.
     pub uuid: NodeUuid,
-    /// Zone.
+    /// Zone at start (see `current_zone`).
     pub zone: String,
     /// Proxy flag.
     pub is_proxy: bool,
@@ -80,6 +80,10 @@ pub struct ApiContext {
     pub compliance: crate::compliance::ComplianceHandle,
     /// Signed remote execution.
     pub executor: crate::executor::ExecutorHandle,
+    /// The zone tree (from the objects at start).
+    pub zones: Arc<opsbro_gossip::ZoneTree>,
+    /// This node's zone now (collectors and detectors follow it).
+    pub current_zone: tokio::sync::watch::Sender<String>,
     /// This node's services and maintenance switches.
     pub services: crate::services::ServicesHandle,
     /// The cluster's service catalog.

@@ -27,6 +27,7 @@ pub mod prometheus;
 pub mod services;
 pub mod snapshot;
 pub mod timeseries;
+pub mod zones;
 
 pub use context::{ApiContext, ApiError};
 
@@ -70,6 +71,9 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
         (g::EVENTS, get(events).post(add_event)),
         (g::KEYRING, get(keyring).post(change_keyring)),
         (g::DETECT, post(detect)),
+        (g::ZONES, get(zones::list)),
+        (g::ZONE, axum::routing::put(zones::change)),
+        (g::ZONE_KEY, post(zones::key)),
         (evaluator::EVAL, post(evaluate)),
         (evaluator::LIST, get(functions)),
         (detectors::STATE, get(detectors_state)),
@@ -315,7 +319,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
         uuid: ctx.uuid,
         version: opsbro_types::VERSION.to_owned(),
         state: ctx.status.agent_state(),
-        zone: ctx.zone.clone(),
+        zone: ctx.current_zone.borrow().clone(),
         is_proxy: ctx.is_proxy,
         groups,
         addresses: ctx.addresses.clone(),

@@ -456,6 +456,93 @@ pub fn format_time(ms: u64) -> String {
     opsbro_checks::notify::format_time(ms / 1000)
 }
 
+/// `gossip zone list`: the tree from the top zones down, each zone with where it stands from
+/// this node, whether this node holds its key, and the members it knows in it.
+pub async fn zones(client: &Client, json: bool) -> Result<(), CliError> {
+    let zones: std::collections::BTreeMap<String, g::ZoneView> = client.get(g::ZONES).await?;
+    if json {
+        println!("{}", to_json(&zones)?);
+        return Ok(());
+    }
+    fn line(
+        zones: &std::collections::BTreeMap<String, g::ZoneView>,
+        name: &str,
+        depth: usize,
+        out: &mut String,
+    ) {
+        let Some(z) = zones.get(name) else { return };
+        let relation = match z.relation.as_str() {
+            "our" => "your zone",
+            "upper" => "upper zone",
+            "lower" => "lower zone",
+            _ => "other zone",
+        };
+        out.push_str(&format!(
+            "{}{}{} ({relation}) {} {} member{}\n",
+            "   ".repeat(depth.saturating_sub(1)),
+            if depth == 0 { "" } else { "└─ " },
+            z.name,
+            if z.have_gossip_key {
+                "[key]"
+            } else {
+                "[no key]"
+            },
+            z.members,
+            if z.members == 1 { "" } else { "s" }
+        ));
+        // Depth is bounded by the tree (no cycles); the guard only protects the output.
+        if depth < 32 {
+            for sub in &z.sub_zones {
+                line(zones, sub, depth + 1, out);
+            }
+        }
+    }
+    let mut out = String::new();
+    for root in zones.values().filter(|z| z.parent.is_none()) {
+        line(&zones, &root.name, 0, &mut out);
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// `gossip zone change NAME`.
+pub async fn zone_change(client: &Client, zone: String) -> Result<(), CliError> {
+    let answer: g::ZoneChangeAnswer = client.put_json(g::ZONE, &g::ZoneChange { zone }).await?;
+    println!("{}", answer.text);
+    Ok(())
+}
+
+/// `gossip zone key generate|import`.
+pub async fn zone_key(
+    client: &Client,
+    zone: String,
+    key: Option<String>,
+    erase: bool,
+) -> Result<(), CliError> {
+    let path = g::ZONE_KEY.replace("{zone}", &zone);
+    let answer: g::ZoneKeyAnswer = client
+        .post_json(&path, &g::ZoneKeyRequest { key, erase })
+        .await?;
+    match &answer.generated {
+        Some(key) => {
+            eprintln!(
+                "zone {} key {} kept in {}; import it on the zone's other nodes and on the nodes of the zones above with:",
+                answer.zone, answer.key_id, answer.file
+            );
+            eprintln!(
+                "  opsbro gossip zone key import --zone {} --key <the key>",
+                answer.zone
+            );
+            println!("{key}");
+        }
+        None => println!(
+            "zone {} key {} kept in {}",
+            answer.zone, answer.key_id, answer.file
+        ),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
