@@ -135,6 +135,14 @@ fn zones_limit_what_each_node_sees_and_reads() {
         "{info:#}"
     );
 
+    // The KV store is per zone: a key written in dc1 lives on dc1's nodes only.
+    let put = lan.cli(3, &["kv", "put", "zoned/k", "in-dc1"]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    let got = lan.cli(2, &["kv", "get", "zoned/k", "--raw"]);
+    assert_eq!(stdout(&got), "in-dc1", "{}", stderr(&got));
+    let other = lan.cli(4, &["kv", "get", "zoned/k"]);
+    assert_eq!(other.status.code(), Some(2), "{}", stdout(&other));
+
     // A dc1 node asked to join a dc2 node: its packets are sealed with dc1's key, which dc2
     // does not hold — dropped and counted there, and the views do not merge.
     let before = json_of(&lan.cli(5, &["agent", "info", "--json"]))["gossip"]["counters"]

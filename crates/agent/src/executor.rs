@@ -362,6 +362,14 @@ impl ExecutorHandle {
         let (tx, mut rx) = mpsc::channel::<ExecLine>(4);
         let run = self.run_as_target(signed, Some(peer), tx);
         let keyring = self.0.keyring.clone();
+        // Answer in the requester's zone (it may not hold this zone's key), found by address.
+        let zone: Option<String> = self
+            .0
+            .membership
+            .borrow()
+            .iter()
+            .find(|p| p.addr.ip() == peer.ip() && p.uuid != self.0.uuid)
+            .map(|p| p.zone.clone());
         let write = async move {
             let mut ok = true;
             while let Some(line) = rx.recv().await {
@@ -372,7 +380,10 @@ impl ExecutorHandle {
                 if serde_json::to_writer(&mut plain, &line).is_err() {
                     continue;
                 }
-                let sealed = cluster::seal(&keyring, &plain);
+                let sealed = match &zone {
+                    Some(z) => cluster::seal_for(&keyring, z, &plain),
+                    None => cluster::seal(&keyring, &plain),
+                };
                 // The requester may be gone (it gave up, it was stopped): the command still
                 // runs to its end and is in this node's history.
                 ok = cluster::write_frame(&mut stream, &sealed).await.is_ok();
@@ -726,7 +737,8 @@ impl ExecutorHandle {
         let mut plain = Vec::with_capacity(1 + signed.len());
         plain.push(opsbro_exec::KIND_REQUEST);
         plain.extend_from_slice(signed);
-        let sealed = cluster::seal(&self.0.keyring, &plain);
+        // Sealed for the target's zone (an upper-zone requester holds its sub-zones' keys).
+        let sealed = cluster::seal_for(&self.0.keyring, &target.zone, &plain);
         if let Err(e) = cluster::write_frame(&mut stream, &sealed).await {
             return unreachable(format!("cannot send the request to {addr}: {e}"));
         }

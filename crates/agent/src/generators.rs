@@ -178,6 +178,7 @@ fn render(
     };
     env.add_function("ok_nodes", move |kwargs: Kwargs| -> Result<Value, Error> {
         let group: Option<String> = kwargs.get("group")?;
+        let zone: Option<String> = kwargs.get("zone")?;
         let if_none: Option<String> = kwargs.get("if_none")?;
         kwargs.assert_all_used()?;
         let picked: Vec<serde_json::Value> = up
@@ -187,6 +188,7 @@ fn render(
                     .as_deref()
                     .is_none_or(|g| g.is_empty() || p.groups.iter().any(|x| x == g))
             })
+            .filter(|p| zone.as_deref().is_none_or(|z| z.is_empty() || p.zone == z))
             .map(node_value)
             .collect();
         if picked.is_empty() && if_none.as_deref() == Some("raise") {

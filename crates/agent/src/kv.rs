@@ -389,9 +389,20 @@ fn is_live(peer: &Peer) -> bool {
     )
 }
 
-/// The nodes that store keys: live members in group `kv`, or every live member when none is.
-pub fn eligible(members: &[Peer]) -> Vec<NodeUuid> {
-    let live: Vec<&Peer> = members.iter().filter(|p| is_live(p)).collect();
+/// The nodes that store keys: the live members of this node's zone (`me`'s) in group `kv`, or
+/// every live member of the zone when none is. Each zone has its own store: a node sees the
+/// members of the zones below it and the proxies above, and rings built from those views would
+/// differ from one zone to the next.
+pub fn eligible(me: NodeUuid, members: &[Peer]) -> Vec<NodeUuid> {
+    let zone = members
+        .iter()
+        .find(|p| p.uuid == me)
+        .map(|p| p.zone.as_str());
+    let live: Vec<&Peer> = members
+        .iter()
+        .filter(|p| is_live(p))
+        .filter(|p| zone.is_none_or(|z| p.zone == z))
+        .collect();
     let tagged: Vec<NodeUuid> = live
         .iter()
         .filter(|p| p.groups.iter().any(|g| g == "kv"))

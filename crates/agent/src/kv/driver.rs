@@ -116,7 +116,7 @@ impl Driver {
     }
 
     fn members(&mut self, members: &[Peer]) {
-        let eligible = super::eligible(members);
+        let eligible = super::eligible(self.core.me(), members);
         self.peers = Arc::new(members.iter().map(|p| (p.uuid, p.clone())).collect());
         let ring_changed = self.core.handle_members(now(), &eligible);
         if ring_changed {

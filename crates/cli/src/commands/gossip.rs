@@ -36,13 +36,21 @@ pub async fn members(
     if detail {
         headers.extend(["UUID", "INCARNATION", "VERSION", "PROXY"]);
     }
+    // Grouped by zone (the original's `<zone> > <name>` lines), proxies marked.
+    let mut members = members;
+    members.sort_by(|a, b| (&a.zone, &a.name).cmp(&(&b.zone, &b.name)));
     let rows: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
-            let name = if m.display_name != m.name {
-                format!("{} [{}]", m.name, m.display_name)
+            let name = if m.is_proxy {
+                format!("{} [proxy]", m.name)
             } else {
                 m.name.clone()
+            };
+            let name = if m.display_name != m.name {
+                format!("{name} [{}]", m.display_name)
+            } else {
+                name
             };
             let name = if m.is_self {
                 format!("{name} (self)")
