@@ -27,6 +27,17 @@ fn json_of(out: &std::process::Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
 }
 
+/// `opsbro gossip zone key import` of `zone`'s key on host `i`.
+fn import_key(lan: &Lan, i: usize, zone: &str, key: &str) {
+    let out = lan.cli(
+        i,
+        &[
+            "gossip", "zone", "key", "import", "--zone", zone, "--key", key,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// The names host `i` lists (any state) and the alive ones.
 fn seen(lan: &Lan, i: usize) -> (BTreeSet<String>, BTreeSet<String>) {
     let members = lan.members(i);
@@ -92,20 +103,7 @@ fn zones_limit_what_each_node_sees_and_reads() {
             vec![zone]
         };
         for z in held {
-            let out = lan.cli(
-                i,
-                &[
-                    "gossip",
-                    "zone",
-                    "key",
-                    "import",
-                    "--zone",
-                    z,
-                    "--key",
-                    &key_of(z),
-                ],
-            );
-            assert!(out.status.success(), "{}", stderr(&out));
+            import_key(&lan, i, z, &key_of(z));
         }
     }
 
@@ -167,20 +165,7 @@ fn zones_limit_what_each_node_sees_and_reads() {
     wait_view(&lan, 3, &[0, 1, 2, 3]);
 
     // host5 moves to dc1 (it gets dc1's key first): dc1 sees it alive, dc2 no longer does.
-    let out = lan.cli(
-        5,
-        &[
-            "gossip",
-            "zone",
-            "key",
-            "import",
-            "--zone",
-            "dc1",
-            "--key",
-            &key_of("dc1"),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    import_key(&lan, 5, "dc1", &key_of("dc1"));
     let out = lan.cli(5, &["gossip", "zone", "change", "dc1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("to zone `dc1`"), "{}", stdout(&out));
