@@ -56,7 +56,7 @@ fn three_zones(seed: u64, keys: bool) -> Zones {
     if keys {
         sim.use_zone_keys();
     }
-    let mut zone = |sim: &mut Sim, name: &str, proxies: usize, others: usize| -> Vec<usize> {
+    let zone = |sim: &mut Sim, name: &str, proxies: usize, others: usize| -> Vec<usize> {
         let mut v: Vec<usize> = (0..proxies).map(|_| sim.add_node_in(name, true)).collect();
         v.extend((0..others).map(|_| sim.add_node_in(name, false)));
         v
