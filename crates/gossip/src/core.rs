@@ -307,6 +307,10 @@ pub struct Gossip {
     next_push_pull: Time,
     next_reap: Time,
     queue: BroadcastQueue,
+    /// The same news for the proxies of other zones (a proxy's relay), with its own transmit
+    /// counts: news reaches the other zones however small this zone is. Empty on a node
+    /// without cross-zone peers.
+    relay: BroadcastQueue,
     /// Deadlines of the current suspicions (few), so timers never scan the whole member table.
     suspect_deadlines: HashMap<NodeUuid, Time>,
     /// After a join, push-pull again at 2 s, 4 s, 8 s, ... (0: normal schedule) so a node that
@@ -374,6 +378,7 @@ impl Gossip {
             next_push_pull,
             next_reap: now + 1000,
             queue: BroadcastQueue::default(),
+            relay: BroadcastQueue::default(),
             suspect_deadlines: HashMap::default(),
             fast_sync_ms: 0,
             joining: false,
@@ -457,7 +462,7 @@ impl Gossip {
 
     /// Queued broadcasts (for tests and metrics).
     pub fn queued_broadcasts(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.relay.len()
     }
 
     /// Take the effects produced so far.
@@ -497,8 +502,13 @@ impl Gossip {
         if zone == self.me.zone {
             return;
         }
-        let old_peers: Vec<NodeUuid> = self.own.list.clone();
-        self.me.zone = zone;
+        let old_peers: Vec<(NodeUuid, SocketAddr)> = self
+            .own
+            .list
+            .iter()
+            .filter_map(|u| self.addr_of(u).map(|a| (*u, a)))
+            .collect();
+        let old_zone = std::mem::replace(&mut self.me.zone, zone);
         let gone: Vec<NodeUuid> = self
             .members
             .values()
@@ -532,11 +542,13 @@ impl Gossip {
         // that may not see us any more forgets us on receipt).
         let alive = codec::encode_message(&Message::Alive(self.me.clone()));
         if alive.len() + codec::datagram_overhead(1) <= self.cfg.max_datagram {
-            for uuid in old_peers {
-                if !self.own.contains(&uuid)
-                    && let Some(addr) = self.addr_of(&uuid)
-                {
-                    self.push_send(addr, codec::datagram([alive.as_slice()]));
+            for (uuid, addr) in old_peers {
+                if !self.own.contains(&uuid) {
+                    self.effects.push(Effect::Send {
+                        to: addr,
+                        zone: old_zone.clone(),
+                        bytes: codec::datagram([alive.as_slice()]),
+                    });
                 }
             }
         }
@@ -625,6 +637,10 @@ impl Gossip {
             incarnation: self.me.incarnation,
         };
         let bytes = codec::encode_message(&msg);
+        if !self.cross.list.is_empty() {
+            self.relay
+                .push(BroadcastKey::Node(self.me.uuid), bytes.clone());
+        }
         self.queue
             .push(BroadcastKey::Node(self.me.uuid), bytes.clone());
         let targets = self.gossip_targets(self.cfg.gossip_nodes * 2);
@@ -1070,7 +1086,7 @@ impl Gossip {
             // sent exactly its retransmit limit times, only sooner.
             let interval = ms(self.cfg.gossip_interval);
             self.next_gossip = now
-                + if self.queue.is_empty() {
+                + if self.queue.is_empty() && self.relay.is_empty() {
                     interval
                 } else {
                     (interval / 4).max(EAGER_GAP_MS)
@@ -1106,7 +1122,7 @@ impl Gossip {
     /// The earliest time at which [`Gossip::handle_tick`] has something to do.
     pub fn next_deadline(&self) -> Time {
         // An empty queue needs no gossip round: do not wake for it (news moves the round up).
-        let gossip_due = if self.queue.is_empty() {
+        let gossip_due = if self.queue.is_empty() && self.relay.is_empty() {
             Time::MAX
         } else {
             self.next_gossip
@@ -1303,8 +1319,9 @@ impl Gossip {
             // Nobody to tell: news would wait forever (and keep the busy cadence). A node that
             // joins later gets our state by push-pull.
             self.queue = BroadcastQueue::default();
+            self.relay = BroadcastQueue::default();
         }
-        if self.queue.is_empty() {
+        if self.queue.is_empty() && self.relay.is_empty() {
             return;
         }
         let targets = self.gossip_targets(self.cfg.gossip_nodes);
@@ -1343,7 +1360,7 @@ impl Gossip {
             return self.queue.select(budget, limit);
         }
         let (members, zones, me) = (&self.members, &self.cfg.zones, &self.me);
-        self.queue.select_for(budget, limit, |key| {
+        self.relay.select_for(budget, limit, |key| {
             let about = match key {
                 BroadcastKey::Node(u) | BroadcastKey::Confirm(u, _) => u,
                 BroadcastKey::Event(_) => return true,
@@ -1493,9 +1510,13 @@ impl Gossip {
             // Too big for a datagram (a node with many groups): spread it over TCP instead, by
             // push-pull with a few peers, who do the same when it is news to them.
             self.queue.remove(key);
+            self.relay.remove(key);
             self.push_pull_soon = true;
             self.next_push_pull_soon = self.next_push_pull_soon.min(self.now);
             return;
+        }
+        if !self.cross.list.is_empty() {
+            self.relay.push(key, bytes.clone());
         }
         self.queue.push(key, bytes);
         // News travels at once instead of waiting for the next round (at most one early round
@@ -1951,6 +1972,7 @@ impl Gossip {
         self.cross.remove(uuid);
         self.suspect_deadlines.remove(&uuid);
         self.queue.remove(BroadcastKey::Node(uuid));
+        self.relay.remove(BroadcastKey::Node(uuid));
     }
 
     /// Whether this node may keep `record` (the zone visibility rule).
@@ -2507,5 +2529,244 @@ mod security_tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::ZoneTree;
+
+    fn tree() -> ZoneTree {
+        ZoneTree::new(&[(
+            "internet".to_owned(),
+            vec!["dc1".to_owned(), "dc2".to_owned()],
+        )])
+        .expect("tree")
+    }
+
+    fn node(n: u8, zone: &str, is_proxy: bool) -> NodeRecord {
+        NodeRecord {
+            zone: zone.into(),
+            is_proxy,
+            ..record(n)
+        }
+    }
+
+    fn gossip(me: NodeRecord) -> Gossip {
+        let cfg = GossipConfig {
+            zones: tree(),
+            ..GossipConfig::default()
+        };
+        Gossip::new(cfg, me, 1, 0)
+    }
+
+    /// Every node of the test cluster: internet (1 proxy, 2 other), dc1 (3 proxy, 4 other),
+    /// dc2 (5 proxy, 6 other).
+    fn everyone() -> Vec<NodeRecord> {
+        vec![
+            node(1, "internet", true),
+            node(2, "internet", false),
+            node(3, "dc1", true),
+            node(4, "dc1", false),
+            node(5, "dc2", true),
+            node(6, "dc2", false),
+        ]
+    }
+
+    fn names(p: &PushPull) -> Vec<String> {
+        let mut v: Vec<String> = p.members.iter().map(|r| r.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn ask(from: NodeRecord) -> PushPull {
+        PushPull {
+            join: true,
+            members: vec![from],
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn a_node_stores_only_what_its_zone_may_see_and_counts_the_rest() {
+        let mut a = gossip(node(4, "dc1", false));
+        let all = PushPull {
+            join: false,
+            members: everyone(),
+            events: vec![],
+        };
+        a.handle_push_pull_reply(10, addr(1), all, true);
+        let mut seen: Vec<String> = a.members().map(|r| r.name.clone()).collect();
+        seen.sort();
+        assert_eq!(seen, ["n1", "n3", "n4"], "internet proxy, dc1; no dc2");
+        assert_eq!(a.stats().zone_filtered, 3);
+    }
+
+    #[test]
+    fn push_pull_answers_follow_the_asker_zone() {
+        // The internet proxy knows everyone.
+        let mut p = gossip(node(1, "internet", true));
+        p.handle_push_pull_reply(
+            10,
+            addr(2),
+            PushPull {
+                join: false,
+                members: everyone(),
+                events: vec![],
+            },
+            true,
+        );
+        assert_eq!(p.members().count(), 6);
+        // Same zone: everything.
+        let answer = p.handle_push_pull(20, addr(2), ask(node(2, "internet", false)));
+        assert_eq!(answer.members.len(), 6);
+        // A direct sub-zone asking a proxy: the proxies of internet and the asker's zone.
+        let answer = p.handle_push_pull(30, addr(4), ask(node(4, "dc1", false)));
+        assert_eq!(names(&answer), ["n1", "n3", "n4"]);
+        assert_eq!(answer.members[0].uuid, record(1).uuid, "the answerer first");
+        // Not a proxy: refused, and the request is not merged.
+        let mut q = gossip(node(2, "internet", false));
+        let answer = q.handle_push_pull(40, addr(7), ask(node(7, "dc1", false)));
+        assert!(answer.members.is_empty());
+        assert_eq!(q.stats().zone_refused, 1);
+        assert!(q.member(&record(7).uuid).is_none());
+        // A sibling zone: refused.
+        let mut d = gossip(node(4, "dc1", false));
+        let answer = d.handle_push_pull(50, addr(6), ask(node(6, "dc2", false)));
+        assert!(answer.members.is_empty());
+        assert_eq!(d.stats().zone_refused, 1);
+        // An upper zone asking: everything the asker may see (here: all dc1 knows).
+        d.handle_push_pull_reply(
+            60,
+            addr(3),
+            PushPull {
+                join: false,
+                members: everyone(),
+                events: vec![],
+            },
+            true,
+        );
+        let answer = d.handle_push_pull(70, addr(2), ask(node(2, "internet", false)));
+        assert_eq!(names(&answer), ["n1", "n3", "n4"], "all dc1 may keep");
+        // An empty request names no zone: refused.
+        let answer = d.handle_push_pull(
+            80,
+            addr(9),
+            PushPull {
+                join: false,
+                members: vec![],
+                events: vec![],
+            },
+        );
+        assert!(answer.members.is_empty());
+    }
+
+    #[test]
+    fn detect_pings_are_answered_by_the_original_rule() {
+        let answers = |me: NodeRecord, asker: &str| {
+            let mut b = gossip(me);
+            let mut a = gossip(node(9, asker, false));
+            let (_, ping) = a.detect_ping();
+            b.handle_datagram(10, addr(9), &ping).expect("decode");
+            let sent: Vec<String> = b
+                .take_effects()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Effect::Send { zone, .. } => Some(zone),
+                    _ => None,
+                })
+                .collect();
+            assert!(sent.len() <= 1);
+            if sent.is_empty() {
+                assert_eq!(b.stats().zone_refused, 1);
+            }
+            sent.first().cloned()
+        };
+        assert_eq!(
+            answers(node(4, "dc1", false), "dc1").as_deref(),
+            Some("dc1")
+        );
+        // From an upper zone: sealed for the asker's zone.
+        assert_eq!(
+            answers(node(4, "dc1", false), "internet").as_deref(),
+            Some("internet")
+        );
+        assert_eq!(
+            answers(node(1, "internet", true), "dc1").as_deref(),
+            Some("dc1")
+        );
+        assert_eq!(answers(node(2, "internet", false), "dc1"), None);
+        assert_eq!(answers(node(4, "dc1", false), "dc2"), None);
+        assert_eq!(answers(node(3, "dc1", true), "dc2"), None);
+    }
+
+    #[test]
+    fn sends_name_the_destination_zone_and_a_join_uses_our_own() {
+        let mut p = gossip(node(3, "dc1", true));
+        p.join(addr(1));
+        let effects = p.take_effects();
+        assert!(
+            matches!(&effects[..], [Effect::PushPull { zone, .. }] if zone == "dc1"),
+            "{effects:?}"
+        );
+        p.handle_push_pull_reply(
+            10,
+            addr(1),
+            PushPull {
+                join: false,
+                members: everyone(),
+                events: vec![],
+            },
+            true,
+        );
+        // A user ping to the internet proxy is sealed for internet.
+        p.take_effects();
+        p.ping(20, record(1).uuid).expect("known");
+        let effects = p.take_effects();
+        assert!(
+            matches!(&effects[..], [Effect::Send { to, zone, .. }] if *to == addr(1) && zone == "internet"),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn a_zone_change_forgets_what_the_new_zone_may_not_see_without_reporting_deaths() {
+        let mut a = gossip(node(4, "dc1", false));
+        a.handle_push_pull_reply(
+            10,
+            addr(3),
+            PushPull {
+                join: false,
+                members: everyone(),
+                events: vec![],
+            },
+            true,
+        );
+        a.take_effects();
+        let before = a.me().incarnation;
+        a.set_zone(100, "dc2".into());
+        assert_eq!(a.me().zone, "dc2");
+        assert_eq!(a.me().incarnation, before + 1);
+        let mut seen: Vec<String> = a.members().map(|r| r.name.clone()).collect();
+        seen.sort();
+        // Only the internet proxy is still visible (dc1 is a sibling now).
+        assert_eq!(seen, ["n1", "n4"]);
+        let effects = a.take_effects();
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, Effect::MemberChanged(_))),
+            "{effects:?}"
+        );
+        // The old zone's member is told; a push-pull goes to the internet proxy (no dc2
+        // member known yet).
+        assert!(effects.iter().any(
+            |e| matches!(e, Effect::Send { to, zone, .. } if *to == addr(3) && zone == "dc1")
+        ));
+        assert!(effects.iter().any(
+            |e| matches!(e, Effect::PushPull { to, zone, .. } if *to == addr(1) && zone == "internet")
+        ));
     }
 }
