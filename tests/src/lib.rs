@@ -454,3 +454,12 @@ pub fn read_frame(s: &mut std::net::TcpStream) -> Option<Vec<u8>> {
     s.read_exact(&mut buf).ok()?;
     Some(buf)
 }
+
+/// `objects_dirs: [...]` naming the test zone tree (`internet` ⊃ {dc1, dc2, first, second}):
+/// for a configuration whose `zone` is one of them (an unknown zone stops the agent at start).
+pub fn zones_config() -> String {
+    format!(
+        "objects_dirs: [{}]\n",
+        repo_path("tests/fixtures/zones").display()
+    )
+}

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use opsbro_tests::{Agent, AgentOptions, DEADLINE, stderr, stdout, wait_for};
+use opsbro_tests::{Agent, AgentOptions, DEADLINE, stderr, stdout, wait_for, zones_config};
 use serde_json::Value;
 
 fn write(path: &Path, text: &str) {
@@ -120,12 +120,18 @@ fn settings_apply_live_or_are_named_as_needing_a_restart() {
     let agent = Agent::start_with(
         AgentOptions::default()
             .name("reload-settings")
-            .config("zone: first\ngroups: [one]\n"),
+            .config(&format!("zone: first\ngroups: [one]\n{}", zones_config())),
     )
     .expect("agent");
     let config = config_path(&agent);
     assert!(groups(&agent).contains("\"one\""));
-    write(&config, "zone: second   # moved\ngroups: [one, two]\n");
+    write(
+        &config,
+        &format!(
+            "zone: second   # moved\ngroups: [one, two]\n{}",
+            zones_config()
+        ),
+    );
     let out = agent.cli(["agent", "reload", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -142,7 +148,10 @@ fn settings_apply_live_or_are_named_as_needing_a_restart() {
     .expect("groups apply live");
 
     // A configuration that does not load changes nothing.
-    write(&config, "zone: [not, a, zone]\ngroups: [three]\n");
+    write(
+        &config,
+        &format!("zone: [not, a, zone]\ngroups: [three]\n{}", zones_config()),
+    );
     let out = agent.cli(["agent", "reload"]);
     assert!(!out.status.success());
     assert!(stdout(&out).contains("does not load"), "{}", stdout(&out));
@@ -151,7 +160,10 @@ fn settings_apply_live_or_are_named_as_needing_a_restart() {
     // `agent parameters` edits the file (comments kept) and reloads.
     write(
         &config,
-        "# site settings\nzone: first   # moved\ngroups:\n  - one\n",
+        &format!(
+            "# site settings\nzone: first   # moved\ngroups:\n  - one\n{}",
+            zones_config()
+        ),
     );
     let params = |args: &[&str]| {
         let mut all = vec!["agent", "parameters"];

@@ -30,7 +30,9 @@ fn short(server: SocketAddr, name: &str, qtype: &str) -> Vec<String> {
 }
 
 fn node(name: &str, ip: &str, config: &str) -> Agent {
-    Agent::start_with(AgentOptions::default().name(name).bind(ip).config(config)).expect("agent")
+    // Zone dc1 is defined by the test zone tree.
+    let config = format!("{config}\n{}", opsbro_tests::zones_config());
+    Agent::start_with(AgentOptions::default().name(name).bind(ip).config(&config)).expect("agent")
 }
 
 fn join(agents: &[&Agent]) {

@@ -128,7 +128,10 @@ impl Reloader {
             d.sort();
             d
         };
-        if let Err(e) = crate::zones::tree(&packs) {
+        let zone = crate::zones::current_zone(&new.zone, &new.data_dir);
+        if let Err(e) =
+            crate::zones::tree(&packs).and_then(|tree| crate::zones::check(&tree, &zone))
+        {
             report
                 .errors
                 .push(format!("{e}: the previous objects keep running"));
