@@ -138,11 +138,18 @@ mod tests {
             .trim()
             .parse()
             .expect("a pid");
-        // The background child was in the group: gone (or a zombie about to be reaped by init).
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false);
-        assert!(!alive, "child {pid} survived the timeout");
+        // The background child was in the group: gone, or a zombie about to be reaped by init
+        // (the kernel delivers the SIGKILL asynchronously: wait for it, with a deadline).
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !(s.contains(") Z ") || s.contains(") X ")))
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while alive() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(), "child {pid} survived the timeout");
     }
 
     #[tokio::test]
