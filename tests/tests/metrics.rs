@@ -321,7 +321,7 @@ fn graphite_lines_collectors_and_perfdata_are_stored_queried_and_found() {
     let bad = http(
         agent.api,
         "GET",
-        "/render?target=a.b&from=yesterday",
+        "/render?target=a.b&from=yesterweek",
         &[],
         b"",
     )

@@ -382,7 +382,17 @@ impl TsDb {
         until: u64,
         now: u64,
     ) -> Result<Fetched, StoreError> {
-        let res = Resolution::for_range(from, now);
+        self.fetch_res(name, Resolution::for_range(from, now), from, until)
+    }
+
+    /// The records of `name` between `from` and `until` (inclusive) at resolution `res`.
+    pub fn fetch_res(
+        &self,
+        name: &str,
+        res: Resolution,
+        from: u64,
+        until: u64,
+    ) -> Result<Fetched, StoreError> {
         let step = res.step();
         let start = from - from % step;
         let end = until.max(from);
