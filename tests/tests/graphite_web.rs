@@ -58,19 +58,22 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// The value of a series at minute `i`, if any.
+type Generator = Box<dyn FnMut(u64) -> Option<f64>>;
+
 /// The points: `(name, [(value, ts)])`. Minute-aligned timestamps, 90 minutes of them.
 fn points(first: u64) -> Vec<(&'static str, Vec<(f64, u64)>)> {
     let ts = |i: u64| first + i * 60;
     let mut eth0 = 0.0;
     let mut eth1 = 0.0;
-    let series: Vec<(&'static str, Box<dyn FnMut(u64) -> Option<f64>>)> = vec![
+    let series: Vec<(&'static str, Generator)> = vec![
         (
             "srv.web1.load",
             Box::new(|i| Some(1.0 + ((i * 7) % 11) as f64 * 0.5)),
         ),
         (
             "srv.web2.load",
-            Box::new(|i| (i % 7 != 3).then(|| 2.0 + ((i * 5) % 13) as f64 * 0.25)),
+            Box::new(|i| (i % 7 != 3).then_some(2.0 + ((i * 5) % 13) as f64 * 0.25)),
         ),
         (
             "srv.db1.load",
@@ -78,7 +81,7 @@ fn points(first: u64) -> Vec<(&'static str, Vec<(f64, u64)>)> {
         ),
         (
             "srv.db2.load",
-            Box::new(|i| (!(40..50).contains(&i)).then(|| 0.5 + (i % 9) as f64 * 1.5)),
+            Box::new(|i| (!(40..50).contains(&i)).then_some(0.5 + (i % 9) as f64 * 1.5)),
         ),
         ("srv.web1.cpu", Box::new(|i| Some(10.0 + (i % 4) as f64))),
         (

@@ -130,7 +130,8 @@ async fn render(
     // graphite-web ignores a maxDataPoints that is not a whole number.
     let max_points = field(&fields, "maxDataPoints")
         .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|m| m.parse::<usize>().ok());
+        .and_then(|m| m.parse::<usize>().ok())
+        .filter(|m| *m > 0);
     let xff = match field(&fields, "xFilesFactor") {
         None => 0.0,
         Some(x) => x

@@ -462,7 +462,7 @@ impl Agg {
                 }
                 v.sort_by(f64::total_cmp);
                 let mid = v.len() / 2;
-                Some(if v.len() % 2 == 0 {
+                Some(if v.len().is_multiple_of(2) {
                     (v[mid - 1] + v[mid]) / 2.0
                 } else {
                     v[mid]
@@ -521,7 +521,10 @@ fn lcm(a: i64, b: i64) -> i64 {
 
 /// graphite-web's `normalize`: every series consolidated to the coarsest common step; its rows
 /// (`izip_longest`), start, end and step. `None` when there is no series.
-fn normalize(list: &[&Series]) -> Option<(Vec<Vec<Option<f64>>>, i64, i64, i64)> {
+/// Rows of values, start, end, step.
+type Normalized = (Vec<Vec<Option<f64>>>, i64, i64, i64);
+
+fn normalize(list: &[&Series]) -> Option<Normalized> {
     let first = list.first()?;
     let step = list.iter().map(|s| s.step).fold(first.step, lcm).max(1);
     let columns: Vec<Vec<Option<f64>>> = list
@@ -733,10 +736,7 @@ fn agg_key(s: &Series, nodes: &[&Arg]) -> String {
 }
 
 /// Group series by key, keys in order of first appearance.
-fn group_by<'s>(
-    list: &'s [Series],
-    key: impl Fn(&Series) -> String,
-) -> Vec<(String, Vec<&'s Series>)> {
+fn group_by(list: &[Series], key: impl Fn(&Series) -> String) -> Vec<(String, Vec<&Series>)> {
     let mut groups: Vec<(String, Vec<&Series>)> = Vec::new();
     for s in list {
         let k = key(s);
@@ -1801,6 +1801,8 @@ fn moving(ctx: &Ctx, b: &Bound, func: &str) -> Result<Vec<Series>, Fail> {
         }
     };
     let xff = b.float(2);
+    // Nothing is kept longer than a year: a longer window reads the same as a year.
+    let preview = preview.min(2 * MAX_RETENTION);
     let preview_ctx = Ctx {
         from: ctx.from - preview,
         ..*ctx

@@ -622,6 +622,26 @@ mod tests {
         assert_eq!(to_raw(&[s]), "a.b,0,120,60|1.0,None\n");
     }
 
+    proptest::proptest! {
+        /// Bad input never panics: any text as a target, any time text.
+        #[test]
+        fn any_target_or_time_text_is_an_answer_or_an_error(
+            target in "[a-zA-Z(),.'\"*{}0-9 =;|~\\-]{0,60}",
+            func in proptest::sample::select(spec::FUNCTIONS.iter().map(|f| f.name).collect::<Vec<_>>()),
+            args in proptest::collection::vec(
+                proptest::sample::select(vec!["servers.*.load", "1", "-1", "0", "2.5", "'5min'", "'sum'", "true", "None", "inf", "'x'", "-5", "'1s'"]),
+                0..5,
+            ),
+            time in "[a-z0-9:_/+ -]{0,16}",
+        ) {
+            let db = db();
+            let _ = render(&db, &[target], range());
+            let call = format!("{func}({})", args.join(","));
+            let _ = render(&db, &[call], range());
+            let _ = parse_time(&time, NOW);
+        }
+    }
+
     #[test]
     fn find_lists_one_level() {
         let db = db();

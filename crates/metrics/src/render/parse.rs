@@ -305,10 +305,11 @@ fn number(word: &str) -> Option<Arg> {
     if !mantissa_ok || !exponent_ok {
         return None;
     }
-    if exponent.is_none() && !mantissa.contains('.') {
-        if let Ok(i) = word.parse::<i64>() {
-            return Some(Arg::Int(i));
-        }
+    if exponent.is_none()
+        && !mantissa.contains('.')
+        && let Ok(i) = word.parse::<i64>()
+    {
+        return Some(Arg::Int(i));
     }
     word.parse::<f64>()
         .ok()
