@@ -11,12 +11,17 @@ graphite-web 1.1.8), same machine, same run.
    the lag of its writer).
 2. /render: 10 series with a point per minute over the last day, written to both; then `wrk`
    (1 thread, 4 connections, keep-alive) asks each for
-   sumSeries(movingAverage(bench.render.s*.value,'10min')) from -1d as JSON for DURATION seconds.
+   sumSeries(movingAverage(bench.render.s*.value,'10min')) over the 1420 minutes before the data
+   was written (a day less the window and a margin: a range reaching further back than a day is
+   read from opsbro's hour archive, and past whisper's one 1-day archive is cut) as JSON for
+   DURATION seconds.
    graphite-web runs under gunicorn with 2 sync workers (one per core), its render cache off
    (opsbro has none); both answers are checked equal first.
 
-Both servers keep their default settings otherwise (carbon: MAX_UPDATES_PER_SECOND 500,
-MAX_CREATES_PER_MINUTE 50, MAX_CACHE_SIZE inf).
+The /render part runs first, so that carbon's writer has nothing left to do meanwhile. Both
+servers keep their default settings otherwise (carbon: MAX_UPDATES_PER_SECOND 500,
+MAX_CACHE_SIZE inf; MAX_CREATES_PER_MINUTE is raised from 50 to inf, since past it carbon drops
+the points of new series, which would leave the render series incomplete).
 
 Usage: graphite_bench.py OPSBRO_BINARY [lines per server, default 4000000] [wrk seconds, default 10]
 """
@@ -52,7 +57,10 @@ def free_port():
 def wait(what, cond, timeout=60.0, every=0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        v = cond()
+        try:
+            v = cond()
+        except OSError:
+            v = None
         if v:
             return v
         time.sleep(every)
@@ -107,7 +115,7 @@ ENABLE_LOGROTATION = False
 USER =
 MAX_CACHE_SIZE = inf
 MAX_UPDATES_PER_SECOND = 500
-MAX_CREATES_PER_MINUTE = 50
+MAX_CREATES_PER_MINUTE = inf
 LINE_RECEIVER_INTERFACE = 127.0.0.1
 LINE_RECEIVER_PORT = {carbon_port}
 ENABLE_UDP_LISTENER = False
@@ -165,10 +173,14 @@ def opsbro_lines():
         return None
 
 
+def carbon_metric_file():
+    host = socket.gethostname().replace(".", "_")
+    return os.path.join(carbon_dir, "whisper", "carbon", "agents", f"{host}-a", "metricsReceived.wsp")
+
+
 def carbon_received():
     """(total lines, time of the last second with lines) from carbon's own metric."""
-    host = socket.gethostname().replace(".", "_")
-    path = os.path.join(carbon_dir, "whisper", "carbon", "agents", f"{host}-a", "metricsReceived.wsp")
+    path = carbon_metric_file()
     if not os.path.exists(path):
         return (0, 0)
     out = subprocess.run(["whisper-fetch", "--from", str(int(time.time()) - 3500), path],
@@ -197,18 +209,70 @@ def send_lines(port, chunk, repeats):
     return threads
 
 
+results = {}
 try:
     wait("opsbro", lambda: opsbro_lines() is not None)
     wait("graphite-web", lambda: get(f"http://127.0.0.1:{web_port}/render?target=constantLine(1)&format=json"))
-    wait("carbon's own metrics", lambda: carbon_received()[1] or None, timeout=120, every=1)
+    wait("carbon's own metrics", lambda: os.path.exists(carbon_metric_file()), timeout=120, every=1)
 
+    # --- /render
+    now = int(time.time())
+    first = now - now % 60 - 1440 * 60
+    lines = "".join(f"bench.render.s{s:02d}.value {((m * 7 + s * 13) % 97) / 3.0} {first + m * 60}\n"
+                    for s in range(10) for m in range(1441)).encode()
+    for port in (ops_graphite, carbon_port):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(lines)
+    target = "sumSeries(movingAverage(bench.render.s*.value,'10min'))"
+    # 23 h 40 min, so that the 10 minutes movingAverage reads before it are still in both stores'
+    # minute archive (kept a day) while the benchmark runs.
+    # Absolute times, so that both answer the same window whenever asked.
+    span = {"from": str(now - 1420 * 60), "until": str(now)}
+    query = "/render?" + urllib.parse.urlencode(dict(span, target=target, format="json"))
+    raw = "/render?" + urllib.parse.urlencode(dict(span, target="bench.render.s*.value", format="json"))
+
+    def ready(port):
+        def check():
+            try:
+                series = json.loads(get(f"http://127.0.0.1:{port}{raw}"))
+            except ValueError:
+                return False
+            # Every point of every series is there (carbon writes in the background).
+            full = len(series) == 10 and all(
+                len(s["datapoints"]) >= 1420 and all(v is not None for v, _ in s["datapoints"])
+                for s in series)
+            return full and json.loads(get(f"http://127.0.0.1:{port}{query}"))
+        return check
+    ours = wait("opsbro holding the render series", ready(ops_api), timeout=120, every=0.5)
+    theirs = wait("graphite-web holding the render series", ready(web_port), timeout=300, every=1)
+    def rounded(answer):
+        return [(None if v is None else round(v, 6), t) for v, t in answer[0]["datapoints"]]
+    same = ours[0]["target"] == theirs[0]["target"] and rounded(ours) == rounded(theirs)
+    if not same:
+        print("opsbro      ", ours[0]["target"], rounded(ours)[:5], rounded(ours)[-5:])
+        print("graphite-web", theirs[0]["target"], rounded(theirs)[:5], rounded(theirs)[-5:])
+    print(f"/render {target} over 1420 min: {len(ours[0]['datapoints'])} points, "
+          f"answers {'identical' if same else 'DIFFERENT'}")
+    for name, port, pid in (("opsbro", ops_api, ops.pid), ("graphite-web", web_port, web.pid)):
+        cpu0 = tree_cpu(pid)
+        t0 = time.time()
+        out = subprocess.run(["wrk", "-t1", "-c4", f"-d{DURATION}s", "--latency",
+                              f"http://127.0.0.1:{port}{query}"], capture_output=True, text=True).stdout
+        cpu = (tree_cpu(pid) - cpu0) / (time.time() - t0)
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        p50 = re.search(r"50%\s+(\S+)", out).group(1)
+        p99 = re.search(r"99%\s+(\S+)", out).group(1)
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        results[f"render-{name}"] = rps
+        print(f"  {name:13} {rps:10,.1f} requests/s  (p50 {p50}, p99 {p99}, {cpu * 100:.0f}% CPU"
+              f"{', ' + errors.group(1) + ' errors' if errors else ''})")
+    print(f"  ratio {results['render-opsbro'] / results['render-graphite-web']:.1f}x")
     # --- ingestion
     now = int(time.time())
     chunk = "".join(f"bench.ingest.m{i % 100:03d} {i % 1000} {now - 3600 + (i // 100) % 3600}\n"
                     for i in range(CHUNK_LINES)).encode()
     repeats = max(1, LINES // CHUNK_LINES)
     sent = repeats * CHUNK_LINES
-    results = {}
 
     before = opsbro_lines()
     cpu0 = cpu_seconds(ops.pid)
@@ -232,63 +296,20 @@ try:
 
     def carbon_done():
         total, last = carbon_received()
-        return (total - base_total >= sent or (time.time() - sent_at > 30)) and (total, last)
+        # carbon writes its own metric through its cache: it may show up well after the lines.
+        return (total - base_total >= sent or (time.time() - sent_at > 300)) and (total, last)
     total, last = wait("carbon counting the lines", carbon_done, timeout=900, every=2)
     elapsed = max(1.0, last + 1 - t0)
     results["carbon-cache"] = (total - base_total, elapsed, cpu_send / max(1e-9, sent_at - t0))
 
     print(f"ingestion: {sent:,} lines over {CONNS} TCP connections")
-    for name, (got, secs, cpu) in results.items():
+    for name, (got, secs, cpu) in ((k, v) for k, v in results.items() if not k.startswith("render-")):
         loss = 100.0 * (1 - got / sent)
         print(f"  {name:13} {got / secs:12,.0f} lines/s  ({got:,} counted in {secs:.2f} s, "
               f"loss {loss:.3f}%, {cpu * 100:.0f}% CPU)")
     ratio = (results["opsbro"][0] / results["opsbro"][1]) / (results["carbon-cache"][0] / results["carbon-cache"][1])
     print(f"  ratio {ratio:.1f}x")
 
-    # --- /render
-    now = int(time.time())
-    first = now - now % 60 - 1440 * 60
-    lines = "".join(f"bench.render.s{s:02d}.value {((m * 7 + s * 13) % 97) / 3.0} {first + m * 60}\n"
-                    for s in range(10) for m in range(1441)).encode()
-    for port in (ops_graphite, carbon_port):
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(lines)
-    target = "sumSeries(movingAverage(bench.render.s*.value,'10min'))"
-    query = "/render?" + urllib.parse.urlencode({"target": target, "from": "-1d", "format": "json"})
-    count = "/render?" + urllib.parse.urlencode({"target": "countSeries(bench.render.s*.value)",
-                                                  "from": "-1d", "format": "json"})
-
-    def ready(port):
-        def check():
-            try:
-                a = json.loads(get(f"http://127.0.0.1:{port}{query}"))
-                c = json.loads(get(f"http://127.0.0.1:{port}{count}"))
-            except Exception:
-                return False
-            known = sum(1 for v, _ in a[0]["datapoints"] if v is not None) if a else 0
-            return c and c[0]["datapoints"][-2][0] == 10 and known >= 1400 and a
-        return check
-    ours = wait("opsbro holding the render series", ready(ops_api), timeout=120, every=0.5)
-    theirs = wait("graphite-web holding the render series", ready(web_port), timeout=300, every=1)
-    same = (ours[0]["target"] == theirs[0]["target"]
-            and [round(v, 6) if v is not None else None for v, _ in ours[0]["datapoints"][:-2]]
-            == [round(v, 6) if v is not None else None for v, _ in theirs[0]["datapoints"][:-2]])
-    print(f"/render {target} from -1d: {len(ours[0]['datapoints'])} points, "
-          f"answers {'identical' if same else 'DIFFERENT'}")
-    for name, port, pid in (("opsbro", ops_api, ops.pid), ("graphite-web", web_port, web.pid)):
-        cpu0 = tree_cpu(pid)
-        t0 = time.time()
-        out = subprocess.run(["wrk", "-t1", "-c4", f"-d{DURATION}s", "--latency",
-                              f"http://127.0.0.1:{port}{query}"], capture_output=True, text=True).stdout
-        cpu = (tree_cpu(pid) - cpu0) / (time.time() - t0)
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        p50 = re.search(r"50%\s+(\S+)", out).group(1)
-        p99 = re.search(r"99%\s+(\S+)", out).group(1)
-        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        results[f"render-{name}"] = rps
-        print(f"  {name:13} {rps:10,.1f} requests/s  (p50 {p50}, p99 {p99}, {cpu * 100:.0f}% CPU"
-              f"{', ' + errors.group(1) + ' errors' if errors else ''})")
-    print(f"  ratio {results['render-opsbro'] / results['render-graphite-web']:.1f}x")
 finally:
     for p in PROCS:
         p.terminate()

@@ -197,7 +197,10 @@ impl MetricsHandle {
         }
         match TsDb::write(&*store, pending) {
             Ok(n) => lock(&self.0.db).note_written(n),
-            Err(e) => tracing::warn!(error = %e, "cannot write metrics to the store"),
+            Err(e) => {
+                lock(&self.0.db).note_write_failed();
+                tracing::warn!(error = %e, "cannot write metrics to the store");
+            }
         }
     }
 

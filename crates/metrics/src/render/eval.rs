@@ -1779,10 +1779,20 @@ fn as_percent(ctx: &Ctx, b: &Bound) -> Result<Vec<Series>, Fail> {
 /// graphite-web's `movingWindow`: the inner target is fetched again from earlier, so that the
 /// first points have a full window.
 fn moving(ctx: &Ctx, b: &Bound, func: &str) -> Result<Vec<Series>, Fail> {
-    let original = b.series(ctx, 0)?;
-    if original.is_empty() {
-        return Ok(Vec::new());
-    }
+    // graphite-web evaluates the inner target over the request's range first, only to return
+    // nothing when it is empty and to learn its step. For a path with a time window that answer
+    // is the same names as the earlier range gives, so the first fetch is skipped.
+    let same_names = matches!(b.expr(0)?, Expr::Path(_)) && window(ctx).is_some();
+    let original = match b.get(1) {
+        Some(Arg::Str(_)) if same_names => Vec::new(),
+        _ => {
+            let original = b.series(ctx, 0)?;
+            if original.is_empty() {
+                return Ok(Vec::new());
+            }
+            original
+        }
+    };
     let agg = match func {
         "movingAverage" => Agg::Average,
         "movingMedian" => Agg::Median,
