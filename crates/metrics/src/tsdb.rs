@@ -414,7 +414,10 @@ impl TsDb {
             recent.merge(name, minutes);
         }
         recent.evict();
-        self.writes_in_flight += 1;
+        // An empty buffer is not written (callers skip it): nothing is in flight.
+        if !pending.is_empty() {
+            self.writes_in_flight += 1;
+        }
         Pending(pending)
     }
 
@@ -815,7 +818,11 @@ mod tests {
         db.note_written(n);
         assert_eq!(cached(&db, "d")[0], Some(Rec::one(1.0)));
         assert_eq!(cached(&db, "c"), fresh("c"));
+        // Taking an empty buffer (nothing to write) does not hold the cache back.
+        assert!(db.take_pending().is_empty());
+        assert_eq!(db.writes_in_flight, 0);
         // A failed write drops the cache.
+        db.add(&p("c", 1.0, T0), now).expect("add");
         let _ = db.take_pending();
         db.note_write_failed();
         assert_eq!(cached(&db, "c"), fresh("c"));
