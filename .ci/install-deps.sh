@@ -23,6 +23,7 @@ declare -A NEEDED=(
     [/usr/lib/nagios/plugins/check_dummy]=monitoring-plugins-basic
     [/usr/lib/nagios/plugins/check_tcp]=monitoring-plugins-basic
     [carbon-cache]=graphite-carbon
+    [graphite-manage]=graphite-web
     [whisper-fetch]=python3-whisper
     [promtool]=prometheus
     [dot]=graphviz

@@ -4,11 +4,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opsbro_tests::services::free_port;
+use opsbro_tests::graphite::Carbon;
 use opsbro_tests::{Agent, AgentOptions, DEADLINE, http, stderr, stdout, wait_for};
 use serde_json::Value;
 
@@ -321,7 +319,7 @@ fn graphite_lines_collectors_and_perfdata_are_stored_queried_and_found() {
     let bad = http(
         agent.api,
         "GET",
-        "/render?target=a.b&from=yesterday",
+        "/render?target=a.b&from=yesterweek",
         &[],
         b"",
     )
@@ -375,82 +373,6 @@ fn graphite_lines_collectors_and_perfdata_are_stored_queried_and_found() {
     );
     let out = agent.cli(["metrics", "find", "no.such.*"]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
-}
-
-/// A carbon-cache (Debian graphite-carbon) writing whisper files under `dir`.
-struct Carbon {
-    child: Child,
-    whisper: std::path::PathBuf,
-}
-
-impl Carbon {
-    fn start(dir: &Path, port: u16) -> Carbon {
-        let whisper = dir.join("whisper");
-        for d in ["whisper", "storage", "log"] {
-            std::fs::create_dir_all(dir.join(d)).expect("mkdir");
-        }
-        let pickle = free_port().expect("port");
-        let query = free_port().expect("port");
-        std::fs::write(
-            dir.join("carbon.conf"),
-            format!(
-                "[cache]\nSTORAGE_DIR = {d}/storage\nLOCAL_DATA_DIR = {d}/whisper\n\
-                 WHITELISTS_DIR = {d}/storage/lists\nCONF_DIR = {d}\nLOG_DIR = {d}/log\nPID_DIR = {d}\n\
-                 ENABLE_LOGROTATION = False\nUSER =\nMAX_CACHE_SIZE = inf\nMAX_UPDATES_PER_SECOND = 1000\n\
-                 MAX_CREATES_PER_MINUTE = inf\nLINE_RECEIVER_INTERFACE = 127.0.0.1\n\
-                 LINE_RECEIVER_PORT = {port}\nENABLE_UDP_LISTENER = False\n\
-                 PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = {pickle}\n\
-                 CACHE_QUERY_INTERFACE = 127.0.0.1\nCACHE_QUERY_PORT = {query}\nENABLE_TAGS = False\n\
-                 WHISPER_AUTOFLUSH = True\n",
-                d = dir.display()
-            ),
-        )
-        .expect("carbon.conf");
-        std::fs::write(
-            dir.join("storage-schemas.conf"),
-            "[default]\npattern = .*\nretentions = 60s:1d\n",
-        )
-        .expect("schemas");
-        let child = Command::new("carbon-cache")
-            .arg(format!("--config={}/carbon.conf", dir.display()))
-            .args(["--debug", "start"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "carbon-cache (Debian graphite-carbon) must be installed: bash .ci/install-deps.sh",
-            );
-        Carbon { child, whisper }
-    }
-
-    fn file(&self, metric: &str) -> std::path::PathBuf {
-        self.whisper
-            .join(format!("{}.wsp", metric.replace('.', "/")))
-    }
-
-    /// `whisper-fetch` of the last 10 minutes: the known values.
-    fn fetch(&self, metric: &str) -> Vec<f64> {
-        let file = self.file(metric);
-        if !file.exists() {
-            return Vec::new();
-        }
-        let out = Command::new("whisper-fetch")
-            .arg(format!("--from={}", now() - 600))
-            .arg(&file)
-            .output()
-            .expect("whisper-fetch (Debian python3-whisper)");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for Carbon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -142,6 +142,9 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
         monitoring::HISTORY,
         monitoring::HANDLERS,
         metrics::INDEX,
+        metrics::FUNCTIONS,
+        metrics::TAGS,
+        metrics::VERSION,
         opsbro_api::generators::STATE,
         opsbro_api::generators::HISTORY,
     ];
@@ -152,7 +155,12 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
         "/dashboards/",
     ];
     // Grafana sends its queries as POST forms: still reads.
-    let query = [metrics::RENDER, metrics::FIND];
+    let query = [
+        metrics::RENDER,
+        metrics::FIND,
+        metrics::TAGS_COMPLETE_TAGS,
+        metrics::TAGS_COMPLETE_VALUES,
+    ];
     (get && (exact.contains(&path) || prefixes.iter().any(|p| path.starts_with(p))))
         || ((get || method == Method::POST) && query.contains(&path))
 }

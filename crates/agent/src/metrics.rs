@@ -111,8 +111,19 @@ impl MetricsHandle {
     }
 
     /// `/render`.
-    pub fn render(&self, targets: &[String], range: Range) -> Result<Vec<Series>, RenderError> {
-        opsbro_metrics::render::render(&lock(&self.0.db), targets, range)
+    pub fn render(
+        &self,
+        targets: &[String],
+        range: Range,
+        x_files_factor: f64,
+    ) -> Result<Vec<Series>, RenderError> {
+        opsbro_metrics::render::render_with(&lock(&self.0.db), targets, range, x_files_factor)
+    }
+
+    /// Run `f` over every series name (the store is locked meanwhile: keep `f` short).
+    pub fn with_names<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &str>) -> R) -> R {
+        let db = lock(&self.0.db);
+        f(&mut db.names())
     }
 
     /// `/metrics/find`.
@@ -186,7 +197,10 @@ impl MetricsHandle {
         }
         match TsDb::write(&*store, pending) {
             Ok(n) => lock(&self.0.db).note_written(n),
-            Err(e) => tracing::warn!(error = %e, "cannot write metrics to the store"),
+            Err(e) => {
+                lock(&self.0.db).note_write_failed();
+                tracing::warn!(error = %e, "cannot write metrics to the store");
+            }
         }
     }
 

@@ -271,6 +271,33 @@ pub const ROUTES: &[RouteDoc] = {
         doc("GET", m::FIND, "graphite-web find: series and branches"),
         doc("POST", m::FIND, "graphite-web find (form)"),
         doc("GET", m::INDEX, "every series name"),
+        doc(
+            "GET",
+            m::FUNCTIONS,
+            "graphite-web functions: what /render knows",
+        ),
+        doc("GET", m::TAGS, "graphite-web tags of tagged series"),
+        doc(
+            "GET",
+            m::TAGS_COMPLETE_TAGS,
+            "graphite-web tag name completion",
+        ),
+        doc(
+            "POST",
+            m::TAGS_COMPLETE_TAGS,
+            "graphite-web tag name completion (form)",
+        ),
+        doc(
+            "GET",
+            m::TAGS_COMPLETE_VALUES,
+            "graphite-web tag value completion",
+        ),
+        doc(
+            "POST",
+            m::TAGS_COMPLETE_VALUES,
+            "graphite-web tag value completion (form)",
+        ),
+        doc("GET", m::VERSION, "the graphite-web API version followed"),
         doc("GET", gen_::STATE, "every generator's state"),
         doc("GET", gen_::HISTORY, "generator state changes and writes"),
     ]
@@ -504,13 +531,26 @@ pub mod metrics {
 
     use serde::{Deserialize, Serialize};
 
-    /// `GET` or `POST` (form): `target` (repeatable), `from`, `until`, `format=json`,
-    /// `maxDataPoints`; answers a [`RenderSeries`] list.
+    /// `GET` or `POST` (form): `target` (repeatable), `from`, `until`, `now`,
+    /// `format=json|csv|raw`, `maxDataPoints`, `noNullPoints`, `xFilesFactor`; answers a
+    /// [`RenderSeries`] list (JSON).
     pub const RENDER: &str = "/render";
     /// `GET` or `POST` (form): `query`; answers a [`FindNode`] list.
     pub const FIND: &str = "/metrics/find";
     /// `GET`: every series name, sorted (graphite-web's `/metrics/index.json`).
     pub const INDEX: &str = "/metrics/index.json";
+    /// `GET`: every function `/render` knows, in graphite-web's JSON description (`grouped`,
+    /// `group`), for Grafana's query editor.
+    pub const FUNCTIONS: &str = "/functions";
+    /// `GET`: the tags of tagged series, `[{"tag": name}]` (`filter`, `limit`).
+    pub const TAGS: &str = "/tags";
+    /// `GET` or `POST` (form): tag names for autocompletion (`expr`, `tagPrefix`, `limit`).
+    pub const TAGS_COMPLETE_TAGS: &str = "/tags/autoComplete/tags";
+    /// `GET` or `POST` (form): values of `tag` for autocompletion (`expr`, `valuePrefix`,
+    /// `limit`).
+    pub const TAGS_COMPLETE_VALUES: &str = "/tags/autoComplete/values";
+    /// `GET`: the graphite-web version whose API `/render` follows (text).
+    pub const VERSION: &str = "/version";
 
     /// One series of a `/render` answer, in graphite-web's JSON shape.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

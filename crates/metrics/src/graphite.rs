@@ -1,5 +1,6 @@
 //! The carbon plaintext protocol: one `path value timestamp` per line (spaces or tabs between,
-//! `\r\n` accepted). The timestamp is unix seconds, fractional allowed; `-1` or `N` mean "now".
+//! `\r\n` accepted); a tagged path (`disk.used;dc=eu;host=a`) is stored under its canonical
+//! name, tags sorted, as carbon 1.1 does. The timestamp is unix seconds, fractional allowed; `-1` or `N` mean "now".
 
 use crate::{Point, name, parse_number};
 
@@ -48,12 +49,15 @@ pub fn parse_line(line: &[u8], now: u64) -> Result<Point, LineError> {
         let t = t as u64;
         t
     };
-    Ok(Point {
-        // Checked above: ASCII only.
-        name: String::from_utf8_lossy(path).into_owned(),
-        value,
-        ts,
-    })
+    // Checked above: ASCII only.
+    let name = String::from_utf8_lossy(path).into_owned();
+    // Tagged (`name;tag=value`, carbon 1.1): one canonical name whatever the order of the tags.
+    let name = if crate::tags::is_tagged(&name) {
+        crate::tags::normalize(&name).map_err(LineError::Name)?
+    } else {
+        name
+    };
+    Ok(Point { name, value, ts })
 }
 
 /// Format a point as a carbon line (with its `\n`).
@@ -87,6 +91,12 @@ mod tests {
             Err(LineError::Name(_))
         ));
         assert!(matches!(parse_line(b"a/* 1 1", 0), Err(LineError::Name(_))));
+        let tagged = parse_line(b"disk.used;host=a;dc=eu 1 1", 0).expect("tagged");
+        assert_eq!(tagged.name, "disk.used;dc=eu;host=a");
+        assert!(matches!(
+            parse_line(b"disk;host 1 1", 0),
+            Err(LineError::Name(_))
+        ));
     }
 
     proptest! {

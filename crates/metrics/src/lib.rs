@@ -8,8 +8,10 @@
 //! - [`glob`]: graphite wildcards (`*`, `?`, `[a-z]`, `{a,b}`) over dotted paths.
 //! - [`tsdb`]: the time-series store over an `opsbro_store::Store` — minute records kept a day,
 //!   hour records 31 days, day records a year, rolled up as points arrive.
-//! - [`render`]: `/render` and `/metrics/find`: time specs (`-1h`, `now`, epoch), targets with a
-//!   few graphite functions, consolidation to `maxDataPoints`.
+//! - [`render`]: `/render` and `/metrics/find`: graphite-web's time specs, targets with the
+//!   graphite-web functions dashboards use ([`render::spec::FUNCTIONS`], also served as
+//!   `/functions`), consolidation to `maxDataPoints`, the `json`/`csv`/`raw` shapes.
+//! - [`tags`]: tagged series (`name;tag=value`, carbon 1.1's form) and `seriesByTag`.
 //!
 //! Parsers never panic on any input and report why a line was refused; nothing here blocks
 //! except the store calls in [`tsdb`].
@@ -21,6 +23,7 @@ pub mod graphite;
 pub mod name;
 pub mod render;
 pub mod statsd;
+pub mod tags;
 pub mod tsdb;
 
 /// One value of one series at one time (unix seconds).

@@ -10,7 +10,7 @@
 //! — names never contain a space, so a series' records are one key range.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use opsbro_store::{Store, StoreError};
 
@@ -227,6 +227,75 @@ pub struct TsDb {
     pending: HashMap<String, BTreeMap<u64, Rec>>,
     max_series: usize,
     stats: TsStats,
+    /// Minute records of recently read series (see [`Recent`]).
+    recent: Mutex<Recent>,
+    /// Buffers taken by [`TsDb::take_pending`] whose write is not done yet.
+    writes_in_flight: u32,
+}
+
+/// Most minute records kept in [`Recent`] (about 25 MB; 270 series over a whole day).
+pub const RECENT_MAX_RECORDS: usize = 400_000;
+
+/// The minute records of the series read lately, so that a dashboard reading the last day of a
+/// few series again and again does not walk the store (one key per minute) each time. A cached
+/// series holds every store record from `from` on; the buffer taken by each
+/// [`TsDb::take_pending`] is folded in at once, so the cache never lags the store. Least
+/// recently read series make way past [`RECENT_MAX_RECORDS`].
+#[derive(Default)]
+struct Recent {
+    series: HashMap<String, RecentSeries>,
+    records: usize,
+    tick: u64,
+}
+
+struct RecentSeries {
+    /// Every store record at or after this slot is in `recs`.
+    from: u64,
+    recs: BTreeMap<u64, Rec>,
+    used: u64,
+}
+
+impl Recent {
+    fn evict(&mut self) {
+        while self.records > RECENT_MAX_RECORDS {
+            let Some(oldest) = self
+                .series
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            if let Some(gone) = self.series.remove(&oldest) {
+                self.records -= gone.recs.len();
+            }
+        }
+    }
+
+    fn merge(&mut self, name: &str, minutes: &BTreeMap<u64, Rec>) {
+        let Some(cached) = self.series.get_mut(name) else {
+            return;
+        };
+        for (minute, rec) in minutes.range(cached.from..) {
+            match cached.recs.get_mut(minute) {
+                Some(have) => have.merge(rec),
+                None => {
+                    cached.recs.insert(*minute, *rec);
+                    self.records += 1;
+                }
+            }
+        }
+        // Older than the minute retention: the store expires them too.
+        if let Some(newest) = cached.recs.keys().next_back().copied() {
+            let cutoff = newest.saturating_sub(Resolution::Minute.retention() + 3600);
+            if cutoff > cached.from {
+                let kept = cached.recs.split_off(&cutoff);
+                self.records -= cached.recs.len();
+                cached.recs = kept;
+                cached.from = cutoff;
+            }
+        }
+    }
 }
 
 fn key(res: Resolution, name: &str, slot: u64) -> String {
@@ -251,6 +320,8 @@ impl TsDb {
             pending: HashMap::new(),
             max_series,
             stats: TsStats::default(),
+            recent: Mutex::new(Recent::default()),
+            writes_in_flight: 0,
         })
     }
 
@@ -334,7 +405,20 @@ impl TsDb {
     /// Take the buffer out, to [`TsDb::write`] it without holding up adds and queries (until it
     /// is written those points are in neither place; callers never run two writes at once).
     pub fn take_pending(&mut self) -> Pending {
-        Pending(std::mem::take(&mut self.pending))
+        let pending = std::mem::take(&mut self.pending);
+        let recent = self
+            .recent
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (name, minutes) in &pending {
+            recent.merge(name, minutes);
+        }
+        recent.evict();
+        // An empty buffer is not written (callers skip it): nothing is in flight.
+        if !pending.is_empty() {
+            self.writes_in_flight += 1;
+        }
+        Pending(pending)
     }
 
     /// The store (for [`TsDb::write`] and [`TsDb::expire_series`]).
@@ -345,6 +429,17 @@ impl TsDb {
     /// Count records written by [`TsDb::write`].
     pub fn note_written(&mut self, n: u64) {
         self.stats.records_written += n;
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+    }
+
+    /// A [`TsDb::write`] failed: its points are not in the store, so the read cache, which has
+    /// them, is dropped.
+    pub fn note_write_failed(&mut self) {
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+        *self
+            .recent
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = Recent::default();
     }
 
     /// Fold taken points into the store's records (read-modify-write: one at a time).
@@ -382,7 +477,17 @@ impl TsDb {
         until: u64,
         now: u64,
     ) -> Result<Fetched, StoreError> {
-        let res = Resolution::for_range(from, now);
+        self.fetch_res(name, Resolution::for_range(from, now), from, until)
+    }
+
+    /// The records of `name` between `from` and `until` (inclusive) at resolution `res`.
+    pub fn fetch_res(
+        &self,
+        name: &str,
+        res: Resolution,
+        from: u64,
+        until: u64,
+    ) -> Result<Fetched, StoreError> {
         let step = res.step();
         let start = from - from % step;
         let end = until.max(from);
@@ -391,16 +496,24 @@ impl TsDb {
         let end = start + (n - 1) * step;
         let mut recs = vec![None; usize::try_from(n).unwrap_or(0)];
         if self.names.contains(name) {
-            for (k, v) in self
-                .store
-                .scan_range(&key(res, name, start), &key(res, name, end + 1))?
-            {
-                if let (Some(slot), Some(rec)) = (slot_of(&k), Rec::decode(&v))
-                    && let Some(r) = usize::try_from((slot - start) / step)
-                        .ok()
-                        .and_then(|i| recs.get_mut(i))
+            let mut place = |slot: u64, rec: Rec| {
+                if let Some(r) = usize::try_from((slot - start) / step)
+                    .ok()
+                    .and_then(|i| recs.get_mut(i))
                 {
                     *r = Some(rec);
+                }
+            };
+            if res == Resolution::Minute {
+                self.read_minutes(name, start, end, &mut place)?;
+            } else {
+                for (k, v) in self
+                    .store
+                    .scan_range(&key(res, name, start), &key(res, name, end + 1))?
+                {
+                    if let (Some(slot), Some(rec)) = (slot_of(&k), Rec::decode(&v)) {
+                        place(slot, rec);
+                    }
                 }
             }
             if let Some(minutes) = self.pending.get(name) {
@@ -416,6 +529,70 @@ impl TsDb {
             }
         }
         Ok(Fetched { start, step, recs })
+    }
+
+    /// The stored minute records of `name` in `[start, end]`, through the read cache.
+    fn read_minutes(
+        &self,
+        name: &str,
+        start: u64,
+        end: u64,
+        place: &mut dyn FnMut(u64, Rec),
+    ) -> Result<(), StoreError> {
+        let scan = |from: u64, to: u64| -> Result<Vec<(u64, Rec)>, StoreError> {
+            Ok(self
+                .store
+                .scan_range(
+                    &key(Resolution::Minute, name, from),
+                    &key(Resolution::Minute, name, to),
+                )?
+                .into_iter()
+                .filter_map(|(k, v)| Some((slot_of(&k)?, Rec::decode(&v)?)))
+                .collect())
+        };
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.tick += 1;
+        let tick = recent.tick;
+        let cached_from = recent.series.get(name).map(|c| c.from);
+        match cached_from {
+            Some(from) if from <= start => {}
+            // While a write is under way the store lacks the buffer it took: read it directly.
+            _ if self.writes_in_flight > 0 => {
+                for (slot, rec) in scan(start, end + 1)? {
+                    place(slot, rec);
+                }
+                return Ok(());
+            }
+            Some(from) => {
+                let older = scan(start, from)?;
+                let added = older.len();
+                if let Some(c) = recent.series.get_mut(name) {
+                    c.recs.extend(older);
+                    c.from = start;
+                }
+                recent.records += added;
+            }
+            None => {
+                let recs: BTreeMap<u64, Rec> = scan(start, 9_999_999_999)?.into_iter().collect();
+                recent.records += recs.len();
+                recent.series.insert(
+                    name.to_owned(),
+                    RecentSeries {
+                        from: start,
+                        recs,
+                        used: tick,
+                    },
+                );
+            }
+        }
+        if let Some(c) = recent.series.get_mut(name) {
+            c.used = tick;
+            for (slot, rec) in c.recs.range(start..=end) {
+                place(*slot, *rec);
+            }
+        }
+        recent.evict();
+        Ok(())
     }
 
     /// Remove records past their retention, and series with nothing left.
@@ -458,6 +635,13 @@ impl TsDb {
             }
             self.store.remove(&format!("n:{name}"))?;
             self.names.remove(name);
+            let recent = self
+                .recent
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(gone) = recent.series.remove(name) {
+                recent.records -= gone.recs.len();
+            }
         }
         self.stats.records_expired += removed;
         Ok(())
@@ -581,6 +765,67 @@ mod tests {
         db.expire(T0 + 366 * 86_400).expect("expire");
         assert!(!db.contains("old"));
         assert!(db.contains("new"));
+    }
+
+    /// The read cache answers exactly what the store holds, whatever the order of reads,
+    /// late points and flushes.
+    #[test]
+    fn the_read_cache_answers_what_the_store_holds() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::default());
+        let mut db = TsDb::open(store.clone(), 10).expect("open");
+        let now = T0 + 3600;
+        let fresh = |name: &str| {
+            TsDb::open(store.clone(), 10)
+                .expect("reopen")
+                .fetch_res(name, Resolution::Minute, T0, now)
+                .expect("fetch")
+                .recs
+        };
+        let cached = |db: &TsDb, name: &str| {
+            db.fetch_res(name, Resolution::Minute, T0, now)
+                .expect("fetch")
+                .recs
+        };
+        for m in 0..30u32 {
+            db.add(&p("c", f64::from(m), T0 + u64::from(m) * 60), now)
+                .expect("add");
+        }
+        db.flush().expect("flush");
+        // Cached from minute 10 on.
+        let part = db
+            .fetch_res("c", Resolution::Minute, T0 + 600, now)
+            .expect("part");
+        assert_eq!(part.recs[0], Some(Rec::one(10.0)));
+        // Late points before and inside the cached range, and a new one.
+        db.add(&p("c", 100.0, T0 + 5 * 60 + 1), now).expect("add");
+        db.add(&p("c", 7.0, T0 + 20 * 60), now).expect("add");
+        db.add(&p("c", 9.0, T0 + 40 * 60), now).expect("add");
+        let before_flush = cached(&db, "c");
+        db.flush().expect("flush");
+        assert_eq!(cached(&db, "c"), fresh("c"));
+        assert_eq!(before_flush, fresh("c"));
+        let mut twenty = Rec::one(20.0);
+        twenty.merge(&Rec::one(7.0));
+        assert_eq!(cached(&db, "c")[20], Some(twenty));
+        // While a write is under way, an uncached series is read from the store, a cached one
+        // from the cache (which already has the taken points).
+        db.add(&p("d", 1.0, T0), now).expect("add");
+        db.add(&p("c", 5.0, T0 + 50 * 60), now).expect("add");
+        let taken = db.take_pending();
+        assert_eq!(cached(&db, "c")[50], Some(Rec::one(5.0)));
+        assert_eq!(cached(&db, "d")[0], None, "in neither place until written");
+        let n = TsDb::write(&*store, taken).expect("write");
+        db.note_written(n);
+        assert_eq!(cached(&db, "d")[0], Some(Rec::one(1.0)));
+        assert_eq!(cached(&db, "c"), fresh("c"));
+        // Taking an empty buffer (nothing to write) does not hold the cache back.
+        assert!(db.take_pending().is_empty());
+        assert_eq!(db.writes_in_flight, 0);
+        // A failed write drops the cache.
+        db.add(&p("c", 1.0, T0), now).expect("add");
+        let _ = db.take_pending();
+        db.note_write_failed();
+        assert_eq!(cached(&db, "c"), fresh("c"));
     }
 
     #[test]

@@ -162,6 +162,19 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
             get(crate::api::timeseries::find_get).post(crate::api::timeseries::find_post),
         ),
         (metrics::INDEX, get(crate::api::timeseries::index)),
+        (metrics::FUNCTIONS, get(crate::api::timeseries::functions)),
+        (metrics::TAGS, get(crate::api::timeseries::tag_list)),
+        (
+            metrics::TAGS_COMPLETE_TAGS,
+            get(crate::api::timeseries::complete_tags_get)
+                .post(crate::api::timeseries::complete_tags_post),
+        ),
+        (
+            metrics::TAGS_COMPLETE_VALUES,
+            get(crate::api::timeseries::complete_values_get)
+                .post(crate::api::timeseries::complete_values_post),
+        ),
+        (metrics::VERSION, get(crate::api::timeseries::version)),
         (routes::METRICS, get(prometheus)),
         (
             generators::STATE,
