@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use opsbro_tests::netns::Lan;
-use opsbro_tests::{DEADLINE, keygen, stderr, stdout, wait_for};
+use opsbro_tests::{DEADLINE, keygen, opsbro_command, stderr, stdout, wait_for};
 use serde_json::Value;
 
 const ZONES: &str = "zone:\n  name: internet\n  sub-zones: [dc1, dc2]\n";
@@ -198,4 +198,36 @@ fn zones_limit_what_each_node_sees_and_reads() {
         "{:?}",
         lan.members(0)
     );
+}
+
+/// The original kept its zone objects in `/etc/opsbro/zones/`: that folder next to agent.yml
+/// defines the tree too; without it, a zone nobody defined stops the agent with the known ones.
+#[test]
+fn the_zones_folder_next_to_agent_yml_defines_the_tree() {
+    let etc = tempfile::tempdir().expect("tmp");
+    std::fs::write(etc.path().join("agent.yml"), "zone: dc9\n").expect("config");
+    let one_shot = |data: &str| {
+        opsbro_command()
+            .args(["agent", "start", "--one-shot", "--config"])
+            .arg(etc.path().join("agent.yml"))
+            .arg("--data-dir")
+            .arg(etc.path().join(data))
+            .output()
+            .expect("opsbro")
+    };
+    let out = one_shot("first");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("zone `dc9` is not a known zone (known: internet)"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::create_dir_all(etc.path().join("zones")).expect("mkdir");
+    std::fs::write(
+        etc.path().join("zones/internet.yml"),
+        "zone:\n  name: internet\n  sub-zones: [dc9]\n",
+    )
+    .expect("zones");
+    let out = one_shot("second");
+    assert!(out.status.success(), "{}", stderr(&out));
 }

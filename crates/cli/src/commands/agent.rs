@@ -97,8 +97,8 @@ pub fn load_config(
     match resolved {
         Ok(mut config) if errors.is_empty() => {
             // The local configuration's objects: `objects_dirs`, else every `*.d/` folder next
-            // to agent.yml (`/etc/opsbro/handlers.d/mail.yml`), as the original read every
-            // YAML file under /etc/opsbro.
+            // to agent.yml (`/etc/opsbro/handlers.d/mail.yml`) and `zones/`, as the original
+            // read every YAML file under /etc/opsbro.
             if config.objects_dirs.is_none() {
                 config.objects_dirs = Some(
                     config_path
@@ -122,7 +122,8 @@ pub fn load_config(
     }
 }
 
-/// The `*.d/` directories of `dir`, sorted.
+/// The `*.d/` directories of `dir` and its `zones/` (the original's folder of zone objects),
+/// sorted.
 fn local_object_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -130,7 +131,11 @@ fn local_object_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut dirs: Vec<std::path::PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.extension().is_some_and(|e| e == "d"))
+        .filter(|p| {
+            p.is_dir()
+                && (p.extension().is_some_and(|e| e == "d")
+                    || p.file_name().is_some_and(|n| n == "zones"))
+        })
         .collect();
     dirs.sort();
     dirs
