@@ -133,6 +133,52 @@ fn zones_limit_what_each_node_sees_and_reads() {
         "{info:#}"
     );
 
+    // dc2's key rotates without a gap on the nodes that hold it (host0, host4, host5): install
+    // the new one everywhere, use it everywhere, remove the old one; dc2 still talks.
+    let (old_dc2, new_dc2) = (key_of("dc2"), keygen());
+    for step in ["install", "use", "remove"] {
+        let key = if step == "remove" { &old_dc2 } else { &new_dc2 };
+        for i in [0, 4, 5] {
+            let out = lan.cli(
+                i,
+                &["gossip", "zone", "key", step, "--zone", "dc2", "--key", key],
+            );
+            assert!(out.status.success(), "{step} on host{i}: {}", stderr(&out));
+        }
+    }
+    let zones = json_of(&lan.cli(4, &["gossip", "zone", "list", "--json"]));
+    assert_eq!(zones["dc2"]["have_gossip_key"], true, "{zones:#}");
+    let sent = lan.cli(
+        5,
+        &["gossip", "events", "add", "rotated", "--payload", "dc2"],
+    );
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let got = lan.cli(
+        4,
+        &["gossip", "events", "wait", "rotated", "--timeout", "30"],
+    );
+    assert!(
+        got.status.success(),
+        "host4 hears host5 after the rotation: {}",
+        stderr(&got)
+    );
+    wait_view(&lan, 4, &[0, 4, 5]);
+    // A key that is not installed cannot be used.
+    let out = lan.cli(
+        4,
+        &[
+            "gossip",
+            "zone",
+            "key",
+            "use",
+            "--zone",
+            "dc2",
+            "--key",
+            &keygen(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+
     // The KV store is per zone: a key written in dc1 lives on dc1's nodes only.
     let put = lan.cli(3, &["kv", "put", "zoned/k", "in-dc1"]);
     assert!(put.status.success(), "{}", stderr(&put));

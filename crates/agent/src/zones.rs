@@ -64,7 +64,8 @@ pub fn key_path(data_dir: &Path, zone: &str) -> PathBuf {
 }
 
 /// Put every zone key of the data dir into `ring`, and tell it this node's zone. A key file
-/// that does not load is an error naming it (the agent does not start half-keyed).
+/// holds the zone's keys one per line, the sealing one first (more during a rotation). A key
+/// file that does not load is an error naming it (the agent does not start half-keyed).
 pub fn load_keys(data_dir: &Path, own_zone: &str, ring: &mut Keyring) -> Result<(), String> {
     ring.set_own_zone(own_zone);
     let dir = data_dir.join(KEYS_DIR);
@@ -83,26 +84,33 @@ pub fn load_keys(data_dir: &Path, own_zone: &str, ring: &mut Keyring) -> Result<
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read the zone key {}: {e}", path.display()))?;
-        let key = Key::from_base64(text.trim())
-            .map_err(|e| format!("the zone key {}: {e}", path.display()))?;
-        ring.set_zone_key(zone, key);
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let first = lines
+            .next()
+            .ok_or_else(|| format!("the zone key {} is empty", path.display()))?;
+        let parse = |l: &str| {
+            Key::from_base64(l).map_err(|e| format!("the zone key {}: {e}", path.display()))
+        };
+        ring.set_zone_key(zone, parse(first)?);
+        for l in lines {
+            ring.install_zone_key(zone, parse(l)?);
+        }
     }
     Ok(())
 }
 
-/// Write the key of `zone` (mode 0600); an existing one is replaced only with `erase`.
-pub fn write_key(data_dir: &Path, zone: &str, key: &Key, erase: bool) -> Result<PathBuf, String> {
+/// Keep the keys `ring` holds for `zone` (mode 0600, the sealing one first).
+pub fn save_keys(data_dir: &Path, zone: &str, ring: &Keyring) -> Result<PathBuf, String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = key_path(data_dir, zone);
-    if path.exists() && !erase {
-        return Err(format!(
-            "zone `{zone}` already has a key ({}): pass --erase to replace it",
-            path.display()
-        ));
-    }
     let dir = data_dir.join(KEYS_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let text: String = ring
+        .zone_keys(zone)
+        .iter()
+        .map(|k| format!("{}\n", k.to_base64()))
+        .collect();
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
@@ -111,7 +119,7 @@ pub fn write_key(data_dir: &Path, zone: &str, key: &Key, erase: bool) -> Result<
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(format!("{}\n", key.to_base64()).as_bytes())?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)
     };
@@ -167,21 +175,25 @@ mod tests {
     }
 
     #[test]
-    fn zone_keys_are_written_once_and_loaded_into_the_keyring() {
+    fn zone_keys_are_kept_sealing_key_first_and_loaded_into_the_keyring() {
         let dir = tempfile::tempdir().expect("tmp");
-        let key = Key::new([7; 32]);
-        let path = write_key(dir.path(), "dc1", &key, false).expect("write");
+        let mut ring = Keyring::default();
+        ring.set_zone_key("dc1", Key::new([7; 32]));
+        ring.install_zone_key("dc1", Key::new([8; 32]));
+        let path = save_keys(dir.path(), "dc1", &ring).expect("save");
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(
             std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
             0o600
         );
-        assert!(write_key(dir.path(), "dc1", &key, false).is_err());
-        write_key(dir.path(), "dc1", &Key::new([8; 32]), true).expect("erase");
-        let mut ring = Keyring::default();
-        load_keys(dir.path(), "dc1", &mut ring).expect("load");
-        assert_eq!(ring.zones_with_keys(), ["dc1"]);
-        assert!(ring.is_enabled());
+        let mut loaded = Keyring::default();
+        load_keys(dir.path(), "dc1", &mut loaded).expect("load");
+        assert_eq!(loaded.zones_with_keys(), ["dc1"]);
+        let ids = |r: &Keyring| -> Vec<String> {
+            r.zone_keys("dc1").iter().map(|k| k.id_hex()).collect()
+        };
+        assert_eq!(ids(&loaded), ids(&ring));
+        assert!(loaded.is_enabled());
         std::fs::write(key_path(dir.path(), "dc2"), "not a key").expect("w");
         let e = load_keys(dir.path(), "dc1", &mut Keyring::default()).expect_err("bad");
         assert!(e.contains("dc2.gossip.key"), "{e}");

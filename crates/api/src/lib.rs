@@ -131,7 +131,7 @@ pub const ROUTES: &[RouteDoc] = {
         doc(
             "POST",
             g::ZONE_KEY,
-            "generate or import a zone's gossip key on this node: {key?, erase}",
+            "a zone's gossip key on this node: {op: import|install|use|remove, key?, erase}",
         ),
         doc(
             "POST",
@@ -884,14 +884,19 @@ pub mod gossip {
         pub text: String,
     }
 
-    /// `POST /agent/zones/{zone}/key`: import `key` (base64 of 32 bytes, `opsbro agent
-    /// keygen`), or generate one when absent; an existing key is replaced only with `erase`.
+    /// `POST /agent/zones/{zone}/key`. `op` `import` (the default): keep `key` (base64 of 32
+    /// bytes, `opsbro agent keygen`), or a generated one when absent, as the zone's key (an
+    /// existing key is replaced only with `erase`). A rotation without a gap, on every node
+    /// holding the zone's key: `install` (opens, does not seal), then `use` (seals), then
+    /// `remove` (the old one).
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(default)]
     pub struct ZoneKeyRequest {
-        /// The key to import.
+        /// `import` (default), `install`, `use` or `remove`.
+        pub op: Option<String>,
+        /// The key.
         pub key: Option<String>,
-        /// Replace the zone's key if it has one.
+        /// With `import`: replace the zone's key if it has one.
         pub erase: bool,
     }
 
@@ -906,6 +911,9 @@ pub mod gossip {
         pub file: String,
         /// The key itself, when it was generated here (to import on the zone's other nodes).
         pub generated: Option<String>,
+        /// The ids of every key this node holds for the zone, the sealing one first.
+        #[serde(default)]
+        pub key_ids: Vec<String>,
     }
 
     /// A cluster member.

@@ -684,6 +684,34 @@ pub enum ZoneKeyCommand {
         #[arg(long)]
         erase: bool,
     },
+    /// Rotation, step 1 (on every node holding the zone's key): the new key opens packets, the
+    /// old one still seals.
+    Install {
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// The new key.
+        #[arg(long)]
+        key: String,
+    },
+    /// Rotation, step 2 (once installed everywhere): the new key seals.
+    Use {
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// The key to seal with.
+        #[arg(long)]
+        key: String,
+    },
+    /// Rotation, step 3 (once used everywhere): forget the old key.
+    Remove {
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// The old key.
+        #[arg(long)]
+        key: String,
+    },
     /// Keep a zone's key on this node (base64, from `key generate` or `opsbro agent keygen`).
     Import {
         /// The zone.

@@ -136,15 +136,24 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     GossipCommand::Zone(ZoneCommand::Change { name }) => {
                         gossip::zone_change(&client, name).await
                     }
-                    GossipCommand::Zone(ZoneCommand::Key(ZoneKeyCommand::Generate {
-                        zone,
-                        erase,
-                    })) => gossip::zone_key(&client, zone, None, erase).await,
-                    GossipCommand::Zone(ZoneCommand::Key(ZoneKeyCommand::Import {
-                        zone,
-                        key,
-                        erase,
-                    })) => gossip::zone_key(&client, zone, Some(key), erase).await,
+                    GossipCommand::Zone(ZoneCommand::Key(k)) => {
+                        let (op, zone, key, erase) = match k {
+                            ZoneKeyCommand::Generate { zone, erase } => {
+                                ("import", zone, None, erase)
+                            }
+                            ZoneKeyCommand::Import { zone, key, erase } => {
+                                ("import", zone, Some(key), erase)
+                            }
+                            ZoneKeyCommand::Install { zone, key } => {
+                                ("install", zone, Some(key), false)
+                            }
+                            ZoneKeyCommand::Use { zone, key } => ("use", zone, Some(key), false),
+                            ZoneKeyCommand::Remove { zone, key } => {
+                                ("remove", zone, Some(key), false)
+                            }
+                        };
+                        gossip::zone_key(&client, op, zone, key, erase).await
+                    }
                     GossipCommand::WaitMembers {
                         count,
                         name,

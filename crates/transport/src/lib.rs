@@ -296,8 +296,10 @@ pub struct Keyring {
     keys: Vec<Key>,
     primary: usize,
     replay: std::sync::Arc<std::sync::Mutex<ReplayGuard>>,
-    /// Zone keys, by zone name.
+    /// Zone keys, by zone name: the one that seals.
     zones: std::collections::BTreeMap<String, Key>,
+    /// More keys of a zone that open but do not seal (a rotation in progress).
+    zones_installed: std::collections::BTreeMap<String, Vec<Key>>,
     /// The zone this node is in (its key, when held, seals what has no other zone).
     own_zone: Option<String>,
 }
@@ -317,13 +319,81 @@ impl Keyring {
             primary: 0,
             replay: Default::default(),
             zones: Default::default(),
+            zones_installed: Default::default(),
             own_zone: None,
         }
     }
 
-    /// Hold `key` for `zone` (replacing the zone's previous key).
+    /// Hold `key` for `zone` as the one that seals (the zone's previous sealing key goes; keys
+    /// installed for a rotation stay).
     pub fn set_zone_key(&mut self, zone: &str, key: Key) {
+        if let Some(list) = self.zones_installed.get_mut(zone) {
+            list.retain(|k| k.id != key.id);
+        }
         self.zones.insert(zone.to_owned(), key);
+    }
+
+    /// Rotation, step 1: `key` opens packets of `zone` from now on, without sealing (when the
+    /// zone has no key yet, it seals too).
+    pub fn install_zone_key(&mut self, zone: &str, key: Key) {
+        if !self.zones.contains_key(zone) {
+            self.zones.insert(zone.to_owned(), key);
+            return;
+        }
+        if self.zones.get(zone).is_some_and(|k| k.id == key.id) {
+            return;
+        }
+        let list = self.zones_installed.entry(zone.to_owned()).or_default();
+        if !list.iter().any(|k| k.id == key.id) {
+            list.push(key);
+        }
+    }
+
+    /// Rotation, step 2: an installed key of `zone` seals from now on; the one it replaces
+    /// stays installed (it still opens) until removed.
+    pub fn use_zone_key(&mut self, zone: &str, key: &Key) -> Result<(), KeyringError> {
+        if self.zones.get(zone).is_some_and(|k| k.id == key.id) {
+            return Ok(());
+        }
+        let list = self
+            .zones_installed
+            .get_mut(zone)
+            .ok_or_else(|| KeyringError::NotInstalled(key.id_hex()))?;
+        let pos = list
+            .iter()
+            .position(|k| k.id == key.id)
+            .ok_or_else(|| KeyringError::NotInstalled(key.id_hex()))?;
+        let new = list.remove(pos);
+        if let Some(old) = self.zones.insert(zone.to_owned(), new) {
+            list.push(old);
+        }
+        Ok(())
+    }
+
+    /// Rotation, step 3: forget an installed key of `zone` (not the one that seals).
+    pub fn remove_zone_key(&mut self, zone: &str, key: &Key) -> Result<(), KeyringError> {
+        if self.zones.get(zone).is_some_and(|k| k.id == key.id) {
+            return Err(KeyringError::Primary(key.id_hex()));
+        }
+        let list = self
+            .zones_installed
+            .get_mut(zone)
+            .ok_or_else(|| KeyringError::NotInstalled(key.id_hex()))?;
+        let before = list.len();
+        list.retain(|k| k.id != key.id);
+        if list.len() == before {
+            return Err(KeyringError::NotInstalled(key.id_hex()));
+        }
+        Ok(())
+    }
+
+    /// Every key held for `zone`, the sealing one first.
+    pub fn zone_keys(&self, zone: &str) -> Vec<&Key> {
+        self.zones
+            .get(zone)
+            .into_iter()
+            .chain(self.zones_installed.get(zone).into_iter().flatten())
+            .collect()
     }
 
     /// The key held for `zone`.
@@ -497,6 +567,7 @@ impl Keyring {
             .keys
             .iter()
             .chain(self.zones.values())
+            .chain(self.zones_installed.values().flatten())
             .find(|k| k.id == id)
             .ok_or(OpenError::UnknownKey)?;
         let mut nonce = [0u8; NONCE_LEN];
@@ -666,6 +737,46 @@ mod tests {
                 .expect("cluster key"),
             b"x"
         );
+    }
+
+    #[test]
+    fn a_zone_key_rotates_without_a_gap() {
+        let rng = system_random();
+        let (old, new) = (key(4), key(5));
+        let mut a = Keyring::default();
+        a.set_own_zone("dc1");
+        a.set_zone_key("dc1", old.clone());
+        let mut b = a.clone();
+        // Installed on a only: a still seals with the old key, b reads it.
+        a.install_zone_key("dc1", new.clone());
+        assert_eq!(a.zone_keys("dc1").len(), 2);
+        assert_eq!(b.open(&a.seal(&rng, b"1", T), T).expect("old seals"), b"1");
+        // Installed on b, used on a: b opens what a seals with the new key.
+        b.install_zone_key("dc1", new.clone());
+        a.use_zone_key("dc1", &new).expect("use");
+        assert_eq!(b.open(&a.seal(&rng, b"2", T), T).expect("new opens"), b"2");
+        // a still opens what b seals with the old key.
+        assert_eq!(a.open(&b.seal(&rng, b"3", T), T).expect("old opens"), b"3");
+        // Used on b, the old one removed everywhere.
+        b.use_zone_key("dc1", &new).expect("use");
+        assert!(matches!(
+            a.remove_zone_key("dc1", &new),
+            Err(KeyringError::Primary(_))
+        ));
+        a.remove_zone_key("dc1", &old).expect("remove");
+        b.remove_zone_key("dc1", &old).expect("remove");
+        assert_eq!(a.zone_keys("dc1").len(), 1);
+        let mut stale = Keyring::default();
+        stale.set_own_zone("dc1");
+        stale.set_zone_key("dc1", old.clone());
+        assert_eq!(
+            a.open(&stale.seal(&rng, b"4", T), T),
+            Err(OpenError::UnknownKey)
+        );
+        assert!(matches!(
+            a.use_zone_key("dc1", &key(6)),
+            Err(KeyringError::NotInstalled(_))
+        ));
     }
 
     #[test]

@@ -65,8 +65,8 @@ pub async fn change(
     }))
 }
 
-/// `POST /agent/zones/{zone}/key`: import or generate the gossip key of a zone of the tree,
-/// keep it in the data dir and use it at once.
+/// `POST /agent/zones/{zone}/key`: import or generate the gossip key of a zone of the tree, or
+/// one step of a rotation (install, use, remove); kept in the data dir, used at once.
 pub async fn key(
     State(ctx): State<Arc<ApiContext>>,
     Path(zone): Path<String>,
@@ -74,35 +74,74 @@ pub async fn key(
 ) -> Result<Json<ZoneKeyAnswer>, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     zones::check(&ctx.zones, &zone).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))?;
-    let (key, generated) = match request.key {
-        Some(text) => (
-            opsbro_transport::Key::from_base64(text.trim()).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("{e} (a zone key is what `opsbro agent keygen` prints)"),
-                )
-            })?,
-            None,
-        ),
-        None => {
-            let key = opsbro_transport::Key::generate()
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let text = key.to_base64();
-            (key, Some(text))
-        }
+    let parse = |text: &str| {
+        opsbro_transport::Key::from_base64(text.trim()).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{e} (a zone key is what `opsbro agent keygen` prints)"),
+            )
+        })
     };
-    let file = zones::write_key(&data_dir(&ctx), &zone, &key, request.erase)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
-    ctx.gossip
+    let op = request.op.as_deref().unwrap_or("import");
+    let mut ring = ctx
+        .gossip
         .keyring
         .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .set_zone_key(&zone, key.clone());
-    tracing::info!(%zone, key = %key.id_hex(), "zone key installed");
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let conflict =
+        |e: opsbro_transport::KeyringError| ApiError::new(StatusCode::CONFLICT, e.to_string());
+    let (key, generated) = match op {
+        "import" => {
+            if ring.zone_key(&zone).is_some() && !request.erase {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "zone `{zone}` already has a key on this node: pass --erase to replace it, or rotate with install, use, remove"
+                    ),
+                ));
+            }
+            let (key, generated) = match &request.key {
+                Some(text) => (parse(text)?, None),
+                None => {
+                    let key = opsbro_transport::Key::generate().map_err(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                    })?;
+                    let text = key.to_base64();
+                    (key, Some(text))
+                }
+            };
+            ring.set_zone_key(&zone, key.clone());
+            (key, generated)
+        }
+        "install" | "use" | "remove" => {
+            let text = request.key.as_deref().ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("`{op}` needs the key"))
+            })?;
+            let key = parse(text)?;
+            match op {
+                "install" => ring.install_zone_key(&zone, key.clone()),
+                "use" => ring.use_zone_key(&zone, &key).map_err(conflict)?,
+                _ => ring.remove_zone_key(&zone, &key).map_err(conflict)?,
+            }
+            (key, None)
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown op `{other}`: import, install, use or remove"),
+            ));
+        }
+    };
+    let file = zones::save_keys(&data_dir(&ctx), &zone, &ring)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let key_ids = ring.zone_keys(&zone).iter().map(|k| k.id_hex()).collect();
+    drop(ring);
+    tracing::info!(%zone, %op, key = %key.id_hex(), "zone key changed");
     Ok(Json(ZoneKeyAnswer {
         zone,
         key_id: key.id_hex(),
         file: file.display().to_string(),
         generated,
+        key_ids,
     }))
 }

@@ -520,17 +520,30 @@ pub async fn zone_change(client: &Client, zone: String) -> Result<(), CliError> 
     Ok(())
 }
 
-/// `gossip zone key generate|import`.
+/// `gossip zone key generate|import|install|use|remove`.
 pub async fn zone_key(
     client: &Client,
+    op: &str,
     zone: String,
     key: Option<String>,
     erase: bool,
 ) -> Result<(), CliError> {
     let path = g::ZONE_KEY.replace("{zone}", &zone);
-    let answer: g::ZoneKeyAnswer = client
-        .post_json(&path, &g::ZoneKeyRequest { key, erase })
-        .await?;
+    let request = g::ZoneKeyRequest {
+        op: Some(op.to_owned()),
+        key,
+        erase,
+    };
+    let answer: g::ZoneKeyAnswer = client.post_json(&path, &request).await?;
+    if op != "import" {
+        println!(
+            "zone {}: {op} {} done; keys held (sealing first): {}",
+            answer.zone,
+            answer.key_id,
+            answer.key_ids.join(", ")
+        );
+        return Ok(());
+    }
     match &answer.generated {
         Some(key) => {
             eprintln!(
