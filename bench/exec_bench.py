@@ -32,7 +32,7 @@ import urllib.request
 import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gossip_real import Opsbro, Serf, SerfRpc, form_cluster, free_port, free_udp_tcp_port  # noqa: E402
+from gossip_real import Opsbro, Serf, SerfRpc, cluster, free_port, free_udp_tcp_port  # noqa: E402
 
 COMMAND = "echo ok"
 
@@ -118,20 +118,13 @@ class SerfQuery(Serf):
 
 
 def run(system, n, trials):
-    agents = [system.start(i) for i in range(n)]
-    try:
-        form_cluster(system, agents)
+    with cluster(system, n) as agents:
         system.exec_all(agents[0], n)  # warm up (handler paths, connections)
         times = []
         for _ in range(trials):
             time.sleep(0.5)
             times.append(system.exec_all(agents[0], n))
         return times
-    finally:
-        for a in agents:
-            a["proc"].kill()
-        for a in agents:
-            a["proc"].wait()
 
 
 def main():

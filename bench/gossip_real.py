@@ -14,6 +14,7 @@ Only loopback is used. Needs `serf` (Debian package) and the `msgpack` Python mo
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -192,10 +193,22 @@ def form_cluster(system, agents):
     wait(lambda: all(sum(1 for s in system.members(a).values() if s == system.alive) == n for a in agents), 120, "cluster formed")
 
 
-def run(system, n, trials):
+@contextlib.contextmanager
+def cluster(system, n):
+    """N agents of `system` formed into one cluster, killed on the way out."""
     agents = [system.start(i) for i in range(n)]
     try:
         form_cluster(system, agents)
+        yield agents
+    finally:
+        for a in agents:
+            a["proc"].kill()
+        for a in agents:
+            a["proc"].wait()
+
+
+def run(system, n, trials):
+    with cluster(system, n) as agents:
         joins, deaths = [], []
         for t in range(trials):
             new = system.start(n + t)
@@ -209,11 +222,6 @@ def run(system, n, trials):
             new["proc"].wait()
             deaths.append(time_until_all(system, agents, new["name"], system.dead, start))
         return joins, deaths
-    finally:
-        for a in agents:
-            a["proc"].kill()
-        for a in agents:
-            a["proc"].wait()
 
 
 def main():

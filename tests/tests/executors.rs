@@ -81,16 +81,14 @@ fn a_group_runs_a_signed_command_and_every_failure_is_reported_as_what_it_is() {
     // Three results, each with its node's output and exit code; the requester is not in `web`.
     let out = lan.cli(
         0,
-        &[
-            "executors",
-            "exec",
-            "web",
-            "--key",
+        &exec_web(
             &key,
-            "--json",
-            "--",
-            "echo \"hello from $OPSBRO_NODE_NAME\"; echo warn >&2",
-        ],
+            &[
+                "--json",
+                "--",
+                "echo \"hello from $OPSBRO_NODE_NAME\"; echo warn >&2",
+            ],
+        ),
     );
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let answer = json_of(&out);
@@ -123,20 +121,10 @@ fn a_group_runs_a_signed_command_and_every_failure_is_reported_as_what_it_is() {
     // whether every node returned 0.
     let out = lan.cli(
         0,
-        &[
-            "executors",
-            "exec",
-            "web",
-            "--node",
-            "host2",
-            "--key",
+        &exec_web(
             &key,
-            "--",
-            "echo",
-            "four;",
-            "exit",
-            "4",
-        ],
+            &["--node", "host2", "--", "echo", "four;", "exit", "4"],
+        ),
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let text = stdout(&out);
@@ -152,18 +140,16 @@ fn a_group_runs_a_signed_command_and_every_failure_is_reported_as_what_it_is() {
     // A command that hangs is killed at the timeout with its whole process group.
     let out = lan.cli(
         0,
-        &[
-            "executors",
-            "exec",
-            "web",
-            "--key",
+        &exec_web(
             &key,
-            "--timeout",
-            "2",
-            "--json",
-            "--",
-            "sleep 613 & echo begun; sleep 614",
-        ],
+            &[
+                "--timeout",
+                "2",
+                "--json",
+                "--",
+                "sleep 613 & echo begun; sleep 614",
+            ],
+        ),
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let answer = json_of(&out);
@@ -208,20 +194,7 @@ fn a_group_runs_a_signed_command_and_every_failure_is_reported_as_what_it_is() {
         dir = keys.path().display(),
         release = release.display()
     );
-    let requester = lan_cli_spawn(
-        &lan,
-        0,
-        &[
-            "executors",
-            "exec",
-            "web",
-            "--key",
-            &key,
-            "--json",
-            "--",
-            &script,
-        ],
-    );
+    let requester = lan_cli_spawn(&lan, 0, &exec_web(&key, &["--json", "--", &script]));
     wait_for("host1 and host2 started", DEADLINE, || {
         (keys.path().join("started-host1").exists() && keys.path().join("started-host2").exists())
             .then_some(())
@@ -260,6 +233,13 @@ fn a_group_runs_a_signed_command_and_every_failure_is_reported_as_what_it_is() {
     assert_eq!(state["refused"]["unknown_key"], 1, "{state:#}");
     let info = json_of(&lan.cli(0, &["agent", "info", "--json"]));
     assert_eq!(info["executor"]["unreachable"], 1, "{info:#}");
+}
+
+/// `executors exec web --key KEY` followed by `rest`.
+fn exec_web<'a>(key: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["executors", "exec", "web", "--key", key];
+    args.extend_from_slice(rest);
+    args
 }
 
 /// The path of host `i`'s agent.yml (as `Lan::start_agent` writes it).
