@@ -32,6 +32,8 @@ declare -A NEEDED=(
     [useradd]=passwd
     [userdel]=passwd
     [id]=coreutils
+    [redis-server]=redis-server
+    [memcached]=memcached
 )
 
 missing=()
@@ -59,8 +61,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # Server packages (redis, mariadb, nginx...) must not start their system service on install:
+    # the tests start their own on free ports, and two web servers would fight for port 80.
+    made_policy=false
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        made_policy=true
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     # shellcheck disable=SC2046
     apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
+    if $made_policy; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 if ! "$VENV/bin/python" -c "import aiosmtpd" >/dev/null 2>&1; then

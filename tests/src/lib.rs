@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod graphite;
 pub mod netns;
 pub mod services;

@@ -3,13 +3,20 @@
 //! (`{{collector.<name>.<path>}}`), and adds the `gossip` collector from the cluster snapshot.
 //! It also keeps each collector's state changes (`opsbro collectors history`) and runs one
 //! collector at once when the API asks (`opsbro collectors run NAME`).
+//!
+//! After the Linux collectors come the application collectors (`opsbro_apps`: redis, mysql,
+//! ...), concurrently, each under its timeout, with its pack's parameters, on hosts in its group
+//! only. One whose server cannot be reached is `error` with the reason and keeps
+//! `{available: false, error}` as its data, so checks can say why (`{{collector.redis.error}}`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use opsbro_api::collectors::{Collector, CollectorChange};
+use opsbro_apps::AppCollector;
 use opsbro_collectors::{Collectors, NAMES, Outcome};
+use opsbro_eval::EvalContext;
 use opsbro_types::SubsystemState;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -70,11 +77,20 @@ impl CollectedData {
     }
 
     /// The value at `collector.<path>` for expressions (`path` without the `collector.` prefix).
+    /// A collector in error answers from what it kept (`available`/`error` of an application).
     pub fn lookup(&self, path: &str) -> Option<serde_json::Value> {
         let guard = self.values.read().unwrap_or_else(PoisonError::into_inner);
         let (name, rest) = path.split_once('.').unwrap_or((path, ""));
-        let c = guard.get(name).filter(|c| c.state == "ok")?;
+        let c = guard
+            .get(name)
+            .filter(|c| c.state == "ok" || (c.state == "error" && !c.data.is_null()))?;
         opsbro_collectors::lookup_in(&c.data, rest).cloned()
+    }
+
+    /// The state of collector `name` (`ok`, `error`, `not-eligible`), None before its first run.
+    pub fn state(&self, name: &str) -> Option<String> {
+        let guard = self.values.read().unwrap_or_else(PoisonError::into_inner);
+        guard.get(name).map(|c| c.state.clone())
     }
 
     /// Every state change kept, oldest first.
@@ -92,8 +108,10 @@ impl CollectedData {
     pub async fn run_now(&self, name: &str) -> Result<Collector, RunError> {
         let name = NAMES
             .iter()
-            .chain(std::iter::once(&GOSSIP))
-            .find(|n| **n == name)
+            .copied()
+            .chain(std::iter::once(GOSSIP))
+            .chain(opsbro_apps::names())
+            .find(|n| *n == name)
             .ok_or_else(|| RunError::Unknown(name.to_owned()))?;
         let (tx, rx) = oneshot::channel();
         self.run_tx
@@ -140,6 +158,23 @@ struct Loop {
     view: SharedView,
     zone: watch::Receiver<String>,
     metrics: crate::metrics::MetricsHandle,
+    /// Pack parameters (the application collectors' connection settings).
+    objects: watch::Receiver<Arc<opsbro_packs::PackSet>>,
+}
+
+/// The most an application collector may take beyond its own `timeout` parameter (it should
+/// give up by itself; this stops one that does not).
+const APP_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the loop looks for application collectors that became eligible (groups changed).
+const GROUP_WATCH: Duration = Duration::from_secs(1);
+
+/// Why an application collector does not run on this host.
+fn not_in_group(group: &str) -> String {
+    format!(
+        "this host is not in group `{group}` (the `{group}` pack's detector adds it when the \
+         server is installed or running; or add it to `groups` in agent.yml)"
+    )
 }
 
 impl Loop {
@@ -159,6 +194,14 @@ impl Loop {
                     errors += 1;
                     tracing::warn!(collector = name, error = %m, "collector failed");
                     ("error", serde_json::Value::Null, Some(m))
+                }
+                Outcome::Unavailable(m) => {
+                    // An application whose server is down: `available` false, and why.
+                    errors += 1;
+                    tracing::warn!(collector = name, error = %m, "collector failed");
+                    let data = serde_json::json!({"available": false, "error": m});
+                    points.extend(crate::metrics::collector_points(name, &data, now / 1000));
+                    ("error", data, Some(m))
                 }
             };
             self.data.store(
@@ -190,12 +233,63 @@ impl Loop {
     }
 }
 
+impl Loop {
+    /// The application collectors this host runs now (by its groups).
+    fn eligible_apps(&self, apps: &[Box<dyn AppCollector>]) -> Vec<&'static str> {
+        let groups = self.view.groups();
+        apps.iter()
+            .filter(|c| c.group().is_none_or(|g| groups.iter().any(|x| x == g)))
+            .map(|c| c.name())
+            .collect()
+    }
+
+    /// Run the application collectors that `wanted` names, concurrently.
+    async fn run_apps(
+        &self,
+        apps: &mut [Box<dyn AppCollector>],
+        wanted: impl Fn(&str) -> bool,
+    ) -> Vec<(&'static str, Outcome)> {
+        let groups = self.view.groups();
+        let set = self.objects.borrow().clone();
+        let runs = apps.iter_mut().filter(|c| wanted(c.name())).map(|c| {
+            let name = c.name();
+            let eligible = c.group().is_none_or(|g| groups.iter().any(|x| x == g));
+            let params = set
+                .packs
+                .get(c.pack())
+                .and_then(|p| p.parameters.as_object().cloned())
+                .unwrap_or_default();
+            let group = c.group().unwrap_or_default();
+            async move {
+                if !eligible {
+                    return (name, Outcome::NotEligible(not_in_group(group)));
+                }
+                let limit = opsbro_apps::timeout_of(&params) + APP_GRACE;
+                let outcome = match tokio::time::timeout(limit, c.collect(&params)).await {
+                    Ok(Ok(serde_json::Value::Object(m))) if m.is_empty() => {
+                        Outcome::NotEligible("nothing to report on this host".into())
+                    }
+                    Ok(Ok(v)) => Outcome::Ok(v),
+                    Ok(Err(e)) => Outcome::Unavailable(e),
+                    Err(_) => {
+                        Outcome::Unavailable(format!("no answer within {} s", limit.as_secs_f64()))
+                    }
+                };
+                (name, outcome)
+            }
+        });
+        futures_util::future::join_all(runs).await
+    }
+}
+
 /// Run the collectors every [`INTERVAL`] until `shutdown`; `first_run` becomes true after the
 /// first pass (detectors wait for it, so their expressions see collector values).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     data: CollectedData,
     view: SharedView,
     zone: watch::Receiver<String>,
+    objects: watch::Receiver<Arc<opsbro_packs::PackSet>>,
     status: Status,
     metrics: crate::metrics::MetricsHandle,
     first_run: watch::Sender<bool>,
@@ -215,21 +309,46 @@ pub async fn run(
         view,
         zone,
         metrics,
+        objects,
     };
+    let mut apps = opsbro_apps::all();
+    let app_names = opsbro_apps::names();
     let mut collectors = Some(Collectors::new());
     let mut next_pass = tokio::time::Instant::now();
+    let mut eligible = me.eligible_apps(&apps);
+    let mut group_watch = tokio::time::interval(GROUP_WATCH);
+    group_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // One collector on request, or every collector when the pass is due.
         let only: Option<RunRequest> = tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep_until(next_pass) => None,
             Some(request) = requests.recv() => Some(request),
+            _ = group_watch.tick() => {
+                // A host that just joined `redis` gets collector.redis now, not in 10 s.
+                let now_eligible = me.eligible_apps(&apps);
+                let joined: Vec<&str> = now_eligible
+                    .iter()
+                    .copied()
+                    .filter(|n| !eligible.contains(n))
+                    .collect();
+                eligible = now_eligible;
+                if !joined.is_empty() {
+                    let outcomes = me.run_apps(&mut apps, |n| joined.contains(&n)).await;
+                    me.keep(outcomes, crate::host::unix_ms());
+                }
+                continue;
+            }
         };
         let Some(mut c) = collectors.take() else {
             return;
         };
+        let only_app = only
+            .as_ref()
+            .map(|(name, _)| *name)
+            .filter(|n| app_names.contains(n));
         let names: Vec<&'static str> = match &only {
-            Some((name, _)) if *name == GOSSIP => Vec::new(),
+            Some((name, _)) if *name == GOSSIP || only_app.is_some() => Vec::new(),
             Some((name, _)) => vec![*name],
             None => NAMES.to_vec(),
         };
@@ -239,7 +358,7 @@ pub async fn run(
             (c, out)
         })
         .await;
-        let Ok((c, outcomes)) = result else {
+        let Ok((c, mut outcomes)) = result else {
             tracing::error!("collector task panicked; collectors stopped");
             status.set(
                 "collectors",
@@ -249,6 +368,12 @@ pub async fn run(
             return;
         };
         collectors = Some(c);
+        if only.is_none() || only_app.is_some() {
+            let ran = me
+                .run_apps(&mut apps, |n| only_app.is_none_or(|o| o == n))
+                .await;
+            outcomes.extend(ran);
+        }
         let now = crate::host::unix_ms();
         let errors = me.keep(outcomes, now);
         match only {
@@ -268,7 +393,10 @@ pub async fn run(
                     status.set(
                         "collectors",
                         SubsystemState::Ok,
-                        Some(format!("{} collectors, {errors} failing", NAMES.len() + 1)),
+                        Some(format!(
+                            "{} collectors, {errors} failing",
+                            NAMES.len() + app_names.len() + 1
+                        )),
                     );
                 }
             }

@@ -260,8 +260,20 @@ pub async fn run(setup: DetectorsSetup, status: Status, shutdown: CancellationTo
             let evaluator = evaluator.clone();
             let expr = d.apply_if.clone();
             let data = collected.clone();
+            // `{{parameters.x}}`: the detector's pack's parameters (a port to look for).
+            let params = objects
+                .borrow()
+                .packs
+                .get(&d.pack)
+                .map(|p| p.parameters.clone())
+                .unwrap_or_default();
             let result = tokio::task::spawn_blocking(move || {
-                evaluator.eval_bool(&expr, &crate::collect::resolver(&data))
+                let collectors = crate::collect::resolver(&data);
+                let resolve = |path: &str| match path.strip_prefix("parameters.") {
+                    Some(rest) => crate::monitoring::parameter(&params, rest),
+                    None => collectors(path),
+                };
+                evaluator.eval_bool(&expr, &resolve)
             })
             .await;
             let (matched, error) = match result {

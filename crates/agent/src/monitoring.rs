@@ -409,6 +409,13 @@ pub async fn run(setup: MonitoringSetup, shutdown: CancellationToken) {
                 });
                 continue;
             }
+            if let Some(name) = awaited_collector(&slot.spec, &collected) {
+                // Its application collector has not run since this host joined its group:
+                // judging now would read nothing and say CRITICAL for a server that is fine.
+                tracing::debug!(check = %slot.spec.name, collector = name, "waiting for collector");
+                slot.next_run = now + COLLECTOR_WAIT;
+                continue;
+            }
             slot.in_flight = true;
             slot.next_run = now + jittered(slot.spec.interval);
             let (i, spec, parameters, evaluator, collected, plugins_dir, tx) = (
@@ -673,6 +680,41 @@ pub fn parameter(params: &Value, rest: &str) -> Option<Value> {
 pub(crate) fn variable(vars: &serde_json::Map<String, Value>, rest: &str) -> Option<Value> {
     let (name, more) = rest.split_once('.').unwrap_or((rest, ""));
     opsbro_collectors::lookup_in(vars.get(name)?, more).cloned()
+}
+
+/// How long a check waits before looking again for the first run of a collector it reads.
+const COLLECTOR_WAIT: Duration = Duration::from_secs(1);
+
+/// The application collector an expression check reads that has no result yet on this host
+/// (pending, or not eligible before the host joined its group), if any.
+fn awaited_collector(spec: &CheckSpec, collected: &CollectedData) -> Option<&'static str> {
+    let CheckKind::Expression {
+        ok_output,
+        critical_if,
+        critical_output,
+        warning_if,
+        warning_output,
+    } = &spec.kind
+    else {
+        return None;
+    };
+    let texts: Vec<&str> = [
+        ok_output,
+        critical_if,
+        critical_output,
+        warning_if,
+        warning_output,
+    ]
+    .into_iter()
+    .flatten()
+    .map(String::as_str)
+    .chain(spec.variables.iter().map(|(_, e)| e.as_str()))
+    .collect();
+    opsbro_apps::names().into_iter().find(|name| {
+        let needle = format!("collector.{name}.");
+        texts.iter().any(|t| t.contains(&needle))
+            && !matches!(collected.state(name).as_deref(), Some("ok" | "error"))
+    })
 }
 
 /// Placeholders of a check: `collector.`, `parameters.` (its pack's), `configuration.` (its own

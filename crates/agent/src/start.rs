@@ -265,6 +265,7 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
         collected.clone(),
         s.view.clone(),
         s.zone.clone(),
+        s.objects.clone(),
         s.status.clone(),
         s.metrics.clone(),
         first_collection,

@@ -38,6 +38,9 @@ pub enum Outcome {
     NotEligible(String),
     /// It failed (the reason).
     Error(String),
+    /// An application's server could not be reached or refused (the reason): the collector is
+    /// in error and its data says `{available: false, error: <reason>}` for checks to read.
+    Unavailable(String),
 }
 
 /// recv bytes, sent bytes, recv packets, sent packets.

@@ -139,6 +139,11 @@ pub const DOCS: &[FunctionDoc] = &[
     doc!("system", system_get_os(), "The operating system: 'linux'."),
     doc!(
         "system",
+        process_is_running(name),
+        "True if a process of this name runs on the host (its command name, or the file name of its program: 'redis-server', 'mariadbd', 'nginx')."
+    ),
+    doc!(
+        "system",
         system_is_python_2(),
         "False: kept for opsbro packs (the original answered for its Python interpreter; this agent behaves as the Python 3 one)."
     ),
@@ -239,6 +244,11 @@ pub const DOCS: &[FunctionDoc] = &[
         "network",
         check_tcp(host, port, timeout = "10"),
         "True if a TCP connection to host:port opens within the timeout (seconds, at most 10)."
+    ),
+    doc!(
+        "network",
+        port_is_listening(port),
+        "True if a process of this host listens on this TCP port (any address, IPv4 or IPv6), from /proc/net/tcp and tcp6."
     ),
     doc!(
         "network",
@@ -759,6 +769,57 @@ fn ip_in_range(ip: &str, range: &str) -> Res<bool> {
     })
 }
 
+/// Whether `/proc/net/tcp`-formatted `table` has a socket in LISTEN state on `port`.
+fn listens_on(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1).unwrap_or_default();
+        let state = fields.nth(1).unwrap_or_default();
+        state == "0A"
+            && local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port)
+    })
+}
+
+fn port_is_listening(port: i64) -> Res<bool> {
+    let port = u16::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
+    Ok(["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|t| listens_on(&t, port))))
+}
+
+/// Whether a process of `/proc`-like `root` is `name`: its `comm`, or the file name of the first
+/// word of its command line (servers that rewrite their title: `nginx: master process`).
+fn process_is_running(root: &std::path::Path, name: &str) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return false;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == name {
+                return true;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            let first = String::from_utf8_lossy(first);
+            let word = first.split_whitespace().next().unwrap_or_default();
+            let base = word.rsplit('/').next().unwrap_or_default();
+            base.trim_end_matches(':') == name
+        })
+}
+
 fn check_tcp(host: &str, port: i64, timeout: f64) -> Res<bool> {
     let port = u16::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
     let timeout = Duration::from_secs_f64(timeout.clamp(0.01, MAX_TCP_TIMEOUT));
@@ -1105,6 +1166,10 @@ pub fn register(engine: &mut Engine, ctx: Arc<dyn EvalContext>) {
     engine.register_fn("check_tcp", |h: ImmutableString, p: i64, t: f64| {
         check_tcp(&h, p, t)
     });
+    engine.register_fn("port_is_listening", port_is_listening);
+    engine.register_fn("process_is_running", |n: ImmutableString| {
+        process_is_running(std::path::Path::new("/proc"), &n)
+    });
     engine.register_fn(
         "ip_is_in_range",
         |ip: ImmutableString, r: ImmutableString| ip_in_range(&ip, &r),
@@ -1351,6 +1416,43 @@ mod tests {
             strip_ansi(&horizontal_bar(1.0, i64::MAX)).chars().count(),
             MAX_BAR_WIDTH as usize
         );
+    }
+
+    #[test]
+    fn listening_ports_and_running_processes_are_read_from_proc() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n   0: 0100007F:18EB 00000000:0000 0A 00000000:00000000\n   1: 0100007F:0050 0100007F:9C40 01 00000000:00000000\n";
+        assert!(listens_on(table, 6379));
+        // Port 80 is an established connection, not a listener.
+        assert!(!listens_on(table, 80));
+        assert!(port_is_listening(70_000).is_err());
+
+        let proc = tempfile::tempdir().expect("tempdir");
+        for (pid, comm, cmdline) in [
+            ("12", "redis-server\n", "redis-server 127.0.0.1:6379\0"),
+            ("13", "nginx\n", "nginx: master process /usr/sbin/nginx\0"),
+            (
+                "14",
+                "rabbitmq-server\n",
+                "/usr/lib/rabbitmq/bin/rabbitmq-server-long\0",
+            ),
+            ("self", "x\n", "sshd\0"),
+        ] {
+            let d = proc.path().join(pid);
+            std::fs::create_dir(&d).expect("mkdir");
+            std::fs::write(d.join("comm"), comm).expect("comm");
+            std::fs::write(d.join("cmdline"), cmdline).expect("cmdline");
+        }
+        for name in [
+            "redis-server",
+            "nginx",
+            "rabbitmq-server",
+            "rabbitmq-server-long",
+        ] {
+            assert!(process_is_running(proc.path(), name), "{name}");
+        }
+        for name in ["redis", "sshd", ""] {
+            assert!(!process_is_running(proc.path(), name), "{name}");
+        }
     }
 
     #[test]
