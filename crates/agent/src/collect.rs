@@ -312,6 +312,8 @@ pub async fn run(
         objects,
     };
     let mut apps = opsbro_apps::all();
+    // The cloud collectors read the hosting detection made at start.
+    apps.extend(opsbro_apps::clouds::collectors(&me.view.hosting()));
     let app_names = opsbro_apps::names();
     let mut collectors = Some(Collectors::new());
     let mut next_pass = tokio::time::Instant::now();

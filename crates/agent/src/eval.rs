@@ -30,8 +30,10 @@ pub const KV_GET_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Default)]
 pub struct SharedView {
     view: Arc<RwLock<ClusterView>>,
-    /// The hosting driver of this host, found once.
-    hosting: Arc<OnceLock<String>>,
+    /// The hosting driver found at start (metadata services and local files).
+    hosting: opsbro_apps::clouds::Hosting,
+    /// What the local files show, when no detection was made (read once).
+    files_driver: Arc<OnceLock<String>>,
     /// Reads the KV store, once it runs.
     kv: Arc<OnceLock<KvReader>>,
     /// Compliance rule name → state (`compliance_get_state_of_rule`).
@@ -49,6 +51,19 @@ impl std::fmt::Debug for SharedView {
 }
 
 impl SharedView {
+    /// A view whose hosting functions read `hosting` (the detection made at start).
+    pub fn with_hosting(hosting: opsbro_apps::clouds::Hosting) -> SharedView {
+        SharedView {
+            hosting,
+            ..SharedView::default()
+        }
+    }
+
+    /// The hosting detection (the cloud collectors read it).
+    pub fn hosting(&self) -> opsbro_apps::clouds::Hosting {
+        self.hosting.clone()
+    }
+
     /// Replace the snapshot.
     pub fn set(&self, view: ClusterView) {
         *self.view.write().unwrap_or_else(PoisonError::into_inner) = view;
@@ -74,9 +89,11 @@ impl SharedView {
 
     /// The hosting driver of this host (`ec2`, `docker-container`, ..., `on-premise`).
     pub fn hosting_driver(&self) -> String {
-        self.hosting
-            .get_or_init(|| hosting_driver(Path::new("/")))
-            .clone()
+        self.hosting.driver().unwrap_or_else(|| {
+            self.files_driver
+                .get_or_init(|| hosting_driver(Path::new("/")))
+                .clone()
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&ClusterView) -> T) -> T {
@@ -139,48 +156,11 @@ impl EvalContext for SharedView {
 
 /// The hosting driver of the host whose filesystem is at `root`, from the files that clouds,
 /// containers and NAS systems leave (DMI strings, `/.dockerenv`...): `docker-container`,
-/// `ec2`, `google-cloud`, `azure`, `digitalocean`, `scaleway`, `alibaba`, `synology`, or
-/// `on-premise` when none matches (the original's driver names).
+/// `ec2`, `google-cloud`, `azure`, `digitalocean`, `scaleway`, `alibaba`, `openstack`,
+/// `synology`, or `on-premise` when none matches (the original's driver names). Without a
+/// metadata service's answer: the agent itself uses [`opsbro_apps::clouds::detect`].
 pub fn hosting_driver(root: &Path) -> String {
-    let read = |rel: &str| {
-        std::fs::read_to_string(root.join(rel))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
-    };
-    let cgroup = read("proc/1/cgroup");
-    if root.join(".dockerenv").exists() || cgroup.contains("/docker") {
-        return "docker-container".into();
-    }
-    let vendor = read("sys/class/dmi/id/sys_vendor");
-    let product = read("sys/class/dmi/id/product_name");
-    let bios = read("sys/class/dmi/id/bios_vendor");
-    let board = read("sys/class/dmi/id/board_vendor");
-    let asset = read("sys/class/dmi/id/chassis_asset_tag");
-    let hypervisor = read("sys/hypervisor/uuid");
-    let driver = if board == "Amazon EC2"
-        || vendor == "Amazon EC2"
-        || bios.contains("Amazon")
-        || hypervisor.to_ascii_lowercase().starts_with("ec2")
-    {
-        "ec2"
-    } else if product.contains("Google Compute Engine") || vendor == "Google" {
-        "google-cloud"
-    } else if asset == "7783-7084-3265-9085-8269-3286-77"
-        || (vendor == "Microsoft Corporation" && product == "Virtual Machine")
-    {
-        "azure"
-    } else if vendor == "DigitalOcean" {
-        "digitalocean"
-    } else if vendor.to_ascii_lowercase().contains("scaleway") {
-        "scaleway"
-    } else if vendor.contains("Alibaba") || product.contains("Alibaba") {
-        "alibaba"
-    } else if root.join("etc/synoinfo.conf").exists() {
-        "synology"
-    } else {
-        "on-premise"
-    };
-    driver.into()
+    opsbro_apps::clouds::hints::LocalFacts::read(root).files_driver()
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod gossip;
 pub mod group_history;
 pub mod handlers;
 pub mod host;
+pub mod hosting;
 pub mod kv;
 pub mod logcount;
 pub mod logfile;
@@ -182,8 +183,11 @@ async fn run_agent(
     let access = api_access(&config, &data_dir)?;
     announce_cluster_security(&config, keyring.is_enabled(), bind_addr);
 
+    // Where the host runs (one round of metadata requests, bounded): before the address peers
+    // are told, which may be the cloud's public one.
+    let hosting = hosting::detect(&config.hosting).await;
     let interfaces = host::interface_addrs();
-    let advertise = host::choose_advertise(config.advertise_addr, bind_addr, &interfaces);
+    let advertise = hosting::advertise(&config, bind_addr, &interfaces, &hosting);
 
     status.set("gossip", SubsystemState::Starting, None);
     let gossip_bind = SocketAddr::new(bind_addr, config.port);
@@ -226,7 +230,7 @@ async fn run_agent(
     ));
     let (membership, membership_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let kv_membership = membership_rx.clone();
-    let view = eval::SharedView::default();
+    let view = eval::SharedView::with_hosting(hosting.clone());
     let evaluator = Arc::new(opsbro_eval::Evaluator::new(Arc::new(view.clone())));
     let packs = reload::load_packs(&config, &evaluator);
     for d in &packs.diagnostics {
@@ -497,6 +501,7 @@ async fn run_agent(
         executor,
         zones: Arc::new(zone_tree),
         current_zone: zone_tx,
+        hosting,
     });
 
     start::serve_api(

@@ -234,6 +234,7 @@ pub fn restart_needed(old: &AgentConfig, new: &AgentConfig) -> Vec<String> {
         statsd,
         graphite,
         websocket,
+        hosting,
     );
     if old.api_token != new.api_token {
         out.push("api.token: changed".into());

@@ -456,6 +456,37 @@ pub struct AgentInfo {
     /// Warnings and errors logged since start.
     #[serde(default)]
     pub logs: LogCounts,
+    /// Where the host runs: the hosting driver and what its cloud said.
+    #[serde(default)]
+    pub hosting: HostingInfo,
+}
+
+/// The hosting driver in `agent info` (found once at start).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostingInfo {
+    /// The active driver: `ec2`, `google-cloud`, `azure`, `digitalocean`, `scaleway`,
+    /// `alibaba`, `openstack`, else `docker-container`, `synology` or `on-premise`.
+    pub driver: String,
+    /// The cloud driver, when one is active.
+    pub cloud: Option<String>,
+    /// How the driver was chosen.
+    pub detail: String,
+    /// How long the detection took at start, in milliseconds.
+    pub probe_ms: u64,
+    /// The metadata services asked.
+    pub probed: Vec<String>,
+    /// The instance's id in its cloud.
+    pub instance_id: Option<String>,
+    /// Its region.
+    pub region: Option<String>,
+    /// Its availability zone.
+    pub zone: Option<String>,
+    /// Its machine type.
+    pub instance_type: Option<String>,
+    /// Its private address, as the cloud says.
+    pub local_addr: Option<IpAddr>,
+    /// Its public address, as the cloud says.
+    pub public_addr: Option<IpAddr>,
 }
 
 /// The websocket event stream in `agent info`.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+pub mod clouds;
 pub mod memcached;
 pub mod redis;
 
@@ -56,9 +57,13 @@ pub fn all() -> Vec<Box<dyn AppCollector>> {
     ]
 }
 
-/// Names of [`all`], in run order.
+/// Names of [`all`], in run order, then the cloud collectors' ([`clouds::collectors`]).
 pub fn names() -> Vec<&'static str> {
-    all().iter().map(|c| c.name()).collect()
+    all()
+        .iter()
+        .map(|c| c.name())
+        .chain(clouds::COLLECTOR_NAMES)
+        .collect()
 }
 
 /// The longest a collector may take when its parameters set no `timeout`.

@@ -367,7 +367,8 @@ pub enum PrintWhat {
     Uuid,
     /// The address gossip listens on (the announced one when it listens on every address).
     LocalAddr,
-    /// The address announced to the other nodes.
+    /// The public address: the one the cloud gives this instance (hosting driver), else the
+    /// one announced to the other nodes.
     PublicAddr,
 }
 

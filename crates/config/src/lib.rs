@@ -253,6 +253,44 @@ pub struct Config {
     pub websocket: WebsocketSettings,
     /// `executor:`.
     pub executor: ExecutorSettings,
+    /// `hosting:`.
+    pub hosting: HostingSettings,
+}
+
+/// The hosting driver names `hosting.driver` accepts besides `auto` and `none`.
+pub const HOSTING_DRIVERS: &[&str] = &[
+    "ec2",
+    "google-cloud",
+    "azure",
+    "digitalocean",
+    "scaleway",
+    "alibaba",
+    "openstack",
+];
+
+/// Where the host runs (`hosting:`), defaults filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostingSettings {
+    /// `auto` (default: the local files, then every cloud's metadata service at start), `none`
+    /// (never ask a metadata service), or a cloud's driver name (that cloud is the driver).
+    pub driver: String,
+    /// In `auto`, ask the metadata services even when the DMI data names a physical machine.
+    pub always_probe: bool,
+    /// The limit of one request to a metadata service (default 1 s, at most 2 s).
+    pub metadata_timeout: std::time::Duration,
+    /// Announce the cloud's public address to the cluster when `advertise_addr` is not set.
+    pub advertise_public_address: bool,
+}
+
+impl Default for HostingSettings {
+    fn default() -> Self {
+        HostingSettings {
+            driver: "auto".into(),
+            always_probe: false,
+            metadata_timeout: std::time::Duration::from_secs(1),
+            advertise_public_address: false,
+        }
+    }
 }
 
 /// Signed remote execution (`executor:`), defaults filled.
@@ -642,6 +680,8 @@ pub struct AgentConfig {
     pub websocket: WebsocketSettings,
     /// Signed remote execution settings.
     pub executor: ExecutorSettings,
+    /// Where the host runs: hosting driver detection and its cloud.
+    pub hosting: HostingSettings,
 }
 
 /// Collects errors while validating one source.
@@ -878,8 +918,11 @@ impl Config {
             graphite,
             websocket,
             executor,
+            hosting,
             unknown,
         } = raw;
+        let hosting = v.take("hosting", hosting).unwrap_or_default();
+        let hosting = Config::validate_hosting(v, hosting);
         let executor = v.take("executor", executor).unwrap_or_default();
         let executor = Config::validate_executor(v, executor);
         let websocket = v.take("websocket", websocket).unwrap_or_default();
@@ -1041,6 +1084,56 @@ impl Config {
             graphite,
             websocket,
             executor,
+            hosting,
+        }
+    }
+
+    fn validate_hosting(v: &mut Validator<'_>, raw: raw::RawHosting) -> HostingSettings {
+        let raw::RawHosting {
+            driver,
+            always_probe,
+            metadata_timeout,
+            advertise_public_address,
+            unknown,
+        } = raw;
+        v.unknown("hosting", unknown, raw::HOSTING_KEYS);
+        let d = HostingSettings::default();
+        HostingSettings {
+            driver: v
+                .take_with("hosting.driver", driver, |name| {
+                    let name = name.trim().to_ascii_lowercase();
+                    if name == "auto" || name == "none" || HOSTING_DRIVERS.contains(&name.as_str())
+                    {
+                        Ok(name)
+                    } else {
+                        Err(format!(
+                            "`{name}` is not a hosting driver: use auto, none or one of {}",
+                            HOSTING_DRIVERS.join(", ")
+                        ))
+                    }
+                })
+                .unwrap_or(d.driver),
+            always_probe: v
+                .take("hosting.always_probe", always_probe)
+                .unwrap_or(d.always_probe),
+            metadata_timeout: v
+                .take_with("hosting.metadata_timeout", metadata_timeout, |t| {
+                    let t = parse_duration(&t)?;
+                    if t < std::time::Duration::from_millis(50)
+                        || t > std::time::Duration::from_secs(2)
+                    {
+                        Err(format!(
+                            "{t:?} is outside 50ms..2s (the services are on the local link, \
+                             and the agent waits for them at start)"
+                        ))
+                    } else {
+                        Ok(t)
+                    }
+                })
+                .unwrap_or(d.metadata_timeout),
+            advertise_public_address: v
+                .take("hosting.advertise_public_address", advertise_public_address)
+                .unwrap_or(d.advertise_public_address),
         }
     }
 
@@ -1478,6 +1571,7 @@ impl Config {
             graphite: self.graphite,
             websocket: self.websocket,
             executor: self.executor,
+            hosting: self.hosting,
         };
         if errors.is_empty() {
             Ok(config)

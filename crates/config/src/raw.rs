@@ -80,6 +80,7 @@ pub struct RawConfig {
     pub graphite: Field<RawGraphite>,
     pub websocket: Field<RawWebsocket>,
     pub executor: Field<RawExecutor>,
+    pub hosting: Field<RawHosting>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -169,6 +170,28 @@ pub const TOP_KEYS: &[&str] = &[
     "graphite",
     "websocket",
     "executor",
+    "hosting",
+];
+
+/// Mirror of the `hosting:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawHosting {
+    pub driver: Field<String>,
+    pub always_probe: Field<bool>,
+    pub metadata_timeout: Field<serde_yaml::Value>,
+    pub advertise_public_address: Field<bool>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Keys of `hosting:`.
+pub const HOSTING_KEYS: &[&str] = &[
+    "driver",
+    "always_probe",
+    "metadata_timeout",
+    "advertise_public_address",
 ];
 
 /// Mirror of the `executor:` section.

@@ -522,3 +522,32 @@ fn log_file_and_retention_are_read_and_checked_with_lines() {
         "{errs}"
     );
 }
+
+#[test]
+fn hosting_settings_are_read_and_checked() {
+    let c = Config::from_yaml(
+        "hosting:\n  driver: EC2\n  always_probe: true\n  metadata_timeout: 500ms\n  advertise_public_address: true\n",
+        "agent.yml",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.hosting,
+        HostingSettings {
+            driver: "ec2".into(),
+            always_probe: true,
+            metadata_timeout: std::time::Duration::from_millis(500),
+            advertise_public_address: true,
+        }
+    );
+    assert_eq!(Config::default().hosting.driver, "auto");
+    let errs = Config::from_yaml(
+        "hosting:\n  driver: aws\n  metadata_timeout: 10s\n  probe: yes\n",
+        "agent.yml",
+    )
+    .expect_err("invalid");
+    let text = errs.to_string();
+    assert_eq!(errs.0.len(), 3, "{text}");
+    assert!(text.contains("`aws` is not a hosting driver"), "{text}");
+    assert!(text.contains("outside 50ms..2s"), "{text}");
+    assert!(text.contains("hosting.probe"), "{text}");
+}

@@ -274,7 +274,7 @@ pub const DOCS: &[FunctionDoc] = &[
     doc!(
         "hosting",
         hosting_driver_is_active(driver_name),
-        "True if this hosting driver is the active one (alibaba, azure, digitalocean, docker-container, ec2, google-cloud, scaleway, synology, on-premise)."
+        "True if this hosting driver is the active one (alibaba, azure, digitalocean, docker-container, ec2, google-cloud, openstack, scaleway, synology, on-premise)."
     ),
     doc!(
         "time",

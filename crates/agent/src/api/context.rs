@@ -98,6 +98,8 @@ pub struct ApiContext {
     pub group_history: crate::group_history::GroupHistory,
     /// The store and data dir, for `GET /agent/snapshot`.
     pub snapshot: crate::snapshot::SnapshotSource,
+    /// The hosting driver found at start.
+    pub hosting: opsbro_apps::clouds::Hosting,
 }
 
 impl ApiContext {

@@ -357,6 +357,7 @@ async fn agent_info(State(ctx): State<Arc<ApiContext>>) -> Json<AgentInfo> {
         metrics: ctx.metrics.info(),
         websocket: websocket_info(&ctx),
         logs: crate::logcount::LOG_COUNTS.snapshot(),
+        hosting: crate::hosting::info(&ctx.hosting),
     })
 }
 

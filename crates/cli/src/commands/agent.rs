@@ -295,6 +295,29 @@ fn refused(c: &opsbro_api::gossip::Counters) -> String {
     }
 }
 
+/// The `Hosting` line: the driver, the instance its cloud described and how it was found.
+fn hosting(h: &opsbro_api::HostingInfo) -> String {
+    if h.driver.is_empty() {
+        return "(unknown)".into();
+    }
+    let mut out = h.driver.clone();
+    let instance: Vec<String> = [&h.instance_id, &h.zone, &h.instance_type]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    if !instance.is_empty() {
+        out += &format!(" ({})", instance.join(", "));
+    }
+    if let Some(ip) = h.public_addr {
+        out += &format!(", public address {ip}");
+    }
+    if let Some(ip) = h.local_addr {
+        out += &format!(", local address {ip}");
+    }
+    format!("{out}; {} (found in {} ms)", h.detail, h.probe_ms)
+}
+
 /// `opsbro agent info`.
 pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
     let info: AgentInfo = client.get(routes::AGENT_INFO).await?;
@@ -331,6 +354,7 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
             if info.is_proxy { "yes" } else { "no" }.to_owned(),
         ),
         ("Groups", groups),
+        ("Hosting", hosting(&info.hosting)),
         (
             "Advertise",
             format!("{}:{}", info.addresses.advertise, info.ports.gossip),
@@ -492,7 +516,12 @@ pub async fn print(client: &Client, what: PrintWhat) -> Result<(), CliError> {
         PrintWhat::LocalAddr if !info.addresses.bind.is_unspecified() => {
             info.addresses.bind.to_string()
         }
-        PrintWhat::LocalAddr | PrintWhat::PublicAddr => info.addresses.advertise.to_string(),
+        PrintWhat::PublicAddr => info
+            .hosting
+            .public_addr
+            .unwrap_or(info.addresses.advertise)
+            .to_string(),
+        PrintWhat::LocalAddr => info.addresses.advertise.to_string(),
     };
     println!("{value}");
     Ok(())
