@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+pub mod apache;
+pub mod haproxy;
+mod http_get;
 pub mod memcached;
+pub mod nginx;
+pub mod rabbitmq;
 pub mod redis;
 
 /// A pack's parameters (`{{parameters.x}}` in its checks): a JSON object, possibly empty.
@@ -53,6 +58,10 @@ pub fn all() -> Vec<Box<dyn AppCollector>> {
     vec![
         Box::new(redis::Redis::default()),
         Box::new(memcached::Memcached::default()),
+        Box::new(nginx::Nginx::default()),
+        Box::new(apache::Apache::default()),
+        Box::new(haproxy::Haproxy::default()),
+        Box::new(rabbitmq::Rabbitmq::default()),
     ]
 }
 
