@@ -34,6 +34,12 @@ declare -A NEEDED=(
     [id]=coreutils
     [redis-server]=redis-server
     [memcached]=memcached
+    [nginx]=nginx
+    [apache2]=apache2
+    [haproxy]=haproxy
+    [epmd]=erlang-base
+    [/usr/lib/rabbitmq/bin/rabbitmq-server]=rabbitmq-server
+    [/usr/lib/rabbitmq/bin/rabbitmqctl]=rabbitmq-server
 )
 
 missing=()

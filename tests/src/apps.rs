@@ -230,3 +230,254 @@ pub fn wait_check(agent: &Agent, name: &str, state: &str) -> Result<String> {
     })
     .with_context(|| format!("last: {last:?}"))
 }
+
+/// Write `text` to `<dir>/<name>`; the path.
+fn write_conf(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+/// A server whose processes (a master and its workers, a start script and its VM) run in a
+/// process group of their own, all killed together: killing only the master of nginx or apache
+/// leaves its workers holding the port.
+pub struct ServerGroup {
+    /// The server; its `child` leads the group.
+    pub server: Server,
+    group: u32,
+}
+
+impl ServerGroup {
+    /// [`Server::spawn`] with `cmd` in a new process group; a server that does not come up in
+    /// time is killed whole.
+    pub fn spawn(
+        name: &str,
+        mut cmd: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+    ) -> Result<ServerGroup> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+        let group = child.id();
+        let mut started = ServerGroup {
+            server: Server {
+                child: Some(child),
+                name: name.to_owned(),
+                port,
+                dir,
+            },
+            group,
+        };
+        started.server.wait_listening()?;
+        Ok(started)
+    }
+
+    /// Its TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// Its files (config, logs, sockets).
+    pub fn dir(&self) -> &Path {
+        self.server.dir.path()
+    }
+
+    /// Kill the whole group (SIGKILL) and wait until its port is closed.
+    pub fn stop(&mut self) -> Result<()> {
+        self.kill_group();
+        self.server.stop()
+    }
+
+    fn kill_group(&self) {
+        // Never `kill -- -0`: that is the caller's own group.
+        if self.group == 0 {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.group)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for ServerGroup {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+/// nginx on a free port, its files in a temp dir: `stub_status` at `/nginx_status`, `hello` at
+/// any other path.
+pub fn nginx() -> Result<ServerGroup> {
+    let port = crate::services::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display();
+    let conf = write_conf(
+        dir.path(),
+        "nginx.conf",
+        &format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             \x20 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             \x20 server {{\n    listen 127.0.0.1:{port};\n    location = /nginx_status {{ stub_status; }}\n\
+             \x20   location / {{ return 200 \"hello\\n\"; }}\n  }}\n}}\n"
+        ),
+    )?;
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.path())
+        .args(["-g", "daemon off;"]);
+    ServerGroup::spawn("nginx", cmd, port, dir)
+}
+
+/// Debian's apache2 on a free port with a conf of its own (mpm_event, mod_status with
+/// `ExtendedStatus On` at `/server-status`, 40 worker slots), its files in a temp dir.
+pub fn apache() -> Result<ServerGroup> {
+    let port = crate::services::free_port()?;
+    let dir = tempfile::tempdir()?;
+    // Its workers run as `nobody` when started by root: they must read the document root.
+    std::fs::create_dir(dir.path().join("www"))?;
+    std::fs::write(dir.path().join("www/index.html"), "hello\n")?;
+    for p in [dir.path().to_path_buf(), dir.path().join("www")] {
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let d = dir.path().display();
+    let modules = "/usr/lib/apache2/modules";
+    let user = if nix_is_root() {
+        "User nobody\nGroup nogroup\n"
+    } else {
+        ""
+    };
+    let conf = write_conf(
+        dir.path(),
+        "httpd.conf",
+        &format!(
+            "ServerRoot {d}\nServerName localhost\nListen 127.0.0.1:{port}\nPidFile {d}/httpd.pid\n\
+             ErrorLog {d}/error.log\nDefaultRuntimeDir {d}\n{user}\
+             LoadModule mpm_event_module {modules}/mod_mpm_event.so\n\
+             LoadModule authz_core_module {modules}/mod_authz_core.so\n\
+             LoadModule status_module {modules}/mod_status.so\n\
+             ExtendedStatus On\nStartServers 1\nServerLimit 4\nThreadsPerChild 10\nMaxRequestWorkers 40\n\
+             MinSpareThreads 5\nMaxSpareThreads 15\n\
+             DocumentRoot {d}/www\n<Directory {d}/www>\n  Require all granted\n</Directory>\n\
+             <Location /server-status>\n  SetHandler server-status\n  Require all granted\n</Location>\n"
+        ),
+    )?;
+    let mut cmd = Command::new("apache2");
+    cmd.arg("-f").arg(&conf).arg("-DFOREGROUND");
+    ServerGroup::spawn("apache2", cmd, port, dir)
+}
+
+/// haproxy on a free port (`-db`: foreground), its stats socket at `<dir>/admin.sock` (level
+/// admin) and its stats page at `/stats` of its one frontend `fe_main` (maxconn 10): `/dead...`
+/// goes to backend `be_dead` (server `dead1` on `dead_port`), the rest to `be_app` (server
+/// `live` on `live_port`, server `gone` on `dead_port`); checks every 300 ms.
+pub fn haproxy(live_port: u16, dead_port: u16) -> Result<ServerGroup> {
+    let port = crate::services::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("admin.sock");
+    let conf = write_conf(
+        dir.path(),
+        "haproxy.cfg",
+        &format!(
+            "global\n  stats socket {} mode 600 level admin\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 5s\n\
+             frontend fe_main\n  bind 127.0.0.1:{port}\n  maxconn 10\n  stats enable\n  stats uri /stats\n\
+             \x20 use_backend be_dead if {{ path_beg /dead }}\n  default_backend be_app\n\
+             backend be_app\n  server live 127.0.0.1:{live_port} check inter 300ms\n\
+             \x20 server gone 127.0.0.1:{dead_port} check inter 300ms fall 1 rise 1\n\
+             backend be_dead\n  server dead1 127.0.0.1:{dead_port} check inter 300ms fall 1 rise 1\n",
+            socket.display()
+        ),
+    )?;
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-f").arg(&conf).arg("-db");
+    ServerGroup::spawn("haproxy", cmd, port, dir)
+}
+
+/// A rabbitmq node of Debian's rabbitmq-server with the management plugin, and the Erlang port
+/// mapper it registers with (its own, on a free port: a shared epmd would outlive the test).
+pub struct RabbitMq {
+    /// The node (its start script, the Erlang VM and their helpers); its port is the
+    /// management API's.
+    pub node: ServerGroup,
+    /// Its AMQP port.
+    pub amqp_port: u16,
+    /// Its Erlang node name (`opsbro<port>@localhost`).
+    pub name: String,
+    epmd: Server,
+}
+
+impl RabbitMq {
+    /// Run `rabbitmqctl -n <node> ARGS` against it (same Erlang cookie and port mapper).
+    pub fn ctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .env("HOME", self.node.dir())
+            .env("ERL_EPMD_PORT", self.epmd.port.to_string())
+            .current_dir(self.node.dir())
+            .stdin(Stdio::null())
+            .output()
+            .context("run rabbitmqctl")
+    }
+}
+
+/// rabbitmq-server (3.10 in Debian 12) on free ports, data, logs and config in a temp dir, the
+/// management API at `http://127.0.0.1:<node.port()>` (guest/guest from loopback).
+pub fn rabbitmq() -> Result<RabbitMq> {
+    let free = crate::services::free_port;
+    let (mgmt, amqp, dist, epmd_port) = (free()?, free()?, free()?, free()?);
+    let epmd_dir = tempfile::tempdir()?;
+    let mut epmd = Command::new("epmd");
+    epmd.args(["-address", "127.0.0.1", "-port", &epmd_port.to_string()]);
+    let epmd = Server::spawn("epmd", epmd, epmd_port, epmd_dir)?;
+    let dir = tempfile::tempdir()?;
+    let p = dir.path();
+    let plugins = write_conf(p, "enabled_plugins", "[rabbitmq_management].\n")?;
+    // Statistics every second (5 s by default), for the tests not to wait.
+    let conf = write_conf(
+        p,
+        "rabbitmq.conf",
+        &format!(
+            "listeners.tcp.default = 127.0.0.1:{amqp}\nmanagement.tcp.ip = 127.0.0.1\n\
+             management.tcp.port = {mgmt}\ncollect_statistics_interval = 1000\n"
+        ),
+    )?;
+    // Not /etc/rabbitmq/rabbitmq-env.conf.
+    let env_file = write_conf(p, "rabbitmq-env.conf", "")?;
+    let name = format!("opsbro{mgmt}@localhost");
+    // Not /usr/sbin/rabbitmq-server: as root it switches to the rabbitmq user and its files.
+    let mut cmd = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    cmd.env("HOME", p)
+        .env("ERL_EPMD_PORT", epmd_port.to_string())
+        .env("RABBITMQ_CONF_ENV_FILE", &env_file)
+        .env("RABBITMQ_CONFIG_FILE", &conf)
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
+        .env("RABBITMQ_MNESIA_BASE", p.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", p.join("log"))
+        .env("RABBITMQ_LOGS", "-")
+        .env("RABBITMQ_PID_FILE", p.join("rabbitmq.pid"))
+        .env("RABBITMQ_NODENAME", &name)
+        .env("RABBITMQ_NODE_PORT", amqp.to_string())
+        .env("RABBITMQ_DIST_PORT", dist.to_string())
+        .current_dir(p);
+    let node = ServerGroup::spawn("rabbitmq-server", cmd, mgmt, dir)?;
+    Ok(RabbitMq {
+        node,
+        amqp_port: amqp,
+        name,
+        epmd,
+    })
+}

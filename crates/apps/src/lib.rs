@@ -18,8 +18,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+pub mod apache;
 pub mod clouds;
+pub mod haproxy;
+mod http_get;
 pub mod memcached;
+pub mod nginx;
+pub mod rabbitmq;
 pub mod redis;
 
 /// A pack's parameters (`{{parameters.x}}` in its checks): a JSON object, possibly empty.
@@ -54,6 +59,10 @@ pub fn all() -> Vec<Box<dyn AppCollector>> {
     vec![
         Box::new(redis::Redis::default()),
         Box::new(memcached::Memcached::default()),
+        Box::new(nginx::Nginx::default()),
+        Box::new(apache::Apache::default()),
+        Box::new(haproxy::Haproxy::default()),
+        Box::new(rabbitmq::Rabbitmq::default()),
     ]
 }
 
