@@ -168,6 +168,9 @@ pub fn opsbro_command() -> Command {
             cmd.env_remove(k);
         }
     }
+    // Agents on the test machine never ask cloud metadata services: that traffic would leave
+    // the machine (hosting drivers are tested in network namespaces with their own server).
+    cmd.env("OPSBRO_HOSTING_DRIVER", "none");
     cmd.stdin(Stdio::null());
     cmd
 }

@@ -46,6 +46,12 @@ pub enum FrameKind {
     ExecRequest = opsbro_exec::KIND_REQUEST,
     /// A target's answer to a signed command.
     ExecReply = opsbro_exec::KIND_REPLY,
+    /// A Raft message (the first frame of a peer's message stream).
+    RaftMessage = crate::raft::KIND_MESSAGE,
+    /// A request forwarded to a Raft voter.
+    RaftForward = crate::raft::KIND_FORWARD,
+    /// A voter's answer to a forwarded request.
+    RaftForwardReply = crate::raft::KIND_FORWARD_REPLY,
 }
 
 impl FrameKind {
@@ -57,6 +63,9 @@ impl FrameKind {
             k if *k == opsbro_kv::wire::KIND_RESPONSE => Some(FrameKind::KvResponse),
             k if *k == opsbro_exec::KIND_REQUEST => Some(FrameKind::ExecRequest),
             k if *k == opsbro_exec::KIND_REPLY => Some(FrameKind::ExecReply),
+            k if *k == crate::raft::KIND_MESSAGE => Some(FrameKind::RaftMessage),
+            k if *k == crate::raft::KIND_FORWARD => Some(FrameKind::RaftForward),
+            k if *k == crate::raft::KIND_FORWARD_REPLY => Some(FrameKind::RaftForwardReply),
             _ => None,
         }
     }
@@ -80,6 +89,8 @@ pub struct Routes {
     pub kv: mpsc::Sender<Accepted>,
     /// Signed command connections (the executor).
     pub exec: mpsc::Sender<Accepted>,
+    /// Raft peer streams and forwarded requests.
+    pub raft: mpsc::Sender<Accepted>,
 }
 
 /// What the listener refused (shown with gossip's counters in `agent info` and `/metrics`).
@@ -183,7 +194,11 @@ pub async fn serve(
                 Some(FrameKind::PushPull) => &routes.push_pull,
                 Some(FrameKind::KvRequest) => &routes.kv,
                 Some(FrameKind::ExecRequest) => &routes.exec,
-                Some(FrameKind::KvResponse | FrameKind::ExecReply) | None => {
+                Some(FrameKind::RaftMessage | FrameKind::RaftForward) => &routes.raft,
+                Some(
+                    FrameKind::KvResponse | FrameKind::ExecReply | FrameKind::RaftForwardReply,
+                )
+                | None => {
                     fail();
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "cluster connection of no known kind refused");

@@ -38,6 +38,8 @@ pub struct SharedView {
     kv: Arc<OnceLock<KvReader>>,
     /// Compliance rule name → state (`compliance_get_state_of_rule`).
     compliance: Arc<RwLock<std::collections::HashMap<String, String>>>,
+    /// Elections this node leads (`is_leader`).
+    leading: Arc<RwLock<std::collections::BTreeSet<String>>>,
 }
 
 /// `kv_get(key)`: the live text value, or None (absent, deleted, no answer in time). Called on
@@ -77,6 +79,11 @@ impl SharedView {
     /// Give `kv_get()` the store (once it runs); it should wait at most [`KV_GET_TIMEOUT`].
     pub fn set_kv(&self, reader: KvReader) {
         let _ = self.kv.set(reader);
+    }
+
+    /// Replace the elections this node leads (`is_leader`).
+    pub fn set_leading(&self, elections: std::collections::BTreeSet<String>) {
+        *self.leading.write().unwrap_or_else(PoisonError::into_inner) = elections;
     }
 
     /// Replace the compliance rule states `compliance_get_state_of_rule` reads.
@@ -137,6 +144,13 @@ impl EvalContext for SharedView {
 
     fn hosting_driver_active(&self, name: &str) -> bool {
         self.hosting_driver() == name
+    }
+
+    fn is_leader(&self, name: &str) -> bool {
+        self.leading
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(name)
     }
 
     fn compliance_rule_state(&self, name: &str) -> String {

@@ -10,9 +10,17 @@ use std::path::Path;
 use opsbro_apps::clouds::{self, Driver, Hosting, Mode};
 use opsbro_config::{AgentConfig, HostingSettings};
 
-/// The detection settings of `hosting:`.
+/// Overrides `hosting.driver` (`none` in test suites, whose agents must not send traffic off
+/// the machine).
+pub const DRIVER_ENV: &str = "OPSBRO_HOSTING_DRIVER";
+
+/// The detection settings of `hosting:` (`$OPSBRO_HOSTING_DRIVER` overrides the driver).
 pub fn settings(c: &HostingSettings) -> clouds::Settings {
-    let mode = match c.driver.as_str() {
+    let forced = std::env::var(DRIVER_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let driver = forced.as_deref().unwrap_or(c.driver.as_str()).trim();
+    let mode = match driver {
         "none" => Mode::Off,
         name => Driver::from_name(name).map_or(Mode::Auto, Mode::Forced),
     };

@@ -18,6 +18,7 @@ pub mod compliance;
 pub mod datadir;
 pub mod detectors;
 pub mod dns;
+pub mod elections;
 pub mod eval;
 pub mod events;
 pub mod executor;
@@ -36,6 +37,7 @@ pub mod membership;
 pub mod metrics;
 pub mod monitoring;
 pub mod one_shot;
+pub mod raft;
 pub mod reload;
 pub mod serve;
 pub mod services;
@@ -216,6 +218,7 @@ async fn run_agent(
     let (push_pull_tx, push_pulls) = tokio::sync::mpsc::channel(64);
     let (kv_connections, kv_incoming) = tokio::sync::mpsc::channel(64);
     let (exec_connections, exec_incoming) = tokio::sync::mpsc::channel(64);
+    let (raft_connections, raft_incoming) = tokio::sync::mpsc::channel(64);
     tracker.spawn(cluster::serve(
         cluster_listener,
         keyring.clone(),
@@ -223,6 +226,7 @@ async fn run_agent(
             push_pull: push_pull_tx,
             kv: kv_connections,
             exec: exec_connections,
+            raft: raft_connections,
         },
         listener_counters.clone(),
         tracker.clone(),
@@ -292,6 +296,9 @@ async fn run_agent(
     );
     status.set("kv", SubsystemState::Starting, None);
     let (kv_dir, store, ts_store) = start::open_stores(&data_dir)?;
+    let raft_store = store
+        .open_tree("raft")
+        .map_err(|e| AgentError::Kv(format!("cannot open the raft tree: {e}")))?;
     // Snapshots read every tree of the same sled database (`GET /agent/snapshot`).
     let snapshot = snapshot::SnapshotSource {
         store: store.clone(),
@@ -337,6 +344,28 @@ async fn run_agent(
         shutdown.child_token(),
     )
     .map_err(AgentError::Executor)?;
+    let raft = raft::RaftHandle::start(
+        raft::RaftSetup {
+            me: data_dir.uuid(),
+            store: raft_store,
+            keyring: keyring.clone(),
+            membership: membership_rx.clone(),
+            connections: raft_incoming,
+            bus: bus.clone(),
+            zone: zone_rx.clone(),
+        },
+        &tracker,
+        shutdown.child_token(),
+    );
+    let elections = elections::ElectionsHandle::default();
+    tracker.spawn(elections::run(
+        raft.clone(),
+        elections.clone(),
+        objects.clone(),
+        view.clone(),
+        bus.clone(),
+        shutdown.child_token(),
+    ));
     let dns_counters = Arc::new(opsbro_dns::server::Counters::default());
     let dns_addr = if config.dns.enabled {
         status.set("dns", SubsystemState::Starting, None);
@@ -499,6 +528,8 @@ async fn run_agent(
         catalog,
         compliance: compliance_handle,
         executor,
+        raft,
+        elections,
         zones: Arc::new(zone_tree),
         current_zone: zone_tx,
         hosting,

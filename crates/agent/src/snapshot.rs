@@ -261,6 +261,11 @@ pub fn write_snapshot<W: Write>(source: &SnapshotSource, out: W) -> Result<W, Sn
         }
     }
     for name in source.store.tree_names() {
+        // The Raft log is not data to bring back: a restored log would forget the votes this
+        // node gave since, and break the group's promises. A restored node rejoins as new.
+        if name == b"raft" {
+            continue;
+        }
         w.tree(&name).map_err(io_err)?;
         for item in source.store.raw_items(&name)? {
             let (k, v) = item?;

@@ -209,6 +209,33 @@ pub const ROUTES: &[RouteDoc] = {
         ),
         doc(
             "GET",
+            raft::STATE,
+            "this node's view of the Raft group: role, leader, voters, locks",
+        ),
+        doc(
+            "GET",
+            raft::LOCKS,
+            "every held lock with its holder and fencing token",
+        ),
+        doc("GET", raft::LOCK, "a held lock (404 when free)"),
+        doc(
+            "PUT",
+            raft::LOCK,
+            "take or renew a lock (?ttl=, ?session=); 409 when held by another",
+        ),
+        doc("DELETE", raft::LOCK, "release a lock (?token=)"),
+        doc(
+            "POST",
+            raft::HOLD,
+            "take a lock and hold it while the connection is open; NDJSON acquired/lost lines",
+        ),
+        doc(
+            "GET",
+            raft::ELECTIONS,
+            "the elections of this node and their leaders",
+        ),
+        doc(
+            "GET",
             cat::SERVICES,
             "every service of the cluster (blocking with ?index=&wait=)",
         ),
@@ -1940,7 +1967,7 @@ pub mod events {
     use serde::{Deserialize, Serialize};
 
     /// Every channel, in the order `opsbro events watch --help` lists them.
-    pub const CHANNELS: [&str; 8] = [
+    pub const CHANNELS: [&str; 9] = [
         "node",
         "group",
         "check",
@@ -1949,6 +1976,7 @@ pub mod events {
         "service",
         "compliance",
         "exec",
+        "raft",
     ];
 
     /// One event: when, and what (its channel is its kind).
@@ -1982,6 +2010,8 @@ pub mod events {
         Compliance(ComplianceChanged),
         /// A signed command was requested from this node, or run (or refused) on it.
         Exec(super::executors::HistoryEntry),
+        /// The Raft group got a leader, a lock was taken or released, an election changed.
+        Raft(super::raft::RaftEvent),
     }
 
     impl Payload {
@@ -1996,6 +2026,7 @@ pub mod events {
                 Payload::Service(_) => "service",
                 Payload::Compliance(_) => "compliance",
                 Payload::Exec(_) => "exec",
+                Payload::Raft(_) => "raft",
             }
         }
     }
@@ -2575,5 +2606,144 @@ pub mod compliance {
         pub old_state: String,
         /// What its rules reported.
         pub output: String,
+    }
+}
+
+/// Locks and leader elections on Raft (`opsbro lock`, `opsbro raft state`, `election:`).
+pub mod raft {
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: this node's view of the Raft group ([`RaftState`]).
+    pub const STATE: &str = "/raft/state";
+    /// `GET`: every held lock ([`LockInfo`] list).
+    pub const LOCKS: &str = "/locks";
+    /// `GET` the lock ([`LockInfo`], 404 when free); `PUT ?ttl=15s&session=S` take it once or
+    /// renew it (200 [`Granted`], 409 [`LockInfo`] of the holder, 503 without a majority);
+    /// `DELETE ?token=N` release it.
+    pub const LOCK: &str = "/locks/{*name}";
+    /// `POST ?ttl=15s&wait=30s`: take the lock and keep it while the connection stays open;
+    /// NDJSON [`HoldLine`]s (acquired, then lost when it is lost). Closing releases it.
+    pub const HOLD: &str = "/locks-hold/{*name}";
+    /// `GET`: the elections of this node ([`ElectionState`] list).
+    pub const ELECTIONS: &str = "/elections";
+
+    /// This node's view of the Raft group.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct RaftState {
+        /// This node's Raft id.
+        pub id: u64,
+        /// `leader`, `follower`, `candidate`, `pre-candidate`, or `observer` (not a voter: it
+        /// asks the voters).
+        pub role: String,
+        /// The leader's node name (None: no leader known).
+        pub leader: Option<String>,
+        /// Current term.
+        pub term: u64,
+        /// The voters (names).
+        pub voters: Vec<String>,
+        /// The voters gossip would choose now (group `raft`, or the first 3 or 5 by uuid).
+        pub wanted_voters: Vec<String>,
+        /// Commit index.
+        pub commit: u64,
+        /// Applied index.
+        pub applied: u64,
+        /// Whether this node has joined a group.
+        pub initialized: bool,
+        /// Held locks, as applied here.
+        pub locks: Vec<LockInfo>,
+        /// Proposals refused or timed out so far.
+        pub failed_proposals: u64,
+        /// Raft messages that did not decode or came from outside the group.
+        pub bad_messages: u64,
+    }
+
+    /// A held lock.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct LockInfo {
+        /// Lock name.
+        pub name: String,
+        /// The holder's node name (its uuid when not known by name).
+        pub node: String,
+        /// The holder's node uuid.
+        pub node_uuid: String,
+        /// The holder's session.
+        pub session: String,
+        /// Fencing token (grows with each holder).
+        pub token: u64,
+        /// Expires without a renewal for this long.
+        pub ttl_ms: u64,
+    }
+
+    /// A lock taken.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct Granted {
+        /// Lock name.
+        pub name: String,
+        /// Fencing token.
+        pub token: u64,
+        /// The session holding it (give it back to renew).
+        pub session: String,
+        /// Renew within this.
+        pub ttl_ms: u64,
+    }
+
+    /// One line of a hold (`POST /locks-hold/{name}`).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "event", rename_all = "snake_case")]
+    pub enum HoldLine {
+        /// Still waiting: someone else holds it.
+        Waiting {
+            /// The holder.
+            holder: LockInfo,
+        },
+        /// Taken.
+        Acquired(Granted),
+        /// Not taken within the wait, or refused.
+        Failed {
+            /// Why.
+            reason: String,
+        },
+        /// Lost (expired, released because the node was declared dead, no majority to renew).
+        Lost {
+            /// Why.
+            reason: String,
+        },
+    }
+
+    /// An election of this node.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct ElectionState {
+        /// Election name.
+        pub name: String,
+        /// Whether this node takes part (it is in the election's `if_group`).
+        pub member: bool,
+        /// The leader's node name (None: no leader).
+        pub leader: Option<String>,
+        /// Whether this node leads.
+        pub is_leader: bool,
+        /// The leader's fencing token.
+        pub token: u64,
+        /// Last command run on a change and its exit code.
+        pub last_command: Option<String>,
+        /// Its exit code.
+        pub last_rc: Option<i32>,
+    }
+
+    /// A Raft/lock/election event (channel `raft`).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RaftEvent {
+        /// `leader` (a new leader of the group), `acquired`, `released`, `elected`,
+        /// `demoted`.
+        pub kind: String,
+        /// The lock or election, or the group's leader name.
+        pub name: String,
+        /// The node concerned.
+        pub node: String,
+        /// The token, when a lock.
+        pub token: u64,
     }
 }

@@ -101,6 +101,33 @@ pub enum Command {
     /// packages, users, repositories, downloads), their states and history.
     #[command(subcommand)]
     Compliance(ComplianceCommand),
+    /// Hold a cluster-wide lock while a command runs (Raft: granted by a majority of the
+    /// voters, never to two sessions at once). Waits `--wait` for it, runs the command with
+    /// `OPSBRO_LOCK_NAME`, `OPSBRO_LOCK_TOKEN` (the fencing token: it grows with each holder)
+    /// and `OPSBRO_LOCK_SESSION` in its environment, stops it (SIGTERM, then SIGKILL after
+    /// 5 s) if the lock is lost, releases it when the command ends and exits with its code.
+    ///
+    /// Example: `opsbro lock --wait 60s backup -- /usr/local/bin/nightly-backup`
+    Lock {
+        /// Lock name.
+        name: String,
+        /// The command (one argument: run by `/bin/sh -c`; more: run as they are).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+        /// Released by the cluster when not renewed for this long (the agent renews it every
+        /// third of it while the command runs).
+        #[arg(long, default_value = "15s")]
+        ttl: String,
+        /// How long to wait for the lock (0: fail at once when it is held).
+        #[arg(long, default_value = "0s")]
+        wait: String,
+    },
+    /// The cluster's Raft group: its leader, voters and locks (as the original's `raft state`).
+    #[command(subcommand)]
+    Raft(RaftCommand),
+    /// Leader elections (`election:` objects): who leads each, wait for a leader.
+    #[command(subcommand)]
+    Election(ElectionCommand),
     /// Dashboards of the packs, drawn in the terminal with their values now.
     #[command(subcommand)]
     Dashboards(DashboardsCommand),
@@ -185,6 +212,50 @@ pub enum AgentCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `opsbro raft ...`
+#[derive(Debug, Subcommand)]
+pub enum RaftCommand {
+    /// This node's view: role, leader, term, voters, held locks.
+    State {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The held locks, with their holder and fencing token.
+    Locks {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until the group has a leader, and print it (exit 2 after the timeout).
+    WaitLeader {
+        /// Seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+/// `opsbro election ...`
+#[derive(Debug, Subcommand)]
+pub enum ElectionCommand {
+    /// Every election of this node (or one), its leader and whether this node leads.
+    State {
+        /// One election.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until the election has a leader, and print it (exit 2 after the timeout).
+    WaitLeader {
+        /// The election.
+        name: String,
+        /// Seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
     },
 }
 

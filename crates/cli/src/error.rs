@@ -31,6 +31,9 @@ pub enum CliError {
     /// Anything else.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+    /// Exit with this code, nothing to say (a command run by `opsbro lock` exited with it).
+    #[error("")]
+    Status(u8),
 }
 
 impl CliError {
@@ -41,6 +44,7 @@ impl CliError {
             CliError::Api { status, .. } if (400..500).contains(status) && *status != 401 => {
                 ExitCode::from(2)
             }
+            CliError::Status(code) => ExitCode::from(*code),
             _ => ExitCode::from(1),
         }
     }

@@ -9,16 +9,16 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, ComplianceCommand, DashboardsCommand,
-    DetectorsCommand, EvaluatorCommand, EventsCommand, ExecutorsCommand, GeneratorsCommand,
-    GossipCommand, GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand, MetricsCommand,
-    MonitoringCommand, PacksCommand, ServicesCommand, TutorialsCommand, ZoneCommand,
-    ZoneKeyCommand,
+    DetectorsCommand, ElectionCommand, EvaluatorCommand, EventsCommand, ExecutorsCommand,
+    GeneratorsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand,
+    MetricsCommand, MonitoringCommand, PacksCommand, RaftCommand, ServicesCommand,
+    TutorialsCommand, ZoneCommand, ZoneKeyCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
 use opsbro_cli::commands::{
     agent, collectors, compliance, detectors, evaluator, events, executors, generators, gossip, kv,
-    metrics, monitoring, packs, services,
+    metrics, monitoring, packs, raft, services,
 };
 use opsbro_cli::error::CliError;
 
@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            let message = e.to_string();
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
             e.exit_code()
         }
     }
@@ -274,6 +277,48 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     }
                     MonitoringCommand::Ttl { status, name, note } => {
                         services::ttl(&client, status, &name, note).await
+                    }
+                }
+            })
+        }
+        Command::Lock {
+            name,
+            command,
+            ttl,
+            wait,
+        } => {
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(raft::lock(
+                &client,
+                raft::LockArgs {
+                    name,
+                    command,
+                    ttl,
+                    wait,
+                },
+            ))
+        }
+        Command::Raft(command) => {
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(async {
+                match command {
+                    RaftCommand::State { json } => raft::state(&client, json).await,
+                    RaftCommand::Locks { json } => raft::locks(&client, json).await,
+                    RaftCommand::WaitLeader { timeout } => {
+                        raft::wait_leader(&client, timeout).await
+                    }
+                }
+            })
+        }
+        Command::Election(command) => {
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(async {
+                match command {
+                    ElectionCommand::State { name, json } => {
+                        raft::elections(&client, name.as_deref(), json).await
+                    }
+                    ElectionCommand::WaitLeader { name, timeout } => {
+                        raft::wait_election(&client, &name, timeout).await
                     }
                 }
             })

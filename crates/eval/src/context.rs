@@ -25,6 +25,11 @@ pub trait EvalContext: Send + Sync {
         let _ = name;
         "UNKNOWN".to_owned()
     }
+    /// Whether this node leads the election `name` (`is_leader`). Default: false.
+    fn is_leader(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
     /// Value of `key` in the replicated KV store (`kv_get`), or None when it does not exist.
     ///
     /// Expressions run synchronously, so an implementation that has to ask another node must

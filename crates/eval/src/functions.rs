@@ -230,6 +230,11 @@ pub const DOCS: &[FunctionDoc] = &[
     ),
     doc!(
         "gossip",
+        is_leader(election),
+        "True if this node is the leader of the election (an `election:` object; Raft): detectors can add a `leader` group with it."
+    ),
+    doc!(
+        "gossip",
         compliance_get_state_of_rule(rule_name),
         "The state of the compliance rule (COMPLIANT, FIXED, ERROR, ...); UNKNOWN for a rule that does not exist."
     ),
@@ -1124,6 +1129,8 @@ pub fn register(engine: &mut Engine, ctx: Arc<dyn EvalContext>) {
     engine.register_fn("gossip_get_zone", move || c.zone(""));
     let c = ctx.clone();
     engine.register_fn("gossip_get_zone", move |u: ImmutableString| c.zone(&u));
+    let c = ctx.clone();
+    engine.register_fn("is_leader", move |e: ImmutableString| c.is_leader(&e));
     let c = ctx.clone();
     engine.register_fn("compliance_get_state_of_rule", move |r: ImmutableString| {
         c.compliance_rule_state(&r)

@@ -99,6 +99,8 @@ pub struct Pack {
     pub services: Vec<ServiceSpec>,
     /// Its zones (the zone tree is every pack's zones together).
     pub zones: Vec<ZoneSpec>,
+    /// Its leader elections.
+    pub elections: Vec<ElectionSpec>,
     /// Every object with the file it comes from, after the levels merged.
     pub objects: Vec<ObjectInfo>,
     /// Every directory that gave this pack objects, lowest level first (an embedded pack then
@@ -114,6 +116,24 @@ pub struct ZoneSpec {
     pub name: String,
     /// Its direct sub-zones.
     pub sub_zones: Vec<String>,
+    /// The file it comes from.
+    pub file: String,
+}
+
+/// An `election:` object: the nodes of `if_group` elect one leader among them (a lock on the
+/// cluster's Raft group); commands run on each node when it becomes leader or follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElectionSpec {
+    /// Election name (`name:`, default the file stem).
+    pub name: String,
+    /// The nodes that take part (`*`: every node; default `*`).
+    pub if_group: String,
+    /// Run (`/bin/sh -c`) when this node becomes the leader.
+    pub command_on_leader: Option<String>,
+    /// Run when this node becomes a follower (another node leads).
+    pub command_on_follower: Option<String>,
+    /// The leader loses its place when not renewed for this long.
+    pub ttl: Duration,
     /// The file it comes from.
     pub file: String,
 }
@@ -229,7 +249,12 @@ impl PackSet {
         self.packs.values().flat_map(|p| p.generators.iter())
     }
 
-    /// Every zone definition of every pack.
+    /// Every leader election of every pack.
+    pub fn elections(&self) -> impl Iterator<Item = &ElectionSpec> {
+        self.packs.values().flat_map(|p| p.elections.iter())
+    }
+
+    /// Every zone of every pack.
     pub fn zones(&self) -> impl Iterator<Item = &ZoneSpec> {
         self.packs.values().flat_map(|p| p.zones.iter())
     }
@@ -580,6 +605,11 @@ fn merge(set: &mut PackSet, mut pack: Pack) {
         &s.object
     });
     replace(&mut low.zones, std::mem::take(&mut pack.zones), |z| &z.name);
+    replace(
+        &mut low.elections,
+        std::mem::take(&mut pack.elections),
+        |e| &e.name,
+    );
     for o in pack.objects {
         low.objects
             .retain(|l| !(l.kind == o.kind && l.name == o.name));
@@ -648,6 +678,7 @@ fn load_pack(
         compliance: Vec::new(),
         services: Vec::new(),
         zones: Vec::new(),
+        elections: Vec::new(),
         objects: Vec::new(),
         levels: vec![source],
     };
@@ -728,6 +759,7 @@ const KINDS: &[&str] = &[
     "tutorial",
     "service",
     "zone",
+    "election",
 ];
 
 /// Kinds of the original that this agent does not take from packs (with the reason).
@@ -892,6 +924,14 @@ fn parse_object(
                 }
                 Err((key, message)) => diags.push(diag(&key, message)),
             },
+            "election" => match parse_election(body, stem, display) {
+                Ok(e) => {
+                    record("election", &e.name);
+                    pack.elections.retain(|o| o.name != e.name);
+                    pack.elections.push(e);
+                }
+                Err((key, message)) => diags.push(diag(&key, message)),
+            },
             "zone" => match parse_zone(body, display) {
                 Ok(z) => {
                     record("zone", &z.name);
@@ -913,6 +953,75 @@ fn parse_object(
             _ => {}
         }
     }
+}
+
+/// An `election:` object.
+fn parse_election(
+    body: &serde_yaml::Value,
+    stem: &str,
+    file: &str,
+) -> Result<ElectionSpec, (String, String)> {
+    let map = body.as_mapping().ok_or_else(|| {
+        (
+            "election".to_owned(),
+            "`election` must be a mapping (name, if_group, command_on_leader, command_on_follower, ttl)".to_owned(),
+        )
+    })?;
+    const KEYS: &[&str] = &[
+        "name",
+        "if_group",
+        "command_on_leader",
+        "command_on_follower",
+        "ttl",
+    ];
+    for k in map.keys() {
+        let k = k.as_str().unwrap_or_default();
+        if !KEYS.contains(&k) {
+            return Err((
+                format!("election.{k}"),
+                format!("unknown key `{k}` (known: {})", KEYS.join(", ")),
+            ));
+        }
+    }
+    let text = |k: &str| -> Result<Option<String>, (String, String)> {
+        match map.get(k) {
+            None => Ok(None),
+            Some(v) if v.is_null() => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_owned()))
+                .ok_or_else(|| (format!("election.{k}"), format!("`{k}` must be text"))),
+        }
+    };
+    let name = text("name")?.unwrap_or_else(|| stem.to_owned());
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err((
+            "election.name".to_owned(),
+            format!("`{name}` is not an election name (1 to 128 characters, no `/`)"),
+        ));
+    }
+    let if_group = text("if_group")?.unwrap_or_else(|| "*".to_owned());
+    if if_group != "*" {
+        opsbro_types::names::group(&if_group).map_err(|e| ("election.if_group".to_owned(), e.0))?;
+    }
+    let ttl = match map.get("ttl") {
+        None => Duration::from_secs(10),
+        Some(v) => opsbro_config::parse_duration(v).map_err(|e| ("election.ttl".to_owned(), e))?,
+    };
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&ttl) {
+        return Err((
+            "election.ttl".to_owned(),
+            format!("ttl {ttl:?} is outside 1s..1h"),
+        ));
+    }
+    Ok(ElectionSpec {
+        name,
+        if_group,
+        command_on_leader: text("command_on_leader")?.filter(|c| !c.trim().is_empty()),
+        command_on_follower: text("command_on_follower")?.filter(|c| !c.trim().is_empty()),
+        ttl,
+        file: file.to_owned(),
+    })
 }
 
 /// A `zone:` object.

@@ -136,8 +136,12 @@ impl Machine {
                 holder,
                 ttl_ms,
                 ..
-            } => match self.locks.get(lock) {
-                Some(l) if l.holder == *holder => Outcome::Granted { token: l.token },
+            } => match self.locks.get_mut(lock) {
+                // Asking again is a renewal.
+                Some(l) if l.holder == *holder => {
+                    l.renewed_at = index;
+                    Outcome::Granted { token: l.token }
+                }
                 Some(l) => Outcome::Held {
                     holder: l.holder.clone(),
                     token: l.token,

@@ -520,6 +520,9 @@ impl Node {
                         self.raw.mut_store().conf = cs;
                     }
                     self.machine.apply_noop(e.index);
+                    // A member added catches up from a snapshot, which raft-rs only takes
+                    // when its configuration names that member: snapshot right here.
+                    self.snapshot_now(e.index);
                 }
                 EntryType::EntryConfChangeV2 => self.machine.apply_noop(e.index),
                 EntryType::EntryNormal => {
@@ -573,15 +576,23 @@ impl Node {
     fn maybe_compact(&mut self) {
         let applied = self.machine.applied();
         let snap_index = self.raw.store().snapshot.get_metadata().index;
-        if applied < snap_index + self.cfg.compact_every || applied > self.raw.store().last() {
+        if applied >= snap_index + self.cfg.compact_every {
+            self.snapshot_now(applied);
+        }
+    }
+
+    /// Snapshot the lock table (applied up to `index`) and drop the log before it.
+    fn snapshot_now(&mut self, index: u64) {
+        let store = self.raw.store();
+        if index <= store.snapshot.get_metadata().index || index > store.last() {
             return;
         }
         let data = self.machine.to_bytes();
         let store = self.raw.mut_store();
-        store.compact(applied, data);
+        store.compact(index, data);
         let snap = store.snapshot.clone();
         self.out.persist.push(Persist::Snapshot {
-            index: applied,
+            index,
             bytes: snap.write_to_bytes().unwrap_or_default(),
         });
     }

@@ -80,6 +80,10 @@ pub struct ApiContext {
     pub compliance: crate::compliance::ComplianceHandle,
     /// Signed remote execution.
     pub executor: crate::executor::ExecutorHandle,
+    /// Locks and elections on Raft.
+    pub raft: crate::raft::RaftHandle,
+    /// Leader elections of this node.
+    pub elections: crate::elections::ElectionsHandle,
     /// The zone tree (from the objects at start).
     pub zones: Arc<opsbro_gossip::ZoneTree>,
     /// This node's zone now (collectors and detectors follow it).

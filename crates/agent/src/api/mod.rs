@@ -24,6 +24,7 @@ pub mod kv_store;
 pub mod log;
 pub mod packs;
 pub mod prometheus;
+pub mod raft;
 pub mod services;
 pub mod snapshot;
 pub mod timeseries;
@@ -74,6 +75,17 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
         (g::ZONES, get(zones::list)),
         (g::ZONE, axum::routing::put(zones::change)),
         (g::ZONE_KEY, post(zones::key)),
+        (opsbro_api::raft::STATE, get(raft::state)),
+        (opsbro_api::raft::LOCKS, get(raft::locks)),
+        (
+            opsbro_api::raft::LOCK,
+            get(raft::lock).put(raft::take).delete(raft::release),
+        ),
+        (opsbro_api::raft::HOLD, post(raft::hold)),
+        (
+            opsbro_api::raft::ELECTIONS,
+            get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.elections.list()) }),
+        ),
         (evaluator::EVAL, post(evaluate)),
         (evaluator::LIST, get(functions)),
         (detectors::STATE, get(detectors_state)),

@@ -51,6 +51,10 @@ fn describe(text: &str) -> String {
             x.command,
             x.rc.map(|rc| format!(" (rc={rc})")).unwrap_or_default()
         ),
+        Payload::Raft(r) if r.token > 0 => {
+            format!("{} {} by {} (token {})", r.kind, r.name, r.node, r.token)
+        }
+        Payload::Raft(r) => format!("{} {} {}", r.kind, r.name, r.node),
     };
     format!(
         "{} [{}] {what}",

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod packs;
 pub mod parameters;
+pub mod raft;
 pub mod services;
 pub mod snapshot;
 
