@@ -34,6 +34,10 @@ declare -A NEEDED=(
     [id]=coreutils
     [redis-server]=redis-server
     [memcached]=memcached
+    [podman]=podman
+    [unshare]=util-linux
+    [tar]=tar
+    [busybox]=busybox-static
 )
 
 missing=()

@@ -18,6 +18,7 @@ pub mod compliance;
 pub mod datadir;
 pub mod detectors;
 pub mod dns;
+pub mod docker;
 pub mod eval;
 pub mod events;
 pub mod executor;
@@ -418,7 +419,7 @@ async fn run_agent(
         shutdown.child_token(),
     );
     let start::HostWork {
-        view: _,
+        view: host_view,
         collected,
         detectors: detectors_handle,
         group_history,
@@ -440,6 +441,16 @@ async fn run_agent(
             shutdown.clone(),
         ));
     }
+    let docker_events = docker::start(
+        docker::EventsSetup {
+            objects: objects.clone(),
+            view: host_view,
+            bus: bus.clone(),
+            collected: collected.clone(),
+        },
+        &tracker,
+        shutdown.child_token(),
+    );
     let reloader = Arc::new(reload::Reloader::new(
         loader,
         config.clone(),
@@ -491,6 +502,7 @@ async fn run_agent(
         generators: generators_handle,
         group_history,
         snapshot,
+        docker_events,
         services,
         catalog,
         compliance: compliance_handle,

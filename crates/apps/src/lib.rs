@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+pub mod docker;
 pub mod memcached;
 pub mod redis;
 
@@ -53,6 +54,7 @@ pub fn all() -> Vec<Box<dyn AppCollector>> {
     vec![
         Box::new(redis::Redis::default()),
         Box::new(memcached::Memcached::default()),
+        Box::new(docker::Docker::default()),
     ]
 }
 

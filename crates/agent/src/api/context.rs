@@ -98,6 +98,8 @@ pub struct ApiContext {
     pub group_history: crate::group_history::GroupHistory,
     /// The store and data dir, for `GET /agent/snapshot`.
     pub snapshot: crate::snapshot::SnapshotSource,
+    /// The Docker event follower's counters.
+    pub docker_events: crate::docker::DockerEventsHandle,
 }
 
 impl ApiContext {
