@@ -40,6 +40,10 @@ declare -A NEEDED=(
     [epmd]=erlang-base
     [/usr/lib/rabbitmq/bin/rabbitmq-server]=rabbitmq-server
     [/usr/lib/rabbitmq/bin/rabbitmqctl]=rabbitmq-server
+    [podman]=podman
+    [unshare]=util-linux
+    [tar]=tar
+    [busybox]=busybox-static
 )
 
 missing=()

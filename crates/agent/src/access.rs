@@ -147,6 +147,12 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
         metrics::VERSION,
         opsbro_api::generators::STATE,
         opsbro_api::generators::HISTORY,
+        // What `docker ps` and `docker stats` show (collector.docker is public too); one
+        // container's inspect is not: its environment may hold secrets.
+        opsbro_api::docker::SUMMARY,
+        opsbro_api::docker::CONTAINERS,
+        opsbro_api::docker::IMAGES,
+        opsbro_api::docker::STATS,
     ];
     let prefixes = [
         "/agent/ping/",

@@ -19,6 +19,7 @@ pub mod datadir;
 pub mod detectors;
 pub mod dns;
 pub mod elections;
+pub mod docker;
 pub mod eval;
 pub mod events;
 pub mod executor;
@@ -451,7 +452,7 @@ async fn run_agent(
         shutdown.child_token(),
     );
     let start::HostWork {
-        view: _,
+        view: host_view,
         collected,
         detectors: detectors_handle,
         group_history,
@@ -473,6 +474,16 @@ async fn run_agent(
             shutdown.clone(),
         ));
     }
+    let docker_events = docker::start(
+        docker::EventsSetup {
+            objects: objects.clone(),
+            view: host_view,
+            bus: bus.clone(),
+            collected: collected.clone(),
+        },
+        &tracker,
+        shutdown.child_token(),
+    );
     let reloader = Arc::new(reload::Reloader::new(
         loader,
         config.clone(),
@@ -524,6 +535,7 @@ async fn run_agent(
         generators: generators_handle,
         group_history,
         snapshot,
+        docker_events,
         services,
         catalog,
         compliance: compliance_handle,

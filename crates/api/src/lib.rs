@@ -326,6 +326,32 @@ pub const ROUTES: &[RouteDoc] = {
         ),
         doc("GET", m::VERSION, "the graphite-web API version followed"),
         doc("GET", gen_::STATE, "every generator's state"),
+        doc(
+            "GET",
+            docker::SUMMARY,
+            "the host's Docker daemon: version, container and image counts, event follower",
+        ),
+        doc(
+            "GET",
+            docker::CONTAINERS,
+            "every Docker container: image, state, health, restarts",
+        ),
+        doc(
+            "GET",
+            docker::CONTAINER,
+            "one Docker container as the daemon describes it (inspect)",
+        ),
+        doc("GET", docker::IMAGES, "every Docker image"),
+        doc(
+            "GET",
+            docker::IMAGE,
+            "one Docker image as the daemon describes it (inspect)",
+        ),
+        doc(
+            "GET",
+            docker::STATS,
+            "running containers' CPU, memory, network and block IO at the last collection",
+        ),
         doc("GET", gen_::HISTORY, "generator state changes and writes"),
     ]
 };
@@ -1967,7 +1993,7 @@ pub mod events {
     use serde::{Deserialize, Serialize};
 
     /// Every channel, in the order `opsbro events watch --help` lists them.
-    pub const CHANNELS: [&str; 9] = [
+    pub const CHANNELS: [&str; 10] = [
         "node",
         "group",
         "check",
@@ -1977,6 +2003,7 @@ pub mod events {
         "compliance",
         "exec",
         "raft",
+        "docker",
     ];
 
     /// One event: when, and what (its channel is its kind).
@@ -2012,6 +2039,9 @@ pub mod events {
         Exec(super::executors::HistoryEntry),
         /// The Raft group got a leader, a lock was taken or released, an election changed.
         Raft(super::raft::RaftEvent),
+        /// The host's Docker daemon reported something (a container started, died, became
+        /// unhealthy, was OOM-killed...).
+        Docker(DockerEvent),
     }
 
     impl Payload {
@@ -2027,6 +2057,7 @@ pub mod events {
                 Payload::Compliance(_) => "compliance",
                 Payload::Exec(_) => "exec",
                 Payload::Raft(_) => "raft",
+                Payload::Docker(_) => "docker",
             }
         }
     }
@@ -2126,6 +2157,25 @@ pub mod events {
         Put,
         /// Deleted.
         Delete,
+    }
+
+    /// `docker`: one event of the daemon's `/events` stream.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct DockerEvent {
+        /// What it is about: `container`, `image`, `network`, `volume`, `daemon`, `pod`...
+        pub kind: String,
+        /// What happened: `start`, `die`, `kill`, `oom`, `health_status: unhealthy`...
+        pub action: String,
+        /// The object's id.
+        pub id: String,
+        /// Its name (a container's or image's), when the daemon gave one.
+        pub name: String,
+        /// A container's image.
+        pub image: String,
+        /// The daemon's other attributes (`exitCode`, labels...), a bounded few.
+        pub attributes: std::collections::BTreeMap<String, String>,
+        /// When the daemon says it happened (ms since the Unix epoch).
+        pub daemon_time_ms: u64,
     }
 
     /// `kv`.
@@ -2745,5 +2795,178 @@ pub mod raft {
         pub node: String,
         /// The token, when a lock.
         pub token: u64,
+    }
+}
+
+/// Docker on this host (`/docker/...`): the daemon the `docker-host` pack points at (its
+/// `socket` parameter, `DOCKER_HOST=unix://...`, or `/var/run/docker.sock`), asked when the
+/// route is called; `/docker/stats` is the `docker` collector's latest measure (CPU % needs two
+/// samples). Every route answers 503 with the reason when no daemon answers.
+pub mod docker {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    /// `GET`: the daemon's version and counts ([`DaemonSummary`]).
+    pub const SUMMARY: &str = "/docker";
+    /// `GET`: every container, running or not ([`ContainerView`] list).
+    pub const CONTAINERS: &str = "/docker/containers";
+    /// `GET`: one container as the daemon describes it (its inspect JSON; needs the token: the
+    /// environment of a container may hold secrets).
+    pub const CONTAINER: &str = "/docker/containers/{id}";
+    /// `GET`: every image ([`ImageView`] list).
+    pub const IMAGES: &str = "/docker/images";
+    /// `GET`: one image as the daemon describes it (its inspect JSON).
+    pub const IMAGE: &str = "/docker/images/{id}";
+    /// `GET`: the running containers' resource use at the collector's last run
+    /// ([`StatsAnswer`]).
+    pub const STATS: &str = "/docker/stats";
+
+    /// The daemon: what it is and how many containers and images it has.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct DaemonSummary {
+        /// The unix socket it answered on.
+        pub socket: String,
+        /// Engine version (`24.0.7`; podman's own for podman).
+        pub version: String,
+        /// Engine API version (`1.43`).
+        pub api_version: String,
+        /// The daemon host's operating system (`Debian GNU/Linux 12 (bookworm)`).
+        pub os: String,
+        /// Its kernel.
+        pub kernel_version: String,
+        /// The daemon host's name.
+        pub name: String,
+        /// Storage driver (`overlay2`, `vfs`).
+        pub driver: String,
+        /// Containers, in any state.
+        pub containers: u64,
+        /// Running.
+        pub running: u64,
+        /// Paused.
+        pub paused: u64,
+        /// Stopped (exited, created, dead).
+        pub stopped: u64,
+        /// Images.
+        pub images: u64,
+        /// The agent's follower of the daemon's event stream.
+        pub events: EventsInfo,
+    }
+
+    /// The agent's follower of the daemon's `/events` stream (channel `docker` of the event bus).
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct EventsInfo {
+        /// Connected to the stream now.
+        pub connected: bool,
+        /// Events read from the daemon.
+        pub received: u64,
+        /// Events put on the bus.
+        pub published: u64,
+        /// Events dropped because more came in a second than `events_per_second`.
+        pub dropped: u64,
+        /// Why the last connection ended or failed.
+        pub last_error: Option<String>,
+    }
+
+    /// One container, as `docker ps -a` and `docker inspect` tell.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct ContainerView {
+        /// Full id.
+        pub id: String,
+        /// Name (without the leading `/`).
+        pub name: String,
+        /// Image it was created from, as given (`redis:7`).
+        pub image: String,
+        /// `created`, `running`, `paused`, `restarting`, `removing`, `exited` or `dead`.
+        pub state: String,
+        /// The daemon's words (`Up 2 hours (healthy)`, `Exited (137) 5 seconds ago`).
+        pub status: String,
+        /// `starting`, `healthy` or `unhealthy`, for a container with a healthcheck.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub health: Option<String>,
+        /// Times the daemon restarted it (restart policy).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub restart_count: Option<u64>,
+        /// Exit code of its last run (0 while running).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub exit_code: Option<i64>,
+        /// Killed by the kernel's OOM killer on its last run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub oom_killed: Option<bool>,
+        /// Created, Unix seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub created: Option<i64>,
+        /// Last started (RFC 3339).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub started_at: Option<String>,
+        /// Last stopped (RFC 3339), for a container that is not running.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub finished_at: Option<String>,
+    }
+
+    /// One running container's resource use, computed as `docker stats` does.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct ContainerStats {
+        /// Full id.
+        pub id: String,
+        /// Name.
+        pub name: String,
+        /// % of one CPU (200 = two CPUs busy); missing until two samples were taken.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cpu_pct: Option<f64>,
+        /// Memory in use, page cache left out (bytes).
+        #[serde(default)]
+        pub mem_usage: u64,
+        /// Memory limit (bytes; the host's memory when unlimited).
+        #[serde(default)]
+        pub mem_limit: u64,
+        /// `mem_usage` of `mem_limit`, %.
+        #[serde(default)]
+        pub mem_pct: f64,
+        /// Bytes received, all networks.
+        #[serde(default)]
+        pub net_rx: u64,
+        /// Bytes sent, all networks.
+        #[serde(default)]
+        pub net_tx: u64,
+        /// Bytes received per second since the previous run.
+        #[serde(default, rename = "net_rx/s")]
+        pub net_rx_rate: f64,
+        /// Bytes sent per second since the previous run.
+        #[serde(default, rename = "net_tx/s")]
+        pub net_tx_rate: f64,
+        /// Bytes read from block devices.
+        #[serde(default)]
+        pub blk_read: u64,
+        /// Bytes written to block devices.
+        #[serde(default)]
+        pub blk_write: u64,
+        /// Processes/threads in the container.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pids: Option<u64>,
+    }
+
+    /// `GET /docker/stats`.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct StatsAnswer {
+        /// When the collector measured them (ms since the Unix epoch).
+        pub time_ms: Option<u64>,
+        /// By container name.
+        pub containers: BTreeMap<String, ContainerStats>,
+    }
+
+    /// One image.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct ImageView {
+        /// Id (`sha256:...`).
+        pub id: String,
+        /// `repo:tag` names (empty for a dangling image).
+        pub tags: Vec<String>,
+        /// Size, bytes.
+        pub size: u64,
+        /// Created, Unix seconds.
+        pub created: i64,
+        /// Containers using it (-1 when the daemon did not count them).
+        pub containers: i64,
     }
 }

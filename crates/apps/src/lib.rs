@@ -22,6 +22,7 @@ pub mod apache;
 pub mod clouds;
 pub mod haproxy;
 mod http_get;
+pub mod docker;
 pub mod memcached;
 pub mod nginx;
 pub mod rabbitmq;
@@ -63,6 +64,7 @@ pub fn all() -> Vec<Box<dyn AppCollector>> {
         Box::new(apache::Apache::default()),
         Box::new(haproxy::Haproxy::default()),
         Box::new(rabbitmq::Rabbitmq::default()),
+        Box::new(docker::Docker::default()),
     ]
 }
 

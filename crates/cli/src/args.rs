@@ -131,6 +131,10 @@ pub enum Command {
     /// Dashboards of the packs, drawn in the terminal with their values now.
     #[command(subcommand)]
     Dashboards(DashboardsCommand),
+    /// Docker on this host: the daemon, its containers (state, health, CPU, memory, network)
+    /// and images.
+    #[command(subcommand)]
+    Docker(DockerCommand),
     /// Tutorials of the packs.
     #[command(subcommand)]
     Tutorials(TutorialsCommand),
@@ -1160,12 +1164,25 @@ pub enum MetricsCommand {
     },
 }
 
+/// `opsbro docker ...`
+#[derive(Debug, Subcommand)]
+pub enum DockerCommand {
+    /// The daemon, a table of its containers (name, image, state/health, CPU %, memory,
+    /// network) and its images; exit 1 when the agent reaches no Docker daemon.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `opsbro events ...`
 #[derive(Debug, Subcommand)]
 pub enum LiveEventsCommand {
     /// Follow the agent's event stream until interrupted (needs `websocket.enabled: true`).
     Watch {
-        /// Only these channels (repeatable): node, group, check, kv, event, service, compliance.
+        /// Only these channels (repeatable): node, group, check, kv, event, service, compliance,
+        /// exec, docker.
         #[arg(long = "channel", value_name = "CHANNEL")]
         channels: Vec<String>,
         /// Print each event as its JSON frame.

@@ -9,16 +9,16 @@ use clap::{CommandFactory, Parser};
 use opsbro_api::gossip::KeyringOp;
 use opsbro_cli::args::{
     AgentCommand, Cli, CollectorsCommand, Command, ComplianceCommand, DashboardsCommand,
-    DetectorsCommand, ElectionCommand, EvaluatorCommand, EventsCommand, ExecutorsCommand,
-    GeneratorsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand, LiveEventsCommand,
-    MetricsCommand, MonitoringCommand, PacksCommand, RaftCommand, ServicesCommand,
-    TutorialsCommand, ZoneCommand, ZoneKeyCommand,
+    DetectorsCommand, DockerCommand, ElectionCommand, EvaluatorCommand, EventsCommand,
+    ExecutorsCommand, GeneratorsCommand, GossipCommand, GroupsCommand, KeyringCommand, KvCommand,
+    LiveEventsCommand, MetricsCommand, MonitoringCommand, PacksCommand, RaftCommand,
+    ServicesCommand, TutorialsCommand, ZoneCommand, ZoneKeyCommand,
 };
 use opsbro_cli::client::Client;
 use opsbro_cli::commands::detectors::View;
 use opsbro_cli::commands::{
-    agent, collectors, compliance, detectors, evaluator, events, executors, generators, gossip, kv,
-    metrics, monitoring, packs, raft, services,
+    agent, collectors, compliance, detectors, docker, evaluator, events, executors, generators,
+    gossip, kv, metrics, monitoring, packs, raft, services,
 };
 use opsbro_cli::error::CliError;
 
@@ -440,6 +440,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     }
                 }
             })
+        }
+        Command::Docker(DockerCommand::Show { json }) => {
+            let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
+            client_runtime()?.block_on(docker::show(&client, json))
         }
         Command::Tutorials(command) => {
             let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;

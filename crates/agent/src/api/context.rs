@@ -104,6 +104,8 @@ pub struct ApiContext {
     pub snapshot: crate::snapshot::SnapshotSource,
     /// The hosting driver found at start.
     pub hosting: opsbro_apps::clouds::Hosting,
+    /// The Docker event follower's counters.
+    pub docker_events: crate::docker::DockerEventsHandle,
 }
 
 impl ApiContext {

@@ -19,6 +19,7 @@ use crate::gossip::{GossipStopped, count_by_state, find_member};
 use crate::host;
 
 pub mod context;
+pub mod docker;
 pub mod executors;
 pub mod kv_store;
 pub mod log;
@@ -196,6 +197,12 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
             generators::HISTORY,
             get(|State(ctx): State<Arc<ApiContext>>| async move { Json(ctx.generators.history()) }),
         ),
+        (opsbro_api::docker::SUMMARY, get(docker::summary)),
+        (opsbro_api::docker::CONTAINERS, get(docker::containers)),
+        (opsbro_api::docker::CONTAINER, get(docker::container)),
+        (opsbro_api::docker::IMAGES, get(docker::images)),
+        (opsbro_api::docker::IMAGE, get(docker::image)),
+        (opsbro_api::docker::STATS, get(docker::stats)),
     ]
 }
 

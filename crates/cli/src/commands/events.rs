@@ -55,6 +55,25 @@ fn describe(text: &str) -> String {
             format!("{} {} by {} (token {})", r.kind, r.name, r.node, r.token)
         }
         Payload::Raft(r) => format!("{} {} {}", r.kind, r.name, r.node),
+        Payload::Docker(d) => {
+            let exit = d
+                .attributes
+                .get("exitCode")
+                .map(|c| format!(" (exit code {c})"))
+                .unwrap_or_default();
+            let short: String = d.id.chars().take(12).collect();
+            let what = if d.name.is_empty() {
+                short
+            } else {
+                d.name.clone()
+            };
+            let image = if d.image.is_empty() || d.kind != "container" {
+                String::new()
+            } else {
+                format!(" [{}]", d.image)
+            };
+            format!("{} {what}{image} {}{exit}", d.kind, d.action)
+        }
     };
     format!(
         "{} [{}] {what}",
@@ -153,5 +172,12 @@ mod tests {
         assert_eq!(line, "1970-01-01 00:00:00 [group] group web added");
         let newer = r#"{"channel":"service","time_ms":0,"payload":{}}"#;
         assert_eq!(describe(newer), newer);
+        let docker = describe(
+            r#"{"channel":"docker","time_ms":0,"payload":{"kind":"container","action":"die","id":"03ab402dda05","name":"web","image":"bb","attributes":{"exitCode":"137"},"daemon_time_ms":0}}"#,
+        );
+        assert_eq!(
+            docker,
+            "1970-01-01 00:00:00 [docker] container web [bb] die (exit code 137)"
+        );
     }
 }

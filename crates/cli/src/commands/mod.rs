@@ -4,6 +4,7 @@ pub mod agent;
 pub mod collectors;
 pub mod compliance;
 pub mod detectors;
+pub mod docker;
 pub mod evaluator;
 pub mod events;
 pub mod executors;
