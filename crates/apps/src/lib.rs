@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 pub mod memcached;
+pub mod mongodb;
+pub mod mysql;
+pub mod postgresql;
 pub mod redis;
 
 /// A pack's parameters (`{{parameters.x}}` in its checks): a JSON object, possibly empty.
@@ -53,6 +56,9 @@ pub fn all() -> Vec<Box<dyn AppCollector>> {
     vec![
         Box::new(redis::Redis::default()),
         Box::new(memcached::Memcached::default()),
+        Box::new(mysql::Mysql::default()),
+        Box::new(postgresql::Postgresql::default()),
+        Box::new(mongodb::Mongodb::default()),
     ]
 }
 
