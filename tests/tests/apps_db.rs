@@ -52,14 +52,21 @@ fn wait_series(agent: &Agent, target: &str, want: f64) {
     .expect("series");
 }
 
-/// The agent was given no groups: it is in `group` because a detector found the server.
-fn assert_detected(agent: &Agent, group: &str) {
+/// The agent was given no groups: it is in `group` because a detector found the server, whose
+/// process (`process`) runs and whose port listens, as the detector's expression sees them.
+fn assert_detected(agent: &Agent, group: &str, process: &str, port: u16) {
     wait_for(&format!("group {group}"), opsbro_tests::DEADLINE, || {
         stdout(&agent.cli(["agent", "info"]))
             .contains(group)
             .then_some(())
     })
     .expect("detected");
+    let seen = agent.cli([
+        "evaluator",
+        "eval",
+        &format!("process_is_running('{process}') and port_is_listening({port})"),
+    ]);
+    assert_eq!(stdout(&seen).trim(), "true", "{seen:?}");
 }
 
 /// The server stops: the collector is in error with the reason, the available check CRITICAL.
@@ -104,7 +111,7 @@ fn mariadb_is_detected_collected_stored_and_checked() {
     )
     .expect("pack");
     let agent = apps::agent_with_packs(&packs, "mariadb-host").expect("agent");
-    assert_detected(&agent, "mysql");
+    assert_detected(&agent, "mysql", "mariadbd", server.port);
 
     let before = wait_collector(&agent, "mysql", "max_connections 57", |d| {
         d["max_connections"] == 57
@@ -257,7 +264,7 @@ fn postgresql_is_detected_collected_stored_and_checked() {
     )
     .expect("pack");
     let agent = apps::agent_with_packs(&packs, "postgresql-host").expect("agent");
-    assert_detected(&agent, "postgresql");
+    assert_detected(&agent, "postgresql", "postgres", server.port);
 
     // A client stays connected to `shop` while the agent collects.
     let bin = std::process::Command::new("psql")

@@ -454,7 +454,7 @@ mod tests {
 
     /// A serverStatus as a MongoDB 7.0 replica set primary answers it (most sections cut short,
     /// the types as the server sends them).
-    fn server_status() -> Document {
+    fn server_status(queries: i64) -> Document {
         doc! {
             "host": "db1:27017",
             "version": "7.0.12",
@@ -487,7 +487,7 @@ mod tests {
                 "tcpFastOpen": {"kernelSetting": 1_i64, "serverSupported": true},
                 "compression": {"snappy": {"compressor": {"bytesIn": 0_i64, "bytesOut": 0_i64}}}
             },
-            "opcounters": {"insert": 10_i64, "query": 250_i64, "update": 5_i64,
+            "opcounters": {"insert": 10_i64, "query": queries, "update": 5_i64,
                 "delete": 1_i64, "getmore": 40_i64, "command": 900_i64},
             "opcountersRepl": {"insert": 0_i64, "query": 0_i64, "update": 0_i64,
                 "delete": 0_i64, "getmore": 0_i64, "command": 0_i64},
@@ -520,7 +520,7 @@ mod tests {
 
     #[test]
     fn a_realistic_server_status_is_read() {
-        let out = build(&hello_primary(), &server_status(), None);
+        let out = build(&hello_primary(), &server_status(250), None);
         assert_eq!(out["available"], json!(true));
         assert_eq!(out["version"], json!("7.0.12"));
         assert_eq!(out["uptime"], json!(86400.0));
@@ -552,7 +552,7 @@ mod tests {
             {"_id": 1, "name": "db2:27017", "state": 2, "stateStr": "SECONDARY", "self": true,
              "optimeDate": DateTime::from_millis(1_700_000_000_000)},
         ], "ok": 1.0};
-        let out = build(&hello, &server_status(), Some(&repl));
+        let out = build(&hello, &server_status(250), Some(&repl));
         assert_eq!(out["role"], json!("secondary"));
         assert_eq!(out["replication_lag_seconds"], json!(10.5));
         let standalone = doc! {"isWritablePrimary": true, "ok": 1.0};
@@ -599,6 +599,38 @@ mod tests {
         assert!(decode_op_msg(&[1, 2, 3]).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a server sends, decoding gives a document or a reason, never a panic.
+        #[test]
+        fn arbitrary_replies_never_panic(
+            mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            fix_length in proptest::bool::ANY,
+            op_msg in proptest::bool::ANY,
+        ) {
+            if bytes.len() >= 16 {
+                if fix_length {
+                    let len = i32::try_from(bytes.len()).unwrap_or(0).to_le_bytes();
+                    bytes[..4].copy_from_slice(&len);
+                }
+                if op_msg {
+                    bytes[12..16].copy_from_slice(&OP_MSG.to_le_bytes());
+                }
+            }
+            let _ = decode_op_msg(&bytes);
+        }
+
+        /// A body that is cut or altered anywhere is refused or read, never a panic.
+        #[test]
+        fn altered_messages_never_panic(at in 0usize..200, byte in proptest::num::u8::ANY) {
+            let mut msg = encode_op_msg(1, &server_status(7)).unwrap_or_default();
+            let at = at % msg.len().max(1);
+            if let Some(b) = msg.get_mut(at) {
+                *b = byte;
+            }
+            let _ = decode_op_msg(&msg);
+        }
+    }
+
     /// How the fake server answers.
     #[derive(Clone, Copy)]
     enum Fake {
@@ -612,8 +644,9 @@ mod tests {
         Old,
     }
 
-    /// An in-process server speaking OP_MSG on a loopback port; serves one connection.
-    async fn fake_server(mode: Fake) -> u16 {
+    /// An in-process server speaking OP_MSG on a loopback port; serves one connection, and
+    /// counts `queries` queries in its serverStatus.
+    async fn fake_server(mode: Fake, queries: i64) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
@@ -652,7 +685,7 @@ mod tests {
                     (Fake::NeedsAuth, "serverStatus") => doc! {"ok": 0.0,
                     "errmsg": "command serverStatus requires authentication",
                     "code": 13, "codeName": "Unauthorized"},
-                    (_, "serverStatus") => server_status(),
+                    (_, "serverStatus") => server_status(queries),
                     _ => doc! {"ok": 0.0, "errmsg": "unexpected", "code": 59},
                 };
                 let mut out = encode_op_msg(id + 1000, &reply).expect("encode");
@@ -675,19 +708,20 @@ mod tests {
     #[tokio::test]
     async fn collects_from_a_server_speaking_op_msg() {
         let mut c = Mongodb::default();
-        let port = fake_server(Fake::Primary).await;
+        let port = fake_server(Fake::Primary, 250).await;
         let out = c.collect(&params(port)).await.expect("collected");
         assert_eq!(out["version"], json!("7.0.12"));
         assert_eq!(out["connections"]["current"], json!(8));
+        assert_eq!(out["opcounters"]["query"], json!(250));
         assert_eq!(out["opcounters"]["query/s"], json!(0.0));
         assert_eq!(out["role"], json!("primary"));
-        // A second run over a new connection gets rates (the fake's counters do not move).
-        let port = fake_server(Fake::Primary).await;
+        // The next run (a new connection) has rates: 100 more queries, the same bytes.
+        let port = fake_server(Fake::Primary, 350).await;
         let out = c.collect(&params(port)).await.expect("again");
-        assert_eq!(out["opcounters"]["query/s"], json!(0.0));
+        assert!(out["opcounters"]["query/s"].as_f64() > Some(0.0), "{out}");
         assert_eq!(out["network"]["bytesIn/s"], json!(0.0));
         // A server before 4.4.2 answers isMaster.
-        let port = fake_server(Fake::Old).await;
+        let port = fake_server(Fake::Old, 350).await;
         let out = c.collect(&params(port)).await.expect("old server");
         assert_eq!(out["replica_set"], json!("rs0"));
     }
@@ -695,11 +729,11 @@ mod tests {
     #[tokio::test]
     async fn refusals_oversized_replies_and_absence_are_reasons() {
         let mut c = Mongodb::default();
-        let port = fake_server(Fake::NeedsAuth).await;
+        let port = fake_server(Fake::NeedsAuth, 0).await;
         let err = c.collect(&params(port)).await.expect_err("auth");
         assert!(err.contains("requires authentication (code 13)"), "{err}");
         assert!(err.contains("does not log in"), "{err}");
-        let port = fake_server(Fake::Huge).await;
+        let port = fake_server(Fake::Huge, 0).await;
         let err = c.collect(&params(port)).await.expect_err("huge");
         assert!(err.contains("out of bounds"), "{err}");
         let free = std::net::TcpListener::bind("127.0.0.1:0")

@@ -198,7 +198,8 @@ fn pairs(rows: &Rows) -> impl Iterator<Item = (&str, Option<&str>)> {
 }
 
 /// The answers as one object: `available`, every status lowercased and typed, the variables,
-/// `connections_used_pct`, `flavor` (`mariadb` or `mysql`), `role`, and on a replica
+/// `connections_used_pct`, `flavor` (`mariadb` or `mysql`), `role` (`primary`, `replica`, or
+/// `unknown` with `replication_status` saying why), and on a replica
 /// `replication_*` and the whole replica status under `replication`.
 pub fn build(status: &Rows, variables: &Rows, replica: Option<Rows>) -> Map<String, Value> {
     let mut out = Map::new();
@@ -239,20 +240,21 @@ pub fn build(status: &Rows, variables: &Rows, replica: Option<Rows>) -> Map<Stri
         "flavor".into(),
         Value::from(if mariadb { "mariadb" } else { "mysql" }),
     );
-    match replica.as_ref().and_then(|rows| rows.first()) {
-        Some(row) => {
+    match replica.as_ref().map(|rows| rows.first()) {
+        Some(Some(row)) => {
             out.insert("role".into(), Value::from("replica"));
             replication(row, &mut out);
         }
-        None => {
+        Some(None) => {
             out.insert("role".into(), Value::from("primary"));
         }
-    }
-    if replica.is_none() {
-        out.insert(
-            "replication_status".into(),
-            Value::from("not readable (the user lacks REPLICATION CLIENT / SLAVE MONITOR)"),
-        );
+        None => {
+            out.insert("role".into(), Value::from("unknown"));
+            out.insert(
+                "replication_status".into(),
+                Value::from("not readable (the user lacks REPLICATION CLIENT / SLAVE MONITOR)"),
+            );
+        }
     }
     out
 }
@@ -429,7 +431,7 @@ mod tests {
     #[test]
     fn unreadable_replica_status_is_said() {
         let out = build(&Rows::new(), &Rows::new(), None);
-        assert_eq!(out["role"], json!("primary"));
+        assert_eq!(out["role"], json!("unknown"));
         assert!(out["replication_status"].as_str().is_some());
         assert!(!out.contains_key("connections_used_pct"));
     }
