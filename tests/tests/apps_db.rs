@@ -69,22 +69,36 @@ fn assert_detected(agent: &Agent, group: &str, process: &str, port: u16) {
     assert_eq!(stdout(&seen).trim(), "true", "{seen:?}");
 }
 
-/// The server stops: the collector is in error with the reason, the available check CRITICAL.
-fn stop_and_see_critical(agent: &Agent, server: &mut Server, name: &str, reason: &str) {
-    server.stop().expect("stop");
+/// The collector, run now, is in error with `reason`, and the available check turns CRITICAL
+/// saying it.
+fn see_critical(agent: &Agent, name: &str, reason: &str) {
     collect_now(agent, name);
     let (state, data, message) = apps::collector(agent, name).expect("collector");
     assert_eq!(state, "error", "{message}");
     assert_eq!(data["available"], false);
     assert!(message.contains(reason), "{message}");
-    let output =
-        wait_check(agent, &format!("{name}/{name}-available"), "critical").expect("critical");
-    assert!(
-        output.contains(&format!("{name} is not available: {reason}")),
-        "{output}"
-    );
+    let check = format!("{name}/{name}-available");
+    let want = format!("{name} is not available: {reason}");
+    let mut last = None;
+    wait_for(
+        &format!("{check} critical: {want}"),
+        apps::SERVER_START,
+        || {
+            let (state, output) = apps::check(agent, &check)?;
+            let done = state == "critical" && output.contains(&want);
+            last = Some(output);
+            done.then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {last:?}"));
     // The agent runs on.
     assert!(agent.cli(["agent", "info"]).status.success());
+}
+
+/// The server stops: the collector is in error with the reason, the available check CRITICAL.
+fn stop_and_see_critical(agent: &Agent, server: &mut Server, name: &str, reason: &str) {
+    server.stop().expect("stop");
+    see_critical(agent, name, reason);
 }
 
 #[test]
@@ -153,6 +167,20 @@ fn mariadb_is_detected_collected_stored_and_checked() {
     let output = wait_check(&agent, "mysql/mysql-replication", "ok").expect("replication");
     assert!(output.contains("primary"), "{output}");
     wait_series(&agent, "collector.mysql.max_connections", 57.0);
+
+    // The agent's password no longer works: the server is there but refuses it, and says why.
+    mariadb_sql(
+        &server,
+        "ALTER USER 'opsbro'@'127.0.0.1' IDENTIFIED BY 'changed'",
+    )
+    .expect("alter user");
+    see_critical(&agent, "mysql", "mysql at 127.0.0.1");
+    let (_, _, message) = apps::collector(&agent, "mysql").expect("collector");
+    assert!(message.contains("refused the login"), "{message}");
+    assert!(
+        message.contains("Access denied for user 'opsbro'"),
+        "{message}"
+    );
 
     stop_and_see_critical(&agent, &mut server, "mysql", "cannot reach mysql");
 }

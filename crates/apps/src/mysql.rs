@@ -89,9 +89,13 @@ impl AppCollector for Mysql {
             let (opts, where_) = connect_options(params)?;
             let timeout = crate::timeout_of(params);
             let run = async {
-                let mut conn = Conn::new(opts)
-                    .await
-                    .map_err(|e| format!("cannot reach mysql at {where_}: {}", error_text(&e)))?;
+                let mut conn = Conn::new(opts).await.map_err(|e| match e {
+                    // The server answered: the login was refused, not the way to it.
+                    mysql_async::Error::Server(e) => {
+                        format!("mysql at {where_} refused the login: {e}")
+                    }
+                    e => format!("cannot reach mysql at {where_}: {}", error_text(&e)),
+                })?;
                 let answers = query_all(&mut conn).await;
                 // A clean goodbye, so that the server does not count an aborted client.
                 let _ = conn.disconnect().await;

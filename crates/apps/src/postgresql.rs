@@ -83,25 +83,29 @@ impl AppCollector for Postgresql {
         Box::pin(async move {
             let (config, where_) = connect_config(params)?;
             let timeout = crate::timeout_of(params);
-            let run = async {
-                let (client, connection) = config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| format!("cannot reach postgresql at {where_}: {}", chain(&e)))?;
-                // The connection is driven here, beside the queries, not in a task of its own.
-                let mut connection = std::pin::pin!(connection);
-                let answers = tokio::select! {
-                    a = query_all(&client) => a,
-                    end = &mut connection => Err(match end {
-                        Ok(()) => "the server closed the connection".to_owned(),
-                        Err(e) => chain(&e),
-                    }),
+            let run =
+                async {
+                    let (client, connection) = config.connect(NoTls).await.map_err(|e| match e
+                        .as_db_error()
+                    {
+                        // The server answered: the login was refused, not the way to it.
+                        Some(db) => format!("postgresql at {where_} refused the login: {db}"),
+                        None => format!("cannot reach postgresql at {where_}: {}", chain(&e)),
+                    })?;
+                    // The connection is driven here, beside the queries, not in a task of its own.
+                    let mut connection = std::pin::pin!(connection);
+                    let answers = tokio::select! {
+                        a = query_all(&client) => a,
+                        end = &mut connection => Err(match end {
+                            Ok(()) => "the server closed the connection".to_owned(),
+                            Err(e) => chain(&e),
+                        }),
+                    };
+                    // Dropping the client sends Terminate: the server logs no lost connection.
+                    drop(client);
+                    let _ = connection.await;
+                    answers.map_err(|e| format!("postgresql at {where_}: {e}"))
                 };
-                // Dropping the client sends Terminate: the server logs no lost connection.
-                drop(client);
-                let _ = connection.await;
-                answers.map_err(|e| format!("postgresql at {where_}: {e}"))
-            };
             let answers = tokio::time::timeout(timeout, run).await.map_err(|_| {
                 format!(
                     "postgresql at {where_} did not answer within {} s",
