@@ -44,6 +44,13 @@ declare -A NEEDED=(
     [unshare]=util-linux
     [tar]=tar
     [busybox]=busybox-static
+    [mariadbd]=mariadb-server
+    [mariadb-install-db]=mariadb-server
+    [mariadb]=mariadb-client
+    [/usr/lib/postgresql/15/bin/initdb]=postgresql-15
+    [/usr/lib/postgresql/15/bin/postgres]=postgresql-15
+    [/usr/lib/postgresql/15/bin/pg_basebackup]=postgresql-15
+    [psql]=postgresql-client-15
 )
 
 missing=()

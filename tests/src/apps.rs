@@ -481,3 +481,197 @@ pub fn rabbitmq() -> Result<RabbitMq> {
         epmd,
     })
 }
+
+/// Run `cmd` to its end; its stdout, or an error with its output.
+fn run_ok(what: &str, cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {what}"))?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// MariaDB (`mariadbd`) on a free port with a fresh data dir (`mariadb-install-db`, root with no
+/// password over the socket `<dir>/mysqld.sock`), `--max-connections=max_connections`, and
+/// `extra` server options (`--log-bin`, `--server-id=2`, ...).
+pub fn mariadb(max_connections: u32, extra: &[&str]) -> Result<Server> {
+    let port = crate::services::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let root = nix_is_root();
+    let mut install = Command::new("mariadb-install-db");
+    install
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+    if root {
+        install.arg("--user=root");
+    }
+    run_ok("mariadb-install-db", &mut install)?;
+    let mut cmd = Command::new("mariadbd");
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!(
+            "--socket={}",
+            dir.path().join("mysqld.sock").display()
+        ))
+        .arg(format!(
+            "--pid-file={}",
+            dir.path().join("mysqld.pid").display()
+        ))
+        .arg(format!("--port={port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--max-connections={max_connections}"))
+        .args(["--innodb-buffer-pool-size=16M", "--skip-name-resolve"])
+        .args(extra);
+    if root {
+        cmd.arg("--user=root");
+    }
+    Server::spawn("mariadbd", cmd, port, dir)
+}
+
+/// Run SQL on a [`mariadb`] server as root over its socket (the `mariadb` client); the rows,
+/// tab-separated, without the column names.
+pub fn mariadb_sql(server: &Server, sql: &str) -> Result<String> {
+    run_ok(
+        "mariadb",
+        Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!(
+                "--socket={}",
+                server.dir.path().join("mysqld.sock").display()
+            ))
+            .args(["-uroot", "-N", "-B", "-e", sql]),
+    )
+}
+
+/// The newest PostgreSQL's programs (`/usr/lib/postgresql/<version>/bin`; Debian 12: 15).
+pub fn postgresql_bin() -> Result<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: install the postgresql package")?
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| anyhow!("no /usr/lib/postgresql/*/bin/postgres: install postgresql"))
+}
+
+/// A PostgreSQL program run as the `postgres` system user when the tests run as root (initdb and
+/// postgres refuse root), as the current user otherwise.
+fn postgres_command(program: &Path) -> Command {
+    if nix_is_root() {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Give `path` to the `postgres` system user when the tests run as root.
+fn chown_to_postgres(path: &Path) -> Result<()> {
+    if !nix_is_root() {
+        return Ok(());
+    }
+    let id = |flag: &str| -> Result<u32> {
+        let text = run_ok("id", Command::new("id").args([flag, "postgres"]))
+            .context("no `postgres` system user: install the postgresql package")?;
+        Ok(text.trim().parse()?)
+    };
+    std::os::unix::fs::chown(path, Some(id("-u")?), Some(id("-g")?))?;
+    Ok(())
+}
+
+/// A fresh PostgreSQL data dir in `<dir>/data` (`initdb`, superuser `postgres`, trust over the
+/// unix socket, SCRAM passwords over TCP).
+fn postgresql_initdb(dir: &Path) -> Result<PathBuf> {
+    chown_to_postgres(dir)?;
+    let data = dir.join("data");
+    run_ok(
+        "initdb",
+        postgres_command(&postgresql_bin()?.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+            ]),
+    )?;
+    Ok(data)
+}
+
+/// `postgres` on a free port serving `<dir>/data`, its socket in `<dir>`.
+fn postgresql_serve(dir: tempfile::TempDir, max_connections: u32) -> Result<Server> {
+    let port = crate::services::free_port()?;
+    let mut cmd = postgres_command(&postgresql_bin()?.join("postgres"));
+    cmd.arg("-D")
+        .arg(dir.path().join("data"))
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(dir.path())
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(["-c", &format!("max_connections={max_connections}")]);
+    Server::spawn("postgres", cmd, port, dir)
+}
+
+/// PostgreSQL on a free port with a fresh data dir and `max_connections`; superuser `postgres`
+/// (no password over the socket in its dir, see [`psql`]).
+pub fn postgresql(max_connections: u32) -> Result<Server> {
+    let dir = tempfile::tempdir()?;
+    postgresql_initdb(dir.path())?;
+    postgresql_serve(dir, max_connections)
+}
+
+/// A hot standby of `primary` (`pg_basebackup -R` over its socket), streaming from it.
+pub fn postgresql_standby(primary: &Server, max_connections: u32) -> Result<Server> {
+    let dir = tempfile::tempdir()?;
+    chown_to_postgres(dir.path())?;
+    run_ok(
+        "pg_basebackup",
+        postgres_command(&postgresql_bin()?.join("pg_basebackup"))
+            .arg("-h")
+            .arg(primary.dir.path())
+            .args(["-p", &primary.port.to_string(), "-U", "postgres", "-D"])
+            .arg(dir.path().join("data"))
+            .args(["-R", "-X", "stream", "--no-sync"]),
+    )?;
+    postgresql_serve(dir, max_connections)
+}
+
+/// `psql` as `postgres` over the server's socket on `database`: the rows (unaligned, no header).
+pub fn psql(server: &Server, database: &str, sql: &str) -> Result<String> {
+    run_ok(
+        "psql",
+        Command::new("psql")
+            .arg("-h")
+            .arg(server.dir.path())
+            .args([
+                "-p",
+                &server.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+    )
+}

@@ -26,6 +26,9 @@ pub mod docker;
 pub mod memcached;
 pub mod nginx;
 pub mod rabbitmq;
+pub mod mongodb;
+pub mod mysql;
+pub mod postgresql;
 pub mod redis;
 
 /// A pack's parameters (`{{parameters.x}}` in its checks): a JSON object, possibly empty.
@@ -65,6 +68,9 @@ pub fn all() -> Vec<Box<dyn AppCollector>> {
         Box::new(haproxy::Haproxy::default()),
         Box::new(rabbitmq::Rabbitmq::default()),
         Box::new(docker::Docker::default()),
+        Box::new(mysql::Mysql::default()),
+        Box::new(postgresql::Postgresql::default()),
+        Box::new(mongodb::Mongodb::default()),
     ]
 }
 
