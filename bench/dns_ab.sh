@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Agents started here never ask a cloud metadata service (that traffic would leave the machine).
+export OPSBRO_HOSTING_DRIVER=none
 # A/B of the A-record DNS path between two opsbro binaries (e.g. a release build of an older
 # commit in a git worktree, and this one), interleaved, with unbound
 # beside them: client-bound rate (10 s) and CPU at 20k q/s (10 s), 3 rounds.

@@ -22,6 +22,8 @@
 #
 # Usage: bench/dns_srv_bench.sh [seconds per run, default 10]   (builds the release binary first)
 set -euo pipefail
+# Agents started here never ask a cloud metadata service (that traffic would leave the machine).
+export OPSBRO_HOSTING_DRIVER=none
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 for tool in dnsperf dnsmasq unbound dig; do

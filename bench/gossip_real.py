@@ -47,6 +47,14 @@ def free_udp_tcp_port():
             continue
 
 
+def agent_env():
+    """The environment of a benchmark agent: no OPSBRO_* of the caller's shell, and no cloud
+    metadata probe (that traffic would leave the machine)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSBRO_")}
+    env["OPSBRO_HOSTING_DRIVER"] = "none"
+    return env
+
+
 class System:
     """What both systems offer the benchmark: start, members, join."""
 
@@ -70,7 +78,7 @@ class Opsbro(System):
         p = subprocess.Popen(
             [self.binary, "agent", "start", "--data-dir", d, "--bind", "127.0.0.1", "--port", str(port),
              "--api-port", str(api), "--node-name", f"o{i}", "--log-level", "warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if not k.startswith("OPSBRO_")})
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=agent_env())
         return {"proc": p, "name": f"o{i}", "gossip": f"127.0.0.1:{port}", "api": f"127.0.0.1:{api}", "dir": d}
 
     def members(self, a):

@@ -5,6 +5,8 @@
 #
 # Usage: bench/graphite_bench.sh [lines per server, default 4000000] [wrk seconds, default 10]
 set -euo pipefail
+# Agents started here never ask a cloud metadata service (that traffic would leave the machine).
+export OPSBRO_HOSTING_DRIVER=none
 cd "$(dirname "$0")/.."
 for cmd in carbon-cache whisper-fetch graphite-manage gunicorn wrk; do
     command -v "$cmd" >/dev/null || {

@@ -5,6 +5,8 @@
 #
 #   bash bench/idle_footprint.sh [SECONDS]      (default 300)
 set -euo pipefail
+# Agents started here never ask a cloud metadata service (that traffic would leave the machine).
+export OPSBRO_HOSTING_DRIVER=none
 cd "$(dirname "$0")/.."
 WINDOW="${1:-300}"
 command -v prometheus-node-exporter >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-node-exporter; }

@@ -11,6 +11,8 @@
 #
 # Usage: bench/statsd_bench.sh [seconds per step, default 5]
 set -euo pipefail
+# Agents started here never ask a cloud metadata service (that traffic would leave the machine).
+export OPSBRO_HOSTING_DRIVER=none
 cd "$(dirname "$0")/.."
 DURATION="${1:-5}"
 command -v node >/dev/null || { echo "missing node: apt-get install nodejs npm" >&2; exit 1; }

@@ -169,6 +169,8 @@ pub fn pack_parameters(root: &Path, pack: &str, parameters: &str) -> Result<Path
 pub fn agent_with_packs(packs: &Path, name: &str) -> Result<Agent> {
     Agent::start_with(
         AgentOptions::default()
+            // The application packs, off for other tests, are what these tests are about.
+            .env("OPSBRO_DISABLED_PACKS", "")
             .name(name)
             .config(&format!("packs_dirs: [\"{}\"]\n", packs.display())),
     )

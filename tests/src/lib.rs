@@ -158,6 +158,12 @@ impl AgentOptions {
     }
 }
 
+/// The packs of applications the test machine has installed (for the application tests): off
+/// for every other test agent (`OPSBRO_DISABLED_PACKS`), so that their checks and groups do
+/// not depend on what is installed on the machine.
+pub const APP_PACKS: &str =
+    "redis,memcached,mysql,postgresql,mongodb,nginx,apache,haproxy,rabbitmq,docker-host";
+
 /// A command for the binary with a clean environment: no `OPSBRO_*` or `RUST_LOG` leaking in
 /// from the developer's shell.
 pub fn opsbro_command() -> Command {
@@ -172,6 +178,9 @@ pub fn opsbro_command() -> Command {
     // Agents on the test machine never ask cloud metadata services: that traffic would leave
     // the machine (hosting drivers are tested in network namespaces with their own server).
     cmd.env("OPSBRO_HOSTING_DRIVER", "none");
+    // Nor do they see the machine's own application servers (the test machine has redis,
+    // mariadb, nginx... installed for the application tests, which turn these packs back on).
+    cmd.env("OPSBRO_DISABLED_PACKS", APP_PACKS);
     cmd.stdin(Stdio::null());
     cmd
 }

@@ -181,6 +181,7 @@ impl Lan {
             .arg(&host.data_dir)
             .args(["--node-name", &format!("host{i}"), "--log-level", "debug"])
             .args(args)
+            .env("OPSBRO_DISABLED_PACKS", crate::APP_PACKS)
             .env_remove("OPSBRO_API")
             .env_remove("OPSBRO_API_TOKEN")
             .stdin(Stdio::null())

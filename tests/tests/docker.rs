@@ -71,10 +71,15 @@ impl Drop for Watch {
 /// An agent whose `docker-host` pack points at `socket`, with the event stream on.
 fn docker_agent(dir: &std::path::Path, name: &str, parameters: &str) -> Agent {
     let packs = apps::pack_parameters(dir, "docker-host", parameters).expect("pack");
-    Agent::start_with(AgentOptions::default().name(name).config(&format!(
-        "packs_dirs: [\"{}\"]\nwebsocket:\n  enabled: true\n  port: 0\n",
-        packs.display()
-    )))
+    Agent::start_with(
+        AgentOptions::default()
+            .name(name)
+            .env("OPSBRO_DISABLED_PACKS", "")
+            .config(&format!(
+                "packs_dirs: [\"{}\"]\nwebsocket:\n  enabled: true\n  port: 0\n",
+                packs.display()
+            )),
+    )
     .expect("agent")
 }
 

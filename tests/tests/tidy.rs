@@ -1,5 +1,5 @@
 //! Issue 22: the shape the house style asks for, checked where a test can check it. The protocol
-//! cores (`crates/gossip`, `crates/kv`) do no IO: they depend — directly or through another crate
+//! cores (`crates/gossip`, `crates/kv`, `crates/raft`) do no IO: they depend — directly or through another crate
 //! of the workspace — on no async runtime, no storage engine and no socket library, so they can
 //! run on virtual time in simulations. (The clock ban is each core's `clippy.toml`, enforced by clippy.)
 
@@ -64,10 +64,14 @@ fn reachable(krate: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_gossip_and_kv_cores_reach_no_runtime_storage_or_socket_crate() {
-    for core in ["gossip", "kv"] {
+    for (core, known) in [
+        ("gossip", "opsbro-types"),
+        ("kv", "opsbro-types"),
+        ("raft", "raft"),
+    ] {
         let deps = reachable(core);
         assert!(
-            deps.contains("opsbro-types"),
+            deps.contains(known),
             "the scan reads the manifests: {deps:?}"
         );
         let io: Vec<&String> = deps
@@ -85,7 +89,15 @@ fn the_gossip_and_kv_cores_reach_no_runtime_storage_or_socket_crate() {
 fn the_clock_is_banned_in_the_cores() {
     // clippy reads the clippy.toml next to a crate's manifest: the cores carry the ban, the
     // drivers (agent, CLI, adapters) own the clock.
-    for core in ["gossip", "kv", "checks", "metrics", "types", "transport"] {
+    for core in [
+        "gossip",
+        "kv",
+        "raft",
+        "checks",
+        "metrics",
+        "types",
+        "transport",
+    ] {
         let path = repo_path(&format!("crates/{core}/clippy.toml"));
         let clippy = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (the clock ban of this core)", path.display()));

@@ -47,11 +47,11 @@ pub enum FrameKind {
     /// A target's answer to a signed command.
     ExecReply = opsbro_exec::KIND_REPLY,
     /// A Raft message (the first frame of a peer's message stream).
-    RaftMessage = crate::raft::KIND_MESSAGE,
+    RaftMessage = opsbro_raft::KIND_MESSAGE,
     /// A request forwarded to a Raft voter.
-    RaftForward = crate::raft::KIND_FORWARD,
+    RaftForward = opsbro_raft::KIND_FORWARD,
     /// A voter's answer to a forwarded request.
-    RaftForwardReply = crate::raft::KIND_FORWARD_REPLY,
+    RaftForwardReply = opsbro_raft::KIND_FORWARD_REPLY,
 }
 
 impl FrameKind {
@@ -63,9 +63,9 @@ impl FrameKind {
             k if *k == opsbro_kv::wire::KIND_RESPONSE => Some(FrameKind::KvResponse),
             k if *k == opsbro_exec::KIND_REQUEST => Some(FrameKind::ExecRequest),
             k if *k == opsbro_exec::KIND_REPLY => Some(FrameKind::ExecReply),
-            k if *k == crate::raft::KIND_MESSAGE => Some(FrameKind::RaftMessage),
-            k if *k == crate::raft::KIND_FORWARD => Some(FrameKind::RaftForward),
-            k if *k == crate::raft::KIND_FORWARD_REPLY => Some(FrameKind::RaftForwardReply),
+            k if *k == opsbro_raft::KIND_MESSAGE => Some(FrameKind::RaftMessage),
+            k if *k == opsbro_raft::KIND_FORWARD => Some(FrameKind::RaftForward),
+            k if *k == opsbro_raft::KIND_FORWARD_REPLY => Some(FrameKind::RaftForwardReply),
             _ => None,
         }
     }

@@ -127,6 +127,8 @@ pub struct GeneratorsSetup {
     pub me: NodeUuid,
     /// `kv(key)`.
     pub kv: KvHandle,
+    /// `leader(election)`.
+    pub leaders: LeaderReader,
     /// KV change events.
     pub bus: EventBus,
     /// States for the API.
@@ -155,7 +157,11 @@ fn is_up(p: &Peer) -> bool {
     matches!(p.state, MemberState::Alive | MemberState::Suspect) && p.maintenance.is_none()
 }
 
-/// Render a template against the membership; `kv` reads keys (and records them).
+/// `leader(name)` for templates: the node leading an election, None when none does.
+pub type LeaderReader = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// [`render_with`] without elections.
+#[cfg(test)]
 fn render(
     source: &str,
     name: &str,
@@ -163,7 +169,26 @@ fn render(
     me: NodeUuid,
     kv: KvReader,
 ) -> Result<String, String> {
+    render_with(source, name, peers, me, kv, Arc::new(|_: &str| None))
+}
+
+/// Render a template against the membership; `kv` reads keys (and records them), `leader`
+/// names the leader of an election.
+fn render_with(
+    source: &str,
+    name: &str,
+    peers: &[Peer],
+    me: NodeUuid,
+    kv: KvReader,
+    leader: LeaderReader,
+) -> Result<String, String> {
     let mut env = Environment::new();
+    env.add_function("leader", move |election: String| -> Value {
+        match leader(&election) {
+            Some(node) => Value::from(node),
+            None => Value::UNDEFINED,
+        }
+    });
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(true);
@@ -527,8 +552,11 @@ async fn apply(g: &mut Generator, setup: &GeneratorsSetup, peers: Arc<Vec<Peer>>
         kv.get_text_blocking(&runtime, key, KV_TIMEOUT)
     });
     let (source, name, me) = (g.template.clone(), spec.name.clone(), setup.me);
-    let rendered =
-        tokio::task::spawn_blocking(move || render(&source, &name, &peers, me, reader)).await;
+    let leaders = setup.leaders.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        render_with(&source, &name, &peers, me, reader, leaders)
+    })
+    .await;
     g.keys = used
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -795,6 +823,11 @@ pub async fn run(setup: GeneratorsSetup, shutdown: CancellationToken) {
                     changed = true;
                 }
                 e = events.recv() => match e {
+                    // A leader changed: templates that call leader() render again.
+                    Ok(ev) if ev.channel() == "raft" => {
+                        due.iter_mut().for_each(|d| *d = true);
+                        changed = true;
+                    }
                     Ok(ev) if ev.channel() == "kv" => {
                         let key = match &ev.payload {
                             opsbro_api::events::Payload::Kv(k) => k.key.as_str(),

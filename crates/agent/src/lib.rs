@@ -18,8 +18,8 @@ pub mod compliance;
 pub mod datadir;
 pub mod detectors;
 pub mod dns;
-pub mod elections;
 pub mod docker;
+pub mod elections;
 pub mod eval;
 pub mod events;
 pub mod executor;
@@ -432,6 +432,7 @@ async fn run_agent(
         kv: &kv,
         gossip_addr,
         zone: &zone_rx,
+        raft: &raft,
     });
     tracker.spawn(services::run(
         services::ServicesSetup {

@@ -35,14 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{self, Accepted, SharedKeyring};
 use crate::membership::{Membership, Peer};
 
-/// A frame carrying a Raft message (`[6][protobuf message]`): the first frame of a peer
-/// connection, and every frame after it.
-pub const KIND_MESSAGE: u8 = 6;
-/// A request of a node that is not a voter (`[7][JSON command]`), answered on the same
-/// connection with [`KIND_FORWARD_REPLY`].
-pub const KIND_FORWARD: u8 = 7;
-/// The answer to a forwarded request (`[8][JSON result]`).
-pub const KIND_FORWARD_REPLY: u8 = 8;
+pub use opsbro_raft::{KIND_FORWARD, KIND_FORWARD_REPLY, KIND_MESSAGE};
 
 /// How often the driver ticks the node (its Raft tick is 100 ms: elections after 1-2 s).
 const TICK: Duration = Duration::from_millis(50);
@@ -653,17 +646,22 @@ impl Driver {
                 return;
             }
         };
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_tick = tokio::time::Instant::now();
         let mut next_duties = Instant::now();
         loop {
+            // A member of the group ticks every 50 ms; a node outside it (not a voter yet, or
+            // never) only needs its duties, every 500 ms: an idle agent stays idle.
+            let in_group = node.status().initialized;
+            let mut duties_ran = false;
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {
+                () = tokio::time::sleep_until(next_tick) => {
+                    next_tick = tokio::time::Instant::now() + if in_group { TICK } else { MEMBERSHIP_EVERY };
                     node.tick(now_ms());
                     if Instant::now() >= next_duties {
                         next_duties = Instant::now() + MEMBERSHIP_EVERY;
                         self.duties(&mut node);
+                        duties_ran = true;
                     }
                 }
                 input = rx.recv() => {
@@ -675,7 +673,7 @@ impl Driver {
                     }
                 }
             }
-            self.output(&mut node).await;
+            self.output(&mut node, duties_ran).await;
             self.expire_waiting();
         }
     }
@@ -829,9 +827,10 @@ impl Driver {
         }
     }
 
-    /// Persist, send, answer, publish.
-    async fn output(&mut self, node: &mut Node) {
+    /// Persist, send, answer, publish; refresh the view when anything happened.
+    async fn output(&mut self, node: &mut Node, refresh: bool) {
         let out = node.poll();
+        let changed = refresh || !out.persist.is_empty() || !out.applied.is_empty();
         if !out.persist.is_empty() {
             let store = self.store.clone();
             let ops = out.persist;
@@ -858,7 +857,9 @@ impl Driver {
             }
             self.publish(node, &a.command, &a.outcome);
         }
-        self.update_view(node);
+        if changed || node.status().leader != self.last_leader {
+            self.update_view(node);
+        }
     }
 
     fn publish(&self, node: &Node, command: &Command, outcome: &Outcome) {

@@ -33,7 +33,33 @@ pub fn load_packs(config: &AgentConfig, evaluator: &opsbro_eval::Evaluator) -> P
     if registered.is_dir() {
         objects.push(registered);
     }
-    opsbro_packs::load_all(&config.packs_dirs, &objects, &check)
+    let mut set = opsbro_packs::load_all(&config.packs_dirs, &objects, &check);
+    for name in disabled_packs(config) {
+        if set.packs.remove(&name).is_some() {
+            tracing::info!(pack = %name, "pack disabled (disabled_packs)");
+        }
+    }
+    set
+}
+
+/// Environment variable adding packs to `disabled_packs` (comma-separated): the test suite
+/// turns off the application packs on agents that must not see the machine's own servers.
+pub const DISABLED_PACKS_ENV: &str = "OPSBRO_DISABLED_PACKS";
+
+/// `disabled_packs` and `$OPSBRO_DISABLED_PACKS`.
+fn disabled_packs(config: &AgentConfig) -> Vec<String> {
+    let from_env = std::env::var(DISABLED_PACKS_ENV).unwrap_or_default();
+    config
+        .disabled_packs
+        .iter()
+        .cloned()
+        .chain(
+            from_env
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty()),
+        )
+        .collect()
 }
 
 /// Everything a reload touches.

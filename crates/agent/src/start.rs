@@ -232,6 +232,8 @@ pub struct HostWorkSetup<'a> {
     pub gossip_addr: SocketAddr,
     /// This node's zone (`gossip zone change` moves it).
     pub zone: &'a tokio::sync::watch::Receiver<String>,
+    /// Elections' leaders (`leader()` in templates).
+    pub raft: &'a crate::raft::RaftHandle,
 }
 
 /// The handles of the host's work, for the API.
@@ -340,6 +342,13 @@ pub fn host_work(s: HostWorkSetup<'_>) -> HostWork {
             membership: s.membership.clone(),
             me: s.data_dir.uuid(),
             kv: s.kv.clone(),
+            leaders: {
+                let raft = s.raft.clone();
+                std::sync::Arc::new(move |election: &str| {
+                    raft.lock(&crate::elections::lock_of(election))
+                        .map(|l| l.node)
+                })
+            },
             bus: s.bus.clone(),
             handle: generators_handle.clone(),
         },

@@ -31,6 +31,7 @@ impl StatusClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
+        crate::ensure_tls_provider();
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::limited(3))

@@ -20,15 +20,15 @@ use serde_json::{Map, Value};
 
 pub mod apache;
 pub mod clouds;
+pub mod docker;
 pub mod haproxy;
 mod http_get;
-pub mod docker;
 pub mod memcached;
-pub mod nginx;
-pub mod rabbitmq;
 pub mod mongodb;
 pub mod mysql;
+pub mod nginx;
 pub mod postgresql;
+pub mod rabbitmq;
 pub mod redis;
 
 /// A pack's parameters (`{{parameters.x}}` in its checks): a JSON object, possibly empty.
@@ -81,6 +81,13 @@ pub fn names() -> Vec<&'static str> {
         .map(|c| c.name())
         .chain(clouds::COLLECTOR_NAMES)
         .collect()
+}
+
+/// Make sure reqwest has its TLS provider (rustls with ring, as the agent installs at start):
+/// the collectors build their HTTP clients after it, and a test or a tool that did not install
+/// it would panic instead.
+pub fn ensure_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The longest a collector may take when its parameters set no `timeout`.

@@ -11,6 +11,7 @@ pub const LIST_KEYS: &[&str] = &[
     "groups",
     "seeds",
     "packs_dirs",
+    "disabled_packs",
     "objects_dirs",
     "api.allowed_hosts",
 ];

@@ -223,6 +223,8 @@ pub struct Config {
     pub keyring_file: Option<PathBuf>,
     /// `packs_dirs`.
     pub packs_dirs: Vec<PathBuf>,
+    /// `disabled_packs`.
+    pub disabled_packs: Vec<String>,
     /// `objects_dirs`.
     pub objects_dirs: Option<Vec<PathBuf>>,
     /// `templates_dir`.
@@ -651,6 +653,9 @@ pub struct AgentConfig {
     pub keyring_file: Option<PathBuf>,
     /// Extra pack directories.
     pub packs_dirs: Vec<PathBuf>,
+    /// Packs not loaded (shipped or not): `disabled_packs`, plus `$OPSBRO_DISABLED_PACKS`
+    /// (comma-separated) when the agent loads them.
+    pub disabled_packs: Vec<String>,
     /// Directories of YAML objects of the local configuration (any kind: handlers, checks...),
     /// loaded as the pack `local`. None: every `<config dir>/*.d/` directory.
     pub objects_dirs: Option<Vec<PathBuf>>,
@@ -903,6 +908,7 @@ impl Config {
             encryption_key,
             encryption,
             packs_dirs,
+            disabled_packs,
             objects_dirs,
             templates_dir,
             log_level,
@@ -1047,6 +1053,7 @@ impl Config {
             }),
             keyring_file: v.take("encryption.keyring_file", keyring_file),
             packs_dirs: v.take("packs_dirs", packs_dirs).unwrap_or_default(),
+            disabled_packs: v.take("disabled_packs", disabled_packs).unwrap_or_default(),
             objects_dirs: v.take("objects_dirs", objects_dirs),
             templates_dir: v.take("templates_dir", templates_dir),
             log_level: v.take_with("log_level", log_level, check_log_level),
@@ -1549,6 +1556,7 @@ impl Config {
             encryption_key: self.encryption_key,
             keyring_file: self.keyring_file,
             packs_dirs: self.packs_dirs,
+            disabled_packs: self.disabled_packs,
             objects_dirs: self.objects_dirs,
             templates_dir: self.templates_dir,
             log_level: overrides

@@ -21,6 +21,15 @@ pub mod storage;
 pub use machine::{Command, Holder, Lock, Machine, Outcome};
 pub use node::{Applied, INIT_INDEX, Node, NodeConfig, NodeError, Output, Persist, Status};
 
+/// Cluster frame kind of a Raft message (`[6][protobuf message]`): the first frame of a peer
+/// connection, and every frame after it.
+pub const KIND_MESSAGE: u8 = 6;
+/// Cluster frame kind of a request of a node that is not a voter (`[7][JSON command]`),
+/// answered on the same connection with [`KIND_FORWARD_REPLY`].
+pub const KIND_FORWARD: u8 = 7;
+/// Cluster frame kind of the answer to a forwarded request (`[8][JSON result]`).
+pub const KIND_FORWARD_REPLY: u8 = 8;
+
 /// The Raft id of a node from its uuid: 64 bits of it, never 0 (raft's "none").
 pub fn id_of(uuid: &str) -> u64 {
     let hex: String = uuid

@@ -158,6 +158,8 @@ pub struct Node {
     expiring: BTreeSet<(String, u64)>,
     was_leader: bool,
     out: Output,
+    /// Peers a snapshot was sent to in the current ready.
+    snapshots_sent: Vec<u64>,
 }
 
 fn logger() -> slog::Logger {
@@ -257,6 +259,7 @@ impl Node {
             expiring: BTreeSet::new(),
             was_leader: false,
             out: Output::default(),
+            snapshots_sent: Vec::new(),
         })
     }
 
@@ -497,10 +500,18 @@ impl Node {
         self.apply(light.take_committed_entries());
         self.raw.advance_apply();
         self.maybe_compact();
+        // A snapshot handed to the network counts as sent: the leader then probes the follower
+        // again, and sends another if this one was lost (raft-rs would wait forever otherwise).
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                self.snapshots_sent.push(m.to);
+            }
             if let Ok(bytes) = m.write_to_bytes() {
                 self.out.messages.push((m.to, bytes));
             }

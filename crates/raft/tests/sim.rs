@@ -1,7 +1,9 @@
 //! The lock table on Raft, driven with virtual time over a lossy, reordering, partitioning
 //! network, for 1000 seeds. Checked on every run:
 //! - every node applies the same command at the same log index (no divergent grants);
-//! - when any node applies a grant, a majority of the voters hold that entry in their log;
+//! - when any node applies a grant, a majority of the voters hold that entry in their log (fixed
+//!   voters), and every node that becomes leader later holds it (leader completeness: also while
+//!   the group grows from one voter and nodes crash and restart from what they persisted);
 //! - real-time mutual exclusion of clients that stop when they cannot renew in time: the
 //!   intervals during which clients believe they hold a lock never overlap, and fencing tokens
 //!   of successive holders grow;
@@ -9,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use opsbro_raft::{Command, Holder, Node, NodeConfig, Outcome};
+use opsbro_raft::{Command, Holder, Node, NodeConfig, Outcome, Persist};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -52,6 +54,55 @@ struct Sim {
     intervals: BTreeMap<String, Vec<(String, u64, u64, u64)>>,
     violations: Vec<String>,
     grants: usize,
+    /// What each node wrote to its disk (rebuilt from it after a crash).
+    disks: Vec<Disk>,
+    /// Nodes down (crashed) until this time.
+    down_until: Vec<u64>,
+    /// The group starts with one voter; the leader adds the others one at a time.
+    growing: bool,
+    /// Nodes crash (and restart from their disk).
+    crashes: bool,
+    /// Every grant applied anywhere: index → command.
+    granted: BTreeMap<u64, Command>,
+    /// Whether each node led at its last flush.
+    was_leader: Vec<bool>,
+}
+
+/// A node's persisted state, as `Persist` operations left it.
+#[derive(Default, Clone)]
+struct Disk {
+    snapshot: Option<Vec<u8>>,
+    entries: BTreeMap<u64, Vec<u8>>,
+    hard: Option<Vec<u8>>,
+}
+
+impl Disk {
+    fn write(&mut self, ops: &[Persist]) {
+        for op in ops {
+            match op {
+                Persist::HardState(b) => self.hard = Some(b.clone()),
+                Persist::Entries(list) => {
+                    if let Some((first, _)) = list.first() {
+                        self.entries.retain(|i, _| i < first);
+                    }
+                    for (i, b) in list {
+                        self.entries.insert(*i, b.clone());
+                    }
+                }
+                Persist::Snapshot { index, bytes } => {
+                    self.snapshot = Some(bytes.clone());
+                    self.entries.retain(|i, _| i > index);
+                }
+            }
+        }
+    }
+}
+
+fn config(id: u64) -> NodeConfig {
+    let mut cfg = NodeConfig::new(id);
+    cfg.randomized_election = false;
+    cfg.compact_every = 50;
+    cfg
 }
 
 fn ids(n: usize) -> Vec<u64> {
@@ -60,15 +111,24 @@ fn ids(n: usize) -> Vec<u64> {
 
 impl Sim {
     fn new(seed: u64, n: usize) -> Sim {
+        Sim::with(seed, n, false, false)
+    }
+
+    /// `growing`: node 1 starts the group alone and the others join; `crashes`: nodes crash and
+    /// restart from what they persisted.
+    fn with(seed: u64, n: usize, growing: bool, crashes: bool) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let voters = ids(n);
         let nodes: Vec<Node> = voters
             .iter()
             .map(|id| {
-                let mut cfg = NodeConfig::new(*id);
-                cfg.randomized_election = false;
-                cfg.compact_every = 50;
-                Node::bootstrap(cfg, &voters, 0).expect("bootstrap")
+                if !growing {
+                    Node::bootstrap(config(*id), &voters, 0).expect("bootstrap")
+                } else if *id == 1 {
+                    Node::bootstrap(config(*id), &[1], 0).expect("bootstrap")
+                } else {
+                    Node::join(config(*id), 0).expect("join")
+                }
             })
             .collect();
         let clients = (0..n)
@@ -102,6 +162,63 @@ impl Sim {
             intervals: BTreeMap::new(),
             violations: Vec::new(),
             grants: 0,
+            disks: vec![Disk::default(); n],
+            down_until: vec![0; n],
+            growing,
+            crashes,
+            granted: BTreeMap::new(),
+            was_leader: vec![false; n],
+        }
+    }
+
+    fn is_down(&self, i: usize) -> bool {
+        self.now < self.down_until[i]
+    }
+
+    /// Crash node `i` for `ms`: its memory is gone, its client stops (its agent is gone).
+    fn crash(&mut self, i: usize, ms: u64) {
+        self.down_until[i] = self.now + ms;
+        let now = self.now;
+        let c = &mut self.clients[i];
+        if let Some((l, t, since, _)) = c.held.take() {
+            let interval = (c.holder.session.clone(), t, since, now);
+            self.intervals.entry(l).or_default().push(interval);
+        }
+        c.pending.clear();
+        self.net.queue.retain(|m| m.2 != i);
+    }
+
+    /// Restart node `i` from its disk.
+    fn restart(&mut self, i: usize) {
+        let d = self.disks[i].clone();
+        let entries: Vec<Vec<u8>> = d.entries.values().cloned().collect();
+        let id = i as u64 + 1;
+        self.nodes[i] = if d.snapshot.is_none() && d.hard.is_none() {
+            Node::join(config(id), self.now).expect("join")
+        } else {
+            Node::restore(
+                config(id),
+                d.snapshot.as_deref(),
+                &entries,
+                d.hard.as_deref(),
+                self.now,
+            )
+            .expect("restore")
+        };
+    }
+
+    /// The leader adds the first node that is not a voter yet (one change at a time).
+    fn grow(&mut self) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            if self.is_down(i) || !self.nodes[i].is_leader() || self.nodes[i].has_pending_conf() {
+                continue;
+            }
+            let voters = self.nodes[i].status().voters;
+            if let Some(add) = ids(n).into_iter().find(|id| !voters.contains(id)) {
+                let _ = self.nodes[i].add_voter(add);
+                self.flush(i);
+            }
         }
     }
 
@@ -111,6 +228,20 @@ impl Sim {
 
     fn flush(&mut self, i: usize) {
         let out = self.nodes[i].poll();
+        // Written before anything is sent.
+        self.disks[i].write(&out.persist);
+        // Leader completeness: a node that becomes leader holds every entry ever granted.
+        let leader = self.nodes[i].is_leader();
+        if leader && !self.was_leader[i] {
+            for (index, command) in &self.granted {
+                if !self.nodes[i].holds(*index, command) {
+                    self.violations.push(format!(
+                        "node {i} became leader without the grant at {index}"
+                    ));
+                }
+            }
+        }
+        self.was_leader[i] = leader;
         for (to, bytes) in out.messages {
             let to = self.index_of(to);
             if self.rng.random_bool(self.net.loss) {
@@ -139,13 +270,20 @@ impl Sim {
             }
             self.applied[i].insert(a.index, a.command.clone());
             if let Outcome::Granted { .. } = a.outcome {
-                // Committed: a majority holds it.
-                let holding = self
-                    .nodes
+                self.granted.insert(a.index, a.command.clone());
+            }
+            if let Outcome::Granted { .. } = a.outcome
+                && !self.growing
+            {
+                // Committed: a majority of the (fixed) voters holds it. While the group grows
+                // the configuration that committed an entry is not the one seen now: the
+                // leader completeness check below covers that case.
+                let voters = self.nodes[i].status().voters;
+                let holding = voters
                     .iter()
-                    .filter(|n| n.holds(a.index, &a.command))
+                    .filter(|id| self.nodes[self.index_of(**id)].holds(a.index, &a.command))
                     .count();
-                if holding * 2 <= self.nodes.len() {
+                if holding * 2 <= voters.len() {
                     self.violations.push(format!(
                         "grant at {} applied by node {i} is stored on {holding} nodes only",
                         a.index
@@ -289,7 +427,7 @@ impl Sim {
         });
         due.sort_by_key(|m| (m.0, m.1, m.2));
         for (_, from, to, bytes) in due {
-            if self.net.side[from] != self.net.side[to] {
+            if self.net.side[from] != self.net.side[to] || self.is_down(to) || self.is_down(from) {
                 continue;
             }
             if let Err(e) = self.nodes[to].step(&bytes) {
@@ -321,7 +459,24 @@ impl Sim {
                     self.net.loss = self.rng.random_range(0.0..0.2);
                 }
             }
+            if self.growing && self.now.is_multiple_of(200) {
+                self.grow();
+            }
+            if self.crashes && self.now.is_multiple_of(1000) && self.now + 8000 < until {
+                let i = self.rng.random_range(0..n);
+                if !self.is_down(i) && self.rng.random_bool(0.3) {
+                    let ms = self.rng.random_range(300..3000);
+                    self.crash(i, ms);
+                }
+            }
             for i in 0..n {
+                if self.down_until[i] != 0 && !self.is_down(i) {
+                    self.down_until[i] = 0;
+                    self.restart(i);
+                }
+                if self.is_down(i) {
+                    continue;
+                }
                 if self.now >= self.next_tick[i] {
                     // Jittered ticks: each node's clock runs a little differently.
                     self.next_tick[i] = self.now + self.rng.random_range(80..120);
@@ -332,7 +487,9 @@ impl Sim {
             }
             self.deliver();
             for k in 0..n {
-                self.client_step(k);
+                if !self.is_down(k) {
+                    self.client_step(k);
+                }
             }
         }
         // Close the open intervals.
@@ -395,6 +552,28 @@ fn locks_stay_exclusive_over_1000_seeds_of_loss_and_partitions() {
     }
     // The clients did get locks: the runs exercised grants, not only refusals.
     assert!(total_grants > 1000 * 5, "only {total_grants} grants");
+}
+
+#[test]
+fn a_group_grown_from_one_voter_with_crashes_and_restarts_keeps_its_promises() {
+    let mut total_grants = 0;
+    for seed in 0..200u64 {
+        let mut sim = Sim::with(seed, 5, true, true);
+        sim.run(30_000, seed.is_multiple_of(2));
+        sim.check_intervals();
+        assert!(
+            sim.violations.is_empty(),
+            "seed {seed}: {:#?}",
+            &sim.violations[..sim.violations.len().min(5)]
+        );
+        // The leader added every node.
+        let leader = (0..5).find(|i| !sim.is_down(*i) && sim.nodes[*i].is_leader());
+        if let Some(l) = leader {
+            assert_eq!(sim.nodes[l].status().voters.len(), 5, "seed {seed}");
+        }
+        total_grants += sim.grants;
+    }
+    assert!(total_grants > 200 * 5, "only {total_grants} grants");
 }
 
 #[test]

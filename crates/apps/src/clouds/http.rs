@@ -73,6 +73,7 @@ struct Client {
 impl Client {
     fn new(request_timeout: Duration) -> Result<Client, String> {
         let timeout = request_timeout.min(ROUND_LIMIT);
+        crate::ensure_tls_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())

@@ -176,7 +176,12 @@ pub async fn state(client: &Client, json: bool) -> Result<(), CliError> {
     println!("leader:   {}", s.leader.as_deref().unwrap_or("(none)"));
     println!("term:     {}", s.term);
     println!("voters:   {}", s.voters.join(", "));
-    if s.wanted_voters != s.voters {
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    if sorted(&s.wanted_voters) != sorted(&s.voters) {
         println!("wanted:   {}", s.wanted_voters.join(", "));
     }
     println!("commit:   {}  applied: {}", s.commit, s.applied);
