@@ -272,3 +272,59 @@ fn locks_are_exclusive_fail_over_from_a_cut_holder_and_need_a_majority() {
     .expect("new leader");
     assert_ne!(new_leader, leader);
 }
+
+#[test]
+fn two_groups_started_apart_become_one_when_their_clusters_join() {
+    use opsbro_tests::{Agent, AgentOptions};
+    let start = |name: &str| Agent::start_with(AgentOptions::default().name(name)).expect("agent");
+    let (a, b) = (start("alone-a"), start("alone-b"));
+    let state = |agent: &Agent| -> serde_json::Value {
+        serde_json::from_slice(&agent.cli(["raft", "state", "--json"]).stdout).unwrap_or_default()
+    };
+    // Each one alone starts its own group and takes a lock in it.
+    for (agent, name) in [(&a, "alone-a"), (&b, "alone-b")] {
+        let o = agent.cli(["raft", "wait-leader", "--timeout", "30"]);
+        assert_eq!(stdout(&o).trim(), name, "{}", out(&o));
+        let o = agent.cli(["lock", "solo", "--", "true"]);
+        assert!(o.status.success(), "{}", out(&o));
+    }
+    let o = b.cli(["gossip", "join", &a.gossip.to_string()]);
+    assert!(o.status.success(), "{}", out(&o));
+    // One group: both see the same leader and both voters.
+    wait_for(
+        "one Raft group of two voters",
+        Duration::from_secs(60),
+        || {
+            let (sa, sb) = (state(&a), state(&b));
+            (sa["leader"].is_string()
+                && sa["leader"] == sb["leader"]
+                && sa["voters"].as_array().map(Vec::len) == Some(2)
+                && sb["voters"].as_array().map(Vec::len) == Some(2))
+            .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {} / {}", state(&a), state(&b)));
+    // And it grants: a lock held through one is refused through the other.
+    let mut held = opsbro_tests::opsbro_command()
+        .args([
+            "--api",
+            &a.api.to_string(),
+            "lock",
+            "merged",
+            "--",
+            "sleep 5",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("hold");
+    wait_for("the lock held", Duration::from_secs(30), || {
+        let o = b.cli(["raft", "locks", "--json"]);
+        stdout(&o).contains("\"merged\"").then_some(())
+    })
+    .expect("held");
+    let o = b.cli(["lock", "merged", "--", "echo ran"]);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!stdout(&o).contains("ran"));
+    let _ = held.wait();
+}

@@ -10,7 +10,9 @@
 //! One task drives the IO-free [`opsbro_raft::Node`]: it ticks it, feeds it the messages of
 //! its peers and the proposals of the API, writes what it must persist in the `raft` tree of
 //! the agent's sled database (flushed before the messages leave), sends the messages over the
-//! sealed cluster transport (one connection per peer, frames of kind [`KIND_MESSAGE`]) and
+//! sealed cluster transport (one connection per peer, frames of kind [`KIND_MESSAGE`] carrying
+//! the group's id: two groups started apart never mix their logs; when they meet, the nodes of
+//! the one with the larger id forget it and join the other) and
 //! answers the proposals once their entry is applied.
 //!
 //! A lock is held by a session: `opsbro lock NAME -- CMD` holds one while the command runs
@@ -199,6 +201,7 @@ impl RaftHandle {
             heard: false,
             wanted_since: (Vec::new(), Instant::now()),
             last_leader: 0,
+            group: None,
         };
         tracker.spawn(driver.run(rx));
         handle
@@ -448,6 +451,12 @@ impl RaftHandle {
     }
 }
 
+/// A message frame's body: `[group id: u64 BE][protobuf message]`.
+fn split_group(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (id, msg) = bytes.split_at_checked(8)?;
+    Some((u64::from_be_bytes(id.try_into().ok()?), msg))
+}
+
 /// A random request id.
 pub fn request_id() -> u64 {
     rand::random::<u64>() | 1
@@ -599,6 +608,9 @@ struct Driver {
     heard: bool,
     wanted_since: (Vec<u64>, Instant),
     last_leader: u64,
+    /// The id of the group this node belongs to (chosen by the node that started it); messages
+    /// of another group are dropped, or make this node join it when its id is smaller.
+    group: Option<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -639,6 +651,13 @@ impl Driver {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        self.group = self
+            .store
+            .get("group")
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes);
         let mut node = match self.load() {
             Ok(node) => node,
             Err(e) => {
@@ -682,7 +701,38 @@ impl Driver {
         match input {
             Input::Message(bytes) => {
                 self.heard = true;
-                if node.step(&bytes).is_err() {
+                let Some((group, msg)) = split_group(&bytes) else {
+                    self.handle
+                        .0
+                        .counters
+                        .bad_messages
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                };
+                match self.group {
+                    Some(mine) if mine == group => {}
+                    Some(mine) if group > mine => return,
+                    Some(mine) => {
+                        // Two groups started apart (two clusters that merged): the one with the
+                        // smaller id wins; this node forgets its own and joins that one.
+                        tracing::warn!(
+                            mine = format!("{mine:016x}"),
+                            theirs = format!("{group:016x}"),
+                            "another Raft group of this zone met: joining it (the locks of this node's group are lost)"
+                        );
+                        self.wipe();
+                        match Node::join(self.config(), now_ms()) {
+                            Ok(n) => *node = n,
+                            Err(e) => {
+                                tracing::error!(error = %e, "raft: cannot rejoin");
+                                return;
+                            }
+                        }
+                        self.adopt(group);
+                    }
+                    None => self.adopt(group),
+                }
+                if node.step(msg).is_err() {
                     self.handle
                         .0
                         .counters
@@ -782,6 +832,7 @@ impl Driver {
                     Ok(n) => {
                         tracing::info!("started the Raft group (first of the wanted voters)");
                         *node = n;
+                        self.adopt(request_id());
                     }
                     Err(e) => tracing::error!(error = %e, "cannot start the Raft group"),
                 }
@@ -988,8 +1039,33 @@ impl Driver {
         }
     }
 
-    /// Queue each message for its peer (a sender task per peer keeps a connection).
+    /// This node belongs to group `group` from now on (kept in the `raft` tree).
+    fn adopt(&mut self, group: u64) {
+        self.group = Some(group);
+        if let Err(e) = self
+            .store
+            .put("group", &group.to_be_bytes())
+            .and_then(|()| self.store.flush())
+        {
+            tracing::error!(error = %e, "cannot write the Raft group id");
+        }
+    }
+
+    /// Forget every Raft record of this node.
+    fn wipe(&mut self) {
+        for (k, _) in self.store.scan_prefix("").unwrap_or_default() {
+            let _ = self.store.remove(&k);
+        }
+        let _ = self.store.flush();
+        self.group = None;
+    }
+
+    /// Queue each message for its peer (a sender task per peer keeps a connection), behind
+    /// this node's group id (a node without a group sends nothing).
     fn send(&mut self, messages: Vec<(u64, Vec<u8>)>) {
+        let Some(group) = self.group else {
+            return;
+        };
         if messages.is_empty() {
             return;
         }
@@ -1012,7 +1088,10 @@ impl Driver {
                 self.peers.insert(to, (tx, peer.addr));
             }
             if let Some((tx, _)) = self.peers.get(&to) {
-                let _ = tx.try_send(bytes);
+                let mut framed = Vec::with_capacity(8 + bytes.len());
+                framed.extend_from_slice(&group.to_be_bytes());
+                framed.extend_from_slice(&bytes);
+                let _ = tx.try_send(framed);
             }
         }
     }

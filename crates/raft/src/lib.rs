@@ -21,7 +21,7 @@ pub mod storage;
 pub use machine::{Command, Holder, Lock, Machine, Outcome};
 pub use node::{Applied, INIT_INDEX, Node, NodeConfig, NodeError, Output, Persist, Status};
 
-/// Cluster frame kind of a Raft message (`[6][protobuf message]`): the first frame of a peer
+/// Cluster frame kind of a Raft message (`[6][group id: u64 BE][protobuf message]`): the first frame of a peer
 /// connection, and every frame after it.
 pub const KIND_MESSAGE: u8 = 6;
 /// Cluster frame kind of a request of a node that is not a voter (`[7][JSON command]`),
