@@ -141,3 +141,21 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+/// An answer streamed as NDJSON: one JSON line per item received, until the sender is dropped.
+/// Dropping the answer (the client went away) drops the receiver, which its sender sees.
+pub fn ndjson<T: serde::Serialize + Send + 'static>(
+    lines: tokio::sync::mpsc::Receiver<T>,
+) -> Result<axum::response::Response, ApiError> {
+    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
+        let line = lines.recv().await?;
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(bytes), lines))
+    });
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}

@@ -2,13 +2,11 @@
 //! execution from this node (see [`crate::executor`]).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine as _;
 use opsbro_api::executors::{ExecRequest, ExecutorInfo, HistoryEntry};
@@ -93,17 +91,7 @@ pub async fn exec(
         ExecError::Invalid(m) => bad(m),
         ExecError::NoTarget(m) => ApiError::new(StatusCode::NOT_FOUND, m),
     })?;
-    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
-        let line = lines.recv().await?;
-        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-        bytes.push(b'\n');
-        Some((Ok::<_, Infallible>(bytes), lines))
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    super::context::ndjson(lines)
 }
 
 /// `GET /executors/state`.

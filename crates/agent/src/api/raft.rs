@@ -3,14 +3,12 @@
 //! [`crate::raft`].
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use opsbro_api::raft::{Granted, LockInfo, RaftState};
 use opsbro_raft::Outcome;
@@ -169,15 +167,5 @@ pub async fn hold(
         return Err(bad(format!("wait {wait:?} is longer than a day")));
     }
     let lines = ctx.raft.hold(name, ttl, wait);
-    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
-        let line = lines.recv().await?;
-        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-        bytes.push(b'\n');
-        Some((Ok::<_, Infallible>(bytes), lines))
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    super::context::ndjson(lines)
 }
