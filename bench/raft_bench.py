@@ -213,7 +213,7 @@ def main():
                 a["proc"] = subprocess.Popen(
                     [system.binary, "agent", "start", "--data-dir", a["dir"], "--bind", "127.0.0.1", "--port", port,
                      "--api-port", a["api"].rsplit(":", 1)[1], "--node-name", a["name"], "--log-level", "warn",
-                     "--seeds", agents[(idx + 1) % 3]["gossip"]],
+                     "--seed", agents[(idx + 1) % 3]["gossip"]],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
                 time.sleep(1)
                 wait_group(agents, 3)

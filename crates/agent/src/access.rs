@@ -153,12 +153,17 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
         opsbro_api::docker::CONTAINERS,
         opsbro_api::docker::IMAGES,
         opsbro_api::docker::STATS,
+        // Who leads and who holds which lock (as `consul members`/`operator raft` show).
+        opsbro_api::raft::STATE,
+        opsbro_api::raft::LOCKS,
+        opsbro_api::raft::ELECTIONS,
     ];
     let prefixes = [
         "/agent/ping/",
         "/collectors/",
         "/monitoring/state/",
         "/dashboards/",
+        "/locks/",
     ];
     // Grafana sends its queries as POST forms: still reads.
     let query = [

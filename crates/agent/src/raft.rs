@@ -39,7 +39,7 @@ use crate::membership::{Membership, Peer};
 
 pub use opsbro_raft::{KIND_FORWARD, KIND_FORWARD_REPLY, KIND_MESSAGE};
 
-/// How often the driver ticks the node (its Raft tick is 100 ms: elections after 1-2 s).
+/// How often the driver ticks the node (its Raft tick is 50 ms: elections after 0.5-1 s).
 const TICK: Duration = Duration::from_millis(50);
 /// How often the leader compares the voters with the ones gossip wants.
 const MEMBERSHIP_EVERY: Duration = Duration::from_millis(500);

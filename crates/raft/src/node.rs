@@ -37,11 +37,12 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults for id `id`: 100 ms ticks, elections after 1-2 s, heartbeats every 200 ms.
+    /// Defaults for id `id`: 50 ms ticks, elections after 0.5-1 s without a leader, heartbeats
+    /// every 100 ms (etcd: 100 ms heartbeats, 1 s election timeout).
     pub fn new(id: u64) -> NodeConfig {
         NodeConfig {
             id,
-            tick_ms: 100,
+            tick_ms: 50,
             election_ticks: 10,
             heartbeat_ticks: 2,
             randomized_election: true,
