@@ -61,10 +61,20 @@ export async function get(path) {
   return (await request(path)).json();
 }
 
+/**
+ * Like get(), with the store's versions kept as strings: they are 64-bit numbers (a hybrid
+ * clock) that a JavaScript number would round, and a rounded version fails every CAS.
+ */
+export async function getExact(path) {
+  const text = await (await request(path)).text();
+  // Inside JSON strings a quote is escaped, so this only matches the real fields.
+  return JSON.parse(text.replace(/"(modify_index|create_index)":(\d+)/g, '"$1":"$2"'));
+}
+
 export async function send(method, path, body) {
   const res = await request(path, { method, body });
   const text = await res.text();
-  return text ? JSON.parse(text) : null;
+  return text ? JSON.parse(text.replace(/"(modify_index|create_index)":(\d+)/g, '"$1":"$2"')) : null;
 }
 
 /**

@@ -3,8 +3,11 @@
 
 /** h('tag.class#id', {attr: value, onclick: fn}, ...children) */
 export function h(spec, attrs, ...children) {
-  const [tagAndClasses, id] = spec.split('#');
-  const [tag, ...classes] = tagAndClasses.split('.');
+  // 'tag.class#id.class': the id ends at the next dot.
+  const [tagAndClasses, idAndClasses = ''] = spec.split('#');
+  const [id, ...idClasses] = idAndClasses.split('.');
+  const [tag, ...tagClasses] = tagAndClasses.split('.');
+  const classes = tagClasses.concat(idClasses);
   const el = document.createElement(tag || 'div');
   if (id) el.id = id;
   if (classes.length) el.className = classes.join(' ');

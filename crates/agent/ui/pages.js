@@ -410,7 +410,7 @@ function kv(prefix, { showMessage, clearMessage }) {
   async function show(key) {
     let entry;
     try {
-      entry = await api.get(keyUrl(key));
+      entry = await api.getExact(keyUrl(key));
     } catch (e) {
       fill(viewer, failed(e));
       return;
