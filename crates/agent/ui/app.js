@@ -181,6 +181,20 @@ function restartLive() {
   });
 }
 
+// A browser opens at most 6 HTTP/1.1 connections to one host, for all its tabs together: a
+// hidden tab (or a page kept in the back-forward cache) gives its stream back, and picks up
+// what changed when it is shown again.
+function pause() {
+  if (stopLive) stopLive();
+  stopLive = null;
+}
+document.addEventListener('visibilitychange', () => {
+  if (document.hidden) pause();
+  else if (!stopLive) restartLive();
+});
+window.addEventListener('pagehide', pause);
+window.addEventListener('pageshow', (e) => { if (e.persisted && !stopLive) restartLive(); });
+
 // ---- routing ----
 
 let current = null;

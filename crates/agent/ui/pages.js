@@ -402,7 +402,7 @@ function kv(prefix, { showMessage, clearMessage }) {
       else keys.push(e);
     }
     fill(list, h('ul.plain.keys',
-      [...folders].sort().map((f) => h('li', h('a.folder', { href: `#/kv/${encodeURIComponent(prefix + f)}` }, `📁 ${f}`))),
+      [...folders].sort().map((f) => h('li', h('a.folder', { href: `#/kv/${encodeURIComponent(prefix + f)}` }, `▸ ${f}`))),
       keys.map((e) => h('li', h('button.link.key', { type: 'button', dataset: { key: e.key }, onclick: () => show(e.key) }, e.key.slice(prefix.length))))),
     !entries.length ? h('p.muted', 'No keys under this prefix.') : null);
   }
