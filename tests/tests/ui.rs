@@ -301,12 +301,13 @@ async fn without_the_token_the_page_says_401_and_with_it_kv_writes_reach_the_cli
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     assert!(csp.contains("script-src 'self'"), "{csp}");
-    assert_eq!(
-        http(agent.api, "GET", "/agent/members", &[], b"")
-            .expect("members")
-            .status,
-        401
-    );
+    for data in ["/agent/members", "/ui/events"] {
+        assert_eq!(
+            http(agent.api, "GET", data, &[], b"").expect(data).status,
+            401,
+            "{data}"
+        );
+    }
 
     let (_driver, c) = browser().await;
     c.goto(&format!("http://{}/ui/", agent.api))
