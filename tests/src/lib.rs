@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod browser;
 pub mod docker;
 pub mod graphite;
 pub mod netns;

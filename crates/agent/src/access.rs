@@ -90,7 +90,9 @@ impl Access {
     }
 
     fn route_needs_token(&self, method: &Method, path: &str) -> bool {
+        let get = method == Method::GET || method == Method::HEAD;
         !(path == opsbro_api::routes::AGENT_AUTH
+            || (get && is_ui_asset(path))
             || (self.anonymous_reads && is_public_read(method, path)))
     }
 
@@ -123,6 +125,9 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
     let exact = [
         routes::INDEX,
         routes::API,
+        // The web UI's event stream leaves the private channels out for a caller without the
+        // token (its page and files are open to all: see `is_ui_asset`).
+        opsbro_api::ui::EVENTS,
         routes::AGENT_STATE,
         routes::AGENT_INFO,
         routes::METRICS,
@@ -174,6 +179,15 @@ pub fn is_public_read(method: &Method, path: &str) -> bool {
     ];
     (get && (exact.contains(&path) || prefixes.iter().any(|p| path.starts_with(p))))
         || ((get || method == Method::POST) && query.contains(&path))
+}
+
+/// The web UI's files: readable without the token even when anonymous reads are off (the
+/// page must load to ask for the token).
+fn is_ui_asset(path: &str) -> bool {
+    path == opsbro_api::ui::ROOT
+        || path == opsbro_api::ui::INDEX
+        || path == opsbro_api::ui::ASSET
+        || path.starts_with("/ui/v/")
 }
 
 /// Compare without an early exit so the time taken does not reveal how much of a guess matched.
@@ -288,6 +302,12 @@ mod tests {
             ..access()
         };
         assert!(closed.needs_token("GET", "/api"));
+        // The page must load to ask for the token; its data and events still need it.
+        for open in ["/ui", "/ui/", "/ui/v/0123/app.js"] {
+            assert!(!closed.needs_token("GET", open), "{open}");
+        }
+        assert!(closed.needs_token("GET", "/ui/events"));
+        assert!(closed.needs_token("POST", "/ui/"));
         assert!(!closed.needs_token("GET", "/agent/auth"));
     }
 

@@ -28,7 +28,7 @@ use crate::events::{CHANNELS, Event, EventBus};
 
 /// Channels only clients with the token get: key names and commands (with their arguments) may
 /// say too much.
-const PRIVATE: [&str; 2] = ["kv", "exec"];
+pub(crate) const PRIVATE: [&str; 2] = ["kv", "exec"];
 
 /// Longest a frame may wait for a client's socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);

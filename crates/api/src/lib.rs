@@ -40,6 +40,20 @@ pub mod routes {
     pub const AGENT_SNAPSHOT: &str = "/agent/snapshot";
 }
 
+/// The web UI, served by every agent on its API listener.
+pub mod ui {
+    /// `GET`: redirects to [`INDEX`].
+    pub const ROOT: &str = "/ui";
+    /// `GET`: the page (HTML; its files are compiled into the agent).
+    pub const INDEX: &str = "/ui/";
+    /// `GET /ui/v/<version>/<file>`: the page's scripts, styles and vendored libraries
+    /// (immutable: a new agent binary has a new version).
+    pub const ASSET: &str = "/ui/{*path}";
+    /// `GET`: the event bus as Server-Sent Events (`event: <channel>`, `data:` the websocket
+    /// stream's frame; `?channels=node,check`); `kv` and `exec` only with the token.
+    pub const EVENTS: &str = "/ui/events";
+}
+
 /// One route of the API as documented in [`ROUTES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteDoc {
@@ -55,7 +69,7 @@ pub struct RouteDoc {
 /// agent's router is checked against it, so the two cannot drift apart).
 pub const ROUTES: &[RouteDoc] = {
     use self::{
-        catalog as cat, compliance as comp, kv, metrics as m, monitoring as mon, routes as r,
+        catalog as cat, compliance as comp, kv, metrics as m, monitoring as mon, routes as r, ui,
     };
     use self::{collectors as c, detectors as d, evaluator as e, generators as gen_, gossip as g};
     const fn doc(method: &'static str, path: &'static str, description: &'static str) -> RouteDoc {
@@ -67,6 +81,22 @@ pub const ROUTES: &[RouteDoc] = {
     }
     &[
         doc("GET", r::INDEX, "this list of routes"),
+        doc("GET", ui::ROOT, "the web UI (redirects to /ui/)"),
+        doc(
+            "GET",
+            ui::INDEX,
+            "the web UI: cluster, nodes, checks, KV, metrics, events",
+        ),
+        doc(
+            "GET",
+            ui::ASSET,
+            "the web UI's files (scripts, styles), compiled into the agent",
+        ),
+        doc(
+            "GET",
+            ui::EVENTS,
+            "the event stream as Server-Sent Events (?channels=; kv and exec need the token)",
+        ),
         doc("GET", r::API, "this list of routes"),
         doc(
             "GET",

@@ -29,6 +29,7 @@ pub mod raft;
 pub mod services;
 pub mod snapshot;
 pub mod timeseries;
+pub mod ui;
 pub mod zones;
 
 pub use context::{ApiContext, ApiError};
@@ -41,6 +42,10 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiContext>>)> {
     vec![
         (routes::INDEX, get(api_index)),
         (routes::API, get(api_index)),
+        (opsbro_api::ui::ROOT, get(ui::redirect)),
+        (opsbro_api::ui::INDEX, get(ui::index)),
+        (opsbro_api::ui::ASSET, get(ui::asset)),
+        (opsbro_api::ui::EVENTS, get(ui::events)),
         (routes::AGENT_STATE, get(agent_state)),
         (
             routes::AGENT_AUTH,
