@@ -43,7 +43,10 @@ done
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 if [ -z "$binary" ]; then
     if $musl; then
-        cargo build --release --locked -p opsbro-cli --target x86_64-unknown-linux-musl
+        # ring compiles C: with musl's compiler wrapper (Debian package musl-tools).
+        command -v musl-gcc >/dev/null || { echo "musl-gcc is missing: apt-get install musl-tools" >&2; exit 1; }
+        CC_x86_64_unknown_linux_musl=musl-gcc \
+            cargo build --release --locked -p opsbro-cli --target x86_64-unknown-linux-musl
         binary="$target_dir/x86_64-unknown-linux-musl/release/opsbro"
     else
         cargo build --release --locked -p opsbro-cli
