@@ -53,6 +53,17 @@ declare -A NEEDED=(
     [/usr/lib/postgresql/15/bin/postgres]=postgresql-15
     [/usr/lib/postgresql/15/bin/pg_basebackup]=postgresql-15
     [psql]=postgresql-client-15
+    [dpkg]=dpkg
+    [dpkg-deb]=dpkg
+    [update-rc.d]=init-system-helpers
+    [invoke-rc.d]=init-system-helpers
+    [deb-systemd-helper]=init-system-helpers
+    [rpm]=rpm
+    [man]=man-db
+    [groff]=groff-base
+    [strip]=binutils
+    [objdump]=binutils
+    [gzip]=gzip
 )
 
 missing=()
@@ -65,7 +76,19 @@ if ! "$VENV/bin/python" -c "import aiosmtpd" >/dev/null 2>&1; then
     python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 fi
 
+# The package builders of packaging/build.sh (tests/tests/packages.rs), pinned, from the crates
+# registry with `cargo install`; built once per machine (about 2 minutes each on 2 cores).
+CARGO_TOOLS=(cargo-deb@3.8.0 cargo-generate-rpm@0.21.1)
+missing_tools=()
+for tool in "${CARGO_TOOLS[@]}"; do
+    "${tool%@*}" --version 2>/dev/null | grep -qF " ${tool#*@}" || missing_tools+=("$tool")
+done
+
 if $check_only; then
+    if [ "${#missing_tools[@]}" -gt 0 ]; then
+        echo "missing for the tests (cargo install): ${missing_tools[*]}" >&2
+        exit 1
+    fi
     if [ "${#missing[@]}" -gt 0 ] || ! "$VENV/bin/python" -c "import aiosmtpd" >/dev/null 2>&1; then
         echo "missing for the tests: $(printf '%s\n' "${missing[@]}" aiosmtpd | sort -u | tr '\n' ' ')" >&2
         exit 1
@@ -104,3 +127,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo is not installed: install Rust (https://rustup.rs) first" >&2
     exit 1
 fi
+
+for tool in "${missing_tools[@]}"; do
+    cargo install --locked --quiet "${tool%@*}" --version "${tool#*@}"
+done

@@ -145,6 +145,13 @@ pub enum Command {
     },
     /// Print the version of this opsbro (as `--version` does).
     Version,
+    /// Write the manual pages (roff: opsbro.1, opsbro-agent.1, opsbro-agent-start.1, ... one per
+    /// command) into DIR. The packages run this at build time; hidden from the help.
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write them into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// `opsbro agent ...`

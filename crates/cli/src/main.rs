@@ -93,6 +93,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             write_stdout(&script)
         }
         Command::Version => write_stdout(Cli::command().render_version().as_bytes()),
+        Command::Manpages { dir } => opsbro_cli::commands::manpages::write_all(&dir),
         Command::Gossip(command) => {
             let client = Client::with_token_file(&cli.api, cli.token, cli.token_file.as_deref())?;
             client_runtime()?.block_on(async {

@@ -12,6 +12,7 @@ pub mod generators;
 pub mod gossip;
 pub mod kv;
 pub mod log;
+pub mod manpages;
 pub mod metrics;
 pub mod monitoring;
 pub mod packs;
