@@ -218,8 +218,13 @@ fn locks_are_exclusive_fail_over_from_a_cut_holder_and_need_a_majority() {
     // 3. A 2/3 partition: the two cannot take a lock, the three can.
     let (minority, majority) = ([0usize, 1], [2usize, 3, 4]);
     lan.partition(&minority, &majority).expect("partition");
-    let o = lan.cli(2, &["lock", "--wait", "20s", "majority", "--", "true"]);
-    assert!(o.status.success(), "the majority side: {}", out(&o));
+    let o = lan.cli(2, &["lock", "--wait", "45s", "majority", "--", "true"]);
+    assert!(
+        o.status.success(),
+        "the majority side: {}\n{:#?}",
+        out(&o),
+        (0..N).map(|i| raft_state(&lan, i)).collect::<Vec<_>>()
+    );
     for i in minority {
         let o = lan.cli(i, &["lock", "--wait", "8s", "minority", "--", "echo ran"]);
         assert!(

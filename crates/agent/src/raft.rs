@@ -46,6 +46,8 @@ const MEMBERSHIP_EVERY: Duration = Duration::from_millis(500);
 /// The smallest wanted voter starts the group once the wanted list has not changed, and no
 /// Raft message arrived, for this long.
 const BOOTSTRAP_QUIET: Duration = Duration::from_secs(3);
+/// A voter gossip declares dead (or no longer wants) is removed once that has lasted this long.
+const VOTER_GRACE: Duration = Duration::from_secs(10);
 /// How long a request waits for its entry to be applied.
 pub const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages queued for one peer (more are dropped: Raft sends again).
@@ -201,6 +203,7 @@ impl RaftHandle {
             heard: false,
             wanted_since: (Vec::new(), Instant::now()),
             last_leader: 0,
+            unwanted_since: HashMap::new(),
             group: None,
         };
         tracker.spawn(driver.run(rx));
@@ -608,6 +611,8 @@ struct Driver {
     heard: bool,
     wanted_since: (Vec<u64>, Instant),
     last_leader: u64,
+    /// Voters gossip no longer wants (or declares dead), since when.
+    unwanted_since: HashMap<u64, Instant>,
     /// The id of the group this node belongs to (chosen by the node that started it); messages
     /// of another group are dropped, or make this node join it when its id is smaller.
     group: Option<u64>,
@@ -824,6 +829,27 @@ impl Driver {
             self.wanted_since = (wanted_ids.clone(), Instant::now());
         }
         let status = node.status();
+        // Voters that are unwanted or not live, since when: one is removed only once that has
+        // lasted VOTER_GRACE (a flapping member does not shrink the group).
+        {
+            let live = |id: u64| {
+                members
+                    .iter()
+                    .find(|p| raft_id(p.uuid) == id)
+                    .is_some_and(|p| matches!(p.state, MemberState::Alive | MemberState::Suspect))
+            };
+            let now = Instant::now();
+            let bad: Vec<u64> = status
+                .voters
+                .iter()
+                .copied()
+                .filter(|id| !wanted_ids.contains(id) || !live(*id))
+                .collect();
+            self.unwanted_since.retain(|id, _| bad.contains(id));
+            for id in bad {
+                self.unwanted_since.entry(id).or_insert(now);
+            }
+        }
         if !status.initialized {
             let quiet = self.wanted_since.1.elapsed() >= BOOTSTRAP_QUIET
                 && self.started.elapsed() >= BOOTSTRAP_QUIET;
@@ -838,21 +864,17 @@ impl Driver {
                 }
             }
         } else if node.is_leader() && !node.has_pending_conf() {
-            let live = |id: u64| {
-                members
-                    .iter()
-                    .find(|p| raft_id(p.uuid) == id)
-                    .is_some_and(|p| matches!(p.state, MemberState::Alive | MemberState::Suspect))
-            };
             if let Some(add) = wanted_ids.iter().find(|id| !status.voters.contains(id)) {
                 if let Err(e) = node.add_voter(*add) {
                     tracing::debug!(error = %e, "add voter");
                 }
-            } else if let Some(remove) = status
-                .voters
-                .iter()
-                .find(|id| **id != self.id && (!wanted_ids.contains(id) || !live(**id)))
-                && status.voters.len() > 1
+            } else if let Some(remove) = status.voters.iter().find(|id| {
+                **id != self.id
+                    && self
+                        .unwanted_since
+                        .get(*id)
+                        .is_some_and(|t| t.elapsed() >= VOTER_GRACE)
+            }) && status.voters.len() > 1
                 && let Err(e) = node.remove_voter(*remove)
             {
                 tracing::debug!(error = %e, "remove voter");
