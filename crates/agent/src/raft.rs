@@ -20,7 +20,7 @@
 //! stopped) when a renewal is refused or not confirmed in time, or when the leader released it
 //! because gossip declared its node dead or gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -1197,15 +1197,6 @@ async fn peer_sender(
             }
         }
     }
-}
-
-/// The held locks of a lock table by name (for tests of the view).
-pub fn lock_names(state: &RaftState) -> BTreeMap<String, u64> {
-    state
-        .locks
-        .iter()
-        .map(|l| (l.name.clone(), l.token))
-        .collect()
 }
 
 #[cfg(test)]
