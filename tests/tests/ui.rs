@@ -518,7 +518,7 @@ async fn a_statsd_counter_is_charted_and_a_stopped_agent_is_said_unreachable() {
         &c,
         "the unreachable message",
         DEADLINE,
-        "const t = document.getElementById('banner').innerText; return t.includes('unreachable') && t",
+        "const t = document.getElementById('banner').innerText; return t.includes('Agent unreachable') && t",
     )
     .await;
     assert!(
