@@ -508,12 +508,17 @@ pub fn mariadb(max_connections: u32, extra: &[&str]) -> Result<Server> {
     let port = crate::services::free_port()?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
+    // Each server gets its own tmpdir: with the shared /tmp, concurrent installs lose each
+    // other's `#sql-temptable-*` files ("Could not remove temporary table", ERROR 1051).
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp)?;
     let root = nix_is_root();
     let mut install = Command::new("mariadb-install-db");
     install
         .arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
-        .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .arg(format!("--tmpdir={}", tmp.display()));
     if root {
         install.arg("--user=root");
     }
@@ -521,6 +526,7 @@ pub fn mariadb(max_connections: u32, extra: &[&str]) -> Result<Server> {
     let mut cmd = Command::new("mariadbd");
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
         .arg(format!(
             "--socket={}",
             dir.path().join("mysqld.sock").display()
