@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Idle footprint of an agent with the default packs (collectors every 10 s, detectors, gossip),
 # beside Debian's prometheus-node-exporter scraped every 10 s (the peer reading the same /proc
-# data), measured in the same run: RSS at the end and CPU used over the window, from /proc.
+# data) and Debian's serf agent (the peer of the gossip layer), measured in the same run: RSS
+# (and its file-backed and anonymous parts) at the end and CPU used over the window, from /proc.
+# A second agent runs with OPSBRO_RELEASE_MEMORY=0 (pages start-up alone used stay mapped,
+# glibc's default malloc arenas) to show what that release is worth.
 #
 #   bash bench/idle_footprint.sh [SECONDS]      (default 300)
 set -euo pipefail
@@ -9,36 +12,49 @@ set -euo pipefail
 export OPSBRO_HOSTING_DRIVER=none
 cd "$(dirname "$0")/.."
 WINDOW="${1:-300}"
-command -v prometheus-node-exporter >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-node-exporter; }
+need=()
+command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
+command -v serf >/dev/null || need+=(serf)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
 cargo build --release -q -p opsbro-cli
 BIN="${CARGO_TARGET_DIR:-target}/release/opsbro"
 TMP=$(mktemp -d)
-trap 'kill $OPSBRO_PID $NE_PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
+trap 'kill $OPSBRO_PID $KEEP_PID $NE_PID $SERF_PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 "$BIN" agent start --config /dev/null --data-dir "$TMP/data" --api-port 0 --port 0 --bind 127.0.0.1 --log-level warn >"$TMP/opsbro.log" 2>&1 &
 OPSBRO_PID=$!
-NE_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+OPSBRO_RELEASE_MEMORY=0 "$BIN" agent start --config /dev/null --data-dir "$TMP/keep" --api-port 0 --port 0 --bind 127.0.0.1 --log-level warn >"$TMP/keep.log" 2>&1 &
+KEEP_PID=$!
+NE_PORT=$(free_port)
 prometheus-node-exporter --web.listen-address="127.0.0.1:$NE_PORT" >"$TMP/ne.log" 2>&1 &
 NE_PID=$!
-sleep 15   # both settled (first collection, first scrape)
+serf agent -node=idle -bind="127.0.0.1:$(free_port)" -rpc-addr="127.0.0.1:$(free_port)" -log-level=warn >"$TMP/serf.log" 2>&1 &
+SERF_PID=$!
+sleep 45   # all settled (first collection, first scrape, the agent's first memory release at 30 s)
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+mem() { awk '/^VmRSS|^RssFile|^RssAnon/ {printf "%s ", $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
-o0=$(ticks $OPSBRO_PID); n0=$(ticks $NE_PID); t0=$(date +%s.%N)
+o0=$(ticks $OPSBRO_PID); k0=$(ticks $KEEP_PID); n0=$(ticks $NE_PID); s0=$(ticks $SERF_PID); t0=$(date +%s.%N)
 end=$(( $(date +%s) + WINDOW ))
 while [ "$(date +%s)" -lt "$end" ]; do
     curl -s "http://127.0.0.1:$NE_PORT/metrics" >/dev/null
     sleep 10
 done
-o1=$(ticks $OPSBRO_PID); n1=$(ticks $NE_PID); t1=$(date +%s.%N)
-python3 - "$o0" "$o1" "$n0" "$n1" "$t0" "$t1" "$HZ" "$(rss_kb $OPSBRO_PID)" "$(rss_kb $NE_PID)" <<'PY'
+o1=$(ticks $OPSBRO_PID); k1=$(ticks $KEEP_PID); n1=$(ticks $NE_PID); s1=$(ticks $SERF_PID); t1=$(date +%s.%N)
+python3 - "$t0" "$t1" "$HZ" <<PY
 import sys
-o0, o1, n0, n1 = map(int, sys.argv[1:5]); t0, t1 = map(float, sys.argv[5:7]); hz = int(sys.argv[7])
-orss, nrss = int(sys.argv[8]), int(sys.argv[9])
-wall = t1 - t0
-cpu = lambda a, b: (b - a) / hz / wall * 100
+t0, t1 = map(float, sys.argv[1:3]); hz = int(sys.argv[3]); wall = t1 - t0
 print(f"window {wall:.0f} s")
-print(f"opsbro agent (default packs): RSS {orss/1000:.1f} MB, CPU {cpu(o0, o1):.3f}% of one core")
-print(f"prometheus-node-exporter (scraped every 10 s): RSS {nrss/1000:.1f} MB, CPU {cpu(n0, n1):.3f}% of one core")
+for name, a, b, mem in [
+    ("opsbro agent (default packs)", $o0, $o1, "$(mem $OPSBRO_PID)"),
+    ("opsbro agent, OPSBRO_RELEASE_MEMORY=0", $k0, $k1, "$(mem $KEEP_PID)"),
+    ("prometheus-node-exporter (scraped every 10 s)", $n0, $n1, "$(mem $NE_PID)"),
+    ("serf agent (alone)", $s0, $s1, "$(mem $SERF_PID)"),
+]:
+    rss, anon, file = (int(v) / 1000 for v in mem.split()[:3])
+    print(f"{name}: RSS {rss:.1f} MB (file {file:.1f}, anon {anon:.1f}), CPU {(b - a) / hz / wall * 100:.3f}% of one core")
 PY

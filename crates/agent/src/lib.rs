@@ -35,6 +35,7 @@ pub mod logfile;
 pub mod logstream;
 pub mod members_file;
 pub mod membership;
+mod memory;
 pub mod metrics;
 pub mod monitoring;
 pub mod one_shot;
@@ -494,6 +495,9 @@ async fn run_agent(
         executor.clone(),
     ));
     tracker.spawn(reload_on_sighup(reloader.clone(), shutdown.child_token()));
+    if opsbro_memory::enabled() {
+        tracker.spawn(memory::keep_lean(shutdown.child_token()));
+    }
     let ctx = Arc::new(api::ApiContext {
         name: config.node_name.clone(),
         display_name: config.display_name.clone(),

@@ -54,6 +54,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 if quiet { "warn" } else { &config.log_level },
                 log_file,
             );
+            // Before any thread starts: two malloc arenas serve the agent's few busy threads;
+            // glibc's default (8 per core) lets each thread keep freed memory of its own.
+            // OPSBRO_RELEASE_MEMORY=0 keeps glibc's defaults (and, in the agent, every page).
+            if opsbro_memory::enabled() {
+                opsbro_memory::limit_malloc_arenas(2);
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
