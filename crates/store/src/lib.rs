@@ -250,8 +250,8 @@ impl Store for SledStore {
             Bound::Excluded(after.as_bytes().to_vec())
         };
         let max_keys = max_keys.max(1);
-        let mut seen = 0usize;
-        for kv in self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        let range = self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded));
+        for (seen, kv) in range.enumerate() {
             // sled hands out the stored bytes (an `IVec`) without copying them: only the key
             // is turned into a string here.
             let (k, v) = kv?;
@@ -261,7 +261,6 @@ impl Store for SledStore {
             if seen == max_keys {
                 return Ok(true);
             }
-            seen += 1;
             visit(&String::from_utf8_lossy(&k), &v);
         }
         Ok(false)
