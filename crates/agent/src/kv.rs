@@ -57,6 +57,9 @@ pub struct KvConfig {
     pub tombstone_ttl: Duration,
     /// Time between anti-entropy rounds.
     pub anti_entropy_interval: Duration,
+    /// Bytes of sled's page cache (`kv.cache_size`; the database is opened with it before the
+    /// KV task starts, see `start::open_stores`).
+    pub cache_size: u64,
 }
 
 impl Default for KvConfig {
@@ -67,12 +70,13 @@ impl Default for KvConfig {
             write_acks: core.write_acks,
             tombstone_ttl: Duration::from_millis(core.tombstone_ttl_ms),
             anti_entropy_interval: Duration::from_millis(core.anti_entropy_interval_ms),
+            cache_size: opsbro_store::DEFAULT_CACHE_BYTES,
         }
     }
 }
 
 impl KvConfig {
-    /// The core's settings: these four from `agent.yml`, the protocol's timings as the core
+    /// The core's settings: four of these from `agent.yml`, the protocol's timings as the core
     /// defines them.
     fn core(&self) -> Config {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);

@@ -297,7 +297,8 @@ async fn run_agent(
         shutdown.child_token(),
     );
     status.set("kv", SubsystemState::Starting, None);
-    let (kv_dir, store, ts_store) = start::open_stores(&data_dir)?;
+    let kv_config = start::kv_config(&config);
+    let (kv_dir, store, ts_store) = start::open_stores(&data_dir, kv_config.cache_size)?;
     let raft_store = store
         .open_tree("raft")
         .map_err(|e| AgentError::Kv(format!("cannot open the raft tree: {e}")))?;
@@ -312,7 +313,7 @@ async fn run_agent(
         kv::KvSetup {
             me: data_dir.uuid(),
             store: Arc::new(store),
-            config: start::kv_config(&config),
+            config: kv_config,
             keyring: keyring.clone(),
             membership: membership_rx.clone(),
             connections: kv_incoming,

@@ -69,9 +69,11 @@ pub fn node_record(
     }
 }
 
-/// The sled database of the data dir: the KV store, and its `ts` tree for the metrics.
+/// The sled database of the data dir, its page cache bounded to `cache_bytes`
+/// (`kv.cache_size`): the KV store, and its `ts` tree for the metrics.
 pub fn open_stores(
     data_dir: &DataDir,
+    cache_bytes: u64,
 ) -> Result<(PathBuf, opsbro_store::SledStore, opsbro_store::SledStore), AgentError> {
     let kv_dir = data_dir.path().join("kv");
     let cannot = |what: &str, e: &dyn std::fmt::Display| {
@@ -80,7 +82,8 @@ pub fn open_stores(
             kv_dir.display()
         ))
     };
-    let store = opsbro_store::SledStore::open(&kv_dir).map_err(|e| cannot("KV store", &e))?;
+    let store = opsbro_store::SledStore::open_with_cache(&kv_dir, cache_bytes)
+        .map_err(|e| cannot("KV store", &e))?;
     let ts = store
         .open_tree("ts")
         .map_err(|e| cannot("metrics store", &e))?;
@@ -106,6 +109,7 @@ pub fn kv_config(config: &AgentConfig) -> kv::KvConfig {
             .kv
             .anti_entropy_interval
             .unwrap_or(defaults.anti_entropy_interval),
+        cache_size: config.kv.cache_size.unwrap_or(defaults.cache_size),
     }
 }
 

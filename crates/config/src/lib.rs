@@ -496,6 +496,58 @@ pub struct KvSettings {
     pub tombstone_ttl: Option<std::time::Duration>,
     /// Time between anti-entropy rounds (default 30s).
     pub anti_entropy_interval: Option<std::time::Duration>,
+    /// Bytes of the store's page cache (sled; shared with the metrics and Raft trees), default
+    /// 8 MiB.
+    pub cache_size: Option<u64>,
+}
+
+/// Smallest `kv.cache_size`: below this sled thrashes on every read.
+pub const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+/// Largest `kv.cache_size` (a typo such as `8TB` is refused rather than believed).
+pub const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+/// Parse a size in bytes: a number of bytes, or a number with a unit: `kB`, `MB`, `GB`
+/// (powers of 1000) or `KiB`, `MiB`, `GiB` (powers of 1024), case-insensitive (`8MiB`, `64MB`,
+/// `1.5GiB`).
+pub fn parse_size(value: &serde_yaml::Value) -> Result<u64, String> {
+    let text = match value {
+        serde_yaml::Value::Number(n) => match n.as_u64() {
+            Some(b) => return Ok(b),
+            None => return Err(format!("`{n}` is not a number of bytes")),
+        },
+        serde_yaml::Value::String(s) => s.trim().to_owned(),
+        other => {
+            return Err(format!(
+                "expected a size such as 8MiB or 64MB, found {other:?}"
+            ));
+        }
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (use e.g. 8MiB, 64MB, 1GiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "unknown unit `{u}` in `{text}` (use B, kB, MB, GB, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    let bytes = n * scale;
+    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 /// `gossip:` section: protocol timings that override the LAN defaults (absent = default).
@@ -1365,6 +1417,7 @@ impl Config {
             replication_factor,
             tombstone_ttl,
             anti_entropy_interval,
+            cache_size,
             unknown,
         } = raw;
         v.unknown("kv", unknown, raw::KV_KEYS);
@@ -1398,6 +1451,16 @@ impl Config {
                 anti_entropy_interval,
                 positive,
             ),
+            cache_size: v.take_with("kv.cache_size", cache_size, |s| {
+                let bytes = parse_size(&s)?;
+                if (MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&bytes) {
+                    Ok(bytes)
+                } else {
+                    Err(format!(
+                        "{bytes} bytes is outside 1MiB..64GiB (a size such as 8MiB or 64MB)"
+                    ))
+                }
+            }),
         }
     }
 

@@ -319,6 +319,7 @@ pub struct RawKv {
     pub replication_factor: Field<u64>,
     pub tombstone_ttl: Field<serde_yaml::Value>,
     pub anti_entropy_interval: Field<serde_yaml::Value>,
+    pub cache_size: Field<serde_yaml::Value>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -329,6 +330,7 @@ pub const KV_KEYS: &[&str] = &[
     "replication_factor",
     "tombstone_ttl",
     "anti_entropy_interval",
+    "cache_size",
 ];
 
 /// Keys of `api:`.

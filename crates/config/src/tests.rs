@@ -349,6 +349,36 @@ fn gossip_tuning_accepts_durations_and_rejects_nonsense() {
 }
 
 #[test]
+fn kv_cache_size_takes_bytes_or_human_sizes_and_refuses_nonsense() {
+    for (text, bytes) in [
+        ("8MiB", 8 << 20),
+        ("64MB", 64_000_000),
+        ("1.5 GiB", 3 << 29),
+        ("2097152", 2 << 20),
+        ("2048kib", 2 << 20),
+    ] {
+        let c = Config::from_yaml(&format!("kv:\n  cache_size: {text}\n"), "f.yml")
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(c.kv.cache_size, Some(bytes), "{text}");
+    }
+    assert_eq!(
+        Config::from_yaml("kv:\n  write_acks: one\n", "f.yml")
+            .expect("valid")
+            .kv
+            .cache_size,
+        None
+    );
+    for bad in ["lots", "8TB", "100", "0", "-5MiB", "8 parsecs", "[1]"] {
+        let errs =
+            Config::from_yaml(&format!("kv:\n  cache_size: {bad}\n"), "f.yml").expect_err(bad);
+        assert!(
+            errs.0.iter().any(|e| e.key == "kv.cache_size"),
+            "{bad}: {errs}"
+        );
+    }
+}
+
+#[test]
 fn statsd_and_graphite_sections() {
     let c = Config::from_yaml(
         "statsd:\n  enabled: true\n  port: 0\n  interval: 2s\ngraphite:\n  enabled: true\n  udp: false\n  forward: carbon.example.com:2003\n  forward_buffer: 10\n",

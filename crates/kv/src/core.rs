@@ -89,8 +89,12 @@
 //! 8. Smaller ones: answers to `Get` with an implausible entry (far-future stamp) count as no
 //!    answer instead of reaching the client; entries of listing pages with bad keys or
 //!    implausible versions are dropped; anti-entropy rounds ask every peer at once (one digest
-//!    chunk in flight per peer) rather than one peer after the other, scan the store for
-//!    (key, version) only, and start with a random jitter of up to 10% of the interval;
+//!    chunk in flight per peer) rather than one peer after the other, and start with a random
+//!    jitter of up to 10% of the interval; they compare bucket hashes of the keys two nodes
+//!    both own first ([`crate::buckets`], kept in memory write by write, `core/index.rs`) and
+//!    digest only the keys of differing buckets, found with a key-only scan (no values), so
+//!    an idle cluster in sync reads nothing; tombstones are collected from an index at
+//!    wall-clock multiples of the collection interval (the same moment on every replica);
 //!    expiry runs at each entry's exact expiry time rather than once a second; a client
 //!    listing (`List`) is gathered round by round (one page per node per round, merged up to
 //!    the smallest last key, as export pages are) instead of every page of one node at once;
@@ -371,6 +375,12 @@ pub struct Stats {
     pub rejected: u64,
     /// Flushes completed.
     pub flushes: u64,
+    /// Key-only scans that built the shared-key index (start-up, ring changes).
+    pub index_builds: u64,
+    /// Anti-entropy comparisons with a co-owner that found every bucket equal.
+    pub buckets_in_sync: u64,
+    /// Buckets found differing by anti-entropy comparisons (their keys were then digested).
+    pub buckets_differing: u64,
 }
 
 type OpId = u64;
@@ -522,6 +532,7 @@ enum Purpose {
     List(OpId),
     Wait(OpId),
     Import(OpId, Vec<usize>),
+    Buckets { round: u64 },
     Digest { round: u64 },
     Handoff,
 }
@@ -564,7 +575,16 @@ struct PeerSync {
 #[derive(Debug)]
 struct SyncRound {
     round: u64,
+    /// Co-owners asked to compare bucket hashes that have not answered yet.
+    comparing: BTreeSet<NodeUuid>,
+    /// Co-owners whose buckets differ: those buckets (None: every bucket, the co-owner could
+    /// not compare).
+    differing: BTreeMap<NodeUuid, Option<BTreeSet<u32>>>,
+    /// Digest exchanges in progress, once every comparison is in.
     peers: BTreeMap<NodeUuid, PeerSync>,
+    /// Keys to hand off offered in this round: their version, and how many owners have yet to
+    /// say they hold it (then the key is no longer offered).
+    offered: BTreeMap<String, (u64, usize)>,
 }
 
 /// A ring this node used until `at`.
@@ -595,8 +615,8 @@ pub struct Core<S> {
     hlc: Hlc,
     rng: SeededRng,
     now: Time,
-    /// (expiry, key) of live entries with a TTL.
-    expiring: BTreeSet<(u64, String)>,
+    /// Expiry, tombstone and shared-key indexes (`core/index.rs`).
+    indexes: index::Indexes,
     ops: BTreeMap<OpId, Op>,
     next_op: OpId,
     pending: BTreeMap<u64, Pending>,
@@ -644,21 +664,17 @@ impl<S: Storage> Core<S> {
     ) -> Result<Core<S>, StorageError> {
         let mut rng = SeededRng::new(seed);
         let mut hlc = Hlc::default();
-        let mut expiring = BTreeSet::new();
-        let mut after = String::new();
-        loop {
-            let (page, more) = store.scan_page("", &after, wire::PAGE_BYTES)?;
-            for (key, e) in page {
-                hlc.observe(e.index, now);
-                if e.expires_ms > 0 && !e.deleted {
-                    expiring.insert((e.expires_ms, key.clone()));
-                }
-                after = key;
-            }
-            if !more {
-                break;
-            }
-        }
+        // One key-only scan: the clock, the expiry and tombstone indexes. The shared-key index
+        // needs a ring; it is built when the first one comes.
+        let indexes = index::build_indexes(
+            &store,
+            &Ring::default(),
+            cfg.replication_factor,
+            me,
+            |_, m| {
+                hlc.observe(m.index, now);
+            },
+        )?;
         // Correlation ids start at a random point: a late answer meant for a previous run of
         // this node cannot be taken for an answer to this one.
         let next_id = (rng.next_u64() >> 16) | 1;
@@ -668,7 +684,7 @@ impl<S: Storage> Core<S> {
             ring: Arc::new(Ring::default()),
             hlc,
             now,
-            expiring,
+            indexes,
             ops: BTreeMap::new(),
             next_op: 1,
             pending: BTreeMap::new(),
@@ -687,7 +703,7 @@ impl<S: Storage> Core<S> {
             sync: None,
             sync_rounds: 0,
             next_sync: now.saturating_add(cfg.first_sync_delay_ms),
-            next_gc: now.saturating_add(cfg.tombstone_gc_interval_ms),
+            next_gc: next_boundary(now, cfg.tombstone_gc_interval_ms),
             own_stamps: BTreeMap::new(),
             next_prune: Time::MAX,
             ring_changes: Vec::new(),
@@ -768,7 +784,8 @@ impl<S: Storage> Core<S> {
         &self.store
     }
 
-    /// The store, to change it outside the protocol (tests, a restore).
+    /// The store, to change it outside the protocol (tests, a restore). A change of entries
+    /// made this way bypasses the core's indexes: call [`Core::rebuild_indexes`] after it.
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
     }
@@ -794,7 +811,7 @@ impl<S: Storage> Core<S> {
             self.timeouts.first().map(|(t, _)| *t),
             self.wait_deadlines.first().map(|(t, _)| *t),
             self.flush_at,
-            self.expiring.first().map(|(t, _)| *t),
+            self.indexes.expiring.first().map(|(t, _)| *t),
             Some(self.next_sync),
             Some(self.next_gc),
             Some(self.next_prune),
@@ -909,6 +926,7 @@ impl<S: Storage> Core<S> {
                 .retain(|c| c.at.saturating_add(window) > now);
             self.ring_changes.push(RingChange { at: now, previous });
             self.ring = Arc::new(Ring::new(&sorted));
+            self.ring_changed_for_indexes();
             // Let a burst of changes settle, then hand data off.
             self.next_sync = now.saturating_add(self.cfg.handoff_delay_ms);
         }
@@ -968,7 +986,7 @@ impl<S: Storage> Core<S> {
         }
         if now >= self.next_gc {
             self.collect_tombstones();
-            self.next_gc = now.saturating_add(self.cfg.tombstone_gc_interval_ms);
+            self.next_gc = next_boundary(now, self.cfg.tombstone_gc_interval_ms);
         }
         if now >= self.next_prune {
             let limit = now.saturating_sub(OWN_STAMPS_MS);
@@ -1070,7 +1088,9 @@ impl<S: Storage> Core<S> {
                 merged.refused += 1;
                 continue;
             }
-            let newer = match self.local_get(key)? {
+            let current = self.local_get(key)?;
+            let old = current.as_ref().map(Entry::meta);
+            let newer = match current {
                 Some(old) if old.is_newer_than(e) => {
                     merged.superseded.push((key.clone(), old));
                     false
@@ -1079,16 +1099,13 @@ impl<S: Storage> Core<S> {
                 None => true,
             };
             if newer {
-                self.store.put(key, e)?;
+                self.store_put(key, e, old)?;
                 merged.taken += 1;
                 self.effects.push(Effect::Changed {
                     key: key.clone(),
                     index: e.index,
                     deleted: e.deleted,
                 });
-                if e.expires_ms > 0 && !e.deleted {
-                    self.expiring.insert((e.expires_ms, key.clone()));
-                }
                 self.wake_waiters(key);
             }
             self.hlc.observe(e.index, now);
@@ -1232,6 +1249,14 @@ impl<S: Storage> Core<S> {
                 index,
                 timeout_ms,
             } => self.local_wait(Reply::Peer(from), key, index, timeout_ms),
+            Request::Buckets {
+                from: asker,
+                scheme,
+                hashes,
+            } => match self.compare_buckets(asker, scheme, &hashes) {
+                Ok(differ) => self.reply(from, Response::Buckets { differ }),
+                Err(e) => self.refuse(from, &KvError::Storage(e)),
+            },
         }
     }
 
@@ -1255,9 +1280,18 @@ impl<S: Storage> Core<S> {
                 };
                 self.import_answer(op, &indexes, answer);
             }
+            Purpose::Buckets { round } => self.buckets_answer(round, from, outcome),
             Purpose::Digest { round } => self.digest_answer(round, from, outcome),
         }
     }
+}
+
+/// The first multiple of `interval` after `now`: tombstones are collected at the same wall-clock
+/// moments on every node, so replicas drop the same ones together and their bucket hashes stay
+/// equal.
+fn next_boundary(now: Time, interval: u64) -> Time {
+    let interval = interval.max(1);
+    (now / interval).saturating_add(1).saturating_mul(interval)
 }
 
 fn cas_of(op: &WriteOp) -> Option<u64> {
@@ -1291,6 +1325,7 @@ fn uncertain_if(uncertain: bool, e: KvError) -> KvError {
     }
 }
 
+pub mod index;
 mod list;
 mod read;
 mod upkeep;

@@ -24,7 +24,28 @@ pub struct Entry {
     pub expires_ms: u64,
 }
 
+/// What a key-only scan reads of an entry: its version, whether it is a tombstone and when it
+/// expires — never its value (see [`Storage::scan_meta`](crate::storage::Storage::scan_meta)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// [`Entry::index`].
+    pub index: u64,
+    /// [`Entry::deleted`].
+    pub deleted: bool,
+    /// [`Entry::expires_ms`].
+    pub expires_ms: u64,
+}
+
 impl Entry {
+    /// The entry's [`Meta`].
+    pub fn meta(&self) -> Meta {
+        Meta {
+            index: self.index,
+            deleted: self.deleted,
+            expires_ms: self.expires_ms,
+        }
+    }
+
     /// Whether `self` replaces `other` (newer stamp; on a tie, which never happens between two
     /// coordinators' stamps, a delete wins, then the larger value, so every node agrees).
     pub fn is_newer_than(&self, other: &Entry) -> bool {

@@ -2,7 +2,8 @@
 //! ([`entry::Entry`], versioned by a hybrid logical clock so that the newest write wins
 //! everywhere), where it lives ([`ring::Ring`]: SHA1 positions with virtual nodes, the first
 //! owner coordinates, the next ones hold replicas), how many copies acknowledge a write
-//! ([`WriteAcks`]) and how nodes talk about it ([`wire`]).
+//! ([`WriteAcks`]), how nodes talk about it ([`wire`]) and how two replicas find out cheaply
+//! that they hold the same keys ([`buckets`]).
 //!
 //! The protocol itself — coordination, replication, reads with repair, handoff and
 //! anti-entropy, listings, expiry, tombstones, CAS — is [`core::Core`], a state machine fed
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod buckets;
 pub mod core;
 pub mod entry;
 pub mod error;
@@ -26,7 +28,7 @@ pub mod sim;
 pub mod storage;
 pub mod wire;
 
-pub use entry::{Entry, Hlc, MAX_CLOCK_AHEAD_MS, MAX_TTL_MS};
+pub use entry::{Entry, Hlc, MAX_CLOCK_AHEAD_MS, MAX_TTL_MS, Meta};
 pub use key::{KeyError, MAX_KEY_BYTES, MAX_VALUE_BYTES, validate_key};
 pub use ring::Ring;
 

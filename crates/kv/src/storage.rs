@@ -1,5 +1,7 @@
 //! What the KV [`Core`](crate::core::Core) needs from a store: read an entry, write one (visible
-//! at once, durable after the next flush), remove one, and scan a bounded page in key order.
+//! at once, durable after the next flush), remove one, scan a bounded page in key order, and
+//! scan keys with their [`Meta`] only (no values: start-up, anti-entropy and index rebuilds
+//! cost a pass over keys, not over the data).
 //!
 //! The core reads and writes through [`Storage`] synchronously, inside its input handlers; it
 //! never flushes itself. Durability is an effect ([`Effect::Flush`](crate::core::Effect::Flush)):
@@ -9,10 +11,11 @@
 //! [`MemStorage`] keeps a durable layer and a layer of writes not yet flushed, so the simulator
 //! can crash a node and keep only what a real disk would have kept.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::entry::Entry;
+use crate::entry::{Entry, Meta};
 
 /// A storage failure (disk full, corruption, ...), as text: the core only reports it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +24,12 @@ pub struct StorageError(pub String);
 
 /// One page of a scan: entries in key order, and whether more keys follow.
 pub type ScanPage = (Vec<(String, Entry)>, bool);
+
+/// One page of a key-only scan: keys in key order with their [`Meta`], and whether more follow.
+pub type MetaPage = (Vec<(String, Meta)>, bool);
+
+/// Keys per page of a key-only scan.
+pub const META_PAGE_KEYS: usize = 4096;
 
 /// Ordered storage of entries by key.
 ///
@@ -42,6 +51,12 @@ pub trait Storage {
         after: &str,
         max_bytes: usize,
     ) -> Result<ScanPage, StorageError>;
+    /// Every key that sorts after `after` (`""`: from the first), in key order, with its
+    /// [`Meta`] and without its value, until `max_keys` (at least one); true when more follow.
+    /// An adapter over bytes decodes only the entry's header
+    /// ([`Entry::meta_from_bytes`]) and skips what does not decode, as [`Storage::scan_page`]
+    /// does.
+    fn scan_meta(&self, after: &str, max_keys: usize) -> Result<MetaPage, StorageError>;
 }
 
 /// An in-memory [`Storage`] with a durable layer: writes go to a pending layer until
@@ -53,6 +68,10 @@ pub struct MemStorage {
     pending: BTreeMap<String, Option<Entry>>,
     /// Every put, when recording (the simulator's log of versions).
     journal: Option<Vec<(String, Entry)>>,
+    /// Values read so far ([`MemStorage::value_reads`]).
+    value_reads: Cell<u64>,
+    /// Keys read by key-only scans so far ([`MemStorage::meta_reads`]).
+    meta_reads: Cell<u64>,
 }
 
 impl MemStorage {
@@ -75,6 +94,17 @@ impl MemStorage {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Entries read with their value so far (`get` answers and `scan_page` entries): what tests
+    /// count to show that a path reads no values.
+    pub fn value_reads(&self) -> u64 {
+        self.value_reads.get()
+    }
+
+    /// Keys read by key-only scans ([`Storage::scan_meta`]) so far.
+    pub fn meta_reads(&self) -> u64 {
+        self.meta_reads.get()
     }
 
     /// Make every write so far durable.
@@ -162,10 +192,14 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
-        Ok(match self.pending.get(key) {
+        let found = match self.pending.get(key) {
             Some(v) => v.clone(),
             None => self.durable.get(key).cloned(),
-        })
+        };
+        if found.is_some() {
+            self.value_reads.set(self.value_reads.get() + 1);
+        }
+        Ok(found)
     }
 
     fn put(&mut self, key: &str, entry: &Entry) -> Result<(), StorageError> {
@@ -197,12 +231,37 @@ impl Storage for MemStorage {
         for (k, e) in self.iter_from(prefix, start) {
             let size = k.len() + e.value.len() + 32;
             if !out.is_empty() && bytes + size > max_bytes {
+                self.value_reads
+                    .set(self.value_reads.get() + out.len() as u64);
                 return Ok((out, true));
             }
             bytes += size;
             out.push((k.to_owned(), e.clone()));
         }
+        self.value_reads
+            .set(self.value_reads.get() + out.len() as u64);
         Ok((out, false))
+    }
+
+    fn scan_meta(&self, after: &str, max_keys: usize) -> Result<MetaPage, StorageError> {
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after)
+        };
+        let max_keys = max_keys.max(1);
+        let mut out = Vec::new();
+        let mut more = false;
+        for (k, e) in self.iter_from("", start) {
+            if out.len() == max_keys {
+                more = true;
+                break;
+            }
+            out.push((k.to_owned(), e.meta()));
+        }
+        self.meta_reads
+            .set(self.meta_reads.get() + out.len() as u64);
+        Ok((out, more))
     }
 }
 
@@ -262,5 +321,40 @@ mod tests {
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].0, "q/x");
         assert!(!more);
+    }
+
+    #[test]
+    fn a_key_only_scan_pages_both_layers_and_reads_no_value() {
+        let mut s = MemStorage::new();
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            s.put(k, &entry(i as u64)).expect("put");
+        }
+        s.flush();
+        s.remove("b").expect("remove");
+        s.put(
+            "d",
+            &Entry {
+                deleted: true,
+                ..entry(7)
+            },
+        )
+        .expect("put");
+        let reads = s.value_reads();
+        let (page, more) = s.scan_meta("", 2).expect("scan");
+        let keys: Vec<&str> = page.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a", "c"]);
+        assert!(more);
+        let (page, more) = s.scan_meta("c", 2).expect("scan");
+        let tomb = Meta {
+            index: 7,
+            deleted: true,
+            expires_ms: 0,
+        };
+        assert_eq!(page, vec![("d".to_owned(), tomb)]);
+        assert!(!more);
+        assert_eq!(s.value_reads(), reads);
+        assert_eq!(s.meta_reads(), 3);
+        s.get("a").expect("get");
+        assert_eq!(s.value_reads(), reads + 1);
     }
 }

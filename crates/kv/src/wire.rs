@@ -2,10 +2,16 @@
 //! agent). A frame's plaintext is `[kind][id: varint][message]`: kind [`KIND_REQUEST`] or
 //! [`KIND_RESPONSE`]; the id matches a response to its request on a multiplexed connection.
 //! Decoding is bounded and never panics.
+//!
+//! Messages are told apart by a type byte; a node that meets a type it does not know refuses
+//! the frame (the agent counts it as rejected and closes the connection), so a message type is
+//! never changed in place: a new shape gets a new type byte. `Buckets` (request 7, answer 8)
+//! came with hash-range anti-entropy; a node asking an older one gets no answer and falls back
+//! to full digests (type 5), which every version answers.
 
 use opsbro_types::NodeUuid;
 
-use crate::entry::Entry;
+use crate::entry::{Entry, Meta};
 
 /// Frame kind of a KV request (push-pull is 1).
 pub const KIND_REQUEST: u8 = 2;
@@ -91,6 +97,16 @@ pub enum Request {
         /// (key, version).
         items: Vec<(String, u64)>,
     },
+    /// Anti-entropy: the sender's bucket hashes of the keys you both own
+    /// ([`crate::buckets`]); answered with the buckets that differ.
+    Buckets {
+        /// The sender (the hashes are of the keys it shares with you).
+        from: NodeUuid,
+        /// The bucket scheme ([`crate::buckets::SCHEME`]).
+        scheme: u64,
+        /// One hash per bucket.
+        hashes: Vec<u64>,
+    },
     /// Answer when the key's version passes `index`, or at the timeout.
     Wait {
         /// Key.
@@ -132,6 +148,11 @@ pub enum Response {
         /// Whether more keys follow.
         more: bool,
     },
+    /// Anti-entropy answer to `Buckets`: the buckets whose hashes differ here.
+    Buckets {
+        /// Bucket numbers, ascending.
+        differ: Vec<u32>,
+    },
     /// Anti-entropy answer: keys the receiver needs, and its newer entries.
     Digest {
         /// Keys to send.
@@ -166,6 +187,30 @@ impl Entry {
         let e = r.entry()?;
         r.finish()?;
         Ok(e)
+    }
+
+    /// Decode only the [`Meta`] of [`Entry::to_bytes`]: the header before the value (three
+    /// varints and a flag). The value's length is checked against what is left, so exactly the
+    /// bytes [`Entry::from_bytes`] accepts decode here, but the value is not copied.
+    pub fn meta_from_bytes(bytes: &[u8]) -> Result<Meta, WireError> {
+        let mut r = Reader::new(bytes);
+        let index = r.varint()?;
+        let _create_index = r.varint()?;
+        let deleted = r.flag()?;
+        let expires_ms = r.varint()?;
+        let len = r.varint()?;
+        let left = (bytes.len() - r.at) as u64;
+        if len > left {
+            return Err(WireError::Truncated);
+        }
+        if len < left {
+            return Err(WireError::Trailing((left - len) as usize));
+        }
+        Ok(Meta {
+            index,
+            deleted,
+            expires_ms,
+        })
     }
 }
 
@@ -265,6 +310,20 @@ pub fn encode_request(id: u64, r: &Request) -> Vec<u8> {
             put_varint(&mut out, *index);
             put_varint(&mut out, *timeout_ms);
         }
+        Request::Buckets {
+            from,
+            scheme,
+            hashes,
+        } => {
+            out.push(7);
+            out.extend_from_slice(from.as_bytes());
+            put_varint(&mut out, *scheme);
+            put_varint(&mut out, hashes.len() as u64);
+            // Hashes look random: fixed 8 bytes each is smaller than varints.
+            for h in hashes {
+                out.extend_from_slice(&h.to_le_bytes());
+            }
+        }
     }
     out
 }
@@ -314,6 +373,13 @@ pub fn encode_response(id: u64, r: &Response) -> Vec<u8> {
                 put_bytes(&mut out, k.as_bytes());
             }
             put_entries(&mut out, newer);
+        }
+        Response::Buckets { differ } => {
+            out.push(8);
+            put_varint(&mut out, differ.len() as u64);
+            for b in differ {
+                put_varint(&mut out, u64::from(*b));
+            }
         }
     }
     out
@@ -395,6 +461,21 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
+    fn flag(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError::Invalid("flag")),
+        }
+    }
+
+    fn uuid(&mut self) -> Result<NodeUuid, WireError> {
+        let raw = self.take(16)?;
+        let mut b = [0u8; 16];
+        b.copy_from_slice(raw);
+        Ok(NodeUuid::from_bytes(b))
+    }
+
     fn opt(&mut self) -> Result<Option<u64>, WireError> {
         match self.u8()? {
             0 => Ok(None),
@@ -435,10 +516,7 @@ impl<'a> Reader<'a> {
     fn request(&mut self) -> Result<Request, WireError> {
         Ok(match self.u8()? {
             1 => {
-                let raw = self.take(16)?;
-                let mut to = [0u8; 16];
-                to.copy_from_slice(raw);
-                let to = NodeUuid::from_bytes(to);
+                let to = self.uuid()?;
                 let key = self.string()?;
                 let op = match self.u8()? {
                     1 => WriteOp::Put {
@@ -479,6 +557,23 @@ impl<'a> Reader<'a> {
                 index: self.varint()?,
                 timeout_ms: self.varint()?,
             },
+            7 => {
+                let from = self.uuid()?;
+                let scheme = self.varint()?;
+                let n = self.count()?;
+                let mut hashes = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    let raw = self.take(8)?;
+                    let mut h = [0u8; 8];
+                    h.copy_from_slice(raw);
+                    hashes.push(u64::from_le_bytes(h));
+                }
+                Request::Buckets {
+                    from,
+                    scheme,
+                    hashes,
+                }
+            }
             _ => return Err(WireError::Invalid("request type")),
         })
     }
@@ -524,6 +619,16 @@ impl<'a> Reader<'a> {
                     need,
                     newer: self.entries()?,
                 }
+            }
+            8 => {
+                let n = self.count()?;
+                let mut differ = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    differ.push(
+                        u32::try_from(self.varint()?).map_err(|_| WireError::Invalid("bucket"))?,
+                    );
+                }
+                Response::Buckets { differ }
             }
             _ => return Err(WireError::Invalid("response type")),
         })
@@ -588,6 +693,11 @@ mod tests {
                 index: 9,
                 timeout_ms: 30_000,
             },
+            Request::Buckets {
+                from: NodeUuid::from_bytes([9; 16]),
+                scheme: 1,
+                hashes: vec![0, u64::MAX, 0x0123_4567_89ab_cdef],
+            },
         ];
         for (i, r) in requests.into_iter().enumerate() {
             let bytes = encode_request(i as u64 * 1000, &r);
@@ -611,6 +721,9 @@ mod tests {
                 need: vec!["a".into()],
                 newer: vec![("b".into(), entry(2))],
             },
+            Response::Buckets {
+                differ: vec![0, 7, 1023],
+            },
         ];
         for r in responses {
             let bytes = encode_response(u64::MAX, &r);
@@ -618,11 +731,49 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_unknown_message_type_is_refused_and_a_comparison_stays_small() {
+        // What a node does with a type it does not know (as an older node does with
+        // `Buckets`): an error (the agent counts it and closes the connection), never a
+        // misreading.
+        let request = encode_request(
+            1,
+            &Request::Buckets {
+                from: NodeUuid::from_bytes([1; 16]),
+                scheme: 1,
+                hashes: vec![0; 1024],
+            },
+        );
+        let mut old = request.clone();
+        old[2] = 99;
+        assert_eq!(decode(&old), Err(WireError::Invalid("request type")));
+        // An 8 KiB comparison: 1024 hashes of 8 bytes, and a few bytes of header.
+        assert!(request.len() < 1024 * 8 + 32, "{}", request.len());
+        let truncated = &request[..request.len() - 3];
+        assert_eq!(decode(truncated), Err(WireError::Truncated));
+    }
+
     proptest! {
         #[test]
         fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&bytes);
             let _ = Entry::from_bytes(&bytes);
+            // The header alone decodes exactly when the whole entry does.
+            prop_assert_eq!(
+                Entry::meta_from_bytes(&bytes).ok(),
+                Entry::from_bytes(&bytes).ok().map(|e| e.meta())
+            );
+        }
+
+        #[test]
+        fn an_entry_header_decodes_to_its_meta(
+            index in any::<u64>(),
+            deleted in any::<bool>(),
+            expires_ms in any::<u64>(),
+            value in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let e = Entry { value, index, create_index: index / 2, deleted, expires_ms };
+            prop_assert_eq!(Entry::meta_from_bytes(&e.to_bytes()), Ok(e.meta()));
         }
     }
 }

@@ -47,6 +47,31 @@ pub trait Store: Send + Sync + 'static {
             max_bytes,
         )
     }
+    /// Visit one page of a prefix scan without copying values: `visit(key, value)` for the keys
+    /// starting with `prefix` that sort after `after` (`""`: from the first), in key order, at
+    /// most `max_keys` of them (at least one); true when more keys follow. What a key-only scan
+    /// is built on: the visitor decodes what it needs of each value (a header) in place.
+    fn visit_page(
+        &self,
+        prefix: &str,
+        after: &str,
+        max_keys: usize,
+        visit: &mut dyn FnMut(&str, &[u8]),
+    ) -> Result<bool, StoreError> {
+        let max_keys = max_keys.max(1);
+        let mut seen = 0usize;
+        for (k, v) in self.scan_prefix(prefix)? {
+            if k.as_str() <= after {
+                continue;
+            }
+            if seen == max_keys {
+                return Ok(true);
+            }
+            seen += 1;
+            visit(&k, &v);
+        }
+        Ok(false)
+    }
     /// Make every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes used on disk (0 for memory).
@@ -90,11 +115,24 @@ pub struct SledStore {
     tree: sled::Tree,
 }
 
+/// sled's page cache when none is configured: small, because sled's own default (1 GiB) is
+/// what an idle agent with a large store grew its memory to (issue 31). The KV core keeps what
+/// it needs on every round in memory (bucket hashes, expiry and tombstone indexes), so a small
+/// cache costs reads only to clients.
+pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
 impl SledStore {
-    /// Open (or create) the store in `dir`.
+    /// Open (or create) the store in `dir` with the default cache ([`DEFAULT_CACHE_BYTES`]).
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Open (or create) the store in `dir`, sled's page cache bounded to `cache_bytes` (shared
+    /// by every tree of the database: KV, metrics, Raft).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             // Flushes are ours (group commit); no background flusher thread waking up.
             .flush_every_ms(None)
             .open()?;
@@ -196,6 +234,36 @@ impl Store for SledStore {
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
             });
         page(items, max_bytes)
+    }
+
+    fn visit_page(
+        &self,
+        prefix: &str,
+        after: &str,
+        max_keys: usize,
+        visit: &mut dyn FnMut(&str, &[u8]),
+    ) -> Result<bool, StoreError> {
+        use std::ops::Bound;
+        let start = if after.is_empty() || after < prefix {
+            Bound::Included(prefix.as_bytes().to_vec())
+        } else {
+            Bound::Excluded(after.as_bytes().to_vec())
+        };
+        let max_keys = max_keys.max(1);
+        let range = self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded));
+        for (seen, kv) in range.enumerate() {
+            // sled hands out the stored bytes (an `IVec`) without copying them: only the key
+            // is turned into a string here.
+            let (k, v) = kv?;
+            if !k.starts_with(prefix.as_bytes()) {
+                return Ok(false);
+            }
+            if seen == max_keys {
+                return Ok(true);
+            }
+            visit(&String::from_utf8_lossy(&k), &v);
+        }
+        Ok(false)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -439,6 +507,24 @@ mod tests {
         );
         let (none, more) = store.scan_page("p/", "p/9", 100).expect("page");
         assert!(none.is_empty() && !more);
+        // Visited pages: bounded by keys, values seen in place, resumed after the last key.
+        let mut visited = Vec::new();
+        let more = store
+            .visit_page("p/", "p/2", 4, &mut |k, v| {
+                visited.push((k.to_owned(), v.len()))
+            })
+            .expect("visit");
+        assert!(more);
+        assert_eq!(
+            visited,
+            (3..7).map(|i| (format!("p/{i}"), 10)).collect::<Vec<_>>()
+        );
+        let mut rest = Vec::new();
+        let more = store
+            .visit_page("p/", "p/6", 100, &mut |k, _| rest.push(k.to_owned()))
+            .expect("visit");
+        assert!(!more);
+        assert_eq!(rest, ["p/7", "p/8", "p/9"]);
         store.flush().expect("flush");
     }
 
@@ -446,7 +532,7 @@ mod tests {
     fn sled_and_memory_behave_the_same() {
         exercise(&MemStore::default());
         let dir = tempfile::tempdir().expect("tmp");
-        exercise(&SledStore::open(dir.path()).expect("open"));
+        exercise(&SledStore::open_with_cache(dir.path(), 1 << 20).expect("open"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use opsbro_kv::storage::ScanPage;
+use opsbro_kv::storage::{MetaPage, ScanPage};
 use opsbro_kv::{Entry, Storage, StorageError};
 use opsbro_store::{Store, StoreError};
 
@@ -62,6 +62,30 @@ impl Storage for SledStorage {
             .collect();
         Ok((entries, more))
     }
+
+    fn scan_meta(&self, after: &str, max_keys: usize) -> Result<MetaPage, StorageError> {
+        let mut out = Vec::with_capacity(max_keys.min(4096));
+        let mut after = after.to_owned();
+        loop {
+            // Only the entry's header is decoded; the value is never copied out of sled.
+            let mut last = None;
+            let more = self
+                .store
+                .visit_page("", &after, max_keys, &mut |k, b| {
+                    if let Ok(meta) = Entry::meta_from_bytes(b) {
+                        out.push((k.to_owned(), meta));
+                    }
+                    last = Some(k.to_owned());
+                })
+                .map_err(err)?;
+            // A page of nothing but undecodable entries would give the caller no key to go on
+            // from: read on.
+            match last {
+                Some(k) if more && out.is_empty() => after = k,
+                _ => return Ok((out, more)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -83,7 +107,10 @@ mod tests {
         assert_eq!(s.get("a/1").expect("get"), Some(e.clone()));
         assert_eq!(s.get("a/2").expect("get"), None);
         let (page, more) = s.scan_page("a/", "", 1 << 20).expect("scan");
-        assert_eq!(page, vec![("a/1".to_owned(), e)]);
+        assert_eq!(page, vec![("a/1".to_owned(), e.clone())]);
+        assert!(!more);
+        let (metas, more) = s.scan_meta("", 10).expect("key-only scan");
+        assert_eq!(metas, vec![("a/1".to_owned(), e.meta())]);
         assert!(!more);
         s.remove("a/1").expect("remove");
         assert_eq!(s.get("a/1").expect("get"), None);

@@ -875,3 +875,319 @@ fn a_whole_listing_is_gathered_page_by_page_from_every_node() {
         Some(Err(KvError::IncompleteList { .. }))
     ));
 }
+
+// ----- hash-range anti-entropy, key-only scans, indexes -----
+
+/// Put `entries` straight into the stores of `nodes` (durable), as if replicated earlier, and
+/// let those cores index them again.
+fn load(net: &mut Net, nodes: &[usize], entries: &[(String, Entry)]) {
+    for &n in nodes {
+        let store = net.cores[n].store_mut();
+        for (k, e) in entries {
+            store.put(k, e).expect("put");
+        }
+        store.flush();
+        net.cores[n].rebuild_indexes().expect("index");
+    }
+}
+
+/// `count` keys written ten seconds before `T0`, each with a 100-byte value.
+fn stored_keys(count: usize) -> Vec<(String, Entry)> {
+    (0..count)
+        .map(|i| {
+            let index = ((T0 - 10_000) << 16) | i as u64;
+            (format!("app/{i:06}"), entry(index, &"v".repeat(100)))
+        })
+        .collect()
+}
+
+fn digest_items_sent(net: &Net) -> usize {
+    net.sent
+        .iter()
+        .map(|(_, _, r)| match r {
+            Request::Digest { items } => items.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_node_that_missed_one_percent_of_the_writes_is_repaired_within_two_anti_entropy_rounds() {
+    let mut net = Net::new(3);
+    let keys = 20_000;
+    let all = stored_keys(keys);
+    load(&mut net, &[0, 1, 2], &all);
+    // Node 2 missed 1% of the writes: 100 new keys, 50 updates and 50 deletes.
+    let later = |i: usize| ((T0 - 5_000) << 16) | i as u64;
+    let mut missed: Vec<(String, Entry)> = (0..100)
+        .map(|i| (format!("new/{i}"), entry(later(i), "fresh")))
+        .collect();
+    for i in 0..50 {
+        let (k, _) = &all[i * 97];
+        missed.push((k.clone(), entry(later(1000 + i), "updated")));
+    }
+    for i in 0..50 {
+        let (k, _) = &all[i * 101 + 7];
+        let tomb = Entry {
+            value: Vec::new(),
+            deleted: true,
+            ..entry(later(2000 + i), "")
+        };
+        missed.push((k.clone(), tomb));
+    }
+    load(&mut net, &[0, 1], &missed);
+    assert_ne!(
+        net.cores[0].store().entries(),
+        net.cores[2].store().entries()
+    );
+    // Two rounds: one interval plus its jitter (10%) each.
+    let round = Config::default().anti_entropy_interval_ms / 1000 * 11 / 10 + 1;
+    net.advance(2 * round);
+    let reference = net.cores[0].store().entries();
+    assert_eq!(reference.len(), keys + 100);
+    for c in &net.cores[1..] {
+        assert!(c.store().entries() == reference, "a replica still differs");
+    }
+    // Only the differing buckets' keys were digested: a full digest of every key to both
+    // co-owners, from every node, would have been 120,000 items a round.
+    let items = digest_items_sent(&net);
+    assert!(items > 0 && items < 30_000, "{items} digest items");
+    // And the repaired cluster is idle: the next round compares hashes only.
+    net.sent.clear();
+    net.advance(round);
+    assert_eq!(digest_items_sent(&net), 0);
+}
+
+#[test]
+fn an_idle_round_in_sync_sends_only_bucket_hashes_and_reads_no_values() {
+    let mut net = Net::new(3);
+    load(&mut net, &[0, 1, 2], &stored_keys(5_000));
+    let reads: Vec<(u64, u64)> = net
+        .cores
+        .iter()
+        .map(|c| (c.store().value_reads(), c.store().meta_reads()))
+        .collect();
+    let in_sync: u64 = net.cores.iter().map(|c| c.stats().buckets_in_sync).sum();
+    let round = Config::default().anti_entropy_interval_ms / 1000 * 11 / 10 + 1;
+    net.advance(round);
+    assert!(!net.sent.is_empty(), "no round ran");
+    let mut bytes = 0;
+    for (i, to, r) in &net.sent {
+        let Request::Buckets { from, hashes, .. } = r else {
+            panic!("node {i} sent {r:?} to {to} in an idle round");
+        };
+        assert_eq!((from, hashes.len()), (&uuid(*i), crate::buckets::BUCKETS));
+        bytes += wire::encode_request(1, r).len();
+    }
+    // Each node asked each of its two co-owners once (a round per node), 8 KiB each.
+    let asked = net.sent.len();
+    assert!((6..=12).contains(&asked), "{asked} comparisons");
+    assert!(bytes <= asked * (8 * 1024 + 32), "{bytes} bytes");
+    let now_in_sync: u64 = net.cores.iter().map(|c| c.stats().buckets_in_sync).sum();
+    assert_eq!(
+        now_in_sync - in_sync,
+        asked as u64,
+        "every comparison matched"
+    );
+    for (c, before) in net.cores.iter().zip(reads) {
+        assert_eq!(
+            (c.store().value_reads(), c.store().meta_reads()),
+            before,
+            "an idle round read the store"
+        );
+    }
+}
+
+#[test]
+fn a_new_node_gets_its_keys_by_handoff_and_the_cluster_goes_idle_again() {
+    let cfg = Config {
+        replication_factor: 2,
+        ..Config::default()
+    };
+    let mut net = Net::with(4, &cfg);
+    let three: Vec<NodeUuid> = (0..3).map(uuid).collect();
+    let four: Vec<NodeUuid> = (0..4).map(uuid).collect();
+    for c in &mut net.cores {
+        c.handle_members(T0 - 30_000, &three);
+        c.take_effects();
+    }
+    // Every key on its two owners among the first three nodes.
+    let all = stored_keys(3_000);
+    for n in 0..3 {
+        let mine: Vec<(String, Entry)> = all
+            .iter()
+            .filter(|(k, _)| net.cores[n].owners(k).contains(&uuid(n)))
+            .cloned()
+            .collect();
+        load(&mut net, &[n], &mine);
+    }
+    for c in &mut net.cores {
+        c.handle_members(net.now, &four);
+    }
+    net.run();
+    let round = cfg.anti_entropy_interval_ms / 1000 * 11 / 10 + 1;
+    net.advance(2 * round);
+    let owned_by_3: Vec<&String> = all
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| net.cores[3].owners(k).contains(&uuid(3)))
+        .collect();
+    assert!(owned_by_3.len() > 300, "{} keys moved", owned_by_3.len());
+    for k in &owned_by_3 {
+        let e = net.cores[3].store().get(k).expect("get");
+        assert!(e.is_some(), "{k} was not handed off");
+    }
+    // Every owner holds every key it owns, and nothing is left to hand off: the next round
+    // only compares hashes.
+    for (n, c) in net.cores.iter().enumerate() {
+        for (k, _) in &all {
+            if c.owners(k).contains(&uuid(n)) {
+                assert!(
+                    c.store().get(k).expect("get").is_some(),
+                    "{k} missing on {n}"
+                );
+            }
+        }
+    }
+    net.sent.clear();
+    net.advance(round);
+    assert!(
+        net.sent
+            .iter()
+            .all(|(_, _, r)| matches!(r, Request::Buckets { .. })),
+        "a round after handoff still sent digests"
+    );
+}
+
+/// Check that the indexes kept write by write are what a key-only scan builds.
+fn assert_indexes_match_a_rebuild(core: &mut Core<MemStorage>, step: usize) {
+    core.shared_index().expect("index");
+    let (kept, built) = core.indexes_against_rebuild().expect("scan");
+    assert_eq!(kept.expiring, built.expiring, "expiry index at step {step}");
+    assert_eq!(
+        kept.tombstones, built.tombstones,
+        "tombstone index at step {step}"
+    );
+    let (Some(kept), Some(built)) = (kept.shared, built.shared) else {
+        panic!("no shared index at step {step}");
+    };
+    assert!(
+        kept.buckets == built.buckets,
+        "bucket hashes differ from a rebuild at step {step}"
+    );
+    for (k, index) in &kept.handoff {
+        assert_eq!(
+            built.handoff.get(k),
+            Some(index),
+            "handoff of {k} at step {step}"
+        );
+    }
+}
+
+#[test]
+fn bucket_hashes_kept_write_by_write_equal_a_rebuild_after_random_operations() {
+    for seed in 0..4u64 {
+        let mut rng = crate::rng::SeededRng::new(seed);
+        let cfg = Config {
+            tombstone_ttl_ms: 20_000,
+            tombstone_gc_interval_ms: 5_000,
+            anti_entropy_interval_ms: 7_000,
+            ..Config::default()
+        };
+        let mut net = Net::with(4, &cfg);
+        let every: Vec<NodeUuid> = (0..4).map(uuid).collect();
+        for step in 0..300 {
+            let node = rng.below(4);
+            let key = format!("k/{}", rng.below(60));
+            match rng.below(10) {
+                0..=3 => {
+                    let ttl_ms = if rng.chance(0.3) {
+                        rng.between(1, 8_000)
+                    } else {
+                        0
+                    };
+                    net.client(
+                        node,
+                        ClientRequest::Write {
+                            key,
+                            op: WriteOp::Put {
+                                value: format!("v{step}").into_bytes(),
+                                cas: None,
+                                ttl_ms,
+                            },
+                        },
+                    );
+                }
+                4..=5 => {
+                    net.client(
+                        node,
+                        ClientRequest::Write {
+                            key,
+                            op: WriteOp::Delete { cas: None },
+                        },
+                    );
+                }
+                6 => {
+                    // A ring change: a node leaves the ring, or every node is back.
+                    let members: Vec<NodeUuid> = if rng.chance(0.5) {
+                        let gone = rng.below(4);
+                        every.iter().copied().filter(|u| *u != uuid(gone)).collect()
+                    } else {
+                        every.clone()
+                    };
+                    let now = net.now;
+                    for c in &mut net.cores {
+                        c.handle_members(now, &members);
+                    }
+                    net.run();
+                }
+                _ => net.advance(rng.between(1, 6)),
+            }
+            if step % 10 == 0 {
+                for c in &mut net.cores {
+                    assert_indexes_match_a_rebuild(c, step);
+                }
+            }
+        }
+        net.advance(30);
+        for c in &mut net.cores {
+            assert_indexes_match_a_rebuild(c, 300);
+        }
+        let builds: u64 = net.cores.iter().map(|c| c.stats().index_builds).sum();
+        assert!(builds > 0);
+    }
+}
+
+#[test]
+fn tombstones_are_collected_from_their_index_at_the_same_moment_on_every_replica() {
+    let cfg = Config {
+        tombstone_ttl_ms: 60_000,
+        tombstone_gc_interval_ms: 10_000,
+        ..Config::default()
+    };
+    let mut net = Net::with(3, &cfg);
+    let d = net.client(
+        0,
+        ClientRequest::Write {
+            key: "gone".into(),
+            op: WriteOp::Delete { cas: None },
+        },
+    );
+    written(net.answer(d));
+    let reads: Vec<u64> = net.cores.iter().map(|c| c.store().value_reads()).collect();
+    // Nodes tick at different moments within a collection interval: none collects early.
+    net.advance(69);
+    for c in &net.cores {
+        assert!(c.store().get("gone").expect("get").is_some());
+    }
+    net.advance(1);
+    for (c, before) in net.cores.iter().zip(reads) {
+        assert!(c.store().get("gone").expect("get").is_none());
+        // Collection read the one tombstone it removed (and the checks above), not the store.
+        assert!(
+            c.store().value_reads() - before <= 72,
+            "{}",
+            c.store().value_reads() - before
+        );
+    }
+}
