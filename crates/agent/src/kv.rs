@@ -205,7 +205,8 @@ impl KvHandle {
         let (ring_nodes, s) = self.published(|p| (p.ring.nodes().len(), p.stats.clone()));
         opsbro_api::KvInfo {
             ring_nodes,
-            local_entries: self.0.storage.store().len(),
+            // Kept write by write by the core: a count of the store would read all of it.
+            local_entries: usize::try_from(s.local_entries).unwrap_or(usize::MAX),
             size_on_disk: self.0.storage.store().size_on_disk(),
             reads: s.reads + self.0.local_reads.load(Ordering::Relaxed),
             writes: s.writes,

@@ -381,6 +381,8 @@ pub struct Stats {
     pub buckets_in_sync: u64,
     /// Buckets found differing by anti-entropy comparisons (their keys were then digested).
     pub buckets_differing: u64,
+    /// Entries in the local store, tombstones included (a gauge kept write by write).
+    pub local_entries: u64,
 }
 
 type OpId = u64;
@@ -713,6 +715,7 @@ impl<S: Storage> Core<S> {
             rng,
             cfg,
         };
+        core.stats.local_entries = core.indexes.entries as u64;
         core.announce();
         Ok(core)
     }

@@ -83,11 +83,18 @@ pub struct Indexes {
     pub tombstones: BTreeSet<(u64, String)>,
     /// The shared-key index under the ring given (none for an empty ring).
     pub shared: Option<SharedIndex>,
+    /// Entries in the store, tombstones included (what `agent info` shows without a scan).
+    pub entries: usize,
 }
 
 impl Indexes {
     /// Account for `key` going from `old` to `new` in the expiry and tombstone indexes.
     fn apply_local(&mut self, key: &str, old: Option<Meta>, new: Option<Meta>) {
+        match (old.is_some(), new.is_some()) {
+            (false, true) => self.entries += 1,
+            (true, false) => self.entries = self.entries.saturating_sub(1),
+            _ => {}
+        }
         if let Some(o) = old {
             if o.deleted {
                 self.tombstones.remove(&(o.index, key.to_owned()));
@@ -161,6 +168,7 @@ impl<S: Storage> Core<S> {
 
     fn note_change(&mut self, key: &str, old: Option<Meta>, new: Option<Meta>) {
         self.indexes.apply_local(key, old, new);
+        self.stats.local_entries = self.indexes.entries as u64;
         if let Some(s) = self.indexes.shared.as_mut() {
             s.apply(
                 &self.ring,
@@ -210,6 +218,7 @@ impl<S: Storage> Core<S> {
             |_, _| {},
         )?;
         self.stats.index_builds += 1;
+        self.stats.local_entries = self.indexes.entries as u64;
         Ok(())
     }
 

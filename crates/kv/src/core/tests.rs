@@ -1068,6 +1068,12 @@ fn assert_indexes_match_a_rebuild(core: &mut Core<MemStorage>, step: usize) {
         kept.tombstones, built.tombstones,
         "tombstone index at step {step}"
     );
+    assert_eq!(kept.entries, built.entries, "entry count at step {step}");
+    assert_eq!(
+        core.stats().local_entries,
+        core.store().len() as u64,
+        "the local_entries gauge at step {step}"
+    );
     let (Some(kept), Some(built)) = (kept.shared, built.shared) else {
         panic!("no shared index at step {step}");
     };
