@@ -82,6 +82,9 @@ pub struct SimStats {
     pub undecryptable: u64,
     /// Push-pull exchanges completed.
     pub push_pulls: u64,
+    /// Bytes of the push-pull requests and answers sent, as the codec encodes them (counted
+    /// only while [`Sim::count_push_pull_bytes`] is on: encoding every state costs time).
+    pub push_pull_bytes: u64,
     /// Times a node declared dead a node that was up (and not partitioned away from it).
     pub false_deaths: u64,
     /// The first false deaths: (time, viewer, target, incarnation in the view, target's own
@@ -105,6 +108,8 @@ pub struct Sim {
     cfg: GossipConfig,
     /// Whether nodes added from now on hold their zone keys (see [`Sim::use_zone_keys`]).
     zone_keys: bool,
+    /// Whether push-pull payloads are encoded to count their bytes.
+    count_push_pull_bytes: bool,
     /// Counters.
     pub stats: SimStats,
 }
@@ -128,6 +133,7 @@ impl Sim {
             group: Vec::new(),
             cfg,
             zone_keys: false,
+            count_push_pull_bytes: false,
             stats: SimStats::default(),
         }
     }
@@ -150,6 +156,18 @@ impl Sim {
     /// Whether no node was added.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+
+    /// Count the encoded size of every push-pull request and answer from now on (in
+    /// [`SimStats::push_pull_bytes`]), or stop counting.
+    pub fn count_push_pull_bytes(&mut self, on: bool) {
+        self.count_push_pull_bytes = on;
+    }
+
+    fn count_push_pull(&mut self, payload: &PushPull) {
+        if self.count_push_pull_bytes {
+            self.stats.push_pull_bytes += crate::codec::encode_push_pull(payload).len() as u64;
+        }
     }
 
     /// Change the loss rate.
@@ -425,6 +443,7 @@ impl Sim {
                             .gossip
                             .handle_push_pull(now, Self::addr(from), payload);
                     self.flush(to);
+                    self.count_push_pull(&reply);
                     // The answer is sealed like any packet to the asker.
                     let asker_zone = self.nodes[from].gossip.me().zone.clone();
                     if !self.opens(to, from, &asker_zone) {
@@ -484,6 +503,7 @@ impl Sim {
                     self.push(self.now + d, j, Ev::Datagram { to: j, from, bytes });
                 }
                 Effect::PushPull { to, zone, payload } => {
+                    self.count_push_pull(&payload);
                     let Some(&j) = self.by_addr.get(&to) else {
                         continue;
                     };
