@@ -18,9 +18,10 @@ DURATION="${1:-10}"
 for tool in dnsperf dnsmasq unbound dig; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install dnsperf dnsmasq-base unbound bind9-dnsutils" >&2; exit 1; }
 done
-cargo build --release --quiet
+# OPSBRO_BIN: measure another build (e.g. another profile) with the same script.
+if [ -z "${OPSBRO_BIN:-}" ]; then cargo build --release --quiet; fi
 cargo build --release --quiet -p opsbro-dns --example reflector
-BIN="${CARGO_TARGET_DIR:-target}/release/opsbro"
+BIN="${OPSBRO_BIN:-${CARGO_TARGET_DIR:-target}/release/opsbro}"
 WORK="$(mktemp -d /tmp/opsbro-dns-bench.XXXXXX)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }

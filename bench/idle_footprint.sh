@@ -6,6 +6,12 @@
 # A second agent runs with OPSBRO_RELEASE_MEMORY=0 (pages start-up alone used stay mapped,
 # glibc's default malloc arenas) to show what that release is worth.
 #
+# PLAIN_HOST=1 runs the agents in a mount namespace whose /etc has none of the application
+# servers' configuration files (redis, memcached, nginx, apache, haproxy, rabbitmq, MariaDB,
+# PostgreSQL, MongoDB): the CI machine has those packages installed (stopped) for the test
+# suite, so a plain agent there detects them all and runs their collectors every 10 s, each
+# failing to connect — not what an idle host with the default packs does.
+#
 #   bash bench/idle_footprint.sh [SECONDS]      (default 300)
 set -euo pipefail
 # Agents started here never ask a cloud metadata service (that traffic would leave the machine).
@@ -18,15 +24,22 @@ command -v serf >/dev/null || need+=(serf)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
-cargo build --release -q -p opsbro-cli
-BIN="${CARGO_TARGET_DIR:-target}/release/opsbro"
+# OPSBRO_BIN: measure another build (e.g. another profile) with the same script.
+if [ -z "${OPSBRO_BIN:-}" ]; then cargo build --release -q -p opsbro-cli; fi
+BIN="${OPSBRO_BIN:-${CARGO_TARGET_DIR:-target}/release/opsbro}"
 TMP=$(mktemp -d)
 trap 'kill $OPSBRO_PID $KEEP_PID $NE_PID $SERF_PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-"$BIN" agent start --config /dev/null --data-dir "$TMP/data" --api-port 0 --port 0 --bind 127.0.0.1 --log-level warn >"$TMP/opsbro.log" 2>&1 &
+RUN=()
+if [ "${PLAIN_HOST:-0}" = 1 ]; then
+    cp -a /etc "$TMP/etc"
+    rm -rf "$TMP"/etc/{redis,redis.conf,memcached.conf,nginx,apache2,httpd,haproxy,rabbitmq,mysql,my.cnf,postgresql,mongodb.conf,mongod.conf}
+    RUN=(unshare -m sh -c 'mount --bind "$0" /etc && exec "$@"' "$TMP/etc")
+fi
+"${RUN[@]}" "$BIN" agent start --config /dev/null --data-dir "$TMP/data" --api-port 0 --port 0 --bind 127.0.0.1 --log-level warn >"$TMP/opsbro.log" 2>&1 &
 OPSBRO_PID=$!
-OPSBRO_RELEASE_MEMORY=0 "$BIN" agent start --config /dev/null --data-dir "$TMP/keep" --api-port 0 --port 0 --bind 127.0.0.1 --log-level warn >"$TMP/keep.log" 2>&1 &
+OPSBRO_RELEASE_MEMORY=0 "${RUN[@]}" "$BIN" agent start --config /dev/null --data-dir "$TMP/keep" --api-port 0 --port 0 --bind 127.0.0.1 --log-level warn >"$TMP/keep.log" 2>&1 &
 KEEP_PID=$!
 NE_PORT=$(free_port)
 prometheus-node-exporter --web.listen-address="127.0.0.1:$NE_PORT" >"$TMP/ne.log" 2>&1 &

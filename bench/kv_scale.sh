@@ -83,7 +83,7 @@ for start in range(0, n, 128):
     urllib.request.urlopen(req, timeout=30).read()
 PY
 t1=$(date +%s.%N)
-echo "etcd load (txns of 128 puts through e1): $(python3 -c "print(f'{$t1 - $t0:.0f}')") s, $(ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:23791 get scale/ --prefix --count-only -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])') keys"
+echo "etcd load (txns of 128 puts through e1): $(python3 -c "print(f'{$t1 - $t0:.0f}')") s, $(curl -sf -X POST -d '{"key":"c2NhbGUv","range_end":"c2NhbGUw","count_only":true}' http://127.0.0.1:23791/v3/kv/range | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])') keys"
 for n in 17801 17802 17803; do echo "opsbro on :$n holds $(local_entries $n) entries"; done
 
 # 2. Idle.
@@ -101,7 +101,9 @@ for m in $(seq 0 "$IDLE_MIN"); do
 done
 s1=$(date +%s.%N); HZ=$(getconf CLK_TCK)
 for n in "${NAMES[@]}"; do
-    python3 -c "print(f'$n idle CPU: {($(ticks "${PID[$n]}") - ${T0[$n]}) / $HZ / ($s1 - $s0) * 100:.3f}% of one core')"
+    t1=$(ticks "${PID[$n]}")
+    awk -v n="$n" -v a="${T0[$n]}" -v b="$t1" -v hz="$HZ" -v s0="$s0" -v s1="$s1" \
+        'BEGIN {printf "%s idle CPU: %.3f%% of one core\n", n, (b - a) / hz / (s1 - s0) * 100}'
 done
 for n in 1 2 3; do echo "n$n sled files: $(du -sm "$WORK/n$n" | cut -f1) MB"; done
 for n in 1 2 3; do echo "e$n data: $(du -sm "$WORK/e$n" | cut -f1) MB"; done

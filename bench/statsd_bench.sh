@@ -20,9 +20,10 @@ ETSY="${ETSY_STATSD:-/var/tmp/etsy-statsd}"
 if [ ! -f "$ETSY/node_modules/statsd/stats.js" ]; then
     mkdir -p "$ETSY" && (cd "$ETSY" && npm install --silent --no-audit --no-fund statsd >/dev/null)
 fi
-cargo build --release --quiet
+# OPSBRO_BIN: measure another build (e.g. another profile) with the same script.
+if [ -z "${OPSBRO_BIN:-}" ]; then cargo build --release --quiet; fi
 TARGET="${CARGO_TARGET_DIR:-target}"
-BIN="$TARGET/release/opsbro"
+BIN="${OPSBRO_BIN:-$TARGET/release/opsbro}"
 GEN_TARGET=/var/tmp/statsd-load-target
 CARGO_TARGET_DIR=$GEN_TARGET cargo build --release --quiet --manifest-path bench/statsd_load/Cargo.toml
 GEN="$GEN_TARGET/release/statsd-load"

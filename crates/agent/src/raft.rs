@@ -674,8 +674,14 @@ impl Driver {
         let mut next_duties = Instant::now();
         loop {
             // A member of the group ticks every 50 ms; a node outside it (not a voter yet, or
-            // never) only needs its duties, every 500 ms: an idle agent stays idle.
-            let in_group = node.status().initialized;
+            // never) only needs its duties, every 500 ms: an idle agent stays idle. So does the
+            // leader of a group of one (a lone agent): it has nobody to send heartbeats to and
+            // no election to time out; inputs (proposals, messages) still wake it at once.
+            let status = node.status();
+            let in_group = status.initialized
+                && !(status.role == "leader"
+                    && status.voters.len() == 1
+                    && status.learners.is_empty());
             let mut duties_ran = false;
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
